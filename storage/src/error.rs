@@ -1,0 +1,80 @@
+//! The storage crate's error type: one variant per action a caller can take.
+//!
+//! Bytes read from disk that fail validation become `Corruption` (naming the file and offset);
+//! bytes handed in from elsewhere (a block received from a peer) become `InvalidBlock`. Neither
+//! ever reaches an `unwrap` or an `assert!`.
+
+use std::path::PathBuf;
+
+use crate::tick::{SegmentId, Tick};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file the WAL wrote holds bytes that fail validation: stop and repair, never skip.
+    #[error("segment {segment_id} ({path}): corrupt at offset {offset}: {reason}")]
+    Corruption { segment_id: SegmentId, path: PathBuf, offset: u64, reason: String },
+
+    /// The WAL directory holds something it cannot account for.
+    #[error("wal directory {dir}: {reason}")]
+    Directory { dir: PathBuf, reason: String },
+
+    /// A block from outside the WAL (for example from a leader) is malformed.
+    #[error("invalid block: {0}")]
+    InvalidBlock(&'static str),
+
+    /// A record cannot be logged as given (too large, a field too long).
+    #[error("invalid record: {0}")]
+    InvalidRecord(String),
+
+    /// The records of one append do not fit in one block, which must fit in one segment.
+    #[error("block of {bytes} bytes exceeds the maximum of {bytes_max} bytes for this segment size")]
+    BlockTooLarge { bytes: u64, bytes_max: u64 },
+
+    /// A verbatim block does not follow the log: its first tick is not after the last tick.
+    #[error("block starting at tick {tick_first} does not follow the log's last tick {tick_last}")]
+    TickOrder { tick_first: Tick, tick_last: Tick },
+
+    /// The ticks after this one were removed by retention: resync from a snapshot.
+    #[error("tick {0} is below retention; resync from a snapshot")]
+    TickCompacted(Tick),
+
+    /// The writer stopped for good after a failed write or fdatasync; nothing more is accepted,
+    /// and nothing that was not reported durable may be assumed durable.
+    #[error("wal writer has failed: {0}")]
+    WriterFailed(String),
+
+    /// The WAL is closing or closed.
+    #[error("wal is closed")]
+    Closed,
+
+    /// An invalid option.
+    #[error("invalid wal option: {0}")]
+    Config(String),
+
+    #[error("{op} {path}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { op, path: path.into(), source }
+    }
+}
+
+/// Adds the operation and path to an `std::io::Result`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, op: &'static str, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| Error::io(op, path, source))
+    }
+}

@@ -1,0 +1,247 @@
+//! The thin file layer under the WAL: aligned buffers, memory maps, preallocation, syncing,
+//! directory locking, and the fault-injection points the fault tests switch on.
+//!
+//! Every system call the WAL makes on a file goes through here, so a `failpoints` build can make
+//! any of them fail (`wal::segment::sync::err`, `wal::segment::preallocate::enospc`, ...). Apart
+//! from the io_uring engine, this is the only module with `unsafe`.
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use bytes::Bytes;
+
+use crate::error::{IoContext, Result};
+
+/// Alignment of O_DIRECT buffers, file offsets and lengths. 4 KiB covers every logical block size
+/// in use (512 B and 4 KiB sectors).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A zero-initialised heap buffer aligned to `DIRECT_ALIGN`, usable for O_DIRECT I/O.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    capacity: usize,
+}
+
+// SAFETY: `AlignedBuf` owns its allocation exclusively, like a `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: shared references only allow reads of the owned bytes.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A buffer of `capacity` bytes (rounded up to `DIRECT_ALIGN`), all zero.
+    pub fn zeroed(capacity: usize) -> AlignedBuf {
+        let capacity = capacity.max(DIRECT_ALIGN).next_multiple_of(DIRECT_ALIGN);
+        let layout = Self::layout(capacity);
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
+        AlignedBuf { ptr, capacity }
+    }
+
+    fn layout(capacity: usize) -> Layout {
+        Layout::from_size_align(capacity, DIRECT_ALIGN).expect("aligned buffer layout")
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` points to `capacity` initialised bytes owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.capacity) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.capacity) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this same layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Self::layout(self.capacity)) }
+    }
+}
+
+/// Opens an existing file for reading and writing, with O_DIRECT if `direct`.
+pub fn open_rw(path: &Path, direct: bool) -> Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if direct {
+        options.custom_flags(libc::O_DIRECT);
+    }
+    options.open(path).ctx(if direct { "open (O_DIRECT)" } else { "open" }, path)
+}
+
+/// Creates a new file, failing if it exists.
+pub fn create_new(path: &Path) -> Result<File> {
+    OpenOptions::new().read(true).write(true).create_new(true).open(path).ctx("create", path)
+}
+
+/// Reserves `len` bytes of disk for `file`, so that writes inside them cannot fail with ENOSPC.
+pub fn preallocate(file: &File, path: &Path, len: u64) -> Result<()> {
+    fail::fail_point!("wal::segment::preallocate::enospc", |_| {
+        Err(io::Error::from_raw_os_error(libc::ENOSPC)).ctx("preallocate", path)
+    });
+    let len = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let len = len.ctx("preallocate", path)?;
+    loop {
+        // SAFETY: plain system call on an open descriptor.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // File systems without fallocate: extend the file; zero-filling reserves the space.
+            Some(libc::EOPNOTSUPP) => return file.set_len(len as u64).ctx("extend", path),
+            _ => return Err(err).ctx("preallocate", path),
+        }
+    }
+}
+
+/// Writes zeros over `0..len` of `file` and syncs them, so that later appends overwrite
+/// initialised blocks: an fdatasync after writing into preallocated but uninitialised extents
+/// must also commit the extent conversion, which takes about twice as long on ext4 here. The
+/// buffer is aligned and `len` must be a multiple of `DIRECT_ALIGN`, so `file` may be O_DIRECT.
+pub fn zero_fill(file: &File, path: &Path, len: u64) -> Result<()> {
+    assert!(len % DIRECT_ALIGN as u64 == 0);
+    const CHUNK: usize = 1 << 20;
+    let zeros = AlignedBuf::zeroed(CHUNK);
+    let mut offset = 0u64;
+    while offset < len {
+        let n = (len - offset).min(CHUNK as u64) as usize;
+        file.write_all_at(&zeros.as_slice()[..n], offset).ctx("zero-fill", path)?;
+        offset += n as u64;
+    }
+    fdatasync(file, path)
+}
+
+/// Cuts or extends `file` to `len` bytes.
+pub fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
+    file.set_len(len).ctx("truncate", path)
+}
+
+/// `pwrite` of all of `buf` at `offset`.
+pub fn write_all_at(file: &File, path: &Path, buf: &[u8], offset: u64) -> Result<()> {
+    fail::fail_point!("wal::segment::write::err", |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO)).ctx("write", path)
+    });
+    file.write_all_at(buf, offset).ctx("write", path)
+}
+
+/// `pread` of exactly `buf.len()` bytes at `offset`.
+pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
+    file.read_exact_at(buf, offset).ctx("read", path)
+}
+
+/// Makes the data of `file` durable. A failure here is final for the caller: after a failed
+/// fdatasync the kernel may have dropped the dirty pages, so retrying could report success for
+/// data that is gone.
+pub fn fdatasync(file: &File, path: &Path) -> Result<()> {
+    fail::fail_point!("wal::segment::sync::err", |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO)).ctx("fdatasync", path)
+    });
+    file.sync_data().ctx("fdatasync", path)
+}
+
+/// Makes data and metadata (the size, after a truncate) of `file` durable.
+pub fn fsync(file: &File, path: &Path) -> Result<()> {
+    fail::fail_point!("wal::segment::sync::err", |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO)).ctx("fsync", path)
+    });
+    file.sync_all().ctx("fsync", path)
+}
+
+/// Makes the entries of directory `dir` (files created, renamed or removed) durable.
+pub fn fsync_dir(dir: &Path) -> Result<()> {
+    fail::fail_point!("wal::dir::sync::err", |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO)).ctx("fsync directory", dir)
+    });
+    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
+}
+
+/// Maps `len` bytes of `file` read-only and returns them as `Bytes`, so that readers hand out
+/// slices of the file without copying. The mapping lives as long as any slice of it.
+///
+/// Only bytes inside the file may ever be read through the mapping: the WAL reads only up to
+/// the durable end of a segment, which never lies past the end of the file.
+pub fn map(file: &File, path: &Path, len: u64) -> Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let len = len.ctx("mmap", path)?;
+    // SAFETY: the mapping is read-only; the WAL never truncates a file below bytes a reader may
+    // still read (sealing only cuts the unused preallocated tail), and bytes are only read up
+    // to the durable end the writer published after writing them.
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.ctx("mmap", path)?;
+    Ok(Bytes::from_owner(map))
+}
+
+/// An exclusive advisory lock on a file, held until dropped, so that two processes never write
+/// the same WAL.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(path: &Path) -> Result<DirLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .ctx("open lock file", path)?;
+        // SAFETY: plain system call on an open descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            let err = if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::new(io::ErrorKind::WouldBlock, "locked by another process")
+            } else {
+                err
+            };
+            return Err(err).ctx("lock", path);
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: aligned buffers really are aligned and zeroed, for O_DIRECT.
+    #[test]
+    fn aligned_buffer_is_aligned_and_zero() {
+        let buf = AlignedBuf::zeroed(10_000);
+        assert_eq!(buf.as_ptr() as usize % DIRECT_ALIGN, 0);
+        assert_eq!(buf.capacity(), 12_288);
+        assert!(buf.as_slice().iter().all(|&b| b == 0));
+    }
+
+    // Goal: a second lock on the same file is refused while the first is held.
+    #[test]
+    fn dir_lock_is_exclusive() -> Result<()> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("LOCK");
+        let lock = DirLock::acquire(&path)?;
+        assert!(DirLock::acquire(&path).is_err());
+        drop(lock);
+        DirLock::acquire(&path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! tickship's disk side: the tick-ordered write-ahead log (and, with later work, the document
+//! store and snapshots). No sockets here; `FORMAT.md` documents every byte this crate persists.
+
+pub mod error;
+pub mod fs;
+pub mod tick;
+pub mod wal;
+
+pub use error::{Error, Result};
+pub use tick::{SegmentId, Tick, TickRange};
+pub use wal::{Wal, WalOptions};

@@ -1,0 +1,733 @@
+//! The write-ahead log: segmented, tick-indexed, group-committed, crash-safe.
+//!
+//! Every change becomes records with increasing ticks, grouped into blocks that the appending
+//! thread compresses once (see `block`). One writer thread owns the active segment file: it takes
+//! whatever appends are queued, stamps their ticks, writes them with one write and makes them
+//! durable with one fdatasync (group commit), then completes every caller. Readers see a block
+//! as soon as it is durable and read it straight from the segment's memory map, as `Bytes`.
+//!
+//! Invariants this module owns:
+//! - ticks are strictly increasing across the whole log and never reused, across restarts too:
+//!   the newest segment is never deleted, so the last tick is always recoverable;
+//! - `tick_synced <= tick_written`; readers see `tick_synced` (with `SyncPolicy::EveryGroup`) or
+//!   `tick_written` (with the relaxed policies, which trade durability for latency);
+//! - an append is acknowledged only after its block is durable (per the sync policy), and a
+//!   failed write or fdatasync stops the writer for good;
+//! - memory is bounded: the queue holds at most `queue_bytes_max` bytes of blocks (appenders
+//!   wait beyond that), the writer buffers at most `write_buffer_bytes`.
+
+pub mod block;
+mod engine;
+pub mod record;
+mod reader;
+mod recovery;
+pub mod retention;
+pub mod segment;
+pub mod tick_index;
+mod writer;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+
+pub use self::block::{Block, BlockBuilder, BlockHeader, Compression, PreparedBlock};
+pub use self::engine::IoEngine;
+pub use self::reader::Reader;
+pub use self::record::{Record, RecordType, Records};
+pub use self::recovery::{RecoveryReport, TornTail};
+pub use self::retention::{Barrier, KeepReason, RetentionPolicy};
+use self::retention::{RetentionState, SegmentFacts};
+use self::segment::SealedSegment;
+use self::tick_index::TickIndex;
+use crate::error::{Error, Result};
+use crate::fs::DirLock;
+use crate::tick::{SegmentId, Tick, TickRange};
+
+/// When the writer makes appended data durable (`--wal.sync-policy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// fdatasync after every group; appends complete when durable. The default.
+    #[default]
+    EveryGroup,
+    /// fdatasync at most this often; appends complete when written to the kernel, so a machine
+    /// crash (not a process crash) can lose up to one interval of acknowledged appends.
+    Interval(Duration),
+    /// Never fdatasync (the kernel writes back eventually); for tests and throwaway data.
+    Never,
+}
+
+/// Options of a WAL; the defaults are those of `tickshipd`.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// `--wal.segment-size`: bytes per segment file (preallocated). Default 64 MiB.
+    pub segment_bytes: u64,
+    /// `--wal.sync-policy`.
+    pub sync: SyncPolicy,
+    /// `--wal.io-engine`.
+    pub io_engine: IoEngine,
+    /// Zero-fill new segments (in the background) after preallocating them: later fdatasyncs
+    /// then need no extent conversion and take about half as long. Default on.
+    pub zero_fill: bool,
+    /// A group stops taking queued appends once it holds this many bytes. Default 16 MiB.
+    pub group_bytes_max: usize,
+    /// The writer's I/O buffer. Default 4 MiB.
+    pub write_buffer_bytes: usize,
+    /// Appenders wait while this many bytes of blocks are queued. Default 64 MiB.
+    pub queue_bytes_max: usize,
+    /// Retention rules (`--wal.historic-logfiles`, `--wal.file-timeout`, ...).
+    pub retention: RetentionPolicy,
+    /// How often the background retention pass runs; `None` runs it only on `run_retention`.
+    pub retention_interval: Option<Duration>,
+    /// Verify every block of sealed segments at open too, not only the unsealed tail.
+    pub verify_on_open: bool,
+}
+
+impl Default for WalOptions {
+    fn default() -> WalOptions {
+        WalOptions {
+            segment_bytes: 64 << 20,
+            sync: SyncPolicy::EveryGroup,
+            io_engine: IoEngine::Auto,
+            zero_fill: true,
+            group_bytes_max: 16 << 20,
+            write_buffer_bytes: 4 << 20,
+            queue_bytes_max: 64 << 20,
+            retention: RetentionPolicy::default(),
+            retention_interval: Some(Duration::from_secs(1)),
+            verify_on_open: false,
+        }
+    }
+}
+
+impl WalOptions {
+    fn validate(&self) -> Result<()> {
+        let bad = |message: String| Err(Error::Config(message));
+        if !(segment::SEGMENT_BYTES_MIN..=segment::SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return bad(format!(
+                "segment size {} is outside {}..={}",
+                self.segment_bytes,
+                segment::SEGMENT_BYTES_MIN,
+                segment::SEGMENT_BYTES_MAX
+            ));
+        }
+        if self.segment_bytes % crate::fs::DIRECT_ALIGN as u64 != 0 {
+            return bad(format!("segment size {} is not a multiple of 4096", self.segment_bytes));
+        }
+        if self.write_buffer_bytes < 2 * crate::fs::DIRECT_ALIGN || self.write_buffer_bytes > 1 << 30 {
+            return bad(format!("write buffer of {} bytes is outside 8 KiB..=1 GiB", self.write_buffer_bytes));
+        }
+        if self.group_bytes_max == 0 || self.queue_bytes_max == 0 {
+            return bad("group and queue sizes must be positive".into());
+        }
+        if let SyncPolicy::Interval(interval) = self.sync {
+            if interval.is_zero() {
+                return bad("sync interval must be positive".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One segment as `logger-tick-ranges` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRange {
+    pub id: SegmentId,
+    /// The segment file (ArangoDB's `datafile`).
+    pub path: PathBuf,
+    pub sealed: bool,
+    pub tick_min: Tick,
+    pub tick_max: Tick,
+    pub file_bytes: u64,
+}
+
+impl SegmentRange {
+    /// ArangoDB's `status` value: `"sealed"` or `"open"`.
+    pub fn status(&self) -> &'static str {
+        if self.sealed { "sealed" } else { "open" }
+    }
+}
+
+/// What a client that lost its position to the archive size limit needs to be told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostPosition {
+    pub tick: Tick,
+    pub when: SystemTime,
+}
+
+/// Outcome of one retention pass.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    pub deleted: Vec<PathBuf>,
+    pub forced: Vec<PathBuf>,
+    pub lost_clients: Vec<(String, Tick)>,
+    pub expired_clients: Vec<String>,
+    pub kept: Option<KeepReason>,
+}
+
+/// Counters of the writer, for metrics.
+#[derive(Debug, Default)]
+pub struct WalCounters {
+    pub groups: AtomicU64,
+    pub syncs: AtomicU64,
+    pub sync_nanos: AtomicU64,
+    pub blocks: AtomicU64,
+    pub records: AtomicU64,
+    /// Bytes of blocks appended (headers and stored payloads).
+    pub block_bytes: AtomicU64,
+    /// Uncompressed record bytes appended.
+    pub raw_bytes: AtomicU64,
+    /// Bytes handed to the engine, counting rewritten tail pages and padding.
+    pub write_bytes: AtomicU64,
+    pub segments_created: AtomicU64,
+    pub segments_deleted: AtomicU64,
+}
+
+/// The active segment as readers see it: only its durable part.
+pub(crate) struct ActiveSegment {
+    pub id: SegmentId,
+    pub path: PathBuf,
+    /// The whole preallocated file.
+    pub map: Bytes,
+    pub data_end: u64,
+    pub ticks: TickRange,
+    pub index: TickIndex,
+}
+
+pub(crate) struct State {
+    /// Oldest first; ids are contiguous and the active segment, if any, follows the last.
+    pub sealed: VecDeque<Arc<SealedSegment>>,
+    pub active: Option<ActiveSegment>,
+    /// The last tick readers may see.
+    pub tick_last: Tick,
+    /// The id the next segment created gets.
+    pub next_segment_id: SegmentId,
+    pub failed: Option<String>,
+    pub closed: bool,
+    pub retention: RetentionState,
+    pub lost: HashMap<String, LostPosition>,
+}
+
+impl State {
+    pub fn tick_first(&self) -> Option<Tick> {
+        self.sealed.front().map(|s| s.ticks.first).or(self.active.as_ref().map(|a| a.ticks.first))
+    }
+}
+
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub options: WalOptions,
+    pub state: Mutex<State>,
+    /// Signalled when `tick_last` advances or the WAL closes or fails.
+    pub visible: Condvar,
+    pub watch: tokio::sync::watch::Sender<Tick>,
+    pub credits: Credits,
+    pub failed: AtomicBool,
+    pub counters: WalCounters,
+    pub opened_at: SystemTime,
+    pub block_bytes_max: u64,
+    pub engine_name: &'static str,
+}
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Byte budget of the append queue: appenders wait while it is spent.
+pub(crate) struct Credits {
+    used: Mutex<usize>,
+    freed: Condvar,
+    capacity: usize,
+}
+
+impl Credits {
+    fn new(capacity: usize) -> Credits {
+        Credits { used: Mutex::new(0), freed: Condvar::new(), capacity }
+    }
+
+    /// Takes `bytes` of the budget, waiting while it is spent. A request larger than the whole
+    /// budget is let through alone, so it cannot wait forever.
+    fn acquire(&self, bytes: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        while *used > 0 && *used + bytes > self.capacity {
+            used = self.freed.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += bytes;
+    }
+
+    pub fn release(&self, bytes: usize) {
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(*used >= bytes, "released more queue credit than taken");
+        *used -= bytes;
+        self.freed.notify_all();
+    }
+}
+
+/// The result slot of one append, completed by the writer.
+pub(crate) struct Completion {
+    slot: Mutex<(Option<Result<TickRange>>, Option<Waker>)>,
+    done: Condvar,
+}
+
+impl Completion {
+    fn new() -> Arc<Completion> {
+        Arc::new(Completion { slot: Mutex::new((None, None)), done: Condvar::new() })
+    }
+
+    pub fn complete(&self, result: Result<TickRange>) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(slot.0.is_none(), "an append completed twice");
+        slot.0 = Some(result);
+        if let Some(waker) = slot.1.take() {
+            waker.wake();
+        }
+        self.done.notify_all();
+    }
+}
+
+/// A pending append: wait for it (`wait`) or await it. Resolves to the block's ticks once the
+/// block is durable (per the sync policy), or to the error that kept it from being so.
+#[must_use = "an append is only acknowledged once its handle resolves"]
+pub struct Appended {
+    completion: Arc<Completion>,
+}
+
+impl Appended {
+    pub fn wait(self) -> Result<TickRange> {
+        let mut slot = self.completion.slot.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(result) = slot.0.take() {
+                return result;
+            }
+            slot = self.completion.done.wait(slot).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Future for Appended {
+    type Output = Result<TickRange>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<TickRange>> {
+        let mut slot = self.completion.slot.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.0.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                slot.1 = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+pub(crate) enum Payload {
+    /// Records from this node: the writer assigns the ticks.
+    Prepared(PreparedBlock),
+    /// A block from a leader: stored verbatim with its own ticks.
+    Verbatim(Block),
+}
+
+pub(crate) struct Request {
+    pub payload: Payload,
+    pub completion: Arc<Completion>,
+    pub credit_bytes: usize,
+}
+
+/// Bounds the number of queued requests; bytes are bounded by `Credits`.
+const QUEUE_REQUESTS_MAX: usize = 16_384;
+
+/// The write-ahead log. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Wal {
+    shared: Arc<Shared>,
+    sender: Mutex<Option<Sender<Request>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    stop_background: Mutex<Option<Sender<()>>>,
+    recovery: RecoveryReport,
+    _lock: DirLock,
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir`: recovers its segments, cuts a torn tail,
+    /// and starts the writer. Fails with a precise error on anything it cannot account for.
+    pub fn open(dir: impl AsRef<Path>, options: WalOptions) -> Result<Wal> {
+        let dir = dir.as_ref().to_path_buf();
+        options.validate()?;
+        recovery::create_dir(&dir)?;
+        let lock = DirLock::acquire(&dir.join("LOCK"))?;
+        let recovered = recovery::recover(&dir, &options)?;
+        let buffer_bytes = options.write_buffer_bytes;
+        let (engine, fallback) = engine::create(options.io_engine, buffer_bytes, &dir)?;
+        if let Some(reason) = fallback {
+            tracing::info!("wal: {reason}; using the portable pwrite+fdatasync engine");
+        }
+        let recovery = recovered.report.clone();
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_REQUESTS_MAX);
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let tick_last = recovered.tick_last;
+        let shared = Arc::new(Shared {
+            dir: dir.clone(),
+            block_bytes_max: segment::block_bytes_max(options.segment_bytes),
+            credits: Credits::new(options.queue_bytes_max),
+            options,
+            state: Mutex::new(State {
+                sealed: recovered.sealed,
+                active: recovered.active.as_ref().map(|a| a.to_state()),
+                tick_last,
+                next_segment_id: recovered.next_segment_id,
+                failed: None,
+                closed: false,
+                retention: RetentionState::default(),
+                lost: HashMap::new(),
+            }),
+            visible: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(tick_last),
+            failed: AtomicBool::new(false),
+            counters: WalCounters::default(),
+            opened_at: SystemTime::now(),
+            engine_name: engine.name(),
+        });
+        let mut spares = writer::Spares::start(shared.clone())?;
+        let mut threads: Vec<JoinHandle<()>> = spares.take_thread().into_iter().collect();
+        let writer = writer::Writer::new(shared.clone(), engine, spares, recovered.active)?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("wal-writer".into())
+                .spawn(move || writer.run(receiver))
+                .map_err(|e| Error::io("spawn writer thread", &dir, e))?,
+        );
+        if let Some(interval) = shared.options.retention_interval {
+            let shared = shared.clone();
+            let stop_rx = stop_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("wal-retention".into())
+                    .spawn(move || retention_loop(&shared, interval, &stop_rx))
+                    .map_err(|e| Error::io("spawn retention thread", &dir, e))?,
+            );
+        }
+        tracing::info!(
+            dir = %shared.dir.display(),
+            engine = shared.engine_name,
+            tick_last = %tick_last,
+            "wal open"
+        );
+        Ok(Wal {
+            shared,
+            sender: Mutex::new(Some(sender)),
+            threads: Mutex::new(threads),
+            stop_background: Mutex::new(Some(stop_tx)),
+            recovery,
+            _lock: lock,
+        })
+    }
+
+    /// What recovery found and did when this WAL was opened.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// The I/O engine in use: `"io_uring"` or `"sync"`.
+    pub fn engine_name(&self) -> &'static str {
+        self.shared.engine_name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    pub fn options(&self) -> &WalOptions {
+        &self.shared.options
+    }
+
+    pub fn counters(&self) -> &WalCounters {
+        &self.shared.counters
+    }
+
+    /// When this WAL was opened (retention's initial timeout counts from here).
+    pub fn opened_at(&self) -> SystemTime {
+        self.shared.opened_at
+    }
+
+    /// The largest block (header and payload) one append may produce.
+    pub fn block_bytes_max(&self) -> u64 {
+        self.shared.block_bytes_max
+    }
+
+    /// Appends `records` as one block and waits until they are durable; returns their ticks.
+    pub fn append(&self, records: &[Record<'_>]) -> Result<TickRange> {
+        self.submit(block::prepare(records)?)?.wait()
+    }
+
+    /// Queues a prepared block (waiting only while the queue is full) and returns its pending
+    /// completion. Blocks complete in the order they were submitted.
+    pub fn submit(&self, block: PreparedBlock) -> Result<Appended> {
+        let bytes = block.block_bytes();
+        self.enqueue(Payload::Prepared(block), bytes)
+    }
+
+    /// Queues a block received from a leader, stored verbatim with its own ticks, which must
+    /// follow the log's last tick.
+    pub fn submit_block(&self, block: Block) -> Result<Appended> {
+        let bytes = block.bytes().len();
+        self.enqueue(Payload::Verbatim(block), bytes)
+    }
+
+    fn enqueue(&self, payload: Payload, bytes: usize) -> Result<Appended> {
+        if bytes as u64 > self.shared.block_bytes_max {
+            return Err(Error::BlockTooLarge { bytes: bytes as u64, bytes_max: self.shared.block_bytes_max });
+        }
+        if self.shared.failed.load(Ordering::Acquire) {
+            return Err(self.failure());
+        }
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner()).clone().ok_or(Error::Closed)?;
+        let credit_bytes = bytes.min(self.shared.options.queue_bytes_max);
+        self.shared.credits.acquire(credit_bytes);
+        let completion = Completion::new();
+        let request = Request { payload, completion: completion.clone(), credit_bytes };
+        if sender.send(request).is_err() {
+            self.shared.credits.release(credit_bytes);
+            return Err(Error::Closed);
+        }
+        Ok(Appended { completion })
+    }
+
+    fn failure(&self) -> Error {
+        match &self.shared.lock().failed {
+            Some(reason) => Error::WriterFailed(reason.clone()),
+            None => Error::Closed,
+        }
+    }
+
+    /// The first tick the WAL still holds, or `None` if it holds no block.
+    pub fn first_tick(&self) -> Option<Tick> {
+        self.shared.lock().tick_first()
+    }
+
+    /// The last tick readers can see (durable under the default sync policy).
+    pub fn last_tick(&self) -> Tick {
+        self.shared.lock().tick_last
+    }
+
+    /// Whether the ticks after `after` are all still in the WAL (ArangoDB's `fromPresent`).
+    pub fn contains_after(&self, after: Tick) -> bool {
+        let state = self.shared.lock();
+        reader::floor(&state) <= after
+    }
+
+    /// Every segment with its tick range, oldest first, as `logger-tick-ranges` lists them.
+    pub fn tick_ranges(&self) -> Vec<SegmentRange> {
+        let state = self.shared.lock();
+        let mut ranges: Vec<SegmentRange> = state
+            .sealed
+            .iter()
+            .map(|s| SegmentRange {
+                id: s.id,
+                path: s.path.clone(),
+                sealed: true,
+                tick_min: s.ticks.first,
+                tick_max: s.ticks.last,
+                file_bytes: s.file_bytes,
+            })
+            .collect();
+        if let Some(active) = &state.active {
+            ranges.push(SegmentRange {
+                id: active.id,
+                path: active.path.clone(),
+                sealed: false,
+                tick_min: active.ticks.first,
+                tick_max: active.ticks.last,
+                file_bytes: active.map.len() as u64,
+            });
+        }
+        ranges
+    }
+
+    /// A reader of the blocks holding ticks after `after` (exclusive). The first block it
+    /// returns may start at or before `after`; callers skip those records. Fails with
+    /// `TickCompacted` if retention already removed ticks after `after`.
+    pub fn reader_after(&self, after: Tick) -> Result<Reader> {
+        Reader::new(self.shared.clone(), after)
+    }
+
+    /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
+    /// `timeout` passes; returns the last visible tick then. Wakes on change, never polls.
+    pub fn wait_after(&self, after: Tick, timeout: Duration) -> Tick {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        while state.tick_last <= after && !state.closed && state.failed.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .shared
+                .visible
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.tick_last
+    }
+
+    /// A watch of the last visible tick, for async waiters (`changed().await`).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Tick> {
+        self.shared.watch.subscribe()
+    }
+
+    /// Registers or moves client `client`'s barrier: the WAL keeps every tick after `tick` until
+    /// `expires`. Fails with `TickCompacted` if those ticks are already gone.
+    pub fn set_barrier(&self, client: &str, tick: Tick, expires: SystemTime) -> Result<()> {
+        let mut state = self.shared.lock();
+        if reader::floor(&state) > tick {
+            return Err(Error::TickCompacted(tick));
+        }
+        state.lost.remove(client);
+        state.retention.barriers.insert(client.to_string(), Barrier { tick, expires });
+        Ok(())
+    }
+
+    /// Extends client `client`'s barrier to `expires`; false if it has none.
+    pub fn extend_barrier(&self, client: &str, expires: SystemTime) -> bool {
+        let mut state = self.shared.lock();
+        match state.retention.barriers.get_mut(client) {
+            Some(barrier) => {
+                barrier.expires = expires;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops client `client`'s barrier; false if it had none.
+    pub fn drop_barrier(&self, client: &str) -> bool {
+        self.shared.lock().retention.barriers.remove(client).is_some()
+    }
+
+    /// The unexpired and not yet collected barriers, by client.
+    pub fn barriers(&self) -> Vec<(String, Barrier)> {
+        let state = self.shared.lock();
+        state.retention.barriers.iter().map(|(c, b)| (c.clone(), b.clone())).collect()
+    }
+
+    /// If the archive size limit removed ticks client `client` still needed: where it stood.
+    pub fn lost_position(&self, client: &str) -> Option<LostPosition> {
+        self.shared.lock().lost.get(client).cloned()
+    }
+
+    /// The local store has made every tick up to `tick` durable on its own: retention may delete
+    /// segments ending at or before it. Until this is called, retention deletes nothing.
+    pub fn set_store_tick(&self, tick: Tick) {
+        self.shared.lock().retention.store_tick = Some(tick);
+    }
+
+    /// Runs one retention pass as of `now` and deletes what it allows.
+    pub fn run_retention(&self, now: SystemTime) -> Result<RetentionReport> {
+        run_retention(&self.shared, now)
+    }
+
+    /// Stops accepting appends, lets the writer finish and sync what was queued, and joins the
+    /// background threads. Returns the writer's failure, if it failed.
+    pub fn close(&self) -> Result<()> {
+        drop(self.sender.lock().unwrap_or_else(|p| p.into_inner()).take());
+        drop(self.stop_background.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("wal: a background thread panicked");
+            }
+        }
+        let mut state = self.shared.lock();
+        state.closed = true;
+        self.shared.visible.notify_all();
+        match &state.failed {
+            Some(reason) => Err(Error::WriterFailed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::error!("wal: closed after failure: {e}");
+        }
+    }
+}
+
+fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
+    loop {
+        match stop.recv_timeout(interval) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if let Err(e) = run_retention(shared, SystemTime::now()) {
+            tracing::error!("wal: failed to run retention: {e}");
+        }
+    }
+}
+
+fn run_retention(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
+    let (plan, doomed) = {
+        let mut state = shared.lock();
+        let mut facts: Vec<SegmentFacts> = state
+            .sealed
+            .iter()
+            .map(|s| SegmentFacts { id: s.id, tick_last: s.ticks.last, file_bytes: s.file_bytes })
+            .collect();
+        // The newest segment carries the last tick across restarts: it is never deleted.
+        if state.active.is_none() {
+            facts.pop();
+        }
+        let plan = state.retention.plan(&shared.options.retention, &facts, shared.opened_at, now);
+        let mut doomed = Vec::with_capacity(plan.delete.len());
+        for id in &plan.delete {
+            let segment = state.sealed.pop_front().expect("the plan deletes a prefix of the sealed segments");
+            assert_eq!(segment.id, *id, "retention must delete oldest first");
+            doomed.push(segment);
+        }
+        for (client, tick) in &plan.lost_clients {
+            state.lost.insert(client.clone(), LostPosition { tick: *tick, when: now });
+        }
+        (plan, doomed)
+    };
+    let mut report = RetentionReport {
+        lost_clients: plan.lost_clients.clone(),
+        expired_clients: plan.expired_clients.clone(),
+        kept: plan.kept.clone(),
+        ..Default::default()
+    };
+    for segment in &doomed {
+        if plan.forced.contains(&segment.id) {
+            tracing::warn!(
+                "wal: forcing removal of WAL segment {} because of overflowing archive; \
+                 try to increase the value of the startup option --wal.archive-size-limit",
+                segment.path.display()
+            );
+            report.forced.push(segment.path.clone());
+        }
+        match std::fs::remove_file(&segment.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove segment", &segment.path, e)),
+        }
+        shared.counters.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        report.deleted.push(segment.path.clone());
+    }
+    if !doomed.is_empty() {
+        crate::fs::fsync_dir(&shared.dir)?;
+        tracing::debug!(count = doomed.len(), "wal: retention deleted segments");
+    }
+    for (client, tick) in &plan.lost_clients {
+        tracing::warn!("wal: client {client} lost its position at tick {tick} to the archive size limit");
+    }
+    Ok(report)
+}

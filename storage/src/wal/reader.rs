@@ -1,0 +1,223 @@
+//! Readers: the blocks after a tick, as zero-copy `Bytes` slices of the segment mappings.
+//!
+//! A reader holds a position (segment id, offset) and the tick it reads after. It sees only what
+//! the writer has published (durable blocks, under the default sync policy), moves from a sealed
+//! segment to the next by id, and verifies every block it returns: header, checksum, and that
+//! ticks increase from one block to the next. A segment deleted by retention under a reader
+//! turns into `TickCompacted`, never into skipped data.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::block::{Block, BlockHeader};
+use super::segment::{SealedSegment, SEGMENT_HEADER_BYTES};
+use super::tick_index::SealedIndex;
+use super::{Shared, State};
+use crate::error::{Error, Result};
+use crate::tick::{SegmentId, Tick};
+
+/// The smallest `after` a reader may start from: the tick before the first block, or the last
+/// tick when the WAL holds no block.
+pub(crate) fn floor(state: &State) -> Tick {
+    match state.tick_first() {
+        Some(first) => first.saturating_prev(),
+        None => state.tick_last,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Position {
+    segment: SegmentId,
+    offset: u64,
+}
+
+/// What one step of reading found under the state lock.
+enum Step {
+    Sealed(Arc<SealedSegment>),
+    Active { map: Bytes, data_end: u64, path: PathBuf },
+    /// Nothing published at the position yet.
+    Wait,
+}
+
+/// Reads the blocks holding ticks after a given tick, in order, waiting for new ones on demand.
+pub struct Reader {
+    shared: Arc<Shared>,
+    after: Tick,
+    position: Position,
+    /// The last tick of the last block returned (or `after`).
+    tick_read: Tick,
+    /// The last tick of the last block read, returned or skipped.
+    tick_last_block: Option<Tick>,
+}
+
+impl Reader {
+    pub(crate) fn new(shared: Arc<Shared>, after: Tick) -> Result<Reader> {
+        enum Start {
+            At(Position),
+            Sealed(Arc<SealedSegment>),
+        }
+        let start = {
+            let state = shared.lock();
+            if floor(&state) > after {
+                return Err(Error::TickCompacted(after));
+            }
+            if after >= state.tick_last {
+                Start::At(end_position(&state))
+            } else {
+                // The last segment starting at or before `after`, else the first one.
+                let sealed_before = state.sealed.partition_point(|s| s.ticks.first <= after);
+                match &state.active {
+                    Some(active) if active.ticks.first <= after || state.sealed.is_empty() => {
+                        let offset = active.index.floor(after).map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
+                        Start::At(Position { segment: active.id, offset })
+                    }
+                    _ => match state.sealed.get(sealed_before.saturating_sub(1)) {
+                        Some(segment) => Start::Sealed(segment.clone()),
+                        None => Start::At(end_position(&state)),
+                    },
+                }
+            }
+        };
+        let position = match start {
+            Start::At(position) => position,
+            Start::Sealed(segment) => {
+                let index = SealedIndex::new(map_sealed(&segment, after)?.1);
+                let offset = index.floor(after).map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
+                Position { segment: segment.id, offset }
+            }
+        };
+        Ok(Reader { shared, after, position, tick_read: after, tick_last_block: None })
+    }
+
+    /// The last tick of the last block returned, or the starting tick.
+    pub fn tick_read(&self) -> Tick {
+        self.tick_read
+    }
+
+    /// The next block holding ticks after the starting tick, or `None` if no such block is
+    /// visible yet.
+    pub fn next_block(&mut self) -> Result<Option<Block>> {
+        loop {
+            let step = {
+                let state = self.shared.lock();
+                let first_id = state.sealed.front().map(|s| s.id).or(state.active.as_ref().map(|a| a.id));
+                match &state.active {
+                    Some(active) if active.id == self.position.segment => {
+                        Step::Active { map: active.map.clone(), data_end: active.data_end, path: active.path.clone() }
+                    }
+                    _ => {
+                        let sealed = first_id.and_then(|first| {
+                            let i = self.position.segment.get().checked_sub(first.get())?;
+                            state.sealed.get(usize::try_from(i).ok()?)
+                        });
+                        match sealed {
+                            Some(segment) => Step::Sealed(segment.clone()),
+                            None if first_id.is_some_and(|first| self.position.segment < first) => {
+                                return Err(Error::TickCompacted(self.tick_read));
+                            }
+                            None => Step::Wait,
+                        }
+                    }
+                }
+            };
+            let block = match step {
+                Step::Wait => return Ok(None),
+                Step::Active { map, data_end, path } => {
+                    if self.position.offset >= data_end {
+                        return Ok(None);
+                    }
+                    self.read_block(&map, data_end, self.position.segment, &path)?
+                }
+                Step::Sealed(segment) => {
+                    if self.position.offset >= segment.data_end {
+                        self.position = Position { segment: segment.id.next(), offset: SEGMENT_HEADER_BYTES as u64 };
+                        continue;
+                    }
+                    let map = map_sealed(&segment, self.tick_read)?.0;
+                    self.read_block(&map, segment.data_end, segment.id, &segment.path)?
+                }
+            };
+            if block.ticks().last <= self.after {
+                continue;
+            }
+            self.tick_read = block.ticks().last;
+            return Ok(Some(block));
+        }
+    }
+
+    /// Like `next_block`, but waits up to `timeout` for a block to become visible. Returns
+    /// `None` on timeout or when the WAL closes.
+    pub fn wait_next(&mut self, timeout: Duration) -> Result<Option<Block>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.shared.lock().tick_last;
+            if let Some(block) = self.next_block()? {
+                return Ok(Some(block));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let mut state = self.shared.lock();
+            while state.tick_last == seen && !state.closed && state.failed.is_none() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(None);
+                }
+                state = self.shared.visible.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            if state.tick_last == seen {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Verifies and slices the block at the reader's position, and moves past it.
+    fn read_block(&mut self, map: &Bytes, data_end: u64, id: SegmentId, path: &Path) -> Result<Block> {
+        let offset = self.position.offset;
+        let corrupt = |reason: &str| Error::Corruption {
+            segment_id: id,
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        };
+        let data = map.get(offset as usize..data_end as usize).ok_or_else(|| corrupt("position outside the data"))?;
+        let header = match BlockHeader::decode(data) {
+            Ok(Some(header)) if !header.is_seal() => header,
+            Ok(_) => return Err(corrupt("no data block at this position")),
+            Err(reason) => return Err(corrupt(reason)),
+        };
+        if header.segment_bytes() > data.len() {
+            return Err(corrupt("block extends past the data"));
+        }
+        let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+        header.verify_crc(&bytes).map_err(corrupt)?;
+        if self.tick_last_block.is_some_and(|last| header.tick_first <= last) {
+            return Err(corrupt("block ticks do not increase"));
+        }
+        self.tick_last_block = Some(header.tick_last);
+        self.position.offset = offset + header.segment_bytes() as u64;
+        Ok(Block::from_verified(bytes, header))
+    }
+}
+
+/// Where a reader starts when it wants only blocks not written yet.
+fn end_position(state: &State) -> Position {
+    match &state.active {
+        Some(active) => Position { segment: active.id, offset: active.data_end },
+        None => Position { segment: state.next_segment_id, offset: SEGMENT_HEADER_BYTES as u64 },
+    }
+}
+
+/// A sealed segment's mapping and index; a file retention removed meanwhile is `TickCompacted`.
+fn map_sealed(segment: &SealedSegment, tick: Tick) -> Result<(Bytes, &[u8])> {
+    match segment.map().and_then(|map| Ok((map.clone(), segment.index()?))) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::TickCompacted(tick))
+        }
+        other => other,
+    }
+}

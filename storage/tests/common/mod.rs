@@ -1,0 +1,115 @@
+//! Helpers shared by the storage crate tests: options per engine, record payloads, reading a
+//! whole WAL back.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use tickship_storage::wal::{IoEngine, Record, RecordType, SyncPolicy};
+use tickship_storage::{Error, Tick, Wal, WalOptions};
+
+/// Small segments (so tests rotate often), no background retention, default sync.
+pub fn options(engine: IoEngine) -> WalOptions {
+    WalOptions {
+        segment_bytes: 64 << 10,
+        io_engine: engine,
+        retention_interval: None,
+        write_buffer_bytes: 16 << 10,
+        ..WalOptions::default()
+    }
+}
+
+/// The engines this machine can run: the portable one always, io_uring unless the kernel
+/// refuses it (then a message says the io_uring half was skipped).
+pub fn engines() -> Vec<IoEngine> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    match Wal::open(dir.path(), options(IoEngine::Uring)) {
+        Ok(wal) => {
+            drop(wal);
+            vec![IoEngine::Sync, IoEngine::Uring]
+        }
+        Err(Error::Config(reason)) => {
+            eprintln!("skipping the io_uring engine here: {reason}");
+            vec![IoEngine::Sync]
+        }
+        Err(e) => panic!("opening a WAL with io_uring failed unexpectedly: {e}"),
+    }
+}
+
+/// A ~`size`-byte JSON-like document that names its writer and sequence number, with words
+/// drawn by a seeded PRNG so it compresses about as well as real JSON (lz4 ratio ~2).
+pub fn document(writer: u32, sequence: u64, size: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "alpha", "berlin", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo",
+        "juniper", "kepler", "lumen", "meadow", "nimbus", "orchid", "quartz",
+    ];
+    let mut doc = format!(r#"{{"_key":"w{writer}-{sequence}","writer":{writer},"seq":{sequence},"text":""#).into_bytes();
+    let mut state = (u64::from(writer) << 32 ^ sequence).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while doc.len() + 12 < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        doc.extend_from_slice(WORDS[(state % 16) as usize].as_bytes());
+        doc.extend_from_slice(format!(" {} ", state % 1000).as_bytes());
+    }
+    doc.extend_from_slice(b"\"}");
+    doc
+}
+
+/// Appends `count` single-record blocks of `size`-byte documents; returns their ticks.
+pub fn append_documents(wal: &Wal, writer: u32, count: u64, size: usize) -> Vec<Tick> {
+    (0..count)
+        .map(|sequence| {
+            let doc = document(writer, sequence, size);
+            let key = format!("w{writer}-{sequence}");
+            let ticks = wal.append(&[Record::put("_system", "docs", &key, &doc)]).expect("append");
+            assert_eq!(ticks.count(), 1);
+            ticks.first
+        })
+        .collect()
+}
+
+/// One decoded record, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owned {
+    pub tick: Tick,
+    pub kind: RecordType,
+    pub key: String,
+    pub data: Vec<u8>,
+}
+
+/// Every record after `after`, read through a reader, in order.
+pub fn read_all(wal: &Wal, after: Tick) -> Vec<Owned> {
+    let mut reader = wal.reader_after(after).expect("reader");
+    let mut out = Vec::new();
+    let mut scratch = Vec::new();
+    while let Some(block) = reader.next_block().expect("next block") {
+        for record in block.records(&mut scratch).expect("records") {
+            let (tick, record) = record.expect("record");
+            if tick > after {
+                out.push(Owned { tick, kind: record.kind, key: record.key.to_string(), data: record.data.to_vec() });
+            }
+        }
+    }
+    out
+}
+
+pub fn wait_short() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Options for a WAL that never syncs, for tests that only exercise layout.
+pub fn unsynced(engine: IoEngine) -> WalOptions {
+    WalOptions { sync: SyncPolicy::Never, ..options(engine) }
+}
+
+/// The segment files of `dir`, sorted by name.
+pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    files.sort();
+    files
+}
