@@ -338,8 +338,25 @@ pub(crate) enum Payload {
 
 pub(crate) struct Request {
     pub payload: Payload,
-    pub completion: Arc<Completion>,
+    pub completion: CompletionGuard,
     pub credit_bytes: usize,
+}
+
+/// Completes its append exactly once: explicitly, or with an error if dropped unanswered (a
+/// writer that panicked, say), so no appender ever waits forever.
+pub(crate) struct CompletionGuard(Arc<Completion>);
+
+impl CompletionGuard {
+    pub fn complete(self, result: Result<TickRange>) {
+        self.0.complete(result);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for CompletionGuard {
+    fn drop(&mut self) {
+        self.0.complete(Err(Error::WriterFailed("the writer stopped before completing this append".into())));
+    }
 }
 
 /// Bounds the number of queued requests; bytes are bounded by `Credits`.
@@ -352,7 +369,8 @@ pub struct Wal {
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop_background: Mutex<Option<Sender<()>>>,
     recovery: RecoveryReport,
-    _lock: DirLock,
+    /// Released by `close`, so the directory can be opened again at once.
+    lock: Mutex<Option<DirLock>>,
 }
 
 impl Wal {
@@ -426,7 +444,7 @@ impl Wal {
             threads: Mutex::new(threads),
             stop_background: Mutex::new(Some(stop_tx)),
             recovery,
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -492,7 +510,7 @@ impl Wal {
         let credit_bytes = bytes.min(self.shared.options.queue_bytes_max);
         self.shared.credits.acquire(credit_bytes);
         let completion = Completion::new();
-        let request = Request { payload, completion: completion.clone(), credit_bytes };
+        let request = Request { payload, completion: CompletionGuard(completion.clone()), credit_bytes };
         if sender.send(request).is_err() {
             self.shared.credits.release(credit_bytes);
             return Err(Error::Closed);
@@ -648,6 +666,7 @@ impl Wal {
         let mut state = self.shared.lock();
         state.closed = true;
         self.shared.visible.notify_all();
+        drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         match &state.failed {
             Some(reason) => Err(Error::WriterFailed(reason.clone())),
             None => Ok(()),

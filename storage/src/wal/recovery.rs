@@ -225,10 +225,11 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
                     continue;
                 };
                 if newest {
+                    let map = restore_capacity(&open.file, path, open.map, options.segment_bytes)?;
                     active = Some(RecoveredActive {
                         id: *id,
                         path: path.clone(),
-                        map: open.map,
+                        map,
                         data_end: open.data_end,
                         ticks,
                         index: open.index,
@@ -360,6 +361,21 @@ fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryRepor
         }
     });
     Ok(Scanned::Open(OpenScan { file, map, data_end: end as u64, ticks, index, torn }))
+}
+
+/// Gives the newest segment back its preallocated length if it lost it (a file cut short), so
+/// the writer's page-aligned writes and the seal stay inside the file; returns the new mapping.
+fn restore_capacity(file: &File, path: &Path, map: Bytes, segment_bytes: u64) -> Result<Bytes> {
+    let len = map.len() as u64;
+    let wanted = len.next_multiple_of(fs::DIRECT_ALIGN as u64).max(segment_bytes);
+    if len == wanted {
+        return Ok(map);
+    }
+    tracing::warn!("wal: {} is {len} bytes; extending it to {wanted}", path.display());
+    drop(map);
+    fs::preallocate(file, path, wanted)?;
+    fs::fsync(file, path)?;
+    fs::map(file, path, wanted)
 }
 
 /// The offset of the last non-zero byte at or after `from`, if any.

@@ -34,7 +34,7 @@ use super::block::BLOCK_ALIGN;
 use super::engine::Engine;
 use super::recovery::RecoveredActive;
 use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
-use super::{ActiveSegment, Completion, Payload, Request, Shared, SyncPolicy};
+use super::{ActiveSegment, CompletionGuard, Payload, Request, Shared, SyncPolicy};
 use crate::error::{Error, Result};
 use crate::fs::{self, DIRECT_ALIGN};
 use crate::tick::{SegmentId, Tick, TickRange};
@@ -129,6 +129,7 @@ impl Writer {
     }
 
     pub fn run(mut self, requests: Receiver<Request>) {
+        let _guard = PanicGuard(self.shared.clone());
         let group_bytes_max = self.shared.options.group_bytes_max;
         loop {
             let first = match self.next_request(&requests) {
@@ -179,7 +180,7 @@ impl Writer {
 
     fn commit(&mut self, group: Vec<Request>) {
         self.shared.counters.groups.fetch_add(1, Ordering::Relaxed);
-        let mut written: Vec<(Arc<Completion>, TickRange)> = Vec::with_capacity(group.len());
+        let mut written: Vec<(CompletionGuard, TickRange)> = Vec::with_capacity(group.len());
         for request in group {
             self.shared.credits.release(request.credit_bytes);
             if let Some(reason) = &self.failed {
@@ -465,6 +466,21 @@ impl Writer {
         self.shared.failed.store(true, Ordering::Release);
         self.shared.lock().failed = Some(reason);
         self.shared.visible.notify_all();
+    }
+}
+
+/// Marks the WAL failed if the writer thread unwinds, so appenders get an error instead of a
+/// WAL that silently accepts nothing.
+struct PanicGuard(Arc<Shared>);
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = "the writer thread panicked".to_string();
+            self.0.failed.store(true, Ordering::Release);
+            self.0.lock().failed = Some(reason);
+            self.0.visible.notify_all();
+        }
     }
 }
 

@@ -113,3 +113,28 @@ pub fn segment_files(dir: &Path) -> Vec<std::path::PathBuf> {
     files.sort();
     files
 }
+
+/// Offsets and lengths (header + payload) of the blocks in the segment file `path`.
+pub fn block_layout(path: &Path) -> Vec<(usize, usize)> {
+    let bytes = std::fs::read(path).expect("read segment");
+    let mut offset = tickship_storage::wal::segment::SEGMENT_HEADER_BYTES;
+    let mut blocks = Vec::new();
+    while let Ok(Some(header)) = tickship_storage::wal::BlockHeader::decode(&bytes[offset..]) {
+        if header.is_seal() {
+            break;
+        }
+        blocks.push((offset, header.block_bytes()));
+        offset += header.segment_bytes();
+    }
+    blocks
+}
+
+/// Copies the regular files of `from` into the empty directory `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+}
