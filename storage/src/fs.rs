@@ -130,6 +130,9 @@ pub fn zero_fill(file: &File, path: &Path, len: u64) -> Result<()> {
 
 /// Cuts or extends `file` to `len` bytes.
 pub fn truncate(file: &File, path: &Path, len: u64) -> Result<()> {
+    fail::fail_point!("wal::segment::truncate::err", |_| {
+        Err(io::Error::from_raw_os_error(libc::EIO)).ctx("truncate", path)
+    });
     file.set_len(len).ctx("truncate", path)
 }
 

@@ -237,6 +237,10 @@ impl SealedSegment {
         }
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         fs::read_exact_at(&file, path, &mut header, 0)?;
+        if header.iter().all(|&b| b == 0) {
+            // Never written: not sealed; the scan decides what it is.
+            return Ok(None);
+        }
         check_header(&header, id, tick_first).map_err(|reason| corrupt(0, reason))?;
         let mut locator = [0u8; LOCATOR_BYTES];
         let locator_offset = file_bytes - LOCATOR_BYTES as u64;

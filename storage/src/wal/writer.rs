@@ -537,14 +537,22 @@ impl Spares {
         self.thread.take()
     }
 
-    /// A prepared spare file, waiting for it if needed; the thread starts on the next one.
+    /// A prepared spare file, waiting for it if needed; the thread starts on the next one. An
+    /// error prepared before this call is stale (space may have been freed since): it is
+    /// dropped and a fresh attempt decides.
     fn take(&self) -> Result<PathBuf> {
         let mut slot = self.inner.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = false;
         loop {
-            if let Some(ready) = slot.ready.take() {
-                self.inner.changed.notify_all();
-                return ready;
+            match slot.ready.take() {
+                Some(Err(_)) if !fresh => fresh = true,
+                Some(ready) => {
+                    self.inner.changed.notify_all();
+                    return ready;
+                }
+                None => fresh = true,
             }
+            self.inner.changed.notify_all();
             slot = self.inner.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
         }
     }
