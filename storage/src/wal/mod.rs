@@ -228,7 +228,12 @@ pub(crate) struct Shared {
     pub state: Mutex<State>,
     /// Signalled when `tick_last` advances or the WAL closes or fails.
     pub visible: Condvar,
-    pub watch: tokio::sync::watch::Sender<Tick>,
+    /// The same, for async waiters. Nothing a waiter holds can block the writer.
+    pub notify: tokio::sync::Notify,
+    /// `tick_last`, readable without the lock.
+    pub tick_visible: AtomicU64,
+    /// Set once the WAL is closed, for async waiters.
+    pub closed: AtomicBool,
     pub credits: Credits,
     pub failed: AtomicBool,
     pub counters: WalCounters,
@@ -407,7 +412,9 @@ impl Wal {
                 lost: HashMap::new(),
             }),
             visible: Condvar::new(),
-            watch: tokio::sync::watch::Sender::new(tick_last),
+            notify: tokio::sync::Notify::new(),
+            tick_visible: AtomicU64::new(tick_last.get()),
+            closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             counters: WalCounters::default(),
             opened_at: SystemTime::now(),
@@ -596,9 +603,21 @@ impl Wal {
         state.tick_last
     }
 
-    /// A watch of the last visible tick, for async waiters (`changed().await`).
-    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Tick> {
-        self.shared.watch.subscribe()
+    /// Waits until the last visible tick is after `after`, or the WAL closes or fails; returns
+    /// the last visible tick then. For async tasks (a shipper, say): wakes on change, never
+    /// polls, and holds nothing the writer waits for.
+    pub async fn changed_after(&self, after: Tick) -> Tick {
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a publish between check and await is not missed.
+            notified.as_mut().enable();
+            let tick = Tick::new(self.shared.tick_visible.load(Ordering::Acquire));
+            if tick > after || self.shared.closed.load(Ordering::Acquire) || self.shared.failed.load(Ordering::Acquire) {
+                return tick;
+            }
+            notified.await;
+        }
     }
 
     /// Registers or moves client `client`'s barrier: the WAL keeps every tick after `tick` until
@@ -665,7 +684,9 @@ impl Wal {
         }
         let mut state = self.shared.lock();
         state.closed = true;
+        self.shared.closed.store(true, Ordering::Release);
         self.shared.visible.notify_all();
+        self.shared.notify.notify_waiters();
         drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
         match &state.failed {
             Some(reason) => Err(Error::WriterFailed(reason.clone())),

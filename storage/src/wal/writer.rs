@@ -373,9 +373,10 @@ impl Writer {
         self.unpublished.clear();
         assert!(self.tick_written >= state.tick_last, "visible ticks never go back");
         state.tick_last = self.tick_written;
+        self.shared.tick_visible.store(self.tick_written.get(), Ordering::Release);
         drop(state);
         self.shared.visible.notify_all();
-        self.shared.watch.send_replace(self.tick_written);
+        self.shared.notify.notify_waiters();
     }
 
     /// Seals the current segment (if any) and opens a new one whose first block starts at
@@ -466,6 +467,7 @@ impl Writer {
         self.shared.failed.store(true, Ordering::Release);
         self.shared.lock().failed = Some(reason);
         self.shared.visible.notify_all();
+        self.shared.notify.notify_waiters();
     }
 }
 
@@ -480,6 +482,7 @@ impl Drop for PanicGuard {
             self.0.failed.store(true, Ordering::Release);
             self.0.lock().failed = Some(reason);
             self.0.visible.notify_all();
+            self.0.notify.notify_waiters();
         }
     }
 }
