@@ -193,6 +193,18 @@ pub fn map(file: &File, path: &Path, len: u64) -> Result<Bytes> {
     Ok(Bytes::from_owner(map))
 }
 
+/// Sets the nice value of the calling thread (on Linux, nice values are per thread). Lowering
+/// it needs root or CAP_SYS_NICE; the caller decides what a refusal means.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: plain system call; `who` 0 is the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// An exclusive advisory lock on a file, held until dropped, so that two processes never write
 /// the same WAL.
 pub struct DirLock {

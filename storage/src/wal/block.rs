@@ -254,29 +254,61 @@ impl BlockBuilder {
         if self.record_count == 0 {
             return Err(Error::InvalidRecord("a block needs at least one record".into()));
         }
-        let raw_bytes = self.raw.len() as u32;
-        let mut compressed = vec![0u8; lz4_flex::block::get_maximum_output_size(self.raw.len())];
-        let (compression, payload) = match lz4_flex::block::compress_into(&self.raw, &mut compressed)
-        {
-            Ok(n) if n < self.raw.len() => {
-                compressed.truncate(n);
-                (Compression::Lz4, compressed)
-            }
-            _ => (Compression::None, self.raw),
-        };
-        let payload_crc = crc32c::crc32c(&payload);
-        Ok(PreparedBlock { payload, compression, raw_bytes, record_count: self.record_count, payload_crc })
+        Ok(compress(&self.raw, self.record_count))
     }
 }
 
-/// Builds and finishes a block from `records`.
+thread_local! {
+    /// Per-thread scratch for encoding and compressing, reused across blocks: a fresh buffer per
+    /// block costs a memset and page faults for every block.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Scratch buffers larger than this are not kept between blocks.
+const SCRATCH_BYTES_KEPT: usize = 8 << 20;
+
+/// Compresses `raw` (the encoded records) into a prepared block, storing it uncompressed if
+/// lz4 does not make it smaller.
+fn compress(raw: &[u8], record_count: u32) -> PreparedBlock {
+    let raw_bytes = raw.len() as u32;
+    let payload = SCRATCH.with(|scratch| {
+        let compressed = &mut scratch.borrow_mut().1;
+        let bound = lz4_flex::block::get_maximum_output_size(raw.len());
+        if compressed.len() < bound {
+            compressed.resize(bound, 0);
+        }
+        let result = match lz4_flex::block::compress_into(raw, &mut compressed[..bound]) {
+            Ok(n) if n < raw.len() => (Compression::Lz4, compressed[..n].to_vec()),
+            _ => (Compression::None, raw.to_vec()),
+        };
+        if compressed.len() > SCRATCH_BYTES_KEPT {
+            *compressed = Vec::new();
+        }
+        result
+    });
+    let (compression, payload) = payload;
+    let payload_crc = crc32c::crc32c(&payload);
+    PreparedBlock { payload, compression, raw_bytes, record_count, payload_crc }
+}
+
+/// Builds and finishes a block from `records`, encoding them into per-thread scratch.
 pub fn prepare(records: &[Record<'_>]) -> Result<PreparedBlock> {
-    let mut builder =
-        BlockBuilder::with_capacity(records.iter().map(Record::encoded_bytes).sum::<usize>());
-    for record in records {
-        builder.push(record)?;
+    if records.is_empty() {
+        return Err(Error::InvalidRecord("a block needs at least one record".into()));
     }
-    builder.finish()
+    let raw_bytes: usize = records.iter().map(Record::encoded_bytes).sum();
+    if raw_bytes > BLOCK_RAW_BYTES_MAX {
+        return Err(Error::BlockTooLarge { bytes: raw_bytes as u64, bytes_max: BLOCK_RAW_BYTES_MAX as u64 });
+    }
+    let record_count = u32::try_from(records.len()).map_err(|_| Error::InvalidRecord("too many records".into()))?;
+    let mut raw = SCRATCH.with(|scratch| std::mem::take(&mut scratch.borrow_mut().0));
+    raw.clear();
+    let encoded = records.iter().try_for_each(|record| record.encode_into(&mut raw));
+    let prepared = encoded.map(|()| compress(&raw, record_count));
+    if raw.capacity() <= SCRATCH_BYTES_KEPT {
+        SCRATCH.with(|scratch| scratch.borrow_mut().0 = raw);
+    }
+    prepared
 }
 
 /// A block whose payload is compressed and checksummed but whose ticks are not assigned yet.

@@ -1,12 +1,13 @@
 //! The WAL writer's I/O back ends behind one trait: io_uring and portable pwrite + fdatasync.
 //!
 //! An engine owns the writer's aligned write buffer (so the io_uring engine can register it with
-//! the kernel for the lifetime of the ring) and writes a prefix of it at a file offset, optionally
-//! followed by fdatasync as one unit.
+//! the kernel for the lifetime of the ring) and writes a prefix of it at a file offset. Durability
+//! is the syncer's (see `writer`): it runs fdatasync on its own thread while the engine writes
+//! the next groups.
 //!
 //! - **io_uring** (`IoEngine::Uring`): the ring belongs to the writer thread; segments are opened
-//!   with O_DIRECT; the buffer is registered (`WRITE_FIXED`), and a write and its fdatasync are
-//!   linked in one submission, so a group commit costs one system call.
+//!   with O_DIRECT and the buffer is registered, so a write (`WRITE_FIXED`) goes from the buffer
+//!   to the device without a copy into the page cache.
 //! - **portable** (`IoEngine::Sync`): buffered `pwrite` and `fdatasync`, for kernels or sandboxes
 //!   that refuse io_uring (Docker's default seccomp profile, `kernel.io_uring_disabled`) or file
 //!   systems without O_DIRECT.
@@ -74,9 +75,9 @@ pub(crate) trait Engine: Send {
 
     fn buffer_mut(&mut self) -> &mut AlignedBuf;
 
-    /// Writes `buffer[..len]` at `offset` of `file`, then fdatasyncs it if `sync`. For O_DIRECT
-    /// engines `offset` and `len` are multiples of `DIRECT_ALIGN`.
-    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize, sync: bool) -> Result<()>;
+    /// Writes `buffer[..len]` at `offset` of `file`. For O_DIRECT engines `offset` and `len` are
+    /// multiples of `DIRECT_ALIGN`.
+    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize) -> Result<()>;
 
     /// fdatasync of `file`.
     fn sync(&mut self, file: &File, path: &Path) -> Result<()>;
@@ -143,12 +144,8 @@ impl Engine for SyncEngine {
         &mut self.buf
     }
 
-    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize, sync: bool) -> Result<()> {
-        fs::write_all_at(file, path, &self.buf.as_slice()[..len], offset)?;
-        if sync {
-            fs::fdatasync(file, path)?;
-        }
-        Ok(())
+    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize) -> Result<()> {
+        fs::write_all_at(file, path, &self.buf.as_slice()[..len], offset)
     }
 
     fn sync(&mut self, file: &File, path: &Path) -> Result<()> {
@@ -230,44 +227,27 @@ impl Engine for UringEngine {
         &mut self.buf
     }
 
-    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize, sync: bool) -> Result<()> {
+    fn write(&mut self, file: &File, path: &Path, offset: u64, len: usize) -> Result<()> {
         assert!(offset % DIRECT_ALIGN as u64 == 0);
         assert!(len % DIRECT_ALIGN == 0);
         assert!(len <= self.buf.capacity());
         fail::fail_point!("wal::segment::write::err", |_| {
             Err(io::Error::from_raw_os_error(libc::EIO)).ctx("write", path)
         });
-        let sync_failpoint = || -> Result<()> {
-            fail::fail_point!("wal::segment::sync::err", |_| {
-                Err(io::Error::from_raw_os_error(libc::EIO)).ctx("fdatasync", path)
-            });
-            Ok(())
-        };
         let fd = types::Fd(file.as_raw_fd());
         let mut done = 0usize;
-        loop {
-            let rest = len - done;
+        while done < len {
             let write = opcode::WriteFixed::new(
                 fd,
                 // SAFETY (of the pointer arithmetic): `done < len <= capacity`.
                 unsafe { self.buf.as_ptr().add(done) },
-                rest as u32,
+                (len - done) as u32,
                 0,
             )
             .offset(offset + done as u64)
             .build()
             .user_data(USER_DATA_WRITE);
-            let fsync = opcode::Fsync::new(fd)
-                .flags(types::FsyncFlags::DATASYNC)
-                .build()
-                .user_data(USER_DATA_SYNC);
-            let results = if sync {
-                sync_failpoint()?;
-                self.run(&[write.flags(squeue::Flags::IO_LINK), fsync])
-            } else {
-                self.run(&[write])
-            }
-            .ctx("io_uring submit", path)?;
+            let results = self.run(&[write]).ctx("io_uring submit", path)?;
             let written = results[USER_DATA_WRITE as usize].unwrap_or(-libc::EIO);
             if written < 0 {
                 return Err(io::Error::from_raw_os_error(-written)).ctx("write", path);
@@ -275,20 +255,10 @@ impl Engine for UringEngine {
             if written == 0 {
                 return Err(io::Error::from(io::ErrorKind::WriteZero)).ctx("write", path);
             }
+            // A short write: write the rest.
             done += written as usize;
-            if done < len {
-                // A short write breaks the link and cancels the fdatasync: write the rest, then
-                // sync everything.
-                continue;
-            }
-            if sync {
-                let synced = results[USER_DATA_SYNC as usize].unwrap_or(-libc::EIO);
-                if synced < 0 {
-                    return Err(io::Error::from_raw_os_error(-synced)).ctx("fdatasync", path);
-                }
-            }
-            return Ok(());
         }
+        Ok(())
     }
 
     fn sync(&mut self, file: &File, path: &Path) -> Result<()> {

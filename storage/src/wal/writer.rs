@@ -1,24 +1,33 @@
-//! The writer thread: group commit into the active segment, rotation and sealing.
+//! The writer and syncer threads: pipelined group commit, rotation and sealing.
 //!
-//! The writer owns the active segment file and the engine (with its aligned buffer). It waits
-//! for one append, takes every other queued append up to `group_bytes_max`, stamps ticks,
-//! copies the blocks into the buffer, writes them with as few writes as the buffer allows and
-//! ends the group with one fdatasync; then it publishes the new blocks to readers and completes
-//! every append of the group, in order.
+//! Group commit runs as a two-stage pipeline, so the disk and the CPU both stay busy:
+//!
+//! 1. The **writer** owns the active segment file and the engine (with its aligned buffer). It
+//!    waits for one append, takes every other queued append up to `group_bytes_max`, stamps
+//!    ticks, copies the blocks into the buffer and writes them, then hands the group (its
+//!    completions and index entries) to the syncer and goes on with the next group at once.
+//! 2. The **syncer** takes every group handed over since its last round, makes them durable
+//!    with one fdatasync (which covers everything written before it started), publishes them to
+//!    readers, and completes their appends in order.
+//!
+//! While one fdatasync runs, the next groups are written, so each fdatasync covers as much as
+//! arrived meanwhile, and an append waits for at most the fdatasync in flight plus its own.
+//! Under the relaxed sync policies the syncer publishes and completes without an fdatasync and
+//! syncs on its own clock (`Interval`) or never (`Never`, except on close).
 //!
 //! The buffer mirrors the file from the page holding the end of the data: after each write the
 //! partial last page stays at the front of the buffer and is written again, unchanged, with the
-//! next group. So O_DIRECT writes are always whole aligned pages and earlier bytes of that page
-//! are rewritten with their own value, which a torn write cannot damage.
+//! next group. So O_DIRECT writes are always whole aligned pages, and earlier bytes of that page
+//! are rewritten with their own value, which neither a torn write nor a concurrent fdatasync can
+//! damage.
 //!
-//! Failure rules: an error writing or syncing stops the writer for good (the content of the
-//! file is then unknown, and a failed fdatasync may have dropped pages), and every pending and
-//! later append fails with `WriterFailed`. An error creating the next segment (ENOSPC, say)
-//! fails only the appends that needed it: nothing was written for them, and the next append
-//! tries again.
+//! Failure rules: an error writing or syncing stops the WAL for good (the content of the file is
+//! then unknown, and a failed fdatasync may have dropped pages), and every pending and later
+//! append fails with `WriterFailed`. An error creating the next segment (ENOSPC, say) fails only
+//! the append that needed it: nothing was written for it, and the next append tries again.
 //!
-//! New segments come from `Spares`, a thread that prepares the next file ahead of time
-//! (preallocate, zero-fill, sync) so rotation costs a rename instead of a 64 MiB write.
+//! New segments come from `Spares`, a thread that prepares the next file ahead of time, so a
+//! rotation costs a rename. Sealing waits until the syncer has published the whole segment.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,7 +37,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::block::BLOCK_ALIGN;
 use super::engine::Engine;
@@ -42,14 +51,20 @@ use crate::wal::tick_index::TickIndex;
 
 const ZEROS: [u8; BLOCK_ALIGN] = [0; BLOCK_ALIGN];
 
-/// The segment the writer appends to.
-struct OpenSegment {
+/// A segment file shared by the writer (which writes it) and the syncer (which syncs it).
+pub(crate) struct SegmentFile {
     id: SegmentId,
     path: PathBuf,
     file: File,
+    /// The whole preallocated file, mapped for readers.
     map: Bytes,
-    capacity: u64,
     tick_first: Tick,
+}
+
+/// The segment the writer appends to.
+struct OpenSegment {
+    file: Arc<SegmentFile>,
+    capacity: u64,
     tick_last: Tick,
     block_count: usize,
     data_end: u64,
@@ -57,16 +72,32 @@ struct OpenSegment {
 
 /// Whether an error leaves the writer able to go on.
 enum Failure {
-    /// Nothing was written for the failed appends; later ones may succeed.
+    /// Nothing was written for the failed append; later ones may succeed.
     Retryable(Error),
-    /// The writer must stop.
+    /// The WAL must stop.
     Fatal(Error),
+}
+
+/// What the writer hands to the syncer.
+pub(crate) enum SyncJob {
+    /// Blocks written to `segment` up to `data_end`, to be made durable and published.
+    Written {
+        segment: Arc<SegmentFile>,
+        data_end: u64,
+        /// The segment's last tick, and the log's (equal, but kept apart for the assertion).
+        tick_last: Tick,
+        index: Vec<(Tick, u64)>,
+        completions: Vec<(CompletionGuard, TickRange)>,
+    },
+    /// Answered once every earlier job is durable (per the policy) and published.
+    Drain(Sender<()>),
 }
 
 pub(crate) struct Writer {
     shared: Arc<Shared>,
     engine: Box<dyn Engine>,
     spares: Spares,
+    syncer: Sender<SyncJob>,
     segment: Option<OpenSegment>,
     /// File offset of `buffer[0]`; a multiple of `DIRECT_ALIGN`.
     buf_offset: u64,
@@ -74,13 +105,11 @@ pub(crate) struct Writer {
     buf_len: usize,
     /// Appended bytes not yet handed to the engine.
     unwritten: bool,
-    /// Written bytes not yet synced.
-    unsynced: bool,
-    last_sync: Instant,
-    /// The last tick assigned and written.
+    /// The last tick assigned and written (`tick_written`; the syncer publishes `tick_synced`).
     tick_written: Tick,
-    /// Index entries of the active segment not yet published.
+    /// Index entries and completions of blocks written but not yet handed to the syncer.
     unpublished: Vec<(Tick, u64)>,
+    pending: Vec<(CompletionGuard, TickRange)>,
     failed: Option<String>,
 }
 
@@ -89,6 +118,7 @@ impl Writer {
         shared: Arc<Shared>,
         engine: Box<dyn Engine>,
         spares: Spares,
+        syncer: Sender<SyncJob>,
         active: Option<RecoveredActive>,
     ) -> Result<Writer> {
         let tick_written = shared.lock().tick_last;
@@ -96,14 +126,14 @@ impl Writer {
             shared,
             engine,
             spares,
+            syncer,
             segment: None,
             buf_offset: 0,
             buf_len: 0,
             unwritten: false,
-            unsynced: false,
-            last_sync: Instant::now(),
             tick_written,
             unpublished: Vec::new(),
+            pending: Vec::new(),
             failed: None,
         };
         if let Some(active) = active {
@@ -114,12 +144,14 @@ impl Writer {
             let tail = &active.map[writer.buf_offset as usize..active.data_end as usize];
             writer.engine.buffer_mut().as_mut_slice()[..tail.len()].copy_from_slice(tail);
             writer.segment = Some(OpenSegment {
-                id: active.id,
                 capacity: active.map.len() as u64,
-                map: active.map,
-                path: active.path,
-                file,
-                tick_first: active.ticks.first,
+                file: Arc::new(SegmentFile {
+                    id: active.id,
+                    path: active.path,
+                    file,
+                    map: active.map,
+                    tick_first: active.ticks.first,
+                }),
                 tick_last: active.ticks.last,
                 block_count: active.index.len(),
                 data_end: active.data_end,
@@ -130,12 +162,12 @@ impl Writer {
 
     pub fn run(mut self, requests: Receiver<Request>) {
         let _guard = PanicGuard(self.shared.clone());
+        raise_priority(&self.shared);
         let group_bytes_max = self.shared.options.group_bytes_max;
         loop {
-            let first = match self.next_request(&requests) {
-                Some(first) => first,
-                None => break,
-            };
+            let waiting = Instant::now();
+            let Ok(first) = requests.recv() else { break };
+            self.shared.counters.idle_nanos.fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let mut group_bytes = first.credit_bytes;
             let mut group = vec![first];
             while group_bytes < group_bytes_max {
@@ -149,46 +181,24 @@ impl Writer {
             }
             self.commit(group);
         }
-        // Closing: make everything written durable, whatever the policy.
-        if self.failed.is_none() && (self.unwritten || self.unsynced) {
-            if let Err(e) = self.write_out(true) {
-                self.poison(&e);
-            }
-        }
-    }
-
-    /// The next request, syncing on time under `SyncPolicy::Interval` while idle; `None` once
-    /// the WAL is closed and the queue is drained.
-    fn next_request(&mut self, requests: &Receiver<Request>) -> Option<Request> {
-        loop {
-            let interval = match self.shared.options.sync {
-                SyncPolicy::Interval(interval) if self.unsynced && self.failed.is_none() => interval,
-                _ => return requests.recv().ok(),
-            };
-            let wait = interval.saturating_sub(self.last_sync.elapsed());
-            match requests.recv_timeout(wait) {
-                Ok(request) => return Some(request),
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Err(e) = self.sync_segment() {
-                        self.poison(&e);
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => return None,
-            }
-        }
+        // Closing: everything was written and handed over group by group; dropping the syncer's
+        // channel makes it sync what the relaxed policies left unsynced, then stop.
     }
 
     fn commit(&mut self, group: Vec<Request>) {
         self.shared.counters.groups.fetch_add(1, Ordering::Relaxed);
-        let mut written: Vec<(CompletionGuard, TickRange)> = Vec::with_capacity(group.len());
         for request in group {
             self.shared.credits.release(request.credit_bytes);
+            if self.failed.is_none() && self.shared.failed.load(Ordering::Acquire) {
+                // The syncer failed: take its reason and stop too.
+                self.failed = Some(self.shared.lock().failed.clone().unwrap_or_default());
+            }
             if let Some(reason) = &self.failed {
                 request.completion.complete(Err(Error::WriterFailed(reason.clone())));
                 continue;
             }
             match self.append(&request.payload) {
-                Ok(ticks) => written.push((request.completion, ticks)),
+                Ok(ticks) => self.pending.push((request.completion, ticks)),
                 // Nothing was written for it; the next append tries again (a new spare segment,
                 // once space is freed, for example).
                 Err(Failure::Retryable(error)) => request.completion.complete(Err(error)),
@@ -199,22 +209,12 @@ impl Writer {
             }
         }
         if self.failed.is_none() && self.unwritten {
-            let sync = match self.shared.options.sync {
-                SyncPolicy::EveryGroup => true,
-                SyncPolicy::Interval(interval) => self.last_sync.elapsed() >= interval,
-                SyncPolicy::Never => false,
-            };
-            match self.write_out(sync) {
-                Ok(()) => self.publish(),
-                Err(e) => self.poison(&e),
+            if let Err(e) = self.write_out() {
+                self.poison(&e);
             }
         }
-        for (completion, ticks) in written {
-            let result = match &self.failed {
-                Some(reason) => Err(Error::WriterFailed(reason.clone())),
-                None => Ok(ticks),
-            };
-            completion.complete(result);
+        if self.failed.is_none() {
+            self.hand_off();
         }
     }
 
@@ -267,7 +267,7 @@ impl Writer {
         segment.data_end = offset + segment_bytes;
         assert_eq!(segment.data_end, self.buf_offset + self.buf_len as u64);
         if segment.block_count == 0 {
-            assert_eq!(segment.tick_first, ticks.first, "a segment is named by its first tick");
+            assert_eq!(segment.file.tick_first, ticks.first, "a segment is named by its first tick");
         }
         segment.block_count += 1;
         segment.tick_last = ticks.last;
@@ -286,7 +286,7 @@ impl Writer {
         while !bytes.is_empty() {
             let capacity = self.engine.buffer().capacity();
             if self.buf_len == capacity {
-                self.write_out(false)?;
+                self.write_out()?;
                 continue;
             }
             let n = (capacity - self.buf_len).min(bytes.len());
@@ -299,28 +299,20 @@ impl Writer {
     }
 
     /// Writes the buffer (whole pages, the last one zero-padded) and keeps its partial last
-    /// page for the next write; syncs too if `sync`.
-    fn write_out(&mut self, sync: bool) -> Result<()> {
+    /// page for the next write.
+    fn write_out(&mut self) -> Result<()> {
         let Some(segment) = &self.segment else { return Ok(()) };
         if !self.unwritten {
-            if sync && self.unsynced {
-                return self.sync_segment();
-            }
             return Ok(());
         }
         let len = self.buf_len.next_multiple_of(DIRECT_ALIGN);
         assert!(self.buf_offset + len as u64 <= segment.capacity, "write past the preallocated segment");
         self.engine.buffer_mut().as_mut_slice()[self.buf_len..len].fill(0);
         let started = Instant::now();
-        self.engine.write(&segment.file, &segment.path, self.buf_offset, len, sync)?;
+        self.engine.write(&segment.file.file, &segment.file.path, self.buf_offset, len)?;
         let counters = &self.shared.counters;
+        counters.io_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         counters.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
-        if sync {
-            counters.syncs.fetch_add(1, Ordering::Relaxed);
-            counters.sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            self.last_sync = Instant::now();
-        }
-        self.unsynced = !sync;
         self.unwritten = false;
         let keep_from = self.buf_len / DIRECT_ALIGN * DIRECT_ALIGN;
         self.engine.buffer_mut().as_mut_slice().copy_within(keep_from..self.buf_len, 0);
@@ -329,54 +321,34 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_segment(&mut self) -> Result<()> {
-        let Some(segment) = &self.segment else { return Ok(()) };
-        let started = Instant::now();
-        self.engine.sync(&segment.file, &segment.path)?;
-        let counters = &self.shared.counters;
-        counters.syncs.fetch_add(1, Ordering::Relaxed);
-        counters.sync_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.last_sync = Instant::now();
-        self.unsynced = false;
-        Ok(())
+    /// Hands the written, not yet handed blocks and their completions to the syncer.
+    fn hand_off(&mut self) {
+        if self.unpublished.is_empty() && self.pending.is_empty() {
+            return;
+        }
+        let Some(segment) = &self.segment else { return };
+        assert!(!self.unwritten, "only written blocks are handed to the syncer");
+        let job = SyncJob::Written {
+            segment: segment.file.clone(),
+            data_end: segment.data_end,
+            tick_last: self.tick_written,
+            index: std::mem::take(&mut self.unpublished),
+            completions: std::mem::take(&mut self.pending),
+        };
+        // If the syncer is gone (it panicked), the completions fail as the job is dropped.
+        let _ = self.syncer.send(job);
     }
 
-    /// Makes the written blocks visible to readers.
-    fn publish(&mut self) {
-        let mut state = self.shared.lock();
-        if let Some(segment) = &self.segment {
-            if segment.block_count > 0 {
-                let ticks = TickRange::new(segment.tick_first, segment.tick_last);
-                match &mut state.active {
-                    Some(active) if active.id == segment.id => {
-                        assert!(segment.data_end >= active.data_end);
-                        active.data_end = segment.data_end;
-                        active.ticks = ticks;
-                        active.index.extend_from(&self.unpublished);
-                    }
-                    other => {
-                        assert!(other.is_none(), "the previous segment is sealed before the next opens");
-                        let mut index = TickIndex::new();
-                        index.extend_from(&self.unpublished);
-                        *other = Some(ActiveSegment {
-                            id: segment.id,
-                            path: segment.path.clone(),
-                            map: segment.map.clone(),
-                            data_end: segment.data_end,
-                            ticks,
-                            index,
-                        });
-                    }
-                }
-            }
+    /// Waits until the syncer has made everything handed to it durable and published.
+    fn drain(&mut self) -> Result<()> {
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let stopped = || Error::WriterFailed("the syncer stopped".into());
+        self.syncer.send(SyncJob::Drain(done_tx)).map_err(|_| stopped())?;
+        done_rx.recv().map_err(|_| stopped())?;
+        match &self.shared.lock().failed {
+            Some(reason) => Err(Error::WriterFailed(reason.clone())),
+            None => Ok(()),
         }
-        self.unpublished.clear();
-        assert!(self.tick_written >= state.tick_last, "visible ticks never go back");
-        state.tick_last = self.tick_written;
-        self.shared.tick_visible.store(self.tick_written.get(), Ordering::Release);
-        drop(state);
-        self.shared.visible.notify_all();
-        self.shared.notify.notify_waiters();
     }
 
     /// Seals the current segment (if any) and opens a new one whose first block starts at
@@ -384,8 +356,9 @@ impl Writer {
     fn rotate(&mut self, tick_first: Tick) -> std::result::Result<(), Failure> {
         let spare = self.spares.take().map_err(Failure::Retryable)?;
         if self.segment.is_some() {
-            self.write_out(true).map_err(Failure::Fatal)?;
-            self.publish();
+            self.write_out().map_err(Failure::Fatal)?;
+            self.hand_off();
+            self.drain().map_err(Failure::Fatal)?;
             self.seal().map_err(Failure::Fatal)?;
         }
         let id = self.shared.lock().next_segment_id;
@@ -404,12 +377,8 @@ impl Writer {
         self.shared.counters.segments_created.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(segment = %path.display(), "wal: opened segment");
         self.segment = Some(OpenSegment {
-            id,
-            path,
-            file,
-            map,
+            file: Arc::new(SegmentFile { id, path, file, map, tick_first }),
             capacity,
-            tick_first,
             tick_last: tick_first,
             block_count: 0,
             data_end: 0,
@@ -425,64 +394,211 @@ impl Writer {
     }
 
     /// Writes the seal block and locator after the data, syncs, cuts the file to its used
-    /// length, and hands the segment to readers as sealed.
+    /// length, and hands the segment to readers as sealed. The syncer must be drained.
     fn seal(&mut self) -> Result<()> {
         let Some(segment) = &self.segment else { return Ok(()) };
-        let (id, seal_offset, block_count) = (segment.id, segment.data_end, segment.block_count);
-        let ticks = TickRange::new(segment.tick_first, segment.tick_last);
+        let (id, seal_offset, block_count) = (segment.file.id, segment.data_end, segment.block_count);
+        let ticks = TickRange::new(segment.file.tick_first, segment.tick_last);
         let tail = {
             let state = self.shared.lock();
             let active = state.active.as_ref().filter(|a| a.id == id).expect("the segment to seal is published");
             assert_eq!(active.index.len(), block_count);
+            assert_eq!(active.data_end, seal_offset);
             segment::seal_tail(ticks, active.index.entries(), seal_offset)
         };
         self.buffer(&tail)?;
         let file_bytes = self.buf_offset + self.buf_len as u64;
-        self.write_out(true)?;
+        self.write_out()?;
         let segment = self.segment.take().expect("checked above");
-        fs::truncate(&segment.file, &segment.path, file_bytes)?;
-        fs::fsync(&segment.file, &segment.path)?;
-        let map = fs::map(&segment.file, &segment.path, file_bytes)?;
-        let sealed = SealedSegment::new(
-            id,
-            segment.path.clone(),
-            ticks,
-            seal_offset,
-            segment.block_count as u32,
-            file_bytes,
-            Some(map),
-        );
+        let file = &segment.file;
+        let started = Instant::now();
+        self.engine.sync(&file.file, &file.path)?;
+        self.shared.counters.io_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        fs::truncate(&file.file, &file.path, file_bytes)?;
+        fs::fsync(&file.file, &file.path)?;
+        let map = fs::map(&file.file, &file.path, file_bytes)?;
+        let sealed = SealedSegment::new(id, file.path.clone(), ticks, seal_offset, block_count as u32, file_bytes, Some(map));
         let mut state = self.shared.lock();
         assert!(state.active.as_ref().is_some_and(|a| a.id == id));
         state.active = None;
         state.sealed.push_back(Arc::new(sealed));
-        tracing::debug!(segment = %segment.path.display(), %ticks, "wal: sealed segment");
+        tracing::debug!(segment = %file.path.display(), %ticks, "wal: sealed segment");
         Ok(())
     }
 
     fn poison(&mut self, error: &Error) {
         let reason = error_chain(error);
-        tracing::error!("wal: writer stopped for good: {reason}");
         self.failed = Some(reason.clone());
-        self.shared.failed.store(true, Ordering::Release);
-        self.shared.lock().failed = Some(reason);
-        self.shared.visible.notify_all();
-        self.shared.notify.notify_waiters();
+        poison(&self.shared, reason);
+        for (completion, _) in self.pending.drain(..) {
+            completion.complete(Err(Error::WriterFailed(error_chain(error))));
+        }
     }
 }
 
-/// Marks the WAL failed if the writer thread unwinds, so appenders get an error instead of a
-/// WAL that silently accepts nothing.
+/// Marks the WAL failed for good and wakes every waiter.
+fn poison(shared: &Shared, reason: String) {
+    tracing::error!("wal: stopped for good: {reason}");
+    shared.failed.store(true, Ordering::Release);
+    let mut state = shared.lock();
+    if state.failed.is_none() {
+        state.failed = Some(reason);
+    }
+    drop(state);
+    shared.visible.notify_all();
+    shared.notify.notify_waiters();
+}
+
+/// The syncer thread: makes handed-over groups durable, publishes them, completes them.
+pub(crate) fn run_syncer(shared: Arc<Shared>, jobs: Receiver<SyncJob>) {
+    let _guard = PanicGuard(shared.clone());
+    raise_priority(&shared);
+    let mut unsynced: Option<Arc<SegmentFile>> = None;
+    let mut last_sync = Instant::now();
+    loop {
+        let first = match shared.options.sync {
+            SyncPolicy::Interval(interval) if unsynced.is_some() => {
+                match jobs.recv_timeout(interval.saturating_sub(last_sync.elapsed())) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Some(file) = unsynced.take() {
+                            sync(&shared, &file, &mut last_sync);
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            _ => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        let mut batch = vec![first];
+        batch.extend(jobs.try_iter());
+        let segment = batch.iter().rev().find_map(|job| match job {
+            SyncJob::Written { segment, .. } => Some(segment.clone()),
+            SyncJob::Drain(_) => None,
+        });
+        if let Some(segment) = segment {
+            let sync_now = match shared.options.sync {
+                SyncPolicy::EveryGroup => true,
+                SyncPolicy::Interval(interval) => last_sync.elapsed() >= interval,
+                SyncPolicy::Never => false,
+            };
+            if sync_now && !shared.failed.load(Ordering::Acquire) {
+                sync(&shared, &segment, &mut last_sync);
+                unsynced = None;
+            } else {
+                unsynced = Some(segment);
+            }
+        }
+        finish(&shared, batch);
+    }
+    // Closing: what the relaxed policies left unsynced is synced now.
+    if let Some(file) = unsynced {
+        if !shared.failed.load(Ordering::Acquire) {
+            sync(&shared, &file, &mut last_sync);
+        }
+    }
+}
+
+/// Applies `io_thread_nice` to the calling thread, best effort.
+fn raise_priority(shared: &Shared) {
+    let nice = shared.options.io_thread_nice;
+    if nice == 0 {
+        return;
+    }
+    if let Err(e) = fs::set_thread_nice(nice) {
+        tracing::info!(
+            "wal: could not set the nice value of the {} thread to {nice} ({e}); it runs at normal \
+             priority (raising it needs root or CAP_SYS_NICE)",
+            std::thread::current().name().unwrap_or("wal")
+        );
+    }
+}
+
+/// fdatasync of `file`; a failure stops the WAL for good.
+fn sync(shared: &Shared, file: &SegmentFile, last_sync: &mut Instant) {
+    let started = Instant::now();
+    let result = fs::fdatasync(&file.file, &file.path);
+    let nanos = started.elapsed().as_nanos() as u64;
+    let counters = &shared.counters;
+    counters.sync_latency.record(started.elapsed());
+    counters.syncs.fetch_add(1, Ordering::Relaxed);
+    counters.sync_nanos.fetch_add(nanos, Ordering::Relaxed);
+    *last_sync = Instant::now();
+    if let Err(error) = result {
+        poison(shared, error_chain(&error));
+    }
+}
+
+/// Publishes the written blocks of `batch` and completes its appends and drains, in order; fails
+/// them all if the WAL has failed.
+fn finish(shared: &Shared, batch: Vec<SyncJob>) {
+    let failed = shared.lock().failed.clone();
+    if failed.is_none() {
+        let mut state = shared.lock();
+        for job in &batch {
+            let SyncJob::Written { segment, data_end, tick_last, index, .. } = job else { continue };
+            if !index.is_empty() {
+                let ticks = TickRange::new(segment.tick_first, *tick_last);
+                match &mut state.active {
+                    Some(active) if active.id == segment.id => {
+                        assert!(*data_end >= active.data_end);
+                        active.data_end = *data_end;
+                        active.ticks = ticks;
+                        active.index.extend_from(index);
+                    }
+                    other => {
+                        assert!(other.is_none(), "the previous segment is sealed before the next opens");
+                        let mut entries = TickIndex::new();
+                        entries.extend_from(index);
+                        *other = Some(ActiveSegment {
+                            id: segment.id,
+                            path: segment.path.clone(),
+                            map: segment.map.clone(),
+                            data_end: *data_end,
+                            ticks,
+                            index: entries,
+                        });
+                    }
+                }
+            }
+            assert!(*tick_last >= state.tick_last, "visible ticks never go back");
+            state.tick_last = *tick_last;
+        }
+        shared.tick_visible.store(state.tick_last.get(), Ordering::Release);
+        drop(state);
+        shared.visible.notify_all();
+        shared.notify.notify_waiters();
+    }
+    for job in batch {
+        match job {
+            SyncJob::Written { completions, .. } => {
+                for (completion, ticks) in completions {
+                    shared.counters.append_latency.record(completion.submitted.elapsed());
+                    completion.complete(match &failed {
+                        Some(reason) => Err(Error::WriterFailed(reason.clone())),
+                        None => Ok(ticks),
+                    });
+                }
+            }
+            SyncJob::Drain(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Marks the WAL failed if a WAL thread unwinds, so appenders get an error instead of a WAL
+/// that silently accepts nothing.
 struct PanicGuard(Arc<Shared>);
 
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let reason = "the writer thread panicked".to_string();
-            self.0.failed.store(true, Ordering::Release);
-            self.0.lock().failed = Some(reason);
-            self.0.visible.notify_all();
-            self.0.notify.notify_waiters();
+            poison(&self.0, format!("the {} thread panicked", std::thread::current().name().unwrap_or("wal")));
         }
     }
 }

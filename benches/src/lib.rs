@@ -1,0 +1,1 @@
+//! Holds the criterion benchmarks of `benches/*.rs`; no library code.
