@@ -14,7 +14,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A file the WAL wrote holds bytes that fail validation: stop and repair, never skip.
     #[error("segment {segment_id} ({path}): corrupt at offset {offset}: {reason}")]
-    Corruption { segment_id: SegmentId, path: PathBuf, offset: u64, reason: String },
+    Corruption {
+        segment_id: SegmentId,
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
 
     /// The WAL directory holds something it cannot account for.
     #[error("wal directory {dir}: {reason}")]
@@ -29,7 +34,9 @@ pub enum Error {
     InvalidRecord(String),
 
     /// The records of one append do not fit in one block, which must fit in one segment.
-    #[error("block of {bytes} bytes exceeds the maximum of {bytes_max} bytes for this segment size")]
+    #[error(
+        "block of {bytes} bytes exceeds the maximum of {bytes_max} bytes for this segment size"
+    )]
     BlockTooLarge { bytes: u64, bytes_max: u64 },
 
     /// A verbatim block does not follow the log: its first tick is not after the last tick.
@@ -64,7 +71,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }
 

@@ -39,7 +39,9 @@ impl AlignedBuf {
         let layout = Self::layout(capacity);
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { alloc::alloc_zeroed(layout) };
-        let Some(ptr) = NonNull::new(raw) else { alloc::handle_alloc_error(layout) };
+        let Some(ptr) = NonNull::new(raw) else {
+            alloc::handle_alloc_error(layout)
+        };
         AlignedBuf { ptr, capacity }
     }
 
@@ -80,12 +82,19 @@ pub fn open_rw(path: &Path, direct: bool) -> Result<File> {
     if direct {
         options.custom_flags(libc::O_DIRECT);
     }
-    options.open(path).ctx(if direct { "open (O_DIRECT)" } else { "open" }, path)
+    options
+        .open(path)
+        .ctx(if direct { "open (O_DIRECT)" } else { "open" }, path)
 }
 
 /// Creates a new file, failing if it exists.
 pub fn create_new(path: &Path) -> Result<File> {
-    OpenOptions::new().read(true).write(true).create_new(true).open(path).ctx("create", path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .ctx("create", path)
 }
 
 /// Reserves `len` bytes of disk for `file`, so that writes inside them cannot fail with ENOSPC.
@@ -122,7 +131,8 @@ pub fn zero_fill(file: &File, path: &Path, len: u64) -> Result<()> {
     let mut offset = 0u64;
     while offset < len {
         let n = (len - offset).min(CHUNK as u64) as usize;
-        file.write_all_at(&zeros.as_slice()[..n], offset).ctx("zero-fill", path)?;
+        file.write_all_at(&zeros.as_slice()[..n], offset)
+            .ctx("zero-fill", path)?;
         offset += n as u64;
     }
     fdatasync(file, path)
@@ -172,7 +182,10 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
     fail::fail_point!("wal::dir::sync::err", |_| {
         Err(io::Error::from_raw_os_error(libc::EIO)).ctx("fsync directory", dir)
     });
-    File::open(dir).ctx("open directory", dir)?.sync_all().ctx("fsync directory", dir)
+    File::open(dir)
+        .ctx("open directory", dir)?
+        .sync_all()
+        .ctx("fsync directory", dir)
 }
 
 /// Maps `len` bytes of `file` read-only and returns them as `Bytes`, so that readers hand out

@@ -172,6 +172,9 @@ mod tests {
         assert_eq!(TickRange::with_count(Tick::new(5), 3), Some(range));
         assert_eq!(TickRange::with_count(Tick::new(5), 0), None);
         assert_eq!(TickRange::with_count(Tick::MAX, 2), None);
-        assert_eq!(TickRange::with_count(Tick::MAX, 1).map(TickRange::count), Some(1));
+        assert_eq!(
+            TickRange::with_count(Tick::MAX, 1).map(TickRange::count),
+            Some(1)
+        );
     }
 }

@@ -18,11 +18,17 @@ fn append_rotate_read_reopen() {
             // 300 documents of ~1 KB in 64 KiB segments: several rotations.
             let ticks = append_documents(&wal, 1, 300, 1000);
             let expected: Vec<Tick> = (1..=300).map(Tick::new).collect();
-            assert_eq!(ticks, expected, "{engine}: ticks start at 1 and are consecutive");
+            assert_eq!(
+                ticks, expected,
+                "{engine}: ticks start at 1 and are consecutive"
+            );
             assert_eq!(wal.last_tick(), Tick::new(300));
             assert_eq!(wal.first_tick(), Some(Tick::new(1)));
             let ranges = wal.tick_ranges();
-            assert!(ranges.len() >= 3, "{engine}: expected rotations, got {ranges:?}");
+            assert!(
+                ranges.len() >= 3,
+                "{engine}: expected rotations, got {ranges:?}"
+            );
             assert!(ranges[..ranges.len() - 1].iter().all(|r| r.sealed));
             assert!(!ranges.last().expect("ranges").sealed);
             assert_eq!(ranges[0].tick_min, Tick::new(1));
@@ -31,7 +37,15 @@ fn append_rotate_read_reopen() {
                 assert_eq!(pair[0].tick_max.get() + 1, pair[1].tick_min.get());
             }
             // Read from the start, from inside a segment, from a segment boundary, from the end.
-            for after in [0u64, 1, 150, ranges[1].tick_min.get() - 1, ranges[1].tick_min.get(), 299, 300] {
+            for after in [
+                0u64,
+                1,
+                150,
+                ranges[1].tick_min.get() - 1,
+                ranges[1].tick_min.get(),
+                299,
+                300,
+            ] {
                 let records = read_all(&wal, Tick::new(after));
                 let got: Vec<u64> = records.iter().map(|r| r.tick.get()).collect();
                 let want: Vec<u64> = (after + 1..=300).collect();
@@ -46,12 +60,21 @@ fn append_rotate_read_reopen() {
         };
         let wal = Wal::open(dir.path(), options(engine)).expect("reopen");
         let report = wal.recovery_report();
-        assert_eq!(report.torn_tail, None, "{engine}: a clean close leaves no torn tail");
+        assert_eq!(
+            report.torn_tail, None,
+            "{engine}: a clean close leaves no torn tail"
+        );
         assert_eq!(report.tick_last, Tick::new(300));
         assert_eq!(wal.last_tick(), Tick::new(300));
         assert_eq!(read_all(&wal, Tick::ZERO).len(), ticks.len());
-        let more = wal.append(&[Record::put("_system", "docs", "after", b"{}")]).expect("append");
-        assert_eq!(more.first, Tick::new(301), "{engine}: ticks continue after a reopen");
+        let more = wal
+            .append(&[Record::put("_system", "docs", "after", b"{}")])
+            .expect("append");
+        assert_eq!(
+            more.first,
+            Tick::new(301),
+            "{engine}: ticks continue after a reopen"
+        );
         assert_eq!(read_all(&wal, Tick::new(300)).len(), 1);
     }
 }
@@ -63,8 +86,11 @@ fn multi_record_block_is_one_tick_range() {
         let wal = Wal::open(dir.path(), options(engine)).expect("open");
         let docs: Vec<Vec<u8>> = (0..50).map(|i| common::document(2, i, 200)).collect();
         let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
-        let records: Vec<Record<'_>> =
-            docs.iter().zip(&keys).map(|(doc, key)| Record::put("_system", "c", key, doc)).collect();
+        let records: Vec<Record<'_>> = docs
+            .iter()
+            .zip(&keys)
+            .map(|(doc, key)| Record::put("_system", "c", key, doc))
+            .collect();
         let ticks = wal.append(&records).expect("append");
         assert_eq!((ticks.first.get(), ticks.last.get()), (1, 50));
         let mut reader = wal.reader_after(Tick::ZERO).expect("reader");
@@ -73,25 +99,41 @@ fn multi_record_block_is_one_tick_range() {
         assert!(reader.next_block().expect("read").is_none());
         // Reading from inside the block returns the block; the caller skips what it has.
         let mut reader = wal.reader_after(Tick::new(20)).expect("reader");
-        assert_eq!(reader.next_block().expect("read").map(|b| b.ticks()), Some(ticks));
+        assert_eq!(
+            reader.next_block().expect("read").map(|b| b.ticks()),
+            Some(ticks)
+        );
         assert_eq!(read_all(&wal, Tick::new(20)).len(), 30);
     }
 }
 
 #[test]
 fn oversized_block_is_refused_and_nothing_changes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path(), options(tickship_storage::wal::IoEngine::Sync)).expect("open");
-    // Random bytes do not compress: 70 KB cannot fit a 64 KiB segment.
-    let mut state = 1u64;
-    let noise: Vec<u8> = (0..70_000)
-        .map(|_| {
-            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            (state >> 33) as u8
-        })
-        .collect();
-    let err = wal.append(&[Record::put("_system", "c", "big", &noise)]).expect_err("too large");
-    assert!(matches!(err, Error::BlockTooLarge { bytes_max, .. } if bytes_max == wal.block_bytes_max()));
-    assert_eq!(wal.last_tick(), Tick::ZERO);
-    assert_eq!(wal.append(&[Record::put("_system", "c", "small", b"{}")]).expect("append").first, Tick::new(1));
+    for engine in engines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = Wal::open(dir.path(), options(engine)).expect("open");
+        // Random bytes do not compress: 70 KB cannot fit a 64 KiB segment.
+        let mut state = 1u64;
+        let noise: Vec<u8> = (0..70_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                (state >> 33) as u8
+            })
+            .collect();
+        let err = wal
+            .append(&[Record::put("_system", "c", "big", &noise)])
+            .expect_err("too large");
+        assert!(
+            matches!(err, Error::BlockTooLarge { bytes_max, .. } if bytes_max == wal.block_bytes_max())
+        );
+        assert_eq!(wal.last_tick(), Tick::ZERO);
+        assert_eq!(
+            wal.append(&[Record::put("_system", "c", "small", b"{}")])
+                .expect("append")
+                .first,
+            Tick::new(1)
+        );
+    }
 }

@@ -29,53 +29,98 @@ fn pristine(dir: &Path, engine: IoEngine) -> (usize, usize) {
 
 /// Opens the damaged copy, checks recovery kept exactly the blocks before the last one and cut
 /// at most `torn_bytes_max` bytes (none if 0), appends, and reopens.
-fn check_recovers(dir: &Path, engine: IoEngine, last_offset: usize, torn_bytes_max: usize, cut: usize, what: &str) {
-    let wal = Wal::open(dir, options(engine)).unwrap_or_else(|e| panic!("{what} at {cut}: open failed: {e}"));
+fn check_recovers(
+    dir: &Path,
+    engine: IoEngine,
+    last_offset: usize,
+    torn_bytes_max: usize,
+    cut: usize,
+    what: &str,
+) {
+    let wal = Wal::open(dir, options(engine))
+        .unwrap_or_else(|e| panic!("{what} at {cut}: open failed: {e}"));
     match &wal.recovery_report().torn_tail {
         Some(torn) => {
-            assert_eq!(torn.offset as usize, last_offset, "{what} at {cut}: cut where the last block starts");
-            assert!(torn.bytes > 0 && torn.bytes as usize <= torn_bytes_max, "{what} at {cut}: {torn:?}");
+            assert_eq!(
+                torn.offset as usize, last_offset,
+                "{what} at {cut}: cut where the last block starts"
+            );
+            assert!(
+                torn.bytes > 0 && torn.bytes as usize <= torn_bytes_max,
+                "{what} at {cut}: {torn:?}"
+            );
         }
-        None => assert_eq!(torn_bytes_max, 0, "{what} at {cut}: damage must be reported"),
+        None => assert_eq!(
+            torn_bytes_max, 0,
+            "{what} at {cut}: damage must be reported"
+        ),
     }
     assert_eq!(wal.last_tick(), Tick::new(BLOCKS - 1), "{what} at {cut}");
     let records = read_all(&wal, Tick::ZERO);
     assert_eq!(records.len() as u64, BLOCKS - 1, "{what} at {cut}");
     for (i, record) in records.iter().enumerate() {
-        assert_eq!(record.data, common::document(1, i as u64, 150), "{what} at {cut}: block {i} intact");
+        assert_eq!(
+            record.data,
+            common::document(1, i as u64, 150),
+            "{what} at {cut}: block {i} intact"
+        );
     }
-    let ticks = wal.append(&[Record::put("_system", "docs", "new", b"{\"new\":1}")]).expect("append");
-    assert_eq!(ticks.first, Tick::new(BLOCKS), "{what} at {cut}: the lost tick is reused, never acknowledged");
+    let ticks = wal
+        .append(&[Record::put("_system", "docs", "new", b"{\"new\":1}")])
+        .expect("append");
+    assert_eq!(
+        ticks.first,
+        Tick::new(BLOCKS),
+        "{what} at {cut}: the lost tick is reused, never acknowledged"
+    );
     wal.close().expect("close");
     let wal = Wal::open(dir, options(engine)).expect("reopen");
-    assert_eq!(wal.recovery_report().torn_tail, None, "{what} at {cut}: the cut is durable");
+    assert_eq!(
+        wal.recovery_report().torn_tail,
+        None,
+        "{what} at {cut}: the cut is durable"
+    );
     assert_eq!(wal.last_tick(), Tick::new(BLOCKS));
-    assert_eq!(read_all(&wal, Tick::new(BLOCKS - 1))[0].data, b"{\"new\":1}");
+    assert_eq!(
+        read_all(&wal, Tick::new(BLOCKS - 1))[0].data,
+        b"{\"new\":1}"
+    );
 }
 
 #[test]
 fn last_block_zeroed_from_every_byte() {
-    let pristine_dir = tempfile::tempdir().expect("tempdir");
-    let (offset, len) = pristine(pristine_dir.path(), IoEngine::Sync);
-    for cut in 0..len {
-        let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(pristine_dir.path(), dir.path());
-        let file = OpenOptions::new().write(true).open(&segment_files(dir.path())[0]).expect("open segment");
-        file.write_all_at(&vec![0u8; len - cut], (offset + cut) as u64).expect("zero");
-        check_recovers(dir.path(), IoEngine::Sync, offset, cut, cut, "zeroed");
+    for engine in engines() {
+        let pristine_dir = tempfile::tempdir().expect("tempdir");
+        let (offset, len) = pristine(pristine_dir.path(), engine);
+        for cut in 0..len {
+            let dir = tempfile::tempdir().expect("tempdir");
+            copy_dir(pristine_dir.path(), dir.path());
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment_files(dir.path())[0])
+                .expect("open segment");
+            file.write_all_at(&vec![0u8; len - cut], (offset + cut) as u64)
+                .expect("zero");
+            check_recovers(dir.path(), engine, offset, cut, cut, "zeroed");
+        }
     }
 }
 
 #[test]
 fn segment_file_cut_short_at_every_byte() {
-    let pristine_dir = tempfile::tempdir().expect("tempdir");
-    let (offset, len) = pristine(pristine_dir.path(), IoEngine::Sync);
-    for cut in 0..len {
-        let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(pristine_dir.path(), dir.path());
-        let file = OpenOptions::new().write(true).open(&segment_files(dir.path())[0]).expect("open segment");
-        file.set_len((offset + cut) as u64).expect("truncate");
-        check_recovers(dir.path(), IoEngine::Sync, offset, cut, cut, "truncated");
+    for engine in engines() {
+        let pristine_dir = tempfile::tempdir().expect("tempdir");
+        let (offset, len) = pristine(pristine_dir.path(), engine);
+        for cut in 0..len {
+            let dir = tempfile::tempdir().expect("tempdir");
+            copy_dir(pristine_dir.path(), dir.path());
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment_files(dir.path())[0])
+                .expect("open segment");
+            file.set_len((offset + cut) as u64).expect("truncate");
+            check_recovers(dir.path(), engine, offset, cut, cut, "truncated");
+        }
     }
 }
 
@@ -87,10 +132,16 @@ fn last_block_with_garbage_tail_on_every_engine() {
         for cut in [1, 39, 40, 41, len / 2, len - 1] {
             let dir = tempfile::tempdir().expect("tempdir");
             copy_dir(pristine_dir.path(), dir.path());
-            let file = OpenOptions::new().write(true).open(&segment_files(dir.path())[0]).expect("open segment");
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&segment_files(dir.path())[0])
+                .expect("open segment");
             // A write that reached the disk only partly, with stale garbage after it.
-            let garbage: Vec<u8> = (0..len - cut + 300).map(|i| (i * 7 + 3) as u8 | 1).collect();
-            file.write_all_at(&garbage, (offset + cut) as u64).expect("garbage");
+            let garbage: Vec<u8> = (0..len - cut + 300)
+                .map(|i| (i * 7 + 3) as u8 | 1)
+                .collect();
+            file.write_all_at(&garbage, (offset + cut) as u64)
+                .expect("garbage");
             check_recovers(dir.path(), engine, offset, len + 300, cut, "garbage");
         }
     }

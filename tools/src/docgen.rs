@@ -24,7 +24,9 @@ const CITIES: [&str; 16] = [
     "Berlin", "Cologne", "Munich", "Hamburg", "Paris", "Lyon", "Milan", "Rome", "Madrid", "Lisbon",
     "Vienna", "Prague", "Warsaw", "Oslo", "Dublin", "Zurich",
 ];
-const COUNTRIES: [&str; 11] = ["DE", "FR", "IT", "ES", "PT", "AT", "CZ", "PL", "NO", "IE", "CH"];
+const COUNTRIES: [&str; 11] = [
+    "DE", "FR", "IT", "ES", "PT", "AT", "CZ", "PL", "NO", "IE", "CH",
+];
 const TYPES: [&str; 5] = ["customer", "order", "invoice", "event", "session"];
 const STREETS: [&str; 4] = ["Street", "Road", "Avenue", "Lane"];
 const ACTIONS: [&str; 5] = ["login", "view", "buy", "logout", "update"];
@@ -37,7 +39,10 @@ pub struct DocGen {
 
 impl DocGen {
     pub fn new(seed: u64) -> DocGen {
-        DocGen { state: seed ^ 0x9E37_79B9_7F4A_7C15, words: WORDS.split_whitespace().collect() }
+        DocGen {
+            state: seed ^ 0x9E37_79B9_7F4A_7C15,
+            words: WORDS.split_whitespace().collect(),
+        }
     }
 
     /// splitmix64
@@ -87,7 +92,8 @@ impl DocGen {
         let mut d = String::with_capacity(1100);
         let kind = self.pick(&TYPES);
         let (first, last, last_suffix) = (self.capitalized(), self.capitalized(), self.word());
-        let (mail_a, mail_b, mail_n, mail_c) = (self.word(), self.word(), self.range(1, 9999), self.word());
+        let (mail_a, mail_b, mail_n, mail_c) =
+            (self.word(), self.word(), self.range(1, 9999), self.word());
         let _ = write!(
             d,
             r#"{{"_key":"{key}","type":"{kind}","name":{{"first":"{first}","last":"{last}{last_suffix}"}},"email":"{mail_a}.{mail_b}{mail_n}@{mail_c}.example.com","age":{},"active":{},"balance":{:.2},"score":{},"created":"20{:02}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z","#,
@@ -104,7 +110,11 @@ impl DocGen {
             self.range(0, 999),
         );
         let street = (self.capitalized(), self.pick(&STREETS), self.range(1, 300));
-        let (city, zip, country) = (self.pick(&CITIES), self.range(1000, 99_999), self.pick(&COUNTRIES));
+        let (city, zip, country) = (
+            self.pick(&CITIES),
+            self.range(1000, 99_999),
+            self.pick(&COUNTRIES),
+        );
         let (lat, lon) = (-90.0 + self.unit() * 180.0, -180.0 + self.unit() * 360.0);
         let _ = write!(
             d,

@@ -104,7 +104,9 @@ impl BlockHeader {
     /// Decodes and checks a header. `Ok(None)` means the 40 bytes are all zero: the clean end of
     /// a segment's data, where preallocated space begins.
     pub fn decode(bytes: &[u8]) -> std::result::Result<Option<BlockHeader>, &'static str> {
-        let bytes = bytes.get(..BLOCK_HEADER_BYTES).ok_or("block header cut short")?;
+        let bytes = bytes
+            .get(..BLOCK_HEADER_BYTES)
+            .ok_or("block header cut short")?;
         if bytes.iter().all(|&b| b == 0) {
             return Ok(None);
         }
@@ -225,7 +227,10 @@ impl BlockBuilder {
     }
 
     pub fn with_capacity(raw_bytes: usize) -> BlockBuilder {
-        BlockBuilder { raw: Vec::with_capacity(raw_bytes), record_count: 0 }
+        BlockBuilder {
+            raw: Vec::with_capacity(raw_bytes),
+            record_count: 0,
+        }
     }
 
     pub fn push(&mut self, record: &Record<'_>) -> Result<()> {
@@ -252,7 +257,9 @@ impl BlockBuilder {
     /// Compresses the payload and computes its checksum. Fails if no record was pushed.
     pub fn finish(self) -> Result<PreparedBlock> {
         if self.record_count == 0 {
-            return Err(Error::InvalidRecord("a block needs at least one record".into()));
+            return Err(Error::InvalidRecord(
+                "a block needs at least one record".into(),
+            ));
         }
         Ok(compress(&self.raw, self.record_count))
     }
@@ -288,22 +295,36 @@ fn compress(raw: &[u8], record_count: u32) -> PreparedBlock {
     });
     let (compression, payload) = payload;
     let payload_crc = crc32c::crc32c(&payload);
-    PreparedBlock { payload, compression, raw_bytes, record_count, payload_crc }
+    PreparedBlock {
+        payload,
+        compression,
+        raw_bytes,
+        record_count,
+        payload_crc,
+    }
 }
 
 /// Builds and finishes a block from `records`, encoding them into per-thread scratch.
 pub fn prepare(records: &[Record<'_>]) -> Result<PreparedBlock> {
     if records.is_empty() {
-        return Err(Error::InvalidRecord("a block needs at least one record".into()));
+        return Err(Error::InvalidRecord(
+            "a block needs at least one record".into(),
+        ));
     }
     let raw_bytes: usize = records.iter().map(Record::encoded_bytes).sum();
     if raw_bytes > BLOCK_RAW_BYTES_MAX {
-        return Err(Error::BlockTooLarge { bytes: raw_bytes as u64, bytes_max: BLOCK_RAW_BYTES_MAX as u64 });
+        return Err(Error::BlockTooLarge {
+            bytes: raw_bytes as u64,
+            bytes_max: BLOCK_RAW_BYTES_MAX as u64,
+        });
     }
-    let record_count = u32::try_from(records.len()).map_err(|_| Error::InvalidRecord("too many records".into()))?;
+    let record_count = u32::try_from(records.len())
+        .map_err(|_| Error::InvalidRecord("too many records".into()))?;
     let mut raw = SCRATCH.with(|scratch| std::mem::take(&mut scratch.borrow_mut().0));
     raw.clear();
-    let encoded = records.iter().try_for_each(|record| record.encode_into(&mut raw));
+    let encoded = records
+        .iter()
+        .try_for_each(|record| record.encode_into(&mut raw));
     let prepared = encoded.map(|()| compress(&raw, record_count));
     if raw.capacity() <= SCRATCH_BYTES_KEPT {
         SCRATCH.with(|scratch| scratch.borrow_mut().0 = raw);
@@ -456,12 +477,20 @@ impl Block {
                 scratch.resize(raw_bytes, 0);
                 match lz4_flex::block::decompress_into(stored, scratch) {
                     Ok(n) if n == raw_bytes => scratch,
-                    Ok(_) => return Err(Error::InvalidBlock("payload decompresses to the wrong size")),
+                    Ok(_) => {
+                        return Err(Error::InvalidBlock(
+                            "payload decompresses to the wrong size",
+                        ))
+                    }
                     Err(_) => return Err(Error::InvalidBlock("payload does not decompress")),
                 }
             }
         };
-        Ok(Records::new(raw, self.header.tick_first, self.header.record_count))
+        Ok(Records::new(
+            raw,
+            self.header.tick_first,
+            self.header.record_count,
+        ))
     }
 }
 
@@ -555,7 +584,10 @@ mod tests {
     fn compression_is_chosen_by_result() {
         let json = br#"{"name":"alice","tags":["a","b"],"address":{"city":"Berlin"}}"#.repeat(20);
         let prepared = prepare(&[Record::put("_system", "c", "k", &json)]).expect("prepare");
-        assert_eq!(prepared.to_block(Tick::new(1)).header().compression, Compression::Lz4);
+        assert_eq!(
+            prepared.to_block(Tick::new(1)).header().compression,
+            Compression::Lz4
+        );
         assert!(prepared.block_bytes() < json.len() / 2);
 
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -568,7 +600,10 @@ mod tests {
             })
             .collect();
         let prepared = prepare(&[Record::put("_system", "c", "k", &noise)]).expect("prepare");
-        assert_eq!(prepared.to_block(Tick::new(1)).header().compression, Compression::None);
+        assert_eq!(
+            prepared.to_block(Tick::new(1)).header().compression,
+            Compression::None
+        );
     }
 
     // Goal: a seal block is recognised as such and is never accepted as data.
@@ -576,10 +611,15 @@ mod tests {
     fn seal_block_is_not_data() {
         let ticks = TickRange::new(Tick::new(1), Tick::new(9));
         let bytes = encode_seal(ticks, &[(Tick::new(1), 64), (Tick::new(5), 512)]);
-        let header = BlockHeader::decode(&bytes).expect("decode").expect("not zero");
+        let header = BlockHeader::decode(&bytes)
+            .expect("decode")
+            .expect("not zero");
         assert!(header.is_seal());
         header.verify_crc(&bytes).expect("crc");
-        assert!(matches!(Block::parse(Bytes::from(bytes)), Err(Error::InvalidBlock(_))));
+        assert!(matches!(
+            Block::parse(Bytes::from(bytes)),
+            Err(Error::InvalidBlock(_))
+        ));
     }
 
     // Goal: an all-zero header reads as the clean end of data, not as an error.

@@ -50,7 +50,9 @@ impl FromStr for IoEngine {
             "auto" => Ok(IoEngine::Auto),
             "uring" | "io_uring" => Ok(IoEngine::Uring),
             "sync" | "portable" => Ok(IoEngine::Sync),
-            _ => Err(format!("unknown io engine {s:?}; expected auto, uring or sync")),
+            _ => Err(format!(
+                "unknown io engine {s:?}; expected auto, uring or sync"
+            )),
         }
     }
 }
@@ -97,12 +99,19 @@ pub(crate) fn create(
         Ok(Box::new(engine))
     };
     match choice {
-        IoEngine::Sync => Ok((Box::new(SyncEngine { buf: AlignedBuf::zeroed(buffer_bytes) }), None)),
+        IoEngine::Sync => Ok((
+            Box::new(SyncEngine {
+                buf: AlignedBuf::zeroed(buffer_bytes),
+            }),
+            None,
+        )),
         IoEngine::Uring => uring().map(|engine| (engine, None)).map_err(Error::Config),
         IoEngine::Auto => match uring() {
             Ok(engine) => Ok((engine, None)),
             Err(reason) => {
-                let engine = SyncEngine { buf: AlignedBuf::zeroed(buffer_bytes) };
+                let engine = SyncEngine {
+                    buf: AlignedBuf::zeroed(buffer_bytes),
+                };
                 Ok((Box::new(engine), Some(reason)))
             }
         },
@@ -168,12 +177,21 @@ impl UringEngine {
         let ring = IoUring::new(8)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        for (code, name) in [(opcode::WriteFixed::CODE, "WRITE_FIXED"), (opcode::Fsync::CODE, "FSYNC")] {
+        for (code, name) in [
+            (opcode::WriteFixed::CODE, "WRITE_FIXED"),
+            (opcode::Fsync::CODE, "FSYNC"),
+        ] {
             if !probe.is_supported(code) {
-                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{name} not supported")));
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{name} not supported"),
+                ));
             }
         }
-        let iovec = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: buf.capacity() };
+        let iovec = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.capacity(),
+        };
         // SAFETY: the buffer stays allocated and in place for as long as the ring exists: both
         // are owned by this struct and the ring is dropped first (field order).
         unsafe { ring.submitter().register_buffers(&[iovec])? };

@@ -37,7 +37,11 @@ struct Position {
 /// What one step of reading found under the state lock.
 enum Step {
     Sealed(Arc<SealedSegment>),
-    Active { map: Bytes, data_end: u64, path: PathBuf },
+    Active {
+        map: Bytes,
+        data_end: u64,
+        path: PathBuf,
+    },
     /// Nothing published at the position yet.
     Wait,
 }
@@ -71,8 +75,14 @@ impl Reader {
                 let sealed_before = state.sealed.partition_point(|s| s.ticks.first <= after);
                 match &state.active {
                     Some(active) if active.ticks.first <= after || state.sealed.is_empty() => {
-                        let offset = active.index.floor(after).map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
-                        Start::At(Position { segment: active.id, offset })
+                        let offset = active
+                            .index
+                            .floor(after)
+                            .map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
+                        Start::At(Position {
+                            segment: active.id,
+                            offset,
+                        })
                     }
                     _ => match state.sealed.get(sealed_before.saturating_sub(1)) {
                         Some(segment) => Start::Sealed(segment.clone()),
@@ -85,11 +95,22 @@ impl Reader {
             Start::At(position) => position,
             Start::Sealed(segment) => {
                 let index = SealedIndex::new(map_sealed(&segment, after)?.1);
-                let offset = index.floor(after).map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
-                Position { segment: segment.id, offset }
+                let offset = index
+                    .floor(after)
+                    .map_or(SEGMENT_HEADER_BYTES as u64, |(_, o)| o);
+                Position {
+                    segment: segment.id,
+                    offset,
+                }
             }
         };
-        Ok(Reader { shared, after, position, tick_read: after, tick_last_block: None })
+        Ok(Reader {
+            shared,
+            after,
+            position,
+            tick_read: after,
+            tick_last_block: None,
+        })
     }
 
     /// The last tick of the last block returned, or the starting tick.
@@ -103,11 +124,17 @@ impl Reader {
         loop {
             let step = {
                 let state = self.shared.lock();
-                let first_id = state.sealed.front().map(|s| s.id).or(state.active.as_ref().map(|a| a.id));
+                let first_id = state
+                    .sealed
+                    .front()
+                    .map(|s| s.id)
+                    .or(state.active.as_ref().map(|a| a.id));
                 match &state.active {
-                    Some(active) if active.id == self.position.segment => {
-                        Step::Active { map: active.map.clone(), data_end: active.data_end, path: active.path.clone() }
-                    }
+                    Some(active) if active.id == self.position.segment => Step::Active {
+                        map: active.map.clone(),
+                        data_end: active.data_end,
+                        path: active.path.clone(),
+                    },
                     _ => {
                         let sealed = first_id.and_then(|first| {
                             let i = self.position.segment.get().checked_sub(first.get())?;
@@ -125,7 +152,11 @@ impl Reader {
             };
             let block = match step {
                 Step::Wait => return Ok(None),
-                Step::Active { map, data_end, path } => {
+                Step::Active {
+                    map,
+                    data_end,
+                    path,
+                } => {
                     if self.position.offset >= data_end {
                         return Ok(None);
                     }
@@ -133,7 +164,10 @@ impl Reader {
                 }
                 Step::Sealed(segment) => {
                     if self.position.offset >= segment.data_end {
-                        self.position = Position { segment: segment.id.next(), offset: SEGMENT_HEADER_BYTES as u64 };
+                        self.position = Position {
+                            segment: segment.id.next(),
+                            offset: SEGMENT_HEADER_BYTES as u64,
+                        };
                         continue;
                     }
                     let map = map_sealed(&segment, self.tick_read)?.0;
@@ -167,7 +201,12 @@ impl Reader {
                 if now >= deadline {
                     return Ok(None);
                 }
-                state = self.shared.visible.wait_timeout(state, deadline - now).unwrap_or_else(|p| p.into_inner()).0;
+                state = self
+                    .shared
+                    .visible
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
             }
             if state.tick_last == seen {
                 return Ok(None);
@@ -176,7 +215,13 @@ impl Reader {
     }
 
     /// Verifies and slices the block at the reader's position, and moves past it.
-    fn read_block(&mut self, map: &Bytes, data_end: u64, id: SegmentId, path: &Path) -> Result<Block> {
+    fn read_block(
+        &mut self,
+        map: &Bytes,
+        data_end: u64,
+        id: SegmentId,
+        path: &Path,
+    ) -> Result<Block> {
         let offset = self.position.offset;
         let corrupt = |reason: &str| Error::Corruption {
             segment_id: id,
@@ -184,7 +229,9 @@ impl Reader {
             offset,
             reason: reason.into(),
         };
-        let data = map.get(offset as usize..data_end as usize).ok_or_else(|| corrupt("position outside the data"))?;
+        let data = map
+            .get(offset as usize..data_end as usize)
+            .ok_or_else(|| corrupt("position outside the data"))?;
         let header = match BlockHeader::decode(data) {
             Ok(Some(header)) if !header.is_seal() => header,
             Ok(_) => return Err(corrupt("no data block at this position")),
@@ -195,7 +242,10 @@ impl Reader {
         }
         let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
         header.verify_crc(&bytes).map_err(corrupt)?;
-        if self.tick_last_block.is_some_and(|last| header.tick_first <= last) {
+        if self
+            .tick_last_block
+            .is_some_and(|last| header.tick_first <= last)
+        {
             return Err(corrupt("block ticks do not increase"));
         }
         self.tick_last_block = Some(header.tick_last);
@@ -207,14 +257,23 @@ impl Reader {
 /// Where a reader starts when it wants only blocks not written yet.
 fn end_position(state: &State) -> Position {
     match &state.active {
-        Some(active) => Position { segment: active.id, offset: active.data_end },
-        None => Position { segment: state.next_segment_id, offset: SEGMENT_HEADER_BYTES as u64 },
+        Some(active) => Position {
+            segment: active.id,
+            offset: active.data_end,
+        },
+        None => Position {
+            segment: state.next_segment_id,
+            offset: SEGMENT_HEADER_BYTES as u64,
+        },
     }
 }
 
 /// A sealed segment's mapping and index; a file retention removed meanwhile is `TickCompacted`.
 fn map_sealed(segment: &SealedSegment, tick: Tick) -> Result<(Bytes, &[u8])> {
-    match segment.map().and_then(|map| Ok((map.clone(), segment.index()?))) {
+    match segment
+        .map()
+        .and_then(|map| Ok((map.clone(), segment.index()?)))
+    {
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::TickCompacted(tick))
         }

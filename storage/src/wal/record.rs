@@ -61,7 +61,9 @@ impl RecordType {
 
     /// The record type for an ArangoDB marker type number we log, or `None`.
     pub fn from_marker_type(value: u16) -> Option<RecordType> {
-        RecordType::ALL.into_iter().find(|kind| *kind as u16 == value)
+        RecordType::ALL
+            .into_iter()
+            .find(|kind| *kind as u16 == value)
     }
 }
 
@@ -95,24 +97,46 @@ pub const RECORD_FIXED_BYTES: usize = 20;
 impl<'a> Record<'a> {
     /// A document insert, replace or update carrying the full new document.
     pub fn put(db: &'a str, collection: &'a str, key: &'a str, document: &'a [u8]) -> Self {
-        Record { kind: RecordType::DocumentPut, tid: 0, db, collection, key, data: document }
+        Record {
+            kind: RecordType::DocumentPut,
+            tid: 0,
+            db,
+            collection,
+            key,
+            data: document,
+        }
     }
 
     /// A document removal; `data` may carry `{"_key":..,"_rev":..}`.
     pub fn remove(db: &'a str, collection: &'a str, key: &'a str, data: &'a [u8]) -> Self {
-        Record { kind: RecordType::DocumentRemove, tid: 0, db, collection, key, data }
+        Record {
+            kind: RecordType::DocumentRemove,
+            tid: 0,
+            db,
+            collection,
+            key,
+            data,
+        }
     }
 
     /// Bytes this record takes in a block's uncompressed payload.
     pub fn encoded_bytes(&self) -> usize {
-        RECORD_FIXED_BYTES + self.db.len() + self.collection.len() + self.key.len() + self.data.len()
+        RECORD_FIXED_BYTES
+            + self.db.len()
+            + self.collection.len()
+            + self.key.len()
+            + self.data.len()
     }
 
     /// Appends the encoding of this record to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
         let name_bytes = |name: &str, what: &str| {
             u16::try_from(name.len()).map_err(|_| {
-                Error::InvalidRecord(format!("{what} of {} bytes exceeds {}", name.len(), u16::MAX))
+                Error::InvalidRecord(format!(
+                    "{what} of {} bytes exceeds {}",
+                    name.len(),
+                    u16::MAX
+                ))
             })
         };
         let db_bytes = name_bytes(self.db, "database name")?;
@@ -147,11 +171,18 @@ pub struct Records<'a> {
 
 impl<'a> Records<'a> {
     pub(crate) fn new(payload: &'a [u8], tick_first: Tick, record_count: u32) -> Records<'a> {
-        Records { rest: payload, next_tick: tick_first, remaining_count: record_count }
+        Records {
+            rest: payload,
+            next_tick: tick_first,
+            remaining_count: record_count,
+        }
     }
 
     fn decode_one(&mut self) -> std::result::Result<Record<'a>, &'static str> {
-        let fixed = self.rest.get(..RECORD_FIXED_BYTES).ok_or("record header cut short")?;
+        let fixed = self
+            .rest
+            .get(..RECORD_FIXED_BYTES)
+            .ok_or("record header cut short")?;
         let u16_at = |at: usize| u16::from_le_bytes([fixed[at], fixed[at + 1]]);
         let kind = RecordType::from_marker_type(u16_at(0)).ok_or("unknown record type")?;
         let db_bytes = usize::from(u16_at(2));
@@ -162,13 +193,21 @@ impl<'a> Records<'a> {
         tid.copy_from_slice(&fixed[12..20]);
         let tid = u64::from_le_bytes(tid);
         let variable = db_bytes + collection_bytes + key_bytes + data_bytes;
-        let body = self.rest[RECORD_FIXED_BYTES..].get(..variable).ok_or("record body cut short")?;
+        let body = self.rest[RECORD_FIXED_BYTES..]
+            .get(..variable)
+            .ok_or("record body cut short")?;
         let (db, body) = body.split_at(db_bytes);
         let (collection, body) = body.split_at(collection_bytes);
         let (key, data) = body.split_at(key_bytes);
         let name = |bytes| std::str::from_utf8(bytes).map_err(|_| "record name is not UTF-8");
-        let record =
-            Record { kind, tid, db: name(db)?, collection: name(collection)?, key: name(key)?, data };
+        let record = Record {
+            kind,
+            tid,
+            db: name(db)?,
+            collection: name(collection)?,
+            key: name(key)?,
+            data,
+        };
         self.rest = &self.rest[RECORD_FIXED_BYTES + variable..];
         Ok(record)
     }
@@ -235,7 +274,10 @@ mod tests {
         assert_eq!(decoded, vec![Ok((Tick::new(9), record))]);
         for cut in 0..bytes.len() {
             let decoded: Vec<_> = Records::new(&bytes[..cut], Tick::new(9), 1).collect();
-            assert!(matches!(decoded.as_slice(), [Err(_)]), "cut at {cut} accepted");
+            assert!(
+                matches!(decoded.as_slice(), [Err(_)]),
+                "cut at {cut} accepted"
+            );
         }
         let extra: Vec<_> = Records::new(&[bytes.as_slice(), b"x"].concat(), Tick::new(9), 1)
             .map(|r| r.is_ok())
@@ -248,7 +290,9 @@ mod tests {
     fn oversized_key_is_refused() {
         let key = "k".repeat(70_000);
         let record = Record::put("_system", "c", &key, b"{}");
-        let err = record.encode_into(&mut Vec::new()).expect_err("must refuse");
+        let err = record
+            .encode_into(&mut Vec::new())
+            .expect_err("must refuse");
         assert!(matches!(err, Error::InvalidRecord(message) if message.contains("key")));
     }
 }

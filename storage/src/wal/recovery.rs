@@ -117,13 +117,19 @@ fn is_temporary(name: &str) -> bool {
 
 /// The segment files of `dir`, ordered by id; removes temporary files; refuses foreign ones.
 fn list(dir: &Path) -> Result<Vec<(SegmentId, Tick, PathBuf)>> {
-    let directory_error = |reason: String| Error::Directory { dir: dir.to_path_buf(), reason };
+    let directory_error = |reason: String| Error::Directory {
+        dir: dir.to_path_buf(),
+        reason,
+    };
     let mut segments = Vec::new();
     for entry in std::fs::read_dir(dir).ctx("list directory", dir)? {
         let entry = entry.ctx("list directory", dir)?;
         let path = entry.path();
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            return Err(directory_error(format!("unexpected file {}", path.display())));
+            return Err(directory_error(format!(
+                "unexpected file {}",
+                path.display()
+            )));
         };
         if name == "LOCK" || (name == "lost+found" && path.is_dir()) {
             continue;
@@ -165,10 +171,15 @@ fn list(dir: &Path) -> Result<Vec<(SegmentId, Tick, PathBuf)>> {
 pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
     let started = Instant::now();
     let names = list(dir)?;
-    let mut report = RecoveryReport { segment_count: names.len(), ..Default::default() };
+    let mut report = RecoveryReport {
+        segment_count: names.len(),
+        ..Default::default()
+    };
     let mut sealed: VecDeque<Arc<SealedSegment>> = VecDeque::new();
     let mut active = None;
-    let mut next_segment_id = names.last().map_or(SegmentId::new(0), |(id, _, _)| id.next());
+    let mut next_segment_id = names
+        .last()
+        .map_or(SegmentId::new(0), |(id, _, _)| id.next());
     for (position, (id, tick, path)) in names.iter().enumerate() {
         let newest = position + 1 == names.len();
         if let Some(segment) = SealedSegment::open(path, *id, *tick)? {
@@ -186,7 +197,10 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
         };
         match scan(path, *id, *tick, &mut report)? {
             Scanned::Sealed(segment) => {
-                tracing::info!("wal: completed the interrupted sealing of {}", path.display());
+                tracing::info!(
+                    "wal: completed the interrupted sealing of {}",
+                    path.display()
+                );
                 report.resealed.push(path.clone());
                 sealed.push_back(Arc::new(segment));
             }
@@ -200,7 +214,10 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
             Scanned::Open(open) => {
                 if let Some(torn) = &open.torn {
                     if !newest {
-                        return Err(corrupt(torn.offset, format!("{} in a segment that is not the newest", torn.reason)));
+                        return Err(corrupt(
+                            torn.offset,
+                            format!("{} in a segment that is not the newest", torn.reason),
+                        ));
                     }
                     cut(&open.file, path, torn)?;
                     tracing::warn!(
@@ -210,13 +227,17 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
                         torn.offset,
                         path.display(),
                         torn.reason,
-                        torn.ticks.map_or_else(|| "unknown".to_string(), |t| t.to_string()),
+                        torn.ticks
+                            .map_or_else(|| "unknown".to_string(), |t| t.to_string()),
                     );
                     report.torn_tail = Some(torn.clone());
                 }
                 let Some(ticks) = open.ticks else {
                     if !newest {
-                        return Err(corrupt(SEGMENT_HEADER_BYTES as u64, "segment without blocks".into()));
+                        return Err(corrupt(
+                            SEGMENT_HEADER_BYTES as u64,
+                            "segment without blocks".into(),
+                        ));
                     }
                     std::fs::remove_file(path).ctx("remove empty segment", path)?;
                     fs::fsync_dir(dir)?;
@@ -235,8 +256,12 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
                         index: open.index,
                     });
                 } else {
-                    let segment = seal_in_place(&open.file, path, *id, ticks, &open.index, open.data_end)?;
-                    tracing::info!("wal: sealed {}, whose sealing a crash interrupted", path.display());
+                    let segment =
+                        seal_in_place(&open.file, path, *id, ticks, &open.index, open.data_end)?;
+                    tracing::info!(
+                        "wal: sealed {}, whose sealing a crash interrupted",
+                        path.display()
+                    );
                     report.resealed.push(path.clone());
                     sealed.push_back(Arc::new(segment));
                 }
@@ -244,7 +269,10 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
         }
     }
     let mut previous: Option<(TickRange, &Path)> = None;
-    let all = sealed.iter().map(|s| (s.ticks, s.path.as_path())).chain(active.as_ref().map(|a| (a.ticks, a.path.as_path())));
+    let all = sealed
+        .iter()
+        .map(|s| (s.ticks, s.path.as_path()))
+        .chain(active.as_ref().map(|a| (a.ticks, a.path.as_path())));
     for (ticks, path) in all {
         if let Some((before, before_path)) = previous {
             if ticks.first <= before.last {
@@ -263,11 +291,23 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
         previous = Some((ticks, path));
     }
     report.sealed_count = sealed.len();
-    report.tick_first = sealed.front().map(|s| s.ticks.first).or(active.as_ref().map(|a| a.ticks.first));
-    let tick_last = active.as_ref().map(|a| a.ticks.last).or(sealed.back().map(|s| s.ticks.last));
+    report.tick_first = sealed
+        .front()
+        .map(|s| s.ticks.first)
+        .or(active.as_ref().map(|a| a.ticks.first));
+    let tick_last = active
+        .as_ref()
+        .map(|a| a.ticks.last)
+        .or(sealed.back().map(|s| s.ticks.last));
     report.tick_last = tick_last.unwrap_or(Tick::ZERO);
     report.elapsed = started.elapsed();
-    Ok(Recovered { sealed, active, tick_last: report.tick_last, next_segment_id, report })
+    Ok(Recovered {
+        sealed,
+        active,
+        tick_last: report.tick_last,
+        next_segment_id,
+        report,
+    })
 }
 
 struct OpenScan {
@@ -288,7 +328,12 @@ enum Scanned {
 }
 
 /// Walks the blocks of an unsealed segment, verifying each.
-fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryReport) -> Result<Scanned> {
+fn scan(
+    path: &Path,
+    id: SegmentId,
+    tick_first: Tick,
+    report: &mut RecoveryReport,
+) -> Result<Scanned> {
     let corrupt = |offset: u64, reason: String| Error::Corruption {
         segment_id: id,
         path: path.to_path_buf(),
@@ -298,12 +343,18 @@ fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryRepor
     let file = fs::open_rw(path, false)?;
     let len = file.metadata().ctx("stat", path)?.len();
     if len < SEGMENT_HEADER_BYTES as u64 {
-        return Err(corrupt(0, format!("file of {len} bytes is too short for a segment")));
+        return Err(corrupt(
+            0,
+            format!("file of {len} bytes is too short for a segment"),
+        ));
     }
     let map = fs::map(&file, path, len)?;
     if map[..SEGMENT_HEADER_BYTES].iter().all(|&b| b == 0) {
         if let Some(offset) = nonzero_from(&map, 0) {
-            return Err(corrupt(offset as u64, "data in a segment whose header is all zero".into()));
+            return Err(corrupt(
+                offset as u64,
+                "data in a segment whose header is all zero".into(),
+            ));
         }
         return Ok(Scanned::Blank);
     }
@@ -319,17 +370,27 @@ fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryRepor
         };
         let block_end = offset + header.block_bytes();
         if block_end > map.len() {
-            break (offset, Some(("block extends past the end of the file".into(), Some(header.ticks()))));
+            break (
+                offset,
+                Some((
+                    "block extends past the end of the file".into(),
+                    Some(header.ticks()),
+                )),
+            );
         }
         if let Err(reason) = header.verify_crc(&map[offset..block_end]) {
             break (offset, Some((reason.into(), Some(header.ticks()))));
         }
         if header.is_seal() {
-            return complete_seal(file, path, id, &map, offset, &header, ticks, &index).map(Scanned::Sealed);
+            return complete_seal(file, path, id, &map, offset, &header, ticks, &index)
+                .map(Scanned::Sealed);
         }
         match ticks {
             None if header.tick_first != tick_first => {
-                return Err(corrupt(offset as u64, "first block's tick differs from the file name".into()));
+                return Err(corrupt(
+                    offset as u64,
+                    "first block's tick differs from the file name".into(),
+                ));
             }
             Some(range) if header.tick_first <= range.last => {
                 return Err(corrupt(offset as u64, "block ticks do not increase".into()));
@@ -337,20 +398,26 @@ fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryRepor
             _ => {}
         }
         index.push(header.tick_first, offset as u64);
-        ticks = Some(TickRange::new(ticks.map_or(header.tick_first, |r| r.first), header.tick_last));
+        ticks = Some(TickRange::new(
+            ticks.map_or(header.tick_first, |r| r.first),
+            header.tick_last,
+        ));
         report.blocks_verified += 1;
         report.bytes_verified += header.block_bytes() as u64;
         offset += header.segment_bytes();
     };
     if let Some(intact) = find_intact_block(&map, end + BLOCK_ALIGN) {
-        let what = damage.as_ref().map_or("end of data (zero header)", |(reason, _)| reason.as_str());
+        let what = damage
+            .as_ref()
+            .map_or("end of data (zero header)", |(reason, _)| reason.as_str());
         return Err(corrupt(
             end as u64,
             format!("{what}, yet an intact block follows at offset {intact}: not a torn tail"),
         ));
     }
     let torn = nonzero_from(&map, end).map(|last| {
-        let (reason, claimed) = damage.unwrap_or_else(|| ("bytes after the last block".into(), None));
+        let (reason, claimed) =
+            damage.unwrap_or_else(|| ("bytes after the last block".into(), None));
         TornTail {
             segment_id: id,
             path: path.to_path_buf(),
@@ -360,18 +427,30 @@ fn scan(path: &Path, id: SegmentId, tick_first: Tick, report: &mut RecoveryRepor
             reason,
         }
     });
-    Ok(Scanned::Open(OpenScan { file, map, data_end: end as u64, ticks, index, torn }))
+    Ok(Scanned::Open(OpenScan {
+        file,
+        map,
+        data_end: end as u64,
+        ticks,
+        index,
+        torn,
+    }))
 }
 
 /// Gives the newest segment back its preallocated length if it lost it (a file cut short), so
 /// the writer's page-aligned writes and the seal stay inside the file; returns the new mapping.
 fn restore_capacity(file: &File, path: &Path, map: Bytes, segment_bytes: u64) -> Result<Bytes> {
     let len = map.len() as u64;
-    let wanted = len.next_multiple_of(fs::DIRECT_ALIGN as u64).max(segment_bytes);
+    let wanted = len
+        .next_multiple_of(fs::DIRECT_ALIGN as u64)
+        .max(segment_bytes);
     if len == wanted {
         return Ok(map);
     }
-    tracing::warn!("wal: {} is {len} bytes; extending it to {wanted}", path.display());
+    tracing::warn!(
+        "wal: {} is {len} bytes; extending it to {wanted}",
+        path.display()
+    );
     drop(map);
     fs::preallocate(file, path, wanted)?;
     fs::fsync(file, path)?;
@@ -380,7 +459,10 @@ fn restore_capacity(file: &File, path: &Path, map: Bytes, segment_bytes: u64) ->
 
 /// The offset of the last non-zero byte at or after `from`, if any.
 fn nonzero_from(map: &[u8], from: usize) -> Option<usize> {
-    map.get(from..)?.iter().rposition(|&b| b != 0).map(|i| from + i)
+    map.get(from..)?
+        .iter()
+        .rposition(|&b| b != 0)
+        .map(|i| from + i)
 }
 
 /// The offset of the first intact data block at an aligned offset at or after `from`.
@@ -440,7 +522,15 @@ fn complete_seal(
     let file_bytes = (seal_offset + expected.len()) as u64;
     fs::truncate(&file, path, file_bytes)?;
     fs::fsync(&file, path)?;
-    Ok(SealedSegment::new(id, path.to_path_buf(), ticks, seal_offset as u64, index.len() as u32, file_bytes, None))
+    Ok(SealedSegment::new(
+        id,
+        path.to_path_buf(),
+        ticks,
+        seal_offset as u64,
+        index.len() as u32,
+        file_bytes,
+        None,
+    ))
 }
 
 /// Seals a complete segment whose seal a crash prevented.
@@ -458,7 +548,15 @@ fn seal_in_place(
     let file_bytes = data_end + tail.len() as u64;
     fs::truncate(file, path, file_bytes)?;
     fs::fsync(file, path)?;
-    Ok(SealedSegment::new(id, path.to_path_buf(), ticks, data_end, index.len() as u32, file_bytes, None))
+    Ok(SealedSegment::new(
+        id,
+        path.to_path_buf(),
+        ticks,
+        data_end,
+        index.len() as u32,
+        file_bytes,
+        None,
+    ))
 }
 
 /// Verifies every block of a sealed segment (`verify_on_open`).
@@ -476,19 +574,29 @@ fn verify_sealed(segment: &SealedSegment, report: &mut RecoveryReport) -> Result
     for i in 0..index.len() {
         let (tick, offset) = index.get(i);
         if offset != expected_offset {
-            return Err(corrupt(offset, "seal index does not match the blocks".into()));
+            return Err(corrupt(
+                offset,
+                "seal index does not match the blocks".into(),
+            ));
         }
         let at = offset as usize;
         let header = match BlockHeader::decode(&map[at..segment.data_end as usize]) {
             Ok(Some(header)) if !header.is_seal() && header.tick_first == tick => header,
-            Ok(_) => return Err(corrupt(offset, "block does not match the seal index".into())),
+            Ok(_) => {
+                return Err(corrupt(
+                    offset,
+                    "block does not match the seal index".into(),
+                ))
+            }
             Err(reason) => return Err(corrupt(offset, reason.into())),
         };
         let block = map
             .get(at..at + header.block_bytes())
             .filter(|_| offset + header.segment_bytes() as u64 <= segment.data_end)
             .ok_or_else(|| corrupt(offset, "block extends past the seal".into()))?;
-        header.verify_crc(block).map_err(|reason| corrupt(offset, reason.into()))?;
+        header
+            .verify_crc(block)
+            .map_err(|reason| corrupt(offset, reason.into()))?;
         if previous_last.is_some_and(|last| header.tick_first <= last) {
             return Err(corrupt(offset, "block ticks do not increase".into()));
         }
@@ -498,7 +606,10 @@ fn verify_sealed(segment: &SealedSegment, report: &mut RecoveryReport) -> Result
         expected_offset = offset + header.segment_bytes() as u64;
     }
     if expected_offset != segment.data_end || previous_last != Some(segment.ticks.last) {
-        return Err(corrupt(segment.data_end, "blocks do not end at the seal".into()));
+        return Err(corrupt(
+            segment.data_end,
+            "blocks do not end at the seal".into(),
+        ));
     }
     Ok(())
 }

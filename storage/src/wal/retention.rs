@@ -114,18 +114,25 @@ impl RetentionState {
         now: SystemTime,
     ) -> Plan {
         let mut plan = Plan::default();
-        let expired: Vec<String> =
-            self.barriers.iter().filter(|(_, b)| b.expires <= now).map(|(c, _)| c.clone()).collect();
+        let expired: Vec<String> = self
+            .barriers
+            .iter()
+            .filter(|(_, b)| b.expires <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
         for client in &expired {
             self.barriers.remove(client);
         }
         plan.expired_clients = expired;
 
         let mut unneeded_since = HashMap::new();
-        let initial_over = now.duration_since(opened).is_ok_and(|d| d >= policy.file_timeout_initial);
+        let initial_over = now
+            .duration_since(opened)
+            .is_ok_and(|d| d >= policy.file_timeout_initial);
         let historic_from = sealed.len().saturating_sub(policy.historic_count);
         let mut archive_bytes: u64 = sealed.iter().map(|s| s.file_bytes).sum();
-        let over_archive = |bytes: u64| policy.archive_bytes_max > 0 && bytes > policy.archive_bytes_max;
+        let over_archive =
+            |bytes: u64| policy.archive_bytes_max > 0 && bytes > policy.archive_bytes_max;
 
         // Deletion stops at the first kept segment (deletion removes a prefix); the walk goes on
         // past a segment kept only by its timer, so the timers of the unneeded segments behind
@@ -153,9 +160,13 @@ impl RetentionState {
                 if position >= historic_from {
                     return Some(KeepReason::Historic);
                 }
-                self.barriers.iter().find(|(_, b)| segment.tick_last > b.tick).map(|(client, b)| {
-                    KeepReason::Barrier { client: client.clone(), tick: b.tick }
-                })
+                self.barriers
+                    .iter()
+                    .find(|(_, b)| segment.tick_last > b.tick)
+                    .map(|(client, b)| KeepReason::Barrier {
+                        client: client.clone(),
+                        tick: b.tick,
+                    })
             });
             // Every later segment ends at a higher tick and is newer, so it is kept too.
             if let Some(reason) = keep {
@@ -180,7 +191,10 @@ impl RetentionState {
         self.unneeded_since = unneeded_since;
 
         if let Some(last_forced) = plan.forced.last() {
-            let floor = sealed.iter().find(|s| s.id == *last_forced).map(|s| s.tick_last);
+            let floor = sealed
+                .iter()
+                .find(|s| s.id == *last_forced)
+                .map(|s| s.tick_last);
             if let Some(floor) = floor {
                 let lost: Vec<(String, Tick)> = self
                     .barriers
@@ -207,7 +221,11 @@ mod tests {
     fn segments(count: u64) -> Vec<SegmentFacts> {
         // Segment i holds ticks 100*i+1 ..= 100*(i+1).
         (0..count)
-            .map(|i| SegmentFacts { id: SegmentId::new(i), tick_last: Tick::new(100 * (i + 1)), file_bytes: MB })
+            .map(|i| SegmentFacts {
+                id: SegmentId::new(i),
+                tick_last: Tick::new(100 * (i + 1)),
+                file_bytes: MB,
+            })
             .collect()
     }
 
@@ -231,21 +249,30 @@ mod tests {
     // Goal: nothing is deleted during the initial timeout, whatever else holds.
     #[test]
     fn initial_timeout_protects_everything() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
         let plan = state.plan(&policy(), &segments(6), at(0), at(179));
         assert!(plan.delete.is_empty());
         assert_eq!(plan.kept, Some(KeepReason::InitialTimeout));
         let mut limited = policy();
         limited.archive_bytes_max = MB;
         let plan = state.plan(&limited, &segments(6), at(0), at(179));
-        assert!(plan.delete.is_empty(), "the archive limit waits for the initial timeout too");
+        assert!(
+            plan.delete.is_empty(),
+            "the archive limit waits for the initial timeout too"
+        );
     }
 
     // Goal: segments become deletable only after being unneeded for the file timeout, and the
     // newest `historic_count` sealed segments stay.
     #[test]
     fn file_timeout_then_historic_count() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
         let plan = state.plan(&policy(), &segments(6), at(0), at(200));
         assert!(plan.delete.is_empty());
         assert!(matches!(plan.kept, Some(KeepReason::FileTimeout { .. })));
@@ -268,24 +295,51 @@ mod tests {
         state.store_tick = Some(Tick::new(250));
         let plan = state.plan(&limited, &segments(6), at(0), at(500));
         assert_eq!(ids(&plan.delete), vec![0, 1], "segment 2 ends at 300 > 250");
-        assert_eq!(plan.kept, Some(KeepReason::StoreRecovery { store_tick: Tick::new(250) }));
+        assert_eq!(
+            plan.kept,
+            Some(KeepReason::StoreRecovery {
+                store_tick: Tick::new(250)
+            })
+        );
     }
 
     // Goal: an unexpired barrier keeps the segments holding ticks after it; once it expires,
     // it is dropped and reported, and the file timeout starts counting.
     #[test]
     fn barriers_hold_until_expiry() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
-        state.barriers.insert("f1".into(), Barrier { tick: Tick::new(200), expires: at(300) });
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
+        state.barriers.insert(
+            "f1".into(),
+            Barrier {
+                tick: Tick::new(200),
+                expires: at(300),
+            },
+        );
         let plan = state.plan(&policy(), &segments(6), at(0), at(200));
         assert!(plan.delete.is_empty());
         let plan = state.plan(&policy(), &segments(6), at(0), at(211));
-        assert_eq!(ids(&plan.delete), vec![0, 1], "ticks up to 200 are no longer needed");
-        assert_eq!(plan.kept, Some(KeepReason::Barrier { client: "f1".into(), tick: Tick::new(200) }));
+        assert_eq!(
+            ids(&plan.delete),
+            vec![0, 1],
+            "ticks up to 200 are no longer needed"
+        );
+        assert_eq!(
+            plan.kept,
+            Some(KeepReason::Barrier {
+                client: "f1".into(),
+                tick: Tick::new(200)
+            })
+        );
         let remaining = &segments(6)[2..];
         let plan = state.plan(&policy(), remaining, at(0), at(300));
         assert_eq!(plan.expired_clients, vec!["f1".to_string()]);
-        assert!(plan.delete.is_empty(), "the timeout starts when the barrier lapses");
+        assert!(
+            plan.delete.is_empty(),
+            "the timeout starts when the barrier lapses"
+        );
         let plan = state.plan(&policy(), remaining, at(0), at(310));
         assert_eq!(ids(&plan.delete), vec![2, 3]);
     }
@@ -293,8 +347,17 @@ mod tests {
     // Goal: a barrier exactly at a segment's last tick does not keep that segment.
     #[test]
     fn barrier_at_last_tick_releases_segment() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
-        state.barriers.insert("f1".into(), Barrier { tick: Tick::new(100), expires: at(1000) });
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
+        state.barriers.insert(
+            "f1".into(),
+            Barrier {
+                tick: Tick::new(100),
+                expires: at(1000),
+            },
+        );
         state.plan(&policy(), &segments(6), at(0), at(200));
         let plan = state.plan(&policy(), &segments(6), at(0), at(210));
         assert_eq!(ids(&plan.delete), vec![0]);
@@ -304,26 +367,59 @@ mod tests {
     // timeout, and names the clients that lost their position.
     #[test]
     fn archive_limit_overrides_barriers_and_reports_lost_clients() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
-        state.barriers.insert("slow".into(), Barrier { tick: Tick::new(50), expires: at(10_000) });
-        state.barriers.insert("edge".into(), Barrier { tick: Tick::new(300), expires: at(10_000) });
-        state.barriers.insert("fast".into(), Barrier { tick: Tick::new(600), expires: at(10_000) });
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
+        state.barriers.insert(
+            "slow".into(),
+            Barrier {
+                tick: Tick::new(50),
+                expires: at(10_000),
+            },
+        );
+        state.barriers.insert(
+            "edge".into(),
+            Barrier {
+                tick: Tick::new(300),
+                expires: at(10_000),
+            },
+        );
+        state.barriers.insert(
+            "fast".into(),
+            Barrier {
+                tick: Tick::new(600),
+                expires: at(10_000),
+            },
+        );
         let mut limited = policy();
         limited.archive_bytes_max = 3 * MB;
         let plan = state.plan(&limited, &segments(6), at(0), at(200));
         assert_eq!(ids(&plan.delete), vec![0, 1, 2]);
         assert_eq!(ids(&plan.forced), vec![0, 1, 2]);
         assert_eq!(plan.lost_clients, vec![("slow".to_string(), Tick::new(50))]);
-        assert!(state.barriers.contains_key("edge"), "ticks after 300 are all still there");
+        assert!(
+            state.barriers.contains_key("edge"),
+            "ticks after 300 are all still there"
+        );
         assert!(!state.barriers.contains_key("slow"));
     }
 
     // Goal: a segment whose need comes back (a new barrier) restarts its timeout.
     #[test]
     fn timeout_restarts_when_needed_again() {
-        let mut state = RetentionState { store_tick: Some(Tick::new(10_000)), ..Default::default() };
+        let mut state = RetentionState {
+            store_tick: Some(Tick::new(10_000)),
+            ..Default::default()
+        };
         state.plan(&policy(), &segments(4), at(0), at(200));
-        state.barriers.insert("f".into(), Barrier { tick: Tick::new(0), expires: at(205) });
+        state.barriers.insert(
+            "f".into(),
+            Barrier {
+                tick: Tick::new(0),
+                expires: at(205),
+            },
+        );
         let plan = state.plan(&policy(), &segments(4), at(0), at(204));
         assert!(plan.delete.is_empty());
         let plan = state.plan(&policy(), &segments(4), at(0), at(210));

@@ -77,7 +77,11 @@ const _: () = assert!(SEGMENT_HEADER_BYTES % BLOCK_ALIGN == 0);
 
 /// The file name of a segment.
 pub fn file_name(id: SegmentId, tick_first: Tick) -> String {
-    format!("{:016x}-{:016x}{SEGMENT_SUFFIX}", id.get(), tick_first.get())
+    format!(
+        "{:016x}-{:016x}{SEGMENT_SUFFIX}",
+        id.get(),
+        tick_first.get()
+    )
 }
 
 /// Parses a segment file name; `None` if `name` is not one.
@@ -93,7 +97,11 @@ pub fn parse_file_name(name: &str) -> Option<(SegmentId, Tick)> {
 }
 
 /// The 64-byte header of segment `id` whose first block starts at `tick_first`.
-pub fn encode_header(id: SegmentId, tick_first: Tick, created_unix_ms: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+pub fn encode_header(
+    id: SegmentId,
+    tick_first: Tick,
+    created_unix_ms: u64,
+) -> [u8; SEGMENT_HEADER_BYTES] {
     let raw = RawSegmentHeader {
         magic: SEGMENT_MAGIC,
         version: Version::CURRENT as u16,
@@ -113,8 +121,14 @@ pub fn encode_header(id: SegmentId, tick_first: Tick, created_unix_ms: u64) -> [
 }
 
 /// Checks a segment header against the id and tick its file name claims.
-pub fn check_header(bytes: &[u8], id: SegmentId, tick_first: Tick) -> std::result::Result<(), String> {
-    let bytes = bytes.get(..SEGMENT_HEADER_BYTES).ok_or("segment header cut short")?;
+pub fn check_header(
+    bytes: &[u8],
+    id: SegmentId,
+    tick_first: Tick,
+) -> std::result::Result<(), String> {
+    let bytes = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .ok_or("segment header cut short")?;
     if bytes.iter().all(|&b| b == 0) {
         return Err("segment header is all zero".into());
     }
@@ -126,10 +140,16 @@ pub fn check_header(bytes: &[u8], id: SegmentId, tick_first: Tick) -> std::resul
         return Err("segment header checksum mismatch".into());
     }
     if Version::from_u16(raw.version).is_none() {
-        return Err(format!("unsupported segment format version {}", raw.version));
+        return Err(format!(
+            "unsupported segment format version {}",
+            raw.version
+        ));
     }
     if raw.header_bytes as usize != SEGMENT_HEADER_BYTES {
-        return Err(format!("unexpected segment header size {}", raw.header_bytes));
+        return Err(format!(
+            "unexpected segment header size {}",
+            raw.header_bytes
+        ));
     }
     if raw.segment_id != id.get() || raw.tick_first != tick_first.get() {
         return Err(format!(
@@ -147,8 +167,14 @@ pub fn seal_bytes(block_count: usize) -> u64 {
 
 /// Whether a block taking `block_segment_bytes` fits at `data_end` in a segment of
 /// `segment_bytes` that already holds `block_count` blocks, leaving room for the seal.
-pub fn fits(segment_bytes: u64, data_end: u64, block_count: usize, block_segment_bytes: u64) -> bool {
-    data_end + block_segment_bytes + seal_bytes(block_count + 1) + LOCATOR_BYTES as u64 <= segment_bytes
+pub fn fits(
+    segment_bytes: u64,
+    data_end: u64,
+    block_count: usize,
+    block_segment_bytes: u64,
+) -> bool {
+    data_end + block_segment_bytes + seal_bytes(block_count + 1) + LOCATOR_BYTES as u64
+        <= segment_bytes
 }
 
 /// The largest block (header and payload) an empty segment of `segment_bytes` can hold.
@@ -170,7 +196,8 @@ pub fn encode_locator(seal_offset: u64) -> [u8; LOCATOR_BYTES] {
 
 fn decode_locator(bytes: &[u8]) -> Option<u64> {
     let raw: RawLocator = bytemuck::pod_read_unaligned(bytes.get(..LOCATOR_BYTES)?);
-    (raw.magic == LOCATOR_MAGIC && crc32c::crc32c(&bytes[..12]) == raw.crc32c).then_some(raw.seal_offset)
+    (raw.magic == LOCATOR_MAGIC && crc32c::crc32c(&bytes[..12]) == raw.crc32c)
+        .then_some(raw.seal_offset)
 }
 
 /// Where a sealed file's locator must start for a seal block at `seal_offset`.
@@ -217,15 +244,30 @@ impl SealedSegment {
         if let Some(map) = map {
             let _ = lock.set(map);
         }
-        SealedSegment { id, path, ticks, data_end, block_count, file_bytes, map: lock }
+        SealedSegment {
+            id,
+            path,
+            ticks,
+            data_end,
+            block_count,
+            file_bytes,
+            map: lock,
+        }
     }
 
     /// Reads what a sealed file says about itself: header, locator and seal block header, a few
     /// dozen bytes however large the file. `Ok(None)` if the file has no valid locator (it was
     /// never sealed, or sealing was interrupted before the cut).
-    pub(crate) fn open(path: &Path, id: SegmentId, tick_first: Tick) -> Result<Option<SealedSegment>> {
+    pub(crate) fn open(
+        path: &Path,
+        id: SegmentId,
+        tick_first: Tick,
+    ) -> Result<Option<SealedSegment>> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let file_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        let file_bytes = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
         let corrupt = |offset: u64, reason: String| Error::Corruption {
             segment_id: id,
             path: path.to_path_buf(),
@@ -233,7 +275,10 @@ impl SealedSegment {
             reason,
         };
         if file_bytes < (SEGMENT_HEADER_BYTES + LOCATOR_BYTES) as u64 {
-            return Err(corrupt(0, format!("file of {file_bytes} bytes is too short for a segment")));
+            return Err(corrupt(
+                0,
+                format!("file of {file_bytes} bytes is too short for a segment"),
+            ));
         }
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         fs::read_exact_at(&file, path, &mut header, 0)?;
@@ -245,25 +290,41 @@ impl SealedSegment {
         let mut locator = [0u8; LOCATOR_BYTES];
         let locator_offset = file_bytes - LOCATOR_BYTES as u64;
         fs::read_exact_at(&file, path, &mut locator, locator_offset)?;
-        let Some(seal_offset) = decode_locator(&locator) else { return Ok(None) };
+        let Some(seal_offset) = decode_locator(&locator) else {
+            return Ok(None);
+        };
         if seal_offset < SEGMENT_HEADER_BYTES as u64
             || seal_offset % BLOCK_ALIGN as u64 != 0
             || seal_offset + BLOCK_HEADER_BYTES as u64 > locator_offset
         {
-            return Err(corrupt(locator_offset, format!("locator points outside the file: {seal_offset}")));
+            return Err(corrupt(
+                locator_offset,
+                format!("locator points outside the file: {seal_offset}"),
+            ));
         }
         let mut seal = [0u8; BLOCK_HEADER_BYTES];
         fs::read_exact_at(&file, path, &mut seal, seal_offset)?;
         let seal = match BlockHeader::decode(&seal) {
             Ok(Some(seal)) if seal.is_seal() => seal,
-            Ok(_) => return Err(corrupt(seal_offset, "locator does not point at a seal block".into())),
+            Ok(_) => {
+                return Err(corrupt(
+                    seal_offset,
+                    "locator does not point at a seal block".into(),
+                ))
+            }
             Err(reason) => return Err(corrupt(seal_offset, format!("seal block: {reason}"))),
         };
         if sealed_file_bytes(seal_offset, &seal) != file_bytes {
-            return Err(corrupt(seal_offset, "seal block and file size disagree".into()));
+            return Err(corrupt(
+                seal_offset,
+                "seal block and file size disagree".into(),
+            ));
         }
         if seal.tick_first != tick_first {
-            return Err(corrupt(seal_offset, "seal block's first tick differs from the file name".into()));
+            return Err(corrupt(
+                seal_offset,
+                "seal block's first tick differs from the file name".into(),
+            ));
         }
         Ok(Some(SealedSegment::new(
             id,
@@ -277,7 +338,12 @@ impl SealedSegment {
     }
 
     fn corrupt(&self, offset: u64, reason: impl Into<String>) -> Error {
-        Error::Corruption { segment_id: self.id, path: self.path.clone(), offset, reason: reason.into() }
+        Error::Corruption {
+            segment_id: self.id,
+            path: self.path.clone(),
+            offset,
+            reason: reason.into(),
+        }
     }
 
     /// The file's bytes, mapping the file and verifying its seal block on first use.
@@ -299,7 +365,9 @@ impl SealedSegment {
             .flatten()
             .ok_or_else(|| self.corrupt(self.data_end, "seal block changed since open"))?;
         let seal = &map[seal_offset..seal_offset + header.block_bytes()];
-        header.verify_crc(seal).map_err(|reason| self.corrupt(self.data_end, reason))?;
+        header
+            .verify_crc(seal)
+            .map_err(|reason| self.corrupt(self.data_end, reason))?;
         let mut previous: Option<(u64, u64)> = None;
         for (tick, offset) in index_entries(&seal[BLOCK_HEADER_BYTES..]) {
             let ordered = match previous {
@@ -372,7 +440,10 @@ mod tests {
     #[test]
     fn header_checks() {
         let header = encode_header(SegmentId::new(3), Tick::new(100), 1);
-        assert_eq!(check_header(&header, SegmentId::new(3), Tick::new(100)), Ok(()));
+        assert_eq!(
+            check_header(&header, SegmentId::new(3), Tick::new(100)),
+            Ok(())
+        );
         assert!(check_header(&header, SegmentId::new(4), Tick::new(100)).is_err());
         assert!(check_header(&header, SegmentId::new(3), Tick::new(101)).is_err());
         let mut flipped = header;
@@ -387,7 +458,12 @@ mod tests {
         let size = SEGMENT_BYTES_MIN;
         let max = block_bytes_max(size);
         assert!(fits(size, SEGMENT_HEADER_BYTES as u64, 0, max));
-        assert!(!fits(size, SEGMENT_HEADER_BYTES as u64, 0, max + BLOCK_ALIGN as u64));
+        assert!(!fits(
+            size,
+            SEGMENT_HEADER_BYTES as u64,
+            0,
+            max + BLOCK_ALIGN as u64
+        ));
         assert_eq!(seal_bytes(1), 56);
         assert_eq!(decode_locator(&encode_locator(4096)), Some(4096));
         assert_eq!(decode_locator(&[0; 16]), None);

@@ -33,7 +33,9 @@ impl Default for LatencyHistogram {
 
 impl std::fmt::Debug for LatencyHistogram {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LatencyHistogram").field("count", &self.count()).finish_non_exhaustive()
+        f.debug_struct("LatencyHistogram")
+            .field("count", &self.count())
+            .finish_non_exhaustive()
     }
 }
 
@@ -53,7 +55,10 @@ fn upper_bound(index: usize) -> u64 {
     if index < LINEAR as usize {
         return index as u64 + 1;
     }
-    let (power, sub) = (3 + (index - LINEAR as usize) / SUB_BUCKETS, (index - LINEAR as usize) % SUB_BUCKETS);
+    let (power, sub) = (
+        3 + (index - LINEAR as usize) / SUB_BUCKETS,
+        (index - LINEAR as usize) % SUB_BUCKETS,
+    );
     let base = 1u64 << power;
     base + (base / SUB_BUCKETS as u64) * (sub as u64 + 1)
 }
@@ -80,7 +85,11 @@ impl LatencyHistogram {
 
     /// The value at quantile `q` (0..=1), as the upper bound of its bucket.
     pub fn quantile(&self, q: f64) -> Duration {
-        let counts: Vec<u64> = self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return Duration::ZERO;
@@ -120,13 +129,22 @@ mod tests {
     // whose upper bound is within ~13% of it, and quantiles come back in order.
     #[test]
     fn buckets_bound_values_tightly() {
-        for micros in (1..100_000u64).step_by(7).chain([1 << 20, (1 << 30) + 12345]) {
+        for micros in (1..100_000u64)
+            .step_by(7)
+            .chain([1 << 20, (1 << 30) + 12345])
+        {
             let index = bucket(micros);
             let upper = upper_bound(index);
             assert!(upper > micros, "{micros} -> bucket {index} up to {upper}");
-            assert!(upper as f64 <= micros as f64 * 1.13 + 1.0, "{micros} -> {upper}");
+            assert!(
+                upper as f64 <= micros as f64 * 1.13 + 1.0,
+                "{micros} -> {upper}"
+            );
             if index > 0 {
-                assert!(upper_bound(index - 1) <= micros, "{micros} belongs in a lower bucket");
+                assert!(
+                    upper_bound(index - 1) <= micros,
+                    "{micros} belongs in a lower bucket"
+                );
             }
         }
         let histogram = LatencyHistogram::default();

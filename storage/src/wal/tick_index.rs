@@ -77,7 +77,8 @@ impl<'a> SealedIndex<'a> {
     }
 
     pub fn get(&self, i: usize) -> (Tick, u64) {
-        let (tick, offset) = index_entry(&self.bytes[i * INDEX_ENTRY_BYTES..(i + 1) * INDEX_ENTRY_BYTES]);
+        let (tick, offset) =
+            index_entry(&self.bytes[i * INDEX_ENTRY_BYTES..(i + 1) * INDEX_ENTRY_BYTES]);
         (Tick::new(tick), offset)
     }
 

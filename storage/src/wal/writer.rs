@@ -167,7 +167,10 @@ impl Writer {
         loop {
             let waiting = Instant::now();
             let Ok(first) = requests.recv() else { break };
-            self.shared.counters.idle_nanos.fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.shared
+                .counters
+                .idle_nanos
+                .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let mut group_bytes = first.credit_bytes;
             let mut group = vec![first];
             while group_bytes < group_bytes_max {
@@ -194,7 +197,9 @@ impl Writer {
                 self.failed = Some(self.shared.lock().failed.clone().unwrap_or_default());
             }
             if let Some(reason) = &self.failed {
-                request.completion.complete(Err(Error::WriterFailed(reason.clone())));
+                request
+                    .completion
+                    .complete(Err(Error::WriterFailed(reason.clone())));
                 continue;
             }
             match self.append(&request.payload) {
@@ -223,8 +228,11 @@ impl Writer {
         let (ticks, block_bytes) = match payload {
             Payload::Prepared(prepared) => {
                 let first = self.tick_written.checked_next();
-                let ticks = first.and_then(|t| TickRange::with_count(t, u64::from(prepared.record_count())));
-                let ticks = ticks.ok_or_else(|| Failure::Retryable(Error::InvalidRecord("tick space exhausted".into())))?;
+                let ticks = first
+                    .and_then(|t| TickRange::with_count(t, u64::from(prepared.record_count())));
+                let ticks = ticks.ok_or_else(|| {
+                    Failure::Retryable(Error::InvalidRecord("tick space exhausted".into()))
+                })?;
                 (ticks, prepared.block_bytes())
             }
             Payload::Verbatim(block) => {
@@ -246,28 +254,44 @@ impl Writer {
         if !fits {
             self.rotate(ticks.first)?;
         }
-        let offset = self.segment.as_ref().map(|s| s.data_end).expect("rotate opened a segment");
+        let offset = self
+            .segment
+            .as_ref()
+            .map(|s| s.data_end)
+            .expect("rotate opened a segment");
         let fatal = Failure::Fatal;
         match payload {
             Payload::Prepared(prepared) => {
                 self.buffer(&prepared.stamp(ticks.first)).map_err(fatal)?;
                 self.buffer(prepared.payload()).map_err(fatal)?;
-                self.shared.counters.raw_bytes.fetch_add(u64::from(prepared.raw_bytes()), Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .raw_bytes
+                    .fetch_add(u64::from(prepared.raw_bytes()), Ordering::Relaxed);
             }
             Payload::Verbatim(block) => {
                 self.buffer(block.bytes()).map_err(fatal)?;
                 let raw = u64::from(block.header().raw_bytes);
-                self.shared.counters.raw_bytes.fetch_add(raw, Ordering::Relaxed);
+                self.shared
+                    .counters
+                    .raw_bytes
+                    .fetch_add(raw, Ordering::Relaxed);
             }
         }
         let padding = segment_bytes as usize - block_bytes;
         self.buffer(&ZEROS[..padding]).map_err(fatal)?;
         let segment = self.segment.as_mut().expect("rotate opened a segment");
-        assert_eq!(segment.data_end, offset, "block must land at the end of the data");
+        assert_eq!(
+            segment.data_end, offset,
+            "block must land at the end of the data"
+        );
         segment.data_end = offset + segment_bytes;
         assert_eq!(segment.data_end, self.buf_offset + self.buf_len as u64);
         if segment.block_count == 0 {
-            assert_eq!(segment.file.tick_first, ticks.first, "a segment is named by its first tick");
+            assert_eq!(
+                segment.file.tick_first, ticks.first,
+                "a segment is named by its first tick"
+            );
         }
         segment.block_count += 1;
         segment.tick_last = ticks.last;
@@ -277,7 +301,9 @@ impl Writer {
         let counters = &self.shared.counters;
         counters.blocks.fetch_add(1, Ordering::Relaxed);
         counters.records.fetch_add(ticks.count(), Ordering::Relaxed);
-        counters.block_bytes.fetch_add(block_bytes as u64, Ordering::Relaxed);
+        counters
+            .block_bytes
+            .fetch_add(block_bytes as u64, Ordering::Relaxed);
         Ok(ticks)
     }
 
@@ -290,7 +316,8 @@ impl Writer {
                 continue;
             }
             let n = (capacity - self.buf_len).min(bytes.len());
-            self.engine.buffer_mut().as_mut_slice()[self.buf_len..self.buf_len + n].copy_from_slice(&bytes[..n]);
+            self.engine.buffer_mut().as_mut_slice()[self.buf_len..self.buf_len + n]
+                .copy_from_slice(&bytes[..n]);
             self.buf_len += n;
             self.unwritten = true;
             bytes = &bytes[n..];
@@ -301,21 +328,34 @@ impl Writer {
     /// Writes the buffer (whole pages, the last one zero-padded) and keeps its partial last
     /// page for the next write.
     fn write_out(&mut self) -> Result<()> {
-        let Some(segment) = &self.segment else { return Ok(()) };
+        let Some(segment) = &self.segment else {
+            return Ok(());
+        };
         if !self.unwritten {
             return Ok(());
         }
         let len = self.buf_len.next_multiple_of(DIRECT_ALIGN);
-        assert!(self.buf_offset + len as u64 <= segment.capacity, "write past the preallocated segment");
+        assert!(
+            self.buf_offset + len as u64 <= segment.capacity,
+            "write past the preallocated segment"
+        );
         self.engine.buffer_mut().as_mut_slice()[self.buf_len..len].fill(0);
         let started = Instant::now();
-        self.engine.write(&segment.file.file, &segment.file.path, self.buf_offset, len)?;
+        self.engine
+            .write(&segment.file.file, &segment.file.path, self.buf_offset, len)?;
         let counters = &self.shared.counters;
-        counters.io_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        counters.write_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        counters
+            .io_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        counters
+            .write_bytes
+            .fetch_add(len as u64, Ordering::Relaxed);
         self.unwritten = false;
         let keep_from = self.buf_len / DIRECT_ALIGN * DIRECT_ALIGN;
-        self.engine.buffer_mut().as_mut_slice().copy_within(keep_from..self.buf_len, 0);
+        self.engine
+            .buffer_mut()
+            .as_mut_slice()
+            .copy_within(keep_from..self.buf_len, 0);
         self.buf_offset += keep_from as u64;
         self.buf_len -= keep_from;
         Ok(())
@@ -327,7 +367,10 @@ impl Writer {
             return;
         }
         let Some(segment) = &self.segment else { return };
-        assert!(!self.unwritten, "only written blocks are handed to the syncer");
+        assert!(
+            !self.unwritten,
+            "only written blocks are handed to the syncer"
+        );
         let job = SyncJob::Written {
             segment: segment.file.clone(),
             data_end: segment.data_end,
@@ -343,7 +386,9 @@ impl Writer {
     fn drain(&mut self) -> Result<()> {
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let stopped = || Error::WriterFailed("the syncer stopped".into());
-        self.syncer.send(SyncJob::Drain(done_tx)).map_err(|_| stopped())?;
+        self.syncer
+            .send(SyncJob::Drain(done_tx))
+            .map_err(|_| stopped())?;
         done_rx.recv().map_err(|_| stopped())?;
         match &self.shared.lock().failed {
             Some(reason) => Err(Error::WriterFailed(reason.clone())),
@@ -365,7 +410,11 @@ impl Writer {
         let path = self.shared.dir.join(segment::file_name(id, tick_first));
         if let Err(e) = std::fs::rename(&spare, &path) {
             let _ = std::fs::remove_file(&spare);
-            return Err(Failure::Retryable(Error::io("rename spare segment", &path, e)));
+            return Err(Failure::Retryable(Error::io(
+                "rename spare segment",
+                &path,
+                e,
+            )));
         }
         // Without this, a crash could leave the data of acknowledged appends in a file still
         // named as a spare, which recovery removes.
@@ -374,10 +423,19 @@ impl Writer {
         let file = fs::open_rw(&path, self.engine.direct()).map_err(Failure::Fatal)?;
         let capacity = self.shared.options.segment_bytes;
         let map = fs::map(&file, &path, capacity).map_err(Failure::Fatal)?;
-        self.shared.counters.segments_created.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .segments_created
+            .fetch_add(1, Ordering::Relaxed);
         tracing::debug!(segment = %path.display(), "wal: opened segment");
         self.segment = Some(OpenSegment {
-            file: Arc::new(SegmentFile { id, path, file, map, tick_first }),
+            file: Arc::new(SegmentFile {
+                id,
+                path,
+                file,
+                map,
+                tick_first,
+            }),
             capacity,
             tick_last: tick_first,
             block_count: 0,
@@ -396,12 +454,19 @@ impl Writer {
     /// Writes the seal block and locator after the data, syncs, cuts the file to its used
     /// length, and hands the segment to readers as sealed. The syncer must be drained.
     fn seal(&mut self) -> Result<()> {
-        let Some(segment) = &self.segment else { return Ok(()) };
-        let (id, seal_offset, block_count) = (segment.file.id, segment.data_end, segment.block_count);
+        let Some(segment) = &self.segment else {
+            return Ok(());
+        };
+        let (id, seal_offset, block_count) =
+            (segment.file.id, segment.data_end, segment.block_count);
         let ticks = TickRange::new(segment.file.tick_first, segment.tick_last);
         let tail = {
             let state = self.shared.lock();
-            let active = state.active.as_ref().filter(|a| a.id == id).expect("the segment to seal is published");
+            let active = state
+                .active
+                .as_ref()
+                .filter(|a| a.id == id)
+                .expect("the segment to seal is published");
             assert_eq!(active.index.len(), block_count);
             assert_eq!(active.data_end, seal_offset);
             segment::seal_tail(ticks, active.index.entries(), seal_offset)
@@ -413,11 +478,22 @@ impl Writer {
         let file = &segment.file;
         let started = Instant::now();
         self.engine.sync(&file.file, &file.path)?;
-        self.shared.counters.io_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.shared
+            .counters
+            .io_nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         fs::truncate(&file.file, &file.path, file_bytes)?;
         fs::fsync(&file.file, &file.path)?;
         let map = fs::map(&file.file, &file.path, file_bytes)?;
-        let sealed = SealedSegment::new(id, file.path.clone(), ticks, seal_offset, block_count as u32, file_bytes, Some(map));
+        let sealed = SealedSegment::new(
+            id,
+            file.path.clone(),
+            ticks,
+            seal_offset,
+            block_count as u32,
+            file_bytes,
+            Some(map),
+        );
         let mut state = self.shared.lock();
         assert!(state.active.as_ref().is_some_and(|a| a.id == id));
         state.active = None;
@@ -540,7 +616,16 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
     if failed.is_none() {
         let mut state = shared.lock();
         for job in &batch {
-            let SyncJob::Written { segment, data_end, tick_last, index, .. } = job else { continue };
+            let SyncJob::Written {
+                segment,
+                data_end,
+                tick_last,
+                index,
+                ..
+            } = job
+            else {
+                continue;
+            };
             if !index.is_empty() {
                 let ticks = TickRange::new(segment.tick_first, *tick_last);
                 match &mut state.active {
@@ -551,7 +636,10 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
                         active.index.extend_from(index);
                     }
                     other => {
-                        assert!(other.is_none(), "the previous segment is sealed before the next opens");
+                        assert!(
+                            other.is_none(),
+                            "the previous segment is sealed before the next opens"
+                        );
                         let mut entries = TickIndex::new();
                         entries.extend_from(index);
                         *other = Some(ActiveSegment {
@@ -568,7 +656,9 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
             assert!(*tick_last >= state.tick_last, "visible ticks never go back");
             state.tick_last = *tick_last;
         }
-        shared.tick_visible.store(state.tick_last.get(), Ordering::Release);
+        shared
+            .tick_visible
+            .store(state.tick_last.get(), Ordering::Release);
         drop(state);
         shared.visible.notify_all();
         shared.notify.notify_waiters();
@@ -577,7 +667,10 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
         match job {
             SyncJob::Written { completions, .. } => {
                 for (completion, ticks) in completions {
-                    shared.counters.append_latency.record(completion.submitted.elapsed());
+                    shared
+                        .counters
+                        .append_latency
+                        .record(completion.submitted.elapsed());
                     completion.complete(match &failed {
                         Some(reason) => Err(Error::WriterFailed(reason.clone())),
                         None => Ok(ticks),
@@ -598,7 +691,13 @@ struct PanicGuard(Arc<Shared>);
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            poison(&self.0, format!("the {} thread panicked", std::thread::current().name().unwrap_or("wal")));
+            poison(
+                &self.0,
+                format!(
+                    "the {} thread panicked",
+                    std::thread::current().name().unwrap_or("wal")
+                ),
+            );
         }
     }
 }
@@ -641,14 +740,20 @@ struct SpareSlot {
 
 impl Spares {
     pub fn start(shared: Arc<Shared>) -> Result<Spares> {
-        let inner = Arc::new(SparesInner { slot: Mutex::new(SpareSlot::default()), changed: Condvar::new() });
+        let inner = Arc::new(SparesInner {
+            slot: Mutex::new(SpareSlot::default()),
+            changed: Condvar::new(),
+        });
         let worker = inner.clone();
         let dir = shared.dir.clone();
         let thread = std::thread::Builder::new()
             .name("wal-spares".into())
             .spawn(move || worker.run(&shared))
             .map_err(|e| Error::io("spawn spare segment thread", &dir, e))?;
-        Ok(Spares { inner, thread: Some(thread) })
+        Ok(Spares {
+            inner,
+            thread: Some(thread),
+        })
     }
 
     /// The join handle of the preparing thread, for the WAL to join on close.
@@ -672,7 +777,11 @@ impl Spares {
                 None => fresh = true,
             }
             self.inner.changed.notify_all();
-            slot = self.inner.changed.wait(slot).unwrap_or_else(|p| p.into_inner());
+            slot = self
+                .inner
+                .changed
+                .wait(slot)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 }
@@ -704,7 +813,10 @@ impl SparesInner {
             sequence += 1;
             let path = shared.dir.join(format!("spare-{sequence}.wal.tmp"));
             let prepared = prepare_spare(&path, &shared.options).inspect_err(|e| {
-                tracing::warn!("wal: failed to prepare the next segment: {}", error_chain(e));
+                tracing::warn!(
+                    "wal: failed to prepare the next segment: {}",
+                    error_chain(e)
+                );
                 let _ = std::fs::remove_file(&path);
             });
             slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());

@@ -43,7 +43,9 @@ pub fn document(writer: u32, sequence: u64, size: usize) -> Vec<u8> {
         "alpha", "berlin", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo",
         "juniper", "kepler", "lumen", "meadow", "nimbus", "orchid", "quartz",
     ];
-    let mut doc = format!(r#"{{"_key":"w{writer}-{sequence}","writer":{writer},"seq":{sequence},"text":""#).into_bytes();
+    let mut doc =
+        format!(r#"{{"_key":"w{writer}-{sequence}","writer":{writer},"seq":{sequence},"text":""#)
+            .into_bytes();
     let mut state = (u64::from(writer) << 32 ^ sequence).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     while doc.len() + 12 < size {
         state ^= state << 13;
@@ -62,7 +64,9 @@ pub fn append_documents(wal: &Wal, writer: u32, count: u64, size: usize) -> Vec<
         .map(|sequence| {
             let doc = document(writer, sequence, size);
             let key = format!("w{writer}-{sequence}");
-            let ticks = wal.append(&[Record::put("_system", "docs", &key, &doc)]).expect("append");
+            let ticks = wal
+                .append(&[Record::put("_system", "docs", &key, &doc)])
+                .expect("append");
             assert_eq!(ticks.count(), 1);
             ticks.first
         })
@@ -87,7 +91,12 @@ pub fn read_all(wal: &Wal, after: Tick) -> Vec<Owned> {
         for record in block.records(&mut scratch).expect("records") {
             let (tick, record) = record.expect("record");
             if tick > after {
-                out.push(Owned { tick, kind: record.kind, key: record.key.to_string(), data: record.data.to_vec() });
+                out.push(Owned {
+                    tick,
+                    kind: record.kind,
+                    key: record.key.to_string(),
+                    data: record.data.to_vec(),
+                });
             }
         }
     }
@@ -100,7 +109,10 @@ pub fn wait_short() -> Duration {
 
 /// Options for a WAL that never syncs, for tests that only exercise layout.
 pub fn unsynced(engine: IoEngine) -> WalOptions {
-    WalOptions { sync: SyncPolicy::Never, ..options(engine) }
+    WalOptions {
+        sync: SyncPolicy::Never,
+        ..options(engine)
+    }
 }
 
 /// The segment files of `dir`, sorted by name.

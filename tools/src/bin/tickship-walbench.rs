@@ -44,22 +44,36 @@ struct Args {
     /// group (fdatasync per group) or never.
     #[arg(long, default_value = "group")]
     sync: String,
+    /// Instead of appending: open the existing WAL in --dir and read all its blocks from tick 0,
+    /// printing the rates (drop the page cache first for cold figures).
+    #[arg(long, requires = "dir")]
+    scan: bool,
+    /// With --scan: verify every block's checksum while opening (`verify_on_open`).
+    #[arg(long, requires = "scan")]
+    verify: bool,
     /// Zero-fill new segments in the background.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     zero_fill: bool,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
     let args = Args::parse();
     let temp;
     let dir = match &args.dir {
         Some(dir) => dir.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("tickship-walbench-").tempdir_in("/var/tmp")?;
+            temp = tempfile::Builder::new()
+                .prefix("tickship-walbench-")
+                .tempdir_in("/var/tmp")?;
             temp.path().to_path_buf()
         }
     };
+    if args.scan {
+        return scan(&dir, args.engine, args.verify);
+    }
     let sync = match args.sync.as_str() {
         "group" => SyncPolicy::EveryGroup,
         "never" => SyncPolicy::Never,
@@ -104,37 +118,44 @@ fn main() -> Result<()> {
         .map(|thread| {
             let (wal, pool, stop) = (wal.clone(), pool.clone(), stop.clone());
             let per_append = args.records_per_append;
-            std::thread::spawn(move || -> Result<(u64, u64, Histogram<u64>, Histogram<u64>)> {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-                let mut durable = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-                let (mut records, mut bytes) = (0u64, 0u64);
-                let mut next = thread * 7919;
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && records < per_thread_max {
-                    let batch: Vec<Record<'_>> = (0..per_append)
-                        .map(|i| {
-                            let (key, doc) = &pool[(next + i) % pool.len()];
-                            Record::put("_system", "docs", key, doc.as_bytes())
-                        })
-                        .collect();
-                    next += per_append;
-                    let t = Instant::now();
-                    let prepared = tickship_storage::wal::block::prepare(&batch)?;
-                    let submitted = Instant::now();
-                    wal.submit(prepared)?.wait()?;
-                    latency.record(t.elapsed().as_micros() as u64)?;
-                    durable.record(submitted.elapsed().as_micros() as u64)?;
-                    records += per_append as u64;
-                    bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
-                }
-                Ok((records, bytes, latency, durable))
-            })
+            std::thread::spawn(
+                move || -> Result<(u64, u64, Histogram<u64>, Histogram<u64>)> {
+                    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                    let mut durable = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                    let (mut records, mut bytes) = (0u64, 0u64);
+                    let mut next = thread * 7919;
+                    while !stop.load(Ordering::Relaxed)
+                        && Instant::now() < deadline
+                        && records < per_thread_max
+                    {
+                        let batch: Vec<Record<'_>> = (0..per_append)
+                            .map(|i| {
+                                let (key, doc) = &pool[(next + i) % pool.len()];
+                                Record::put("_system", "docs", key, doc.as_bytes())
+                            })
+                            .collect();
+                        next += per_append;
+                        let t = Instant::now();
+                        let prepared = tickship_storage::wal::block::prepare(&batch)?;
+                        let submitted = Instant::now();
+                        wal.submit(prepared)?.wait()?;
+                        latency.record(t.elapsed().as_micros() as u64)?;
+                        durable.record(submitted.elapsed().as_micros() as u64)?;
+                        records += per_append as u64;
+                        bytes += batch.iter().map(|r| r.data.len() as u64).sum::<u64>();
+                    }
+                    Ok((records, bytes, latency, durable))
+                },
+            )
         })
         .collect();
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut durable = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let (mut records, mut bytes) = (0u64, 0u64);
     for thread in threads {
-        let (r, b, h, d) = thread.join().map_err(|_| anyhow::anyhow!("appender panicked"))??;
+        let (r, b, h, d) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("appender panicked"))??;
         records += r;
         bytes += b;
         latency.add(h)?;
@@ -164,7 +185,10 @@ fn main() -> Result<()> {
         "writer: idle {:.0}% io {:.0}% other {:.0}% of {elapsed:.2}s",
         c.idle_nanos.load(Ordering::Relaxed) as f64 / 1e7 / elapsed,
         c.io_nanos.load(Ordering::Relaxed) as f64 / 1e7 / elapsed,
-        100.0 - (c.idle_nanos.load(Ordering::Relaxed) + c.io_nanos.load(Ordering::Relaxed)) as f64 / 1e7 / elapsed,
+        100.0
+            - (c.idle_nanos.load(Ordering::Relaxed) + c.io_nanos.load(Ordering::Relaxed)) as f64
+                / 1e7
+                / elapsed,
     );
     let (append, fsync) = (&c.append_latency, &c.sync_latency);
     println!(
@@ -177,7 +201,10 @@ fn main() -> Result<()> {
         fsync.mean(),
         append.quantile(0.99).as_secs_f64() / fsync.mean().as_secs_f64().max(1e-9),
     );
-    for (what, h) in [("appender thread: encode+lz4+submit to durable", &latency), ("appender thread: submit to durable", &durable)] {
+    for (what, h) in [
+        ("appender thread: encode+lz4+submit to durable", &latency),
+        ("appender thread: submit to durable", &durable),
+    ] {
         println!(
             "{what}: p50={}us p99={}us p999={}us max={}us (p99 = {:.1} mean fsyncs)",
             h.value_at_quantile(0.5),
@@ -187,5 +214,41 @@ fn main() -> Result<()> {
             h.value_at_quantile(0.99) as f64 / mean_sync_us
         );
     }
+    Ok(())
+}
+
+/// Opens the WAL in `dir` (verifying every block if `verify`), then reads every block from tick 0.
+fn scan(dir: &std::path::Path, engine: IoEngine, verify: bool) -> Result<()> {
+    let options = WalOptions {
+        io_engine: engine,
+        retention_interval: None,
+        verify_on_open: verify,
+        ..WalOptions::default()
+    };
+    let started = Instant::now();
+    let wal = Wal::open(dir, options).context("open wal")?;
+    let opened = started.elapsed().as_secs_f64();
+    let report = wal.recovery_report();
+    println!(
+        "open (blocks verified: {} blocks, {:.1} MB) in {opened:.3}s => {:.0} MB/s verified",
+        report.blocks_verified,
+        report.bytes_verified as f64 / 1e6,
+        report.bytes_verified as f64 / 1e6 / opened
+    );
+    let started = Instant::now();
+    let mut reader = wal
+        .reader_after(tickship_storage::Tick::ZERO)
+        .context("reader")?;
+    let (mut blocks, mut bytes) = (0u64, 0u64);
+    while let Some(block) = reader.next_block().context("read")? {
+        blocks += 1;
+        bytes += block.bytes().len() as u64;
+    }
+    let read = started.elapsed().as_secs_f64();
+    println!(
+        "read from tick 0: {blocks} blocks, {:.1} MB in {read:.3}s => {:.0} MB/s",
+        bytes as f64 / 1e6,
+        bytes as f64 / 1e6 / read
+    );
     Ok(())
 }
