@@ -12,18 +12,38 @@ use tickship_storage::{Tick, Wal};
 fn version_1_fixture() {
     for engine in engines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/v1")), dir.path());
+        copy_dir(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/v1")),
+            dir.path(),
+        );
         let wal = Wal::open(dir.path(), options(engine)).expect("open the v1 fixture");
         assert_eq!(wal.recovery_report().torn_tail, None);
         let records = read_all(&wal, Tick::ZERO);
-        let summary: Vec<(u64, RecordType, &str, &[u8])> =
-            records.iter().map(|r| (r.tick.get(), r.kind, r.key.as_str(), r.data.as_slice())).collect();
+        let summary: Vec<(u64, RecordType, &str, &[u8])> = records
+            .iter()
+            .map(|r| (r.tick.get(), r.kind, r.key.as_str(), r.data.as_slice()))
+            .collect();
         assert_eq!(
             summary,
             vec![
-                (1, RecordType::DocumentPut, "alice", br#"{"_key":"alice","age":31}"#.as_slice()),
-                (2, RecordType::DocumentPut, "bob", br#"{"_key":"bob","age":27}"#.as_slice()),
-                (3, RecordType::DocumentRemove, "alice", br#"{"_key":"alice"}"#.as_slice()),
+                (
+                    1,
+                    RecordType::DocumentPut,
+                    "alice",
+                    br#"{"_key":"alice","age":31}"#.as_slice()
+                ),
+                (
+                    2,
+                    RecordType::DocumentPut,
+                    "bob",
+                    br#"{"_key":"bob","age":27}"#.as_slice()
+                ),
+                (
+                    3,
+                    RecordType::DocumentRemove,
+                    "alice",
+                    br#"{"_key":"alice"}"#.as_slice()
+                ),
             ],
             "{engine}"
         );
@@ -37,13 +57,23 @@ fn version_1_fixture() {
                 state as u8
             })
             .collect();
-        let ticks = wal.append(&[Record::put("_system", "users", "big", &noise)]).expect("append");
+        let ticks = wal
+            .append(&[Record::put("_system", "users", "big", &noise)])
+            .expect("append");
         assert_eq!(ticks.first, Tick::new(4));
         let files = segment_files(dir.path());
         assert_eq!(files.len(), 2, "{:?}", wal.tick_ranges());
-        assert_eq!(std::fs::metadata(&files[0]).expect("stat").len(), 376, "{engine}: FORMAT.md's sealed size");
+        assert_eq!(
+            std::fs::metadata(&files[0]).expect("stat").len(),
+            376,
+            "{engine}: FORMAT.md's sealed size"
+        );
         let sealed = std::fs::read(&files[0]).expect("read");
-        assert_eq!(&sealed[376 - 16..376 - 16 + 8], &288u64.to_le_bytes(), "locator points at the seal");
+        assert_eq!(
+            &sealed[376 - 16..376 - 16 + 8],
+            &288u64.to_le_bytes(),
+            "locator points at the seal"
+        );
         assert_eq!(&sealed[376 - 8..376 - 4], b"TSSL");
         assert!(files[1].ends_with("0000000000000001-0000000000000004.wal"));
     }

@@ -87,8 +87,9 @@ fn check_recovers(
     );
 }
 
-#[test]
-fn last_block_zeroed_from_every_byte() {
+/// For each engine and each byte `cut` of the last block: a copy of the pristine WAL whose
+/// segment file `damage` hurts from there, then the recovery checks.
+fn every_cut(what: &str, damage: impl Fn(&std::fs::File, usize, usize)) {
     for engine in engines() {
         let pristine_dir = tempfile::tempdir().expect("tempdir");
         let (offset, len) = pristine(pristine_dir.path(), engine);
@@ -99,29 +100,25 @@ fn last_block_zeroed_from_every_byte() {
                 .write(true)
                 .open(&segment_files(dir.path())[0])
                 .expect("open segment");
-            file.write_all_at(&vec![0u8; len - cut], (offset + cut) as u64)
-                .expect("zero");
-            check_recovers(dir.path(), engine, offset, cut, cut, "zeroed");
+            damage(&file, offset + cut, len - cut);
+            check_recovers(dir.path(), engine, offset, cut, cut, what);
         }
     }
 }
 
 #[test]
+fn last_block_zeroed_from_every_byte() {
+    every_cut("zeroed", |file, from, rest| {
+        file.write_all_at(&vec![0u8; rest], from as u64)
+            .expect("zero");
+    });
+}
+
+#[test]
 fn segment_file_cut_short_at_every_byte() {
-    for engine in engines() {
-        let pristine_dir = tempfile::tempdir().expect("tempdir");
-        let (offset, len) = pristine(pristine_dir.path(), engine);
-        for cut in 0..len {
-            let dir = tempfile::tempdir().expect("tempdir");
-            copy_dir(pristine_dir.path(), dir.path());
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&segment_files(dir.path())[0])
-                .expect("open segment");
-            file.set_len((offset + cut) as u64).expect("truncate");
-            check_recovers(dir.path(), engine, offset, cut, cut, "truncated");
-        }
-    }
+    every_cut("truncated", |file, from, _| {
+        file.set_len(from as u64).expect("truncate");
+    });
 }
 
 #[test]

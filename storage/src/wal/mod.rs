@@ -288,6 +288,24 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
+    /// `deadline` passes; returns the last visible tick then.
+    pub fn wait_after(&self, after: Tick, deadline: Instant) -> Tick {
+        let mut state = self.lock();
+        while state.tick_last <= after && !state.closed && state.failed.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state = self
+                .visible
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.tick_last
+    }
 }
 
 /// Byte budget of the append queue: appenders wait while it is spent.
@@ -683,21 +701,7 @@ impl Wal {
     /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
     /// `timeout` passes; returns the last visible tick then. Wakes on change, never polls.
     pub fn wait_after(&self, after: Tick, timeout: Duration) -> Tick {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.shared.lock();
-        while state.tick_last <= after && !state.closed && state.failed.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            state = self
-                .shared
-                .visible
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        state.tick_last
+        self.shared.wait_after(after, Instant::now() + timeout)
     }
 
     /// Waits until the last visible tick is after `after`, or the WAL closes or fails; returns

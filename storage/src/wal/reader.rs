@@ -191,24 +191,7 @@ impl Reader {
             if let Some(block) = self.next_block()? {
                 return Ok(Some(block));
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return Ok(None);
-            }
-            let mut state = self.shared.lock();
-            while state.tick_last == seen && !state.closed && state.failed.is_none() {
-                let now = Instant::now();
-                if now >= deadline {
-                    return Ok(None);
-                }
-                state = self
-                    .shared
-                    .visible
-                    .wait_timeout(state, deadline - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            if state.tick_last == seen {
+            if self.shared.wait_after(seen, deadline) == seen {
                 return Ok(None);
             }
         }

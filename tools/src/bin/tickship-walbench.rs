@@ -41,6 +41,9 @@ struct Args {
     /// --wal.segment-size in MiB.
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
+    /// Largest group the writer takes at once, in KiB.
+    #[arg(long, default_value_t = 16384)]
+    group_kib: usize,
     /// group (fdatasync per group) or never.
     #[arg(long, default_value = "group")]
     sync: String,
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         io_engine: args.engine,
         sync,
         zero_fill: args.zero_fill,
+        group_bytes_max: args.group_kib << 10,
         retention_interval: None,
         ..WalOptions::default()
     };
