@@ -1,6 +1,16 @@
 //! tickship: leader/follower replication of a JSON document store by shipping a tick-ordered
-//! write-ahead log. The daemon (`tickshipd`) and the CLI (`tickship`) live in this package; the
-//! disk side is `tickship_storage`, the wire side `tickship_net`.
+//! write-ahead log. This package holds the daemon (`tickshipd`): its flags, the HTTP API that
+//! ArangoDB drivers speak, the leader's write path and its replication logger. The disk side is
+//! `tickship_storage`, the wire side `tickship_net`.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod leader;
+pub mod replication;
+pub mod server;
+pub mod util;
 
 pub use tickship_net as net;
 pub use tickship_storage as storage;

@@ -56,6 +56,10 @@ pub enum Error {
     #[error("wal is closed")]
     Closed,
 
+    /// The document store (RocksDB) failed.
+    #[error("document store: {op}: {reason}")]
+    Store { op: &'static str, reason: String },
+
     /// An invalid option.
     #[error("invalid wal option: {0}")]
     Config(String),

@@ -1,6 +1,7 @@
 //! tickship's disk side: the tick-ordered write-ahead log (and, with later work, the document
 //! store and snapshots). No sockets here; `FORMAT.md` documents every byte this crate persists.
 
+pub mod docstore;
 pub mod error;
 pub mod fs;
 pub mod tick;

@@ -49,6 +49,7 @@ pub use self::retention::{Barrier, KeepReason, RetentionPolicy};
 use self::retention::{RetentionState, SegmentFacts};
 use self::segment::SealedSegment;
 use self::tick_index::TickIndex;
+pub(crate) use self::writer::error_chain;
 use crate::error::{Error, Result};
 use crate::fs::DirLock;
 use crate::tick::{SegmentId, Tick, TickRange};

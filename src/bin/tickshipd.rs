@@ -1,0 +1,32 @@
+//! tickshipd: parse flags, run the server until SIGTERM/SIGINT, exit 0 after a clean stop.
+
+use clap::Parser;
+use tickship::config::DaemonArgs;
+
+fn main() -> std::process::ExitCode {
+    let args = DaemonArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("tickshipd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(tickship::server::run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("failed to run: {e:#}");
+            eprintln!("tickshipd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

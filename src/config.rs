@@ -1,0 +1,125 @@
+//! `tickshipd`'s command-line flags, with ArangoDB's names where one exists.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+
+/// tickshipd: a document store whose write-ahead log followers replicate (leader role).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tickshipd", version, about, long_about = None)]
+pub struct DaemonArgs {
+    /// Where to listen for HTTP (and, later, QUIC replication on the same port over UDP):
+    /// tcp://HOST:PORT. Port 0 picks a free port; the chosen address is printed at start.
+    #[arg(long = "server.endpoint", default_value = "tcp://127.0.0.1:8529")]
+    pub endpoint: String,
+
+    /// Data directory: the WAL (wal/), the document store (store/), credentials, server id.
+    #[arg(long = "database.directory", default_value = "./tickship-data")]
+    pub directory: PathBuf,
+
+    /// Require authentication (HTTP Basic or JWT from /_open/auth). Turn off explicitly.
+    #[arg(long = "server.authentication", default_value_t = true, action = ArgAction::Set)]
+    pub authentication: bool,
+
+    /// Password of user root. Also TICKSHIP_ROOT_PASSWORD, or --server.password-file. With none
+    /// given on first start, one is generated into DIR/ROOT_PASSWORD (mode 0600).
+    #[arg(long = "server.password")]
+    pub password: Option<String>,
+
+    /// File holding the password of user root (first line).
+    #[arg(long = "server.password-file")]
+    pub password_file: Option<PathBuf>,
+
+    /// Largest document accepted, in bytes (error 1216 above it).
+    #[arg(long = "server.maximal-document-size", default_value_t = 16 << 20)]
+    pub max_document_bytes: usize,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long = "server.maximal-body-size", default_value_t = 256 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Size of a WAL segment file in bytes (preallocated).
+    #[arg(long = "wal.segment-size", default_value_t = 64 << 20)]
+    pub wal_segment_size: u64,
+
+    /// When writes are made durable: group (fdatasync per group commit, acknowledge after it),
+    /// interval (acknowledge after the write, fdatasync every --wal.sync-interval ms), never.
+    #[arg(long = "wal.sync-policy", default_value = "group")]
+    pub wal_sync_policy: String,
+
+    /// Milliseconds between fdatasyncs with --wal.sync-policy interval.
+    #[arg(long = "wal.sync-interval", default_value_t = 100)]
+    pub wal_sync_interval_ms: u64,
+
+    /// WAL I/O engine: auto (io_uring where the kernel allows it, else sync), uring, sync.
+    #[arg(long = "wal.io-engine", default_value = "auto")]
+    pub wal_io_engine: String,
+
+    /// Sealed WAL segments always kept.
+    #[arg(long = "wal.historic-logfiles", default_value_t = 10)]
+    pub wal_historic_logfiles: usize,
+
+    /// Seconds a WAL segment must have been unneeded before it is deleted.
+    #[arg(long = "wal.file-timeout", default_value_t = 10.0)]
+    pub wal_file_timeout: f64,
+
+    /// Seconds after start during which no WAL segment is deleted.
+    #[arg(long = "wal.file-timeout-initial", default_value_t = 180.0)]
+    pub wal_file_timeout_initial: f64,
+
+    /// Largest total size of sealed WAL segments in bytes, overriding replication clients'
+    /// needs (they then get error 1414); 0 = unlimited.
+    #[arg(long = "wal.archive-size-limit", default_value_t = 0)]
+    pub wal_archive_size_limit: u64,
+
+    /// Seconds a replication client keeps its hold on the WAL after its last request.
+    #[arg(long = "replication.client-ttl", default_value_t = 7200.0)]
+    pub replication_client_ttl: f64,
+
+    /// Seconds between flushes of the document store while it has unflushed changes (bounds
+    /// the WAL a restart replays).
+    #[arg(long = "store.flush-interval", default_value_t = 30.0)]
+    pub store_flush_interval: f64,
+
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "log.level", default_value = "info")]
+    pub log_level: String,
+}
+
+/// `tcp://HOST:PORT` (also `http://`, `http+tcp://`) as a socket address.
+pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    let address = ["tcp://", "http+tcp://", "http://"]
+        .iter()
+        .find_map(|scheme| endpoint.strip_prefix(scheme))
+        .ok_or_else(|| {
+            anyhow::anyhow!("unsupported endpoint {endpoint:?}: expected tcp://HOST:PORT")
+        })?;
+    let address = address.trim_end_matches('/');
+    use std::net::ToSocketAddrs;
+    address
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot resolve endpoint {endpoint:?}: {e}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("endpoint {endpoint:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: endpoints in ArangoDB's spelling parse; others are refused with a reason.
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoint("tcp://127.0.0.1:8529").expect("tcp").port(),
+            8529
+        );
+        assert_eq!(
+            parse_endpoint("http://127.0.0.1:0").expect("http").port(),
+            0
+        );
+        assert!(parse_endpoint("ssl://127.0.0.1:8529").is_err());
+        assert!(parse_endpoint("127.0.0.1:8529").is_err());
+    }
+}

@@ -1,0 +1,922 @@
+//! The leader's data plane: the write path from a validated request to a durable, applied block,
+//! and the reads and catalog operations around it.
+//!
+//! A write locks its keys (striped async mutexes, taken in one global order, so writers to
+//! different keys never wait on each other beyond the shared WAL append), checks the current
+//! documents (unique `_key`, `_rev` preconditions, merge for update), builds records holding the
+//! full new documents, appends them as one block (one multi-document request = one block: all
+//! or nothing, with transaction begin/commit records around several documents), waits until the
+//! block is durable and applied to the store, and only then answers. So a client reads its own
+//! writes, and an acknowledged write survives `kill -9` (it is in the WAL, and the store replays
+//! the WAL from its persisted tick at restart).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+use tickship_storage::docstore::{
+    CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreApplier, StoredDocument,
+};
+use tickship_storage::wal::{block, Record, RecordType};
+use tickship_storage::{Tick, TickRange, Wal};
+
+use crate::api::{num, ApiError, ApiResult};
+use crate::util::{valid_collection_name, valid_database_name, valid_key};
+
+/// Number of key lock stripes.
+const LOCK_STRIPES: usize = 4096;
+/// Generated keys are reserved from the persisted high-water mark in steps of this many.
+const KEYGEN_STEP: u64 = 1_000_000;
+
+/// What an insert does when the key exists (`overwriteMode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverwriteMode {
+    Conflict,
+    Ignore,
+    Replace,
+    Update,
+}
+
+/// The kind of a document write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteKind {
+    Insert,
+    Replace,
+    Update,
+    Remove,
+}
+
+/// Options of a document write, from the query string and headers.
+#[derive(Clone, Debug)]
+pub struct WriteOptions {
+    pub overwrite: OverwriteMode,
+    pub return_new: bool,
+    pub return_old: bool,
+    pub keep_null: bool,
+    pub merge_objects: bool,
+    /// Ignore `_rev` in the body (If-Match is always honoured).
+    pub ignore_revs: bool,
+    pub if_match: Option<String>,
+}
+
+impl Default for WriteOptions {
+    fn default() -> WriteOptions {
+        WriteOptions {
+            overwrite: OverwriteMode::Conflict,
+            return_new: false,
+            return_old: false,
+            keep_null: true,
+            merge_objects: true,
+            ignore_revs: true,
+            if_match: None,
+        }
+    }
+}
+
+/// One input of a document write: the key it targets (from the path, for single-document
+/// calls) and the body item.
+pub struct WriteInput {
+    pub key: Option<String>,
+    pub body: Value,
+}
+
+/// The outcome of one input.
+pub type ItemResult = Result<Value, ApiError>;
+
+/// Striped locks over (collection, key).
+struct KeyLocks {
+    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl KeyLocks {
+    fn new() -> KeyLocks {
+        KeyLocks {
+            stripes: (0..LOCK_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+        }
+    }
+
+    /// Locks the stripes of `keys`, in ascending stripe order (so two writers never wait on
+    /// each other in a cycle).
+    async fn lock(&self, collection: u64, keys: &[&str]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
+        let mut stripes: Vec<usize> = keys
+            .iter()
+            .map(|key| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (collection, key).hash(&mut hasher);
+                (hasher.finish() % LOCK_STRIPES as u64) as usize
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut guards = Vec::with_capacity(stripes.len());
+        for stripe in stripes {
+            guards.push(self.stripes[stripe].clone().lock_owned().await);
+        }
+        guards
+    }
+}
+
+/// Generates numeric keys, unique across restarts and crashes: ranges are reserved by writing
+/// the high-water mark to a file (and syncing it) before any key of the range is handed out.
+struct KeyGen {
+    path: PathBuf,
+    state: Mutex<(u64, u64)>,
+}
+
+impl KeyGen {
+    fn open(path: &Path) -> anyhow::Result<KeyGen> {
+        let start = match std::fs::read_to_string(path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("parse {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 100_000,
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let keygen = KeyGen {
+            path: path.to_path_buf(),
+            state: Mutex::new((start, start)),
+        };
+        Ok(keygen)
+    }
+
+    fn next(&self) -> ApiResult<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 >= state.1 {
+            let limit = state.1 + KEYGEN_STEP;
+            let write = || -> std::io::Result<()> {
+                let temp = self.path.with_extension("tmp");
+                std::fs::write(&temp, limit.to_string())?;
+                std::fs::File::open(&temp)?.sync_all()?;
+                std::fs::rename(&temp, &self.path)?;
+                if let Some(dir) = self.path.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok(())
+            };
+            write()
+                .map_err(|e| ApiError::unavailable(format!("cannot reserve document keys: {e}")))?;
+            state.1 = limit;
+        }
+        state.0 += 1;
+        Ok(state.0)
+    }
+}
+
+/// Counters for `/_admin/metrics`.
+#[derive(Default)]
+pub struct Metrics {
+    pub documents_written: AtomicU64,
+    pub documents_removed: AtomicU64,
+    pub write_requests: AtomicU64,
+    pub read_requests: AtomicU64,
+    pub http_errors: AtomicU64,
+}
+
+/// The leader's data plane.
+pub struct Node {
+    pub wal: Arc<Wal>,
+    pub store: Arc<DocStore>,
+    pub applier: StoreApplier,
+    pub server_id: String,
+    pub max_document_bytes: usize,
+    pub shutting_down: AtomicBool,
+    pub metrics: Metrics,
+    locks: KeyLocks,
+    keygen: KeyGen,
+    ddl: tokio::sync::Mutex<()>,
+    tid: AtomicU64,
+}
+
+/// A document's `_rev` as clients see it.
+pub fn rev_string(tick: Tick) -> String {
+    tick.to_string()
+}
+
+impl Node {
+    pub fn new(
+        wal: Arc<Wal>,
+        store: Arc<DocStore>,
+        applier: StoreApplier,
+        data_dir: &Path,
+        server_id: String,
+        max_document_bytes: usize,
+    ) -> anyhow::Result<Node> {
+        Ok(Node {
+            keygen: KeyGen::open(&data_dir.join("keygen"))?,
+            tid: AtomicU64::new(u64::from_le_bytes(crate::util::random_bytes::<8>()) >> 16),
+            wal,
+            store,
+            applier,
+            server_id,
+            max_document_bytes,
+            shutting_down: AtomicBool::new(false),
+            metrics: Metrics::default(),
+            locks: KeyLocks::new(),
+            ddl: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn check_writable(&self) -> ApiResult<()> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(ApiError::unavailable("server is shutting down"));
+        }
+        Ok(())
+    }
+
+    /// Appends `records` as one block, waits until it is durable and applied; returns its ticks.
+    async fn log(&self, records: &[Record<'_>]) -> ApiResult<TickRange> {
+        let prepared = tokio::task::block_in_place(|| block::prepare(records))?;
+        // Submitting waits only while the WAL's queue is full (backpressure).
+        let appended = tokio::task::block_in_place(|| self.wal.submit(prepared))?;
+        let ticks = appended.await?;
+        self.applier.applied(ticks.last).await?;
+        Ok(ticks)
+    }
+
+    pub fn database(&self, name: &str) -> ApiResult<DatabaseInfo> {
+        self.store
+            .catalog()
+            .database(name)
+            .cloned()
+            .ok_or_else(ApiError::database_not_found)
+    }
+
+    pub fn collection(&self, database: &str, name: &str) -> ApiResult<Arc<CollectionInfo>> {
+        self.database(database)?;
+        let catalog = self.store.catalog();
+        // Collections are addressed by name or by id.
+        catalog
+            .collection(database, name)
+            .or_else(|| {
+                name.parse::<u64>()
+                    .ok()
+                    .and_then(|id| catalog.collection_by_id(id))
+            })
+            .filter(|c| c.database == database)
+            .ok_or_else(ApiError::collection_not_found)
+    }
+
+    // ---- catalog ------------------------------------------------------------------------
+
+    pub async fn create_collection(
+        &self,
+        database: &str,
+        name: &str,
+        kind: u8,
+        wait_for_sync: bool,
+        key_options: KeyOptions,
+    ) -> ApiResult<Arc<CollectionInfo>> {
+        self.check_writable()?;
+        self.database(database)?;
+        if !valid_collection_name(name) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::ILLEGAL_NAME,
+                "illegal name",
+            ));
+        }
+        if kind != 2 && kind != 3 {
+            return Err(ApiError::bad_parameter("invalid collection type"));
+        }
+        let _ddl = self.ddl.lock().await;
+        let catalog = self.store.catalog();
+        if catalog.collection(database, name).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                num::DUPLICATE_NAME,
+                "duplicate name",
+            ));
+        }
+        let info = CollectionInfo {
+            id: catalog.max_id().max(1000) + 1,
+            name: name.to_string(),
+            database: database.to_string(),
+            kind,
+            wait_for_sync,
+            key_options,
+            is_system: name.starts_with('_'),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| ApiError::internal(e.to_string()))?;
+        let id = info.id.to_string();
+        let record = Record {
+            kind: RecordType::CollectionCreate,
+            tid: 0,
+            db: database,
+            collection: &id,
+            key: "",
+            data: &json,
+        };
+        self.log(&[record]).await?;
+        self.collection(database, name)
+    }
+
+    /// Drops, truncates, renames or changes a collection with one record.
+    pub async fn change_collection(
+        &self,
+        collection: &CollectionInfo,
+        kind: RecordType,
+        data: &[u8],
+    ) -> ApiResult<()> {
+        self.check_writable()?;
+        let _ddl = self.ddl.lock().await;
+        let id = collection.id.to_string();
+        let record = Record {
+            kind,
+            tid: 0,
+            db: &collection.database,
+            collection: &id,
+            key: "",
+            data,
+        };
+        self.log(&[record]).await?;
+        Ok(())
+    }
+
+    pub async fn rename_collection(
+        &self,
+        collection: &CollectionInfo,
+        name: &str,
+    ) -> ApiResult<()> {
+        if !valid_collection_name(name) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::ILLEGAL_NAME,
+                "illegal name",
+            ));
+        }
+        if self
+            .store
+            .catalog()
+            .collection(&collection.database, name)
+            .is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                num::DUPLICATE_NAME,
+                "duplicate name",
+            ));
+        }
+        let data = serde_json::to_vec(&serde_json::json!({ "name": name })).unwrap_or_default();
+        self.change_collection(collection, RecordType::CollectionRename, &data)
+            .await
+    }
+
+    pub async fn create_database(&self, name: &str) -> ApiResult<()> {
+        self.check_writable()?;
+        if !valid_database_name(name) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DATABASE_NAME_INVALID,
+                "database name invalid",
+            ));
+        }
+        let _ddl = self.ddl.lock().await;
+        let catalog = self.store.catalog();
+        if catalog.database(name).is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                num::DUPLICATE_NAME,
+                "duplicate database name",
+            ));
+        }
+        let info = DatabaseInfo {
+            id: catalog.max_id().max(1000) + 1,
+            name: name.to_string(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| ApiError::internal(e.to_string()))?;
+        let record = Record {
+            kind: RecordType::DatabaseCreate,
+            tid: 0,
+            db: name,
+            collection: "",
+            key: "",
+            data: &json,
+        };
+        self.log(&[record]).await?;
+        Ok(())
+    }
+
+    pub async fn drop_database(&self, name: &str) -> ApiResult<()> {
+        self.check_writable()?;
+        if name == tickship_storage::docstore::SYSTEM_DATABASE {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                num::HTTP_FORBIDDEN,
+                "cannot drop the _system database",
+            ));
+        }
+        self.database(name)?;
+        let _ddl = self.ddl.lock().await;
+        let record = Record {
+            kind: RecordType::DatabaseDrop,
+            tid: 0,
+            db: name,
+            collection: "",
+            key: "",
+            data: b"",
+        };
+        self.log(&[record]).await?;
+        Ok(())
+    }
+
+    // ---- reads --------------------------------------------------------------------------
+
+    pub fn read(
+        &self,
+        collection: &CollectionInfo,
+        key: &str,
+    ) -> ApiResult<Option<StoredDocument>> {
+        self.metrics.read_requests.fetch_add(1, Ordering::Relaxed);
+        if !valid_key(key) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DOCUMENT_KEY_BAD,
+                "illegal document key",
+            ));
+        }
+        Ok(self.store.get(collection.id, key)?)
+    }
+
+    pub fn read_many(
+        &self,
+        collection: &CollectionInfo,
+        keys: &[&str],
+    ) -> ApiResult<Vec<Option<StoredDocument>>> {
+        self.metrics.read_requests.fetch_add(1, Ordering::Relaxed);
+        Ok(self.store.get_many(collection.id, keys)?)
+    }
+
+    // ---- document writes ----------------------------------------------------------------
+
+    /// Performs one document write request (one or many inputs) as one block. Returns one
+    /// result per input, in order.
+    pub async fn write(
+        &self,
+        collection: &CollectionInfo,
+        kind: WriteKind,
+        inputs: Vec<WriteInput>,
+        options: &WriteOptions,
+    ) -> ApiResult<Vec<ItemResult>> {
+        self.check_writable()?;
+        self.metrics.write_requests.fetch_add(1, Ordering::Relaxed);
+        // 1. Keys and shapes.
+        let mut planned: Vec<Result<(String, Value), ApiError>> = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            planned.push(self.plan(collection, kind, input));
+        }
+        let keys: Vec<&str> = planned
+            .iter()
+            .filter_map(|p| p.as_ref().ok().map(|(k, _)| k.as_str()))
+            .collect();
+        // 2. Locks, then the current documents.
+        let _guards = self.locks.lock(collection.id, &keys).await;
+        let current = self.store.get_many(collection.id, &keys)?;
+        let mut state: HashMap<String, Option<StoredDocument>> = HashMap::with_capacity(keys.len());
+        for (key, doc) in keys.iter().zip(current) {
+            state.insert(key.to_string(), doc);
+        }
+        // 3. Decide each input; build the new documents.
+        enum Step {
+            Done(ItemResult),
+            Write {
+                key: String,
+                new_json: Option<Vec<u8>>,
+                old: Option<StoredDocument>,
+                new_value: Option<Value>,
+            },
+        }
+        let mut steps = Vec::with_capacity(planned.len());
+        for plan in planned {
+            let (key, body) = match plan {
+                Ok(plan) => plan,
+                Err(error) => {
+                    steps.push(Step::Done(Err(error)));
+                    continue;
+                }
+            };
+            // `state` includes the writes of earlier inputs of this request (their revision is
+            // only known after the append, so they carry tick 0 until then).
+            let existing = state.get(&key).cloned().flatten();
+            let exists = existing.is_some();
+            let meta = |rev: Option<Tick>| {
+                let mut meta = Map::new();
+                meta.insert(
+                    "_id".into(),
+                    Value::String(format!("{}/{key}", collection.name)),
+                );
+                meta.insert("_key".into(), Value::String(key.clone()));
+                if let Some(rev) = rev {
+                    meta.insert("_rev".into(), Value::String(rev_string(rev)));
+                }
+                meta
+            };
+            let outcome = match kind {
+                WriteKind::Insert if exists => match options.overwrite {
+                    OverwriteMode::Conflict => Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        num::UNIQUE_CONSTRAINT_VIOLATED,
+                        format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
+                    )),
+                    OverwriteMode::Ignore => Ok(None),
+                    OverwriteMode::Replace => self.new_document(collection, &key, body, None, options).map(Some),
+                    OverwriteMode::Update => {
+                        let base = existing.as_ref().map(|d| d.json.as_slice());
+                        self.new_document(collection, &key, body, base, options).map(Some)
+                    }
+                },
+                WriteKind::Insert => self.new_document(collection, &key, body, None, options).map(Some),
+                WriteKind::Replace | WriteKind::Update | WriteKind::Remove => match &existing {
+                    None => Err(ApiError::document_not_found()),
+                    Some(doc) => {
+                        let wanted = options.if_match.clone().or_else(|| {
+                            (!options.ignore_revs).then(|| body.get("_rev").and_then(Value::as_str).map(str::to_string)).flatten()
+                        });
+                        match wanted {
+                            Some(rev) if rev != rev_string(doc.rev) => {
+                                let mut error = ApiError::new(
+                                    StatusCode::PRECONDITION_FAILED,
+                                    num::CONFLICT,
+                                    "conflict, _rev values do not match",
+                                );
+                                error.message = format!("{} (current _rev {})", error.message, doc.rev);
+                                Err(error)
+                            }
+                            _ if kind == WriteKind::Remove => Ok(Some((Vec::new(), None))),
+                            _ => {
+                                let base = (kind == WriteKind::Update).then_some(doc.json.as_slice());
+                                self.new_document(collection, &key, body, base, options).map(Some)
+                            }
+                        }
+                    }
+                },
+            };
+            match outcome {
+                Err(error) => steps.push(Step::Done(Err(error))),
+                Ok(None) => {
+                    // overwriteMode=ignore on an existing key: answer with its current meta.
+                    let doc = existing.expect("ignore only applies to existing documents");
+                    steps.push(Step::Done(Ok(Value::Object(meta(Some(doc.rev))))));
+                }
+                Ok(Some((json, new_value))) => {
+                    let removing = kind == WriteKind::Remove;
+                    state.insert(
+                        key.clone(),
+                        if removing {
+                            None
+                        } else {
+                            Some(StoredDocument {
+                                rev: Tick::ZERO,
+                                json: json.clone(),
+                            })
+                        },
+                    );
+                    steps.push(Step::Write {
+                        key,
+                        new_json: (!removing).then_some(json),
+                        old: existing,
+                        new_value,
+                    });
+                }
+            }
+        }
+        // 4. Log the writes as one block.
+        let writes: Vec<(&String, &Option<Vec<u8>>)> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Write { key, new_json, .. } => Some((key, new_json)),
+                Step::Done(_) => None,
+            })
+            .collect();
+        let mut tick_of_write = Vec::with_capacity(writes.len());
+        if !writes.is_empty() {
+            let id = collection.id.to_string();
+            let db = collection.database.as_str();
+            let tid = if writes.len() > 1 {
+                self.tid.fetch_add(1, Ordering::Relaxed)
+            } else {
+                0
+            };
+            let mut records = Vec::with_capacity(writes.len() + 2);
+            if tid != 0 {
+                records.push(Record {
+                    kind: RecordType::TransactionBegin,
+                    tid,
+                    db,
+                    collection: "",
+                    key: "",
+                    data: b"",
+                });
+            }
+            for (key, json) in &writes {
+                records.push(match json {
+                    Some(json) => Record {
+                        kind: RecordType::DocumentPut,
+                        tid,
+                        db,
+                        collection: &id,
+                        key,
+                        data: json,
+                    },
+                    None => Record {
+                        kind: RecordType::DocumentRemove,
+                        tid,
+                        db,
+                        collection: &id,
+                        key,
+                        data: b"",
+                    },
+                });
+            }
+            if tid != 0 {
+                records.push(Record {
+                    kind: RecordType::TransactionCommit,
+                    tid,
+                    db,
+                    collection: "",
+                    key: "",
+                    data: b"",
+                });
+            }
+            let ticks = self.log(&records).await?;
+            let offset = u64::from(tid != 0);
+            for i in 0..writes.len() as u64 {
+                tick_of_write.push(Tick::new(ticks.first.get() + offset + i));
+            }
+            let removed = writes.iter().filter(|(_, json)| json.is_none()).count() as u64;
+            self.metrics
+                .documents_written
+                .fetch_add(writes.len() as u64 - removed, Ordering::Relaxed);
+            self.metrics
+                .documents_removed
+                .fetch_add(removed, Ordering::Relaxed);
+        }
+        // 5. Answers.
+        let mut ticks = tick_of_write.into_iter();
+        let results = steps
+            .into_iter()
+            .map(|step| match step {
+                Step::Done(result) => result,
+                Step::Write {
+                    key,
+                    new_json,
+                    old,
+                    new_value,
+                } => {
+                    let rev = ticks.next().expect("one tick per write");
+                    let mut body = Map::new();
+                    body.insert(
+                        "_id".into(),
+                        Value::String(format!("{}/{key}", collection.name)),
+                    );
+                    body.insert("_key".into(), Value::String(key.clone()));
+                    body.insert(
+                        "_rev".into(),
+                        Value::String(rev_string(if new_json.is_some() {
+                            rev
+                        } else {
+                            old.as_ref().map_or(rev, |d| d.rev)
+                        })),
+                    );
+                    if let Some(old) = &old {
+                        if new_json.is_some() {
+                            body.insert("_oldRev".into(), Value::String(rev_string(old.rev)));
+                        }
+                        if options.return_old {
+                            body.insert("old".into(), document_value(old));
+                        }
+                    }
+                    if options.return_new {
+                        if let Some(mut new) = new_value {
+                            if let Some(object) = new.as_object_mut() {
+                                object.insert("_rev".into(), Value::String(rev_string(rev)));
+                            }
+                            body.insert("new".into(), new);
+                        }
+                    }
+                    Ok(Value::Object(body))
+                }
+            })
+            .collect();
+        Ok(results)
+    }
+
+    /// The key an input targets, and its body, checked for shape.
+    fn plan(
+        &self,
+        collection: &CollectionInfo,
+        kind: WriteKind,
+        input: WriteInput,
+    ) -> Result<(String, Value), ApiError> {
+        let body = input.body;
+        let body_key = match &body {
+            Value::Object(map) => match map.get("_key") {
+                Some(Value::String(key)) => Some(key.clone()),
+                Some(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        num::DOCUMENT_KEY_BAD,
+                        "illegal document key",
+                    ))
+                }
+                None => None,
+            },
+            Value::String(key) if kind == WriteKind::Remove => Some(key.clone()),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    num::DOCUMENT_TYPE_INVALID,
+                    "invalid document type",
+                ));
+            }
+        };
+        let key = match (input.key, body_key, kind) {
+            (Some(key), _, _) => key,
+            (None, Some(key), WriteKind::Insert) if !collection.key_options.allow_user_keys => {
+                let _ = key;
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    num::DOCUMENT_KEY_UNEXPECTED,
+                    "collection does not allow using user-defined keys",
+                ));
+            }
+            (None, Some(key), _) => key,
+            (None, None, WriteKind::Insert) => self.keygen.next()?.to_string(),
+            (None, None, _) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    num::DOCUMENT_KEY_BAD,
+                    "illegal document key",
+                ));
+            }
+        };
+        if !valid_key(&key) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DOCUMENT_KEY_BAD,
+                "illegal document key",
+            ));
+        }
+        if collection.kind == 3 && matches!(kind, WriteKind::Insert | WriteKind::Replace) {
+            let ok = |field: &str| {
+                body.get(field)
+                    .and_then(Value::as_str)
+                    .is_some_and(|v| v.contains('/'))
+            };
+            if !ok("_from") || !ok("_to") {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    1233,
+                    "edge attribute missing or invalid",
+                ));
+            }
+        }
+        Ok((key, body))
+    }
+
+    /// The new document (canonical JSON without `_rev`, and its value for `returnNew`): `body`
+    /// on its own, or merged onto `base` for update.
+    fn new_document(
+        &self,
+        collection: &CollectionInfo,
+        key: &str,
+        body: Value,
+        base: Option<&[u8]>,
+        options: &WriteOptions,
+    ) -> Result<(Vec<u8>, Option<Value>), ApiError> {
+        let Value::Object(patch) = body else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DOCUMENT_TYPE_INVALID,
+                "invalid document type",
+            ));
+        };
+        let mut fields = match base {
+            Some(base) => match serde_json::from_slice::<Value>(base) {
+                Ok(Value::Object(map)) => map,
+                _ => return Err(ApiError::internal("stored document is not an object")),
+            },
+            None => Map::new(),
+        };
+        for (name, value) in patch {
+            if matches!(name.as_str(), "_key" | "_id" | "_rev") {
+                continue;
+            }
+            if base.is_some() {
+                merge_field(
+                    &mut fields,
+                    name,
+                    value,
+                    options.keep_null,
+                    options.merge_objects,
+                );
+            } else {
+                fields.insert(name, value);
+            }
+        }
+        fields.remove("_key");
+        fields.remove("_id");
+        fields.remove("_rev");
+        let mut document = Map::with_capacity(fields.len() + 2);
+        document.insert("_key".into(), Value::String(key.to_string()));
+        document.insert(
+            "_id".into(),
+            Value::String(format!("{}/{key}", collection.name)),
+        );
+        document.extend(fields);
+        let document = Value::Object(document);
+        let json = serde_json::to_vec(&document).map_err(|e| ApiError::internal(e.to_string()))?;
+        if json.len() > self.max_document_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                num::DOCUMENT_TOO_LARGE,
+                format!(
+                    "document of {} bytes exceeds the maximal document size of {} bytes",
+                    json.len(),
+                    self.max_document_bytes
+                ),
+            ));
+        }
+        Ok((json, options.return_new.then_some(document)))
+    }
+}
+
+/// ArangoDB's update merge: `null` removes a field unless `keep_null`; objects merge
+/// recursively when `merge_objects`.
+fn merge_field(
+    target: &mut Map<String, Value>,
+    name: String,
+    value: Value,
+    keep_null: bool,
+    merge_objects: bool,
+) {
+    match value {
+        Value::Null if !keep_null => {
+            target.remove(&name);
+        }
+        Value::Object(patch) if merge_objects => match target.get_mut(&name) {
+            Some(Value::Object(existing)) => {
+                for (inner, value) in patch {
+                    merge_field(existing, inner, value, keep_null, merge_objects);
+                }
+            }
+            _ => {
+                let mut fresh = Map::new();
+                for (inner, value) in patch {
+                    merge_field(&mut fresh, inner, value, keep_null, merge_objects);
+                }
+                target.insert(name, Value::Object(fresh));
+            }
+        },
+        value => {
+            target.insert(name, value);
+        }
+    }
+}
+
+/// A stored document as a JSON value with `_rev`.
+pub fn document_value(doc: &StoredDocument) -> Value {
+    serde_json::from_slice(&doc.to_json()).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: update merges like ArangoDB: nested objects merge, null removes unless keepNull.
+    #[test]
+    fn update_merge_rules() {
+        let mut doc = serde_json::json!({"a": 1, "o": {"x": 1, "y": 2}, "n": 5})
+            .as_object()
+            .cloned()
+            .expect("object");
+        merge_field(
+            &mut doc,
+            "o".into(),
+            serde_json::json!({"y": 3, "z": 4}),
+            true,
+            true,
+        );
+        merge_field(&mut doc, "n".into(), Value::Null, false, true);
+        merge_field(&mut doc, "b".into(), Value::Null, true, true);
+        assert_eq!(
+            Value::Object(doc.clone()),
+            serde_json::json!({"a": 1, "o": {"x": 1, "y": 3, "z": 4}, "b": null})
+        );
+        merge_field(
+            &mut doc,
+            "o".into(),
+            serde_json::json!({"only": true}),
+            true,
+            false,
+        );
+        assert_eq!(doc["o"], serde_json::json!({"only": true}));
+    }
+}

@@ -1,0 +1,190 @@
+//! Starting and stopping `tickshipd`: data directory, WAL, document store, replay, HTTP.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use axum::body::Body;
+use axum::http::Request;
+use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier};
+use tickship_storage::wal::{IoEngine, RetentionPolicy, SyncPolicy};
+use tickship_storage::{Wal, WalOptions};
+
+use crate::auth::{Auth, PasswordSource};
+use crate::config::{parse_endpoint, DaemonArgs};
+use crate::http::{self, AppState};
+use crate::leader::Node;
+use crate::replication::Clients;
+
+fn wal_options(args: &DaemonArgs) -> Result<WalOptions> {
+    let sync = match args.wal_sync_policy.as_str() {
+        "group" => SyncPolicy::EveryGroup,
+        "interval" => SyncPolicy::Interval(Duration::from_millis(args.wal_sync_interval_ms.max(1))),
+        "never" => SyncPolicy::Never,
+        other => bail!("--wal.sync-policy {other:?}: expected group, interval or never"),
+    };
+    let io_engine: IoEngine = args
+        .wal_io_engine
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--wal.io-engine: {e}"))?;
+    let seconds = |value: f64, flag: &str| {
+        if value.is_finite() && value >= 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            bail!("{flag} must be a number of seconds >= 0")
+        }
+    };
+    Ok(WalOptions {
+        segment_bytes: args.wal_segment_size,
+        sync,
+        io_engine,
+        retention: RetentionPolicy {
+            historic_count: args.wal_historic_logfiles,
+            file_timeout: seconds(args.wal_file_timeout, "--wal.file-timeout")?,
+            file_timeout_initial: seconds(
+                args.wal_file_timeout_initial,
+                "--wal.file-timeout-initial",
+            )?,
+            archive_bytes_max: args.wal_archive_size_limit,
+        },
+        ..WalOptions::default()
+    })
+}
+
+/// The server id, created on first start.
+fn server_id(dir: &Path) -> Result<String> {
+    let path = dir.join("SERVER_ID");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => bail!("{} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // 15 decimal digits, like ArangoDB's.
+            let id = (u64::from_le_bytes(crate::util::random_bytes::<8>()) % 900_000_000_000_000
+                + 100_000_000_000_000)
+                .to_string();
+            std::fs::write(&path, &id).with_context(|| format!("write {}", path.display()))?;
+            std::fs::File::open(&path)?.sync_all()?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops gracefully: no new writes, everything
+/// acknowledged applied and synced, exit status 0.
+pub async fn run(args: DaemonArgs) -> Result<()> {
+    let dir = &args.directory;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let address = parse_endpoint(&args.endpoint)?;
+    let server_id = server_id(dir)?;
+    let source = PasswordSource {
+        flag: args.password.clone(),
+        env: std::env::var("TICKSHIP_ROOT_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+        file: args.password_file.clone(),
+    };
+    let auth = Auth::open(dir, args.authentication, &source).context("set up authentication")?;
+    if !args.authentication {
+        tracing::warn!("authentication is off (--server.authentication false): anyone who can connect can read and write");
+    }
+    let wal = Arc::new(
+        Wal::open(dir.join("wal"), wal_options(&args)?).context("open the write-ahead log")?,
+    );
+    let report = wal.recovery_report();
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(?torn, "recovery cut a torn tail");
+    }
+    let store = Arc::new(DocStore::open(dir.join("store")).context("open the document store")?);
+    let started = std::time::Instant::now();
+    let replay_from = store.applied_tick();
+    if replay_from > wal.last_tick() {
+        bail!(
+            "the document store has applied up to tick {replay_from} but the WAL ends at tick {}: \
+             the WAL in {} is missing or older than the store; refusing to start (new writes \
+             would reuse ticks)",
+            wal.last_tick(),
+            dir.join("wal").display()
+        );
+    }
+    let applier_options = ApplierOptions {
+        flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
+        ..ApplierOptions::default()
+    };
+    let applier = StoreApplier::start(wal.clone(), store.clone(), applier_options)
+        .context("start the store applier")?;
+    // Serve only once every durable tick is applied: reads must see every acknowledged write.
+    let target = wal.last_tick();
+    tokio::task::block_in_place(|| applier.wait_applied(target, Duration::from_secs(3600)))
+        .context("replay the WAL into the document store")?;
+    tracing::info!(
+        from = %replay_from,
+        to = %target,
+        seconds = started.elapsed().as_secs_f64(),
+        "replayed the WAL into the document store"
+    );
+    let node = Arc::new(Node::new(
+        wal.clone(),
+        store.clone(),
+        applier,
+        dir,
+        server_id,
+        args.max_document_bytes,
+    )?);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listen on {address}"))?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        node: node.clone(),
+        auth,
+        clients: Clients::new(Duration::from_secs_f64(
+            args.replication_client_ttl.max(1.0),
+        )),
+        max_body_bytes: args.max_body_bytes,
+        endpoint: format!("tcp://{local}"),
+    });
+    // Tests and scripts read this line to learn the port.
+    println!(
+        "tickshipd listening on {local} (server id {}, engine {})",
+        node.server_id,
+        wal.engine_name()
+    );
+    tracing::info!("listening on http://{local}");
+    let app = axum::Router::new().fallback(move |request: Request<Body>| {
+        let state = state.clone();
+        async move { http::handle(state, request).await }
+    });
+    let shutdown_node = node.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new writes; finishing the ones in flight");
+            shutdown_node.shutting_down.store(true, Ordering::Release);
+        })
+        .await
+        .context("serve HTTP")?;
+    // Every acknowledged write is durable already; apply what is left, persist, sync, close.
+    node.applier.stop();
+    wal.close().context("close the write-ahead log")?;
+    store.flush().context("flush the document store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

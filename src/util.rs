@@ -1,0 +1,112 @@
+//! Small helpers: ArangoDB's name and key rules, time stamps, random ids.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// ArangoDB's document key rule: 1 to 254 bytes of `[A-Za-z0-9_\-:.@()+,=;$!*'%]`.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 254
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-:.@()+,=;$!*'%".contains(&b))
+}
+
+/// ArangoDB's traditional collection name rule: a letter (or `_` for system collections)
+/// followed by letters, digits, `_` and `-`, at most 256 bytes.
+pub fn valid_collection_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let first_ok = matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_');
+    first_ok
+        && name.len() <= 256
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// ArangoDB's traditional database name rule (as for collections, at most 64 bytes).
+pub fn valid_database_name(name: &str) -> bool {
+    valid_collection_name(name) && name.len() <= 64
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, as ArangoDB prints times in state documents.
+pub fn iso8601(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    bytes
+}
+
+/// Lenient boolean query parameter: `1`/`true`/`yes` (any case) is true, `0`/`false`/`no` false,
+/// anything else (including arangojs' `undefined`) the default.
+pub fn query_bool(value: Option<&str>, default: bool) -> bool {
+    match value.map(str::to_ascii_lowercase).as_deref() {
+        Some("1" | "true" | "yes" | "on") => true,
+        Some("0" | "false" | "no" | "off") => false,
+        _ => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: the key and name rules accept exactly ArangoDB's alphabet and lengths.
+    #[test]
+    fn key_and_name_rules() {
+        assert!(valid_key("alice"));
+        assert!(valid_key("a:b.c@d(e)+f,g=h;i$j!k*l'm%n_o-p"));
+        assert!(valid_key(&"k".repeat(254)));
+        assert!(!valid_key(&"k".repeat(255)));
+        assert!(!valid_key(""));
+        assert!(!valid_key("a/b"));
+        assert!(!valid_key("a b"));
+        assert!(!valid_key("ä"));
+        assert!(valid_collection_name("users"));
+        assert!(valid_collection_name("_system_things"));
+        assert!(!valid_collection_name("1users"));
+        assert!(!valid_collection_name("us.ers"));
+        assert!(!valid_collection_name(""));
+    }
+
+    // Goal: times print as ArangoDB prints them.
+    #[test]
+    fn iso8601_format() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_329_486);
+        assert_eq!(iso8601(t), "2026-11-22T06:38:06Z");
+        let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(iso8601(leap), "2000-02-29T00:00:00Z");
+    }
+
+    // Goal: booleans parse in every spelling the drivers send, falling back on junk.
+    #[test]
+    fn lenient_booleans() {
+        assert!(query_bool(Some("1"), false));
+        assert!(query_bool(Some("TRUE"), false));
+        assert!(!query_bool(Some("0"), true));
+        assert!(query_bool(Some("undefined"), true));
+        assert!(!query_bool(None, false));
+    }
+}

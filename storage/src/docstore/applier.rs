@@ -1,0 +1,225 @@
+//! The store applier: the one thread that applies the WAL to the document store, in tick order.
+//!
+//! It reads durable blocks from the store's applied tick on (so a restart replays exactly what
+//! RocksDB did not persist), applies whatever is available as one group, and publishes the new
+//! applied tick to waiters: a leader answers a write once its ticks are applied, so a client
+//! reads its own writes. After each group it tells the WAL how far RocksDB has persisted the
+//! store (`Wal::set_store_tick`), so retention never deletes what a restart would need, and it
+//! starts a flush when the unpersisted part grows past `flush_ticks_max` or `flush_interval`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::DocStore;
+use crate::error::{Error, Result};
+use crate::tick::Tick;
+use crate::wal::Wal;
+
+/// When the applier asks RocksDB to persist the store.
+#[derive(Clone, Debug)]
+pub struct ApplierOptions {
+    /// Start a flush once this many ticks are applied but not persisted.
+    pub flush_ticks_max: u64,
+    /// Start a flush at least this often while anything is unpersisted.
+    pub flush_interval: Duration,
+    /// Bytes of blocks applied as one group at most.
+    pub group_bytes_max: usize,
+}
+
+impl Default for ApplierOptions {
+    fn default() -> ApplierOptions {
+        ApplierOptions {
+            flush_ticks_max: 1_000_000,
+            flush_interval: Duration::from_secs(30),
+            group_bytes_max: 8 << 20,
+        }
+    }
+}
+
+struct Shared {
+    applied: AtomicU64,
+    failed: Mutex<Option<String>>,
+    stop: AtomicBool,
+    changed: Condvar,
+    lock: Mutex<()>,
+    notify: tokio::sync::Notify,
+}
+
+/// Handle of the store applier thread.
+pub struct StoreApplier {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl StoreApplier {
+    /// Starts applying `wal` to `store` from the store's applied tick.
+    pub fn start(
+        wal: Arc<Wal>,
+        store: Arc<DocStore>,
+        options: ApplierOptions,
+    ) -> Result<StoreApplier> {
+        let shared = Arc::new(Shared {
+            applied: AtomicU64::new(store.applied_tick().get()),
+            failed: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            changed: Condvar::new(),
+            lock: Mutex::new(()),
+            notify: tokio::sync::Notify::new(),
+        });
+        let mut reader = wal.reader_after(store.applied_tick())?;
+        let worker = shared.clone();
+        let path = store.path().to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("store-applier".into())
+            .spawn(move || {
+                if let Err(error) = run(&wal, &store, &mut reader, &worker, &options) {
+                    let reason = crate::wal::error_chain(&error);
+                    tracing::error!("store applier stopped: {reason}");
+                    *worker.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                }
+                worker.stop.store(true, Ordering::Release);
+                let _guard = worker.lock.lock().unwrap_or_else(|p| p.into_inner());
+                worker.changed.notify_all();
+                worker.notify.notify_waiters();
+            })
+            .map_err(|e| Error::io("spawn store applier", path, e))?;
+        Ok(StoreApplier {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    pub fn applied_tick(&self) -> Tick {
+        Tick::new(self.shared.applied.load(Ordering::Acquire))
+    }
+
+    fn check(&self) -> Result<()> {
+        match &*self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(Error::WriterFailed(format!("store applier: {reason}"))),
+            None if self.shared.stop.load(Ordering::Acquire) => Err(Error::Closed),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until `tick` is applied (or the applier stops, or `timeout` passes).
+    pub fn wait_applied(&self, tick: Tick, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+        while self.applied_tick() < tick {
+            self.check()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Closed);
+            }
+            guard = self
+                .shared
+                .changed
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Waits, asynchronously, until `tick` is applied or the applier stops.
+    pub async fn applied(&self, tick: Tick) -> Result<()> {
+        loop {
+            let notified = self.shared.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.applied_tick() >= tick {
+                return Ok(());
+            }
+            self.check()?;
+            notified.await;
+        }
+    }
+
+    /// Stops the thread once it has applied everything durable, and joins it.
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for StoreApplier {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    wal: &Wal,
+    store: &DocStore,
+    reader: &mut crate::wal::Reader,
+    shared: &Shared,
+    options: &ApplierOptions,
+) -> Result<()> {
+    let mut last_flush = Instant::now();
+    let mut persisted = store.persisted_tick()?;
+    wal.set_store_tick(persisted);
+    loop {
+        // Wait for at least one block, then take what else is there, up to the group size.
+        let first = match reader.wait_next(Duration::from_millis(200))? {
+            Some(block) => block,
+            None => {
+                if shared.stop.load(Ordering::Acquire) && wal.last_tick() <= store.applied_tick() {
+                    break;
+                }
+                maintain(wal, store, options, &mut persisted, &mut last_flush)?;
+                continue;
+            }
+        };
+        let mut bytes = first.bytes().len();
+        let mut group = vec![first];
+        while bytes < options.group_bytes_max {
+            match reader.next_block()? {
+                Some(block) => {
+                    bytes += block.bytes().len();
+                    group.push(block);
+                }
+                None => break,
+            }
+        }
+        store.apply(&group)?;
+        let applied = store.applied_tick();
+        shared.applied.store(applied.get(), Ordering::Release);
+        {
+            let _guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+            shared.changed.notify_all();
+        }
+        shared.notify.notify_waiters();
+        maintain(wal, store, options, &mut persisted, &mut last_flush)?;
+    }
+    // Closing: persist the store so the next start replays nothing.
+    store.flush()?;
+    wal.set_store_tick(store.persisted_tick()?);
+    Ok(())
+}
+
+/// Reports the persisted tick to the WAL and starts a flush when one is due.
+fn maintain(
+    wal: &Wal,
+    store: &DocStore,
+    options: &ApplierOptions,
+    persisted: &mut Tick,
+    last_flush: &mut Instant,
+) -> Result<()> {
+    let now_persisted = store.persisted_tick()?;
+    if now_persisted != *persisted {
+        *persisted = now_persisted;
+        wal.set_store_tick(now_persisted);
+    }
+    let behind = store.applied_tick().get().saturating_sub(persisted.get());
+    if behind > 0
+        && (behind >= options.flush_ticks_max || last_flush.elapsed() >= options.flush_interval)
+    {
+        store.start_flush()?;
+        *last_flush = Instant::now();
+    }
+    Ok(())
+}

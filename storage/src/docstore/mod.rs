@@ -1,0 +1,474 @@
+//! The document store: databases, collections and documents on RocksDB, written only by applying
+//! WAL blocks in tick order.
+//!
+//! The WAL is the recovery log: RocksDB's own WAL is off, and every applied group of blocks is
+//! one RocksDB write batch holding its data and the store's applied tick together (atomic flush
+//! across the column families keeps them together on disk). So whatever RocksDB persisted is the
+//! state after some tick T, and on restart the server replays its WAL from T. Applying a block
+//! twice is harmless: puts and deletes by key are idempotent, and counts are derived from
+//! whether a key existed before each change.
+//!
+//! Layout:
+//! - column family `docs`: key `collection_id: u64 BE | _key bytes`, value `rev: u64 LE | JSON`,
+//!   where the JSON is the document with `_key` and `_id` but without `_rev` (the revision is the
+//!   tick that wrote it and is spliced in when the document is read);
+//! - column family `meta`: `applied_tick` (u64 LE), `db/{name}` (database JSON),
+//!   `col/{id}` (collection JSON), `count/{id}` (u64 LE).
+//!
+//! Only one thread applies (the store applier). Readers read RocksDB directly and the catalog
+//! through an `Arc` swapped after each applied change of databases or collections.
+
+mod applier;
+mod apply;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
+    ReadOptions, ReadTier, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+
+pub use self::applier::{ApplierOptions, StoreApplier};
+pub use self::apply::ApplyStats;
+use crate::error::{Error, Result};
+use crate::tick::Tick;
+
+const CF_DOCS: &str = "docs";
+const CF_META: &str = "meta";
+const APPLIED_TICK: &[u8] = b"applied_tick";
+/// `_system` always exists, with this id.
+pub const SYSTEM_DATABASE: &str = "_system";
+
+/// A database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseInfo {
+    #[serde(with = "u64_string")]
+    pub id: u64,
+    pub name: String,
+}
+
+/// How a collection generates keys and whether users may choose them (ArangoDB's `keyOptions`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyOptions {
+    #[serde(rename = "type", default = "traditional")]
+    pub kind: String,
+    #[serde(rename = "allowUserKeys", default = "yes")]
+    pub allow_user_keys: bool,
+}
+
+fn traditional() -> String {
+    "traditional".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for KeyOptions {
+    fn default() -> KeyOptions {
+        KeyOptions {
+            kind: traditional(),
+            allow_user_keys: true,
+        }
+    }
+}
+
+/// A collection, as logged in its create record and kept in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectionInfo {
+    #[serde(with = "u64_string")]
+    pub id: u64,
+    pub name: String,
+    pub database: String,
+    /// 2 = document collection, 3 = edge collection.
+    #[serde(rename = "type")]
+    pub kind: u8,
+    #[serde(rename = "waitForSync", default)]
+    pub wait_for_sync: bool,
+    #[serde(rename = "keyOptions", default)]
+    pub key_options: KeyOptions,
+    #[serde(rename = "isSystem", default)]
+    pub is_system: bool,
+}
+
+impl CollectionInfo {
+    /// ArangoDB's `globallyUniqueId`, which the WAL tail calls `cuid`.
+    pub fn globally_unique_id(&self) -> String {
+        format!("c{}", self.id)
+    }
+}
+
+/// Databases and collections, by name and by id.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    databases: BTreeMap<String, DatabaseInfo>,
+    collections: HashMap<u64, Arc<CollectionInfo>>,
+    by_name: HashMap<(String, String), u64>,
+}
+
+impl Catalog {
+    pub fn database(&self, name: &str) -> Option<&DatabaseInfo> {
+        self.databases.get(name)
+    }
+
+    pub fn databases(&self) -> impl Iterator<Item = &DatabaseInfo> {
+        self.databases.values()
+    }
+
+    pub fn collection(&self, database: &str, name: &str) -> Option<Arc<CollectionInfo>> {
+        let id = self
+            .by_name
+            .get(&(database.to_string(), name.to_string()))?;
+        self.collections.get(id).cloned()
+    }
+
+    pub fn collection_by_id(&self, id: u64) -> Option<Arc<CollectionInfo>> {
+        self.collections.get(&id).cloned()
+    }
+
+    /// The collections of `database`, ordered by name.
+    pub fn collections(&self, database: &str) -> Vec<Arc<CollectionInfo>> {
+        let mut list: Vec<_> = self
+            .collections
+            .values()
+            .filter(|c| c.database == database)
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// The largest collection or database id in use.
+    pub fn max_id(&self) -> u64 {
+        let collections = self.collections.keys().copied().max().unwrap_or(0);
+        let databases = self.databases.values().map(|d| d.id).max().unwrap_or(0);
+        collections.max(databases)
+    }
+
+    fn insert_collection(&mut self, info: CollectionInfo) {
+        if let Some(old) = self.collections.get(&info.id) {
+            self.by_name
+                .remove(&(old.database.clone(), old.name.clone()));
+        }
+        self.by_name
+            .insert((info.database.clone(), info.name.clone()), info.id);
+        self.collections.insert(info.id, Arc::new(info));
+    }
+
+    fn remove_collection(&mut self, id: u64) -> Option<Arc<CollectionInfo>> {
+        let info = self.collections.remove(&id)?;
+        self.by_name
+            .remove(&(info.database.clone(), info.name.clone()));
+        Some(info)
+    }
+}
+
+/// A stored document: the tick that wrote it and its JSON without `_rev`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredDocument {
+    pub rev: Tick,
+    pub json: Vec<u8>,
+}
+
+impl StoredDocument {
+    /// The document as clients see it, with `_rev` (the revision as a decimal string).
+    pub fn to_json(&self) -> Vec<u8> {
+        with_rev(&self.json, self.rev)
+    }
+}
+
+/// Splices `"_rev":"<rev>"` into a JSON object as its first attribute.
+pub fn with_rev(json: &[u8], rev: Tick) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 32);
+    out.extend_from_slice(b"{\"_rev\":\"");
+    out.extend_from_slice(rev.to_string().as_bytes());
+    out.push(b'"');
+    match json.get(1..) {
+        Some(rest) if rest.first().is_some_and(|&b| b != b'}') => {
+            out.push(b',');
+            out.extend_from_slice(rest);
+        }
+        _ => out.push(b'}'),
+    }
+    out
+}
+
+/// Key of document `key` of collection `collection` in the `docs` column family.
+pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&collection.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// The document store.
+pub struct DocStore {
+    db: DB,
+    path: PathBuf,
+    catalog: RwLock<Arc<Catalog>>,
+    counts: Mutex<HashMap<u64, u64>>,
+    applied: AtomicU64,
+}
+
+impl DocStore {
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<DocStore> {
+        let path = path.as_ref().to_path_buf();
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // The applied tick is in `meta`, the documents in `docs`: flush them together.
+        options.set_atomic_flush(true);
+        options.increase_parallelism(2);
+        options.set_max_background_jobs(2);
+        options.set_write_buffer_size(64 << 20);
+        options.set_max_write_buffer_number(4);
+        options.set_level_zero_slowdown_writes_trigger(40);
+        options.set_level_zero_stop_writes_trigger(64);
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        table.set_block_cache(&Cache::new_lru_cache(256 << 20));
+        table.set_cache_index_and_filter_blocks(true);
+        let mut docs = options.clone();
+        docs.set_block_based_table_factory(&table);
+        docs.set_compression_type(DBCompressionType::Lz4);
+        docs.set_bottommost_compression_type(DBCompressionType::Zstd);
+        let families = [
+            ColumnFamilyDescriptor::new(CF_DOCS, docs),
+            ColumnFamilyDescriptor::new(CF_META, options.clone()),
+        ];
+        let db = DB::open_cf_descriptors(&options, &path, families)
+            .map_err(|e| store_error("open", e))?;
+        let store = DocStore {
+            db,
+            path,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            counts: Mutex::new(HashMap::new()),
+            applied: AtomicU64::new(0),
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    /// Reads the applied tick, the catalog and the counts.
+    fn load(&self) -> Result<()> {
+        let meta = self.meta();
+        let applied = match self
+            .db
+            .get_cf(meta, APPLIED_TICK)
+            .map_err(|e| store_error("read applied tick", e))?
+        {
+            Some(bytes) => decode_u64(&bytes).ok_or_else(|| corrupt("applied tick"))?,
+            None => 0,
+        };
+        self.applied.store(applied, Ordering::Release);
+        let mut catalog = Catalog::default();
+        catalog.databases.insert(
+            SYSTEM_DATABASE.into(),
+            DatabaseInfo {
+                id: 1,
+                name: SYSTEM_DATABASE.into(),
+            },
+        );
+        let mut counts = HashMap::new();
+        for item in self.db.iterator_cf(meta, rocksdb::IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| store_error("read catalog", e))?;
+            if let Some(_name) = key.strip_prefix(b"db/") {
+                let info: DatabaseInfo =
+                    serde_json::from_slice(&value).map_err(|_| corrupt("database entry"))?;
+                catalog.databases.insert(info.name.clone(), info);
+            } else if key.starts_with(b"col/") {
+                let info: CollectionInfo =
+                    serde_json::from_slice(&value).map_err(|_| corrupt("collection entry"))?;
+                catalog.insert_collection(info);
+            } else if let Some(id) = key.strip_prefix(b"count/") {
+                let id = std::str::from_utf8(id)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+                let id = id.ok_or_else(|| corrupt("count key"))?;
+                counts.insert(id, decode_u64(&value).ok_or_else(|| corrupt("count"))?);
+            }
+        }
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn docs(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_DOCS)
+            .expect("docs column family exists")
+    }
+
+    fn meta(&self) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(CF_META)
+            .expect("meta column family exists")
+    }
+
+    /// The last tick applied (visible to reads, not necessarily persisted by RocksDB).
+    pub fn applied_tick(&self) -> Tick {
+        Tick::new(self.applied.load(Ordering::Acquire))
+    }
+
+    /// The applied tick RocksDB has persisted: a restart replays the WAL from here, so the WAL
+    /// must keep every tick after it. (With RocksDB's WAL off, the persisted tier is exactly
+    /// what survives a crash.)
+    pub fn persisted_tick(&self) -> Result<Tick> {
+        let mut options = ReadOptions::default();
+        options.set_read_tier(ReadTier::Persisted);
+        let value = self.db.get_cf_opt(self.meta(), APPLIED_TICK, &options);
+        match value.map_err(|e| store_error("read persisted tick", e))? {
+            Some(bytes) => Ok(Tick::new(
+                decode_u64(&bytes).ok_or_else(|| corrupt("applied tick"))?,
+            )),
+            None => Ok(Tick::ZERO),
+        }
+    }
+
+    /// Starts flushing the memtables (all column families together) without waiting.
+    pub fn start_flush(&self) -> Result<()> {
+        let mut options = FlushOptions::default();
+        options.set_wait(false);
+        self.db
+            .flush_cfs_opt(&[self.docs(), self.meta()], &options)
+            .map_err(|e| store_error("flush", e))
+    }
+
+    /// Flushes the memtables and waits; afterwards `persisted_tick() == applied_tick()`.
+    pub fn flush(&self) -> Result<()> {
+        let mut options = FlushOptions::default();
+        options.set_wait(true);
+        self.db
+            .flush_cfs_opt(&[self.docs(), self.meta()], &options)
+            .map_err(|e| store_error("flush", e))
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Number of documents in collection `id`.
+    pub fn count(&self, id: u64) -> u64 {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Document `key` of collection `collection`.
+    pub fn get(&self, collection: u64, key: &str) -> Result<Option<StoredDocument>> {
+        let value = self.db.get_pinned_cf(self.docs(), doc_key(collection, key));
+        value
+            .map_err(|e| store_error("read document", e))?
+            .map(|v| decode_document(&v))
+            .transpose()
+    }
+
+    /// Documents `keys` of collection `collection`, in order.
+    pub fn get_many(&self, collection: u64, keys: &[&str]) -> Result<Vec<Option<StoredDocument>>> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| doc_key(collection, k)).collect();
+        self.db
+            .batched_multi_get_cf(self.docs(), &keys, false)
+            .into_iter()
+            .map(|value| {
+                value
+                    .map_err(|e| store_error("read documents", e))?
+                    .map(|v| decode_document(&v))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Applies blocks in tick order (the caller is the single store applier).
+    pub fn apply(&self, blocks: &[crate::wal::Block]) -> Result<ApplyStats> {
+        apply::apply(self, blocks)
+    }
+
+    fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
+        let mut options = WriteOptions::default();
+        options.disable_wal(true);
+        self.db
+            .write_opt(batch, &options)
+            .map_err(|e| store_error("write", e))
+    }
+}
+
+fn decode_document(value: &[u8]) -> Result<StoredDocument> {
+    if value.len() < 9 {
+        return Err(corrupt("document value"));
+    }
+    let rev = decode_u64(&value[..8]).ok_or_else(|| corrupt("document revision"))?;
+    Ok(StoredDocument {
+        rev: Tick::new(rev),
+        json: value[8..].to_vec(),
+    })
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?))
+}
+
+fn store_error(op: &'static str, error: rocksdb::Error) -> Error {
+    Error::Store {
+        op,
+        reason: error.into_string(),
+    }
+}
+
+fn corrupt(what: &'static str) -> Error {
+    Error::Store {
+        op: "decode",
+        reason: format!("invalid {what} in the document store"),
+    }
+}
+
+/// Serde for u64 ids written as decimal strings, as ArangoDB writes ids.
+mod u64_string {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(value)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Number(u64),
+        }
+        match Either::deserialize(deserializer)? {
+            Either::Text(text) => text.parse().map_err(D::Error::custom),
+            Either::Number(number) => Ok(number),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: `_rev` is spliced in as the first attribute of any object, including an empty one.
+    #[test]
+    fn rev_is_spliced_into_objects() {
+        assert_eq!(
+            with_rev(br#"{"_key":"a","v":1}"#, Tick::new(17)),
+            br#"{"_rev":"17","_key":"a","v":1}"#
+        );
+        assert_eq!(with_rev(b"{}", Tick::new(3)), br#"{"_rev":"3"}"#);
+    }
+}

@@ -1,0 +1,286 @@
+//! Real `tickshipd` processes for whole-process tests: started on 127.0.0.1 with an ephemeral
+//! port and a fresh data directory, stopped (or killed) by the test. The daemon's log is kept in
+//! the data directory and printed when a test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const PASSWORD: &str = "test-password";
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `tickshipd` on `dir` with `extra` flags and waits until it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).expect("data dir");
+        let log = dir.join(format!("tickshipd-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tickshipd"))
+            .arg("--server.endpoint")
+            .arg("tcp://127.0.0.1:0")
+            .arg("--database.directory")
+            .arg(dir)
+            .arg("--server.password")
+            .arg(PASSWORD)
+            .arg("--wal.segment-size")
+            .arg((4u64 << 20).to_string())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn tickshipd");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("tickshipd listening on ") {
+                        break rest.split_whitespace().next().expect("address").to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!(
+                        "tickshipd exited ({status}) before listening; log:\n{}",
+                        read(&log)
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tickshipd did not start in time; log:\n{}",
+                read(&log)
+            );
+        };
+        // Keep draining stdout so the daemon never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Daemon {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            url: format!("http://{address}"),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        read(&self.log)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc_kill(pid, 15) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tickshipd did not stop after SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn http(&self) -> Http {
+        Http {
+            base: self.url.clone(),
+            agent: agent(),
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- tickshipd log ----\n{}", self.log());
+        }
+    }
+}
+
+fn read(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = std::fs::File::open(path) {
+        let _ = file.read_to_string(&mut text);
+    }
+    text
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// A response: status, headers we look at, body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an ArangoDB error with this status and errorNum.
+    pub fn assert_error(&self, status: u16, error_num: u64) {
+        let body = self.json();
+        assert_eq!(
+            (self.status, body["errorNum"].as_u64()),
+            (status, Some(error_num)),
+            "{body}"
+        );
+        assert_eq!(body["error"], serde_json::json!(true));
+        assert_eq!(body["code"].as_u64(), Some(u64::from(status)));
+        assert!(body["errorMessage"].is_string());
+    }
+}
+
+pub struct Http {
+    pub base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    pub fn new(base: String) -> Http {
+        Http {
+            base,
+            agent: agent(),
+        }
+    }
+
+    /// A request with root's Basic credentials (or `auth`, as the whole Authorization value).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        auth: Option<&str>,
+    ) -> Answer {
+        self.try_call(method, path, body, auth)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Like `send`, but a transport failure (the server died) is an error, not a panic.
+    pub fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Answer, String> {
+        self.try_call(method, path, Some(body.to_string().as_bytes()), None)
+    }
+
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        auth: Option<&str>,
+    ) -> Result<Answer, String> {
+        let url = format!("{}{path}", self.base);
+        let basic = format!(
+            "Basic {}",
+            base64_encode(format!("root:{PASSWORD}").as_bytes())
+        );
+        let authorization = auth.unwrap_or(&basic);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+            .expect("request");
+        let response = self.agent.run(request).map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = response
+            .into_body()
+            .read_to_vec()
+            .map_err(|e| e.to_string())?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None, None)
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &serde_json::Value) -> Answer {
+        self.call(method, path, Some(body.to_string().as_bytes()), None)
+    }
+}
+
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,255 @@
+//! Claim: bad input gets ArangoDB's status and errorNum and changes nothing; authentication is
+//! on by default; SIGTERM stops the daemon with status 0 and a restart serves the same data.
+
+mod common;
+
+use common::{Daemon, PASSWORD};
+use serde_json::json;
+
+#[test]
+fn bad_input_gets_precise_errors_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &["--server.maximal-document-size", "2000"]);
+    let http = daemon.http();
+    http.send("POST", "/_api/collection", &json!({ "name": "c" }))
+        .assert_status(200);
+    http.send(
+        "POST",
+        "/_db/_system/_api/document/c",
+        &json!({ "_key": "k", "v": 1 }),
+    )
+    .assert_status(202);
+    let tick = http.get("/_api/wal/lastTick").json()["tick"].clone();
+
+    // Authentication.
+    http.call("GET", "/_api/version", None, Some(""))
+        .assert_error(401, 11);
+    let wrong = format!("Basic {}", common::base64_encode(b"root:nope"));
+    http.call("GET", "/_api/version", None, Some(&wrong))
+        .assert_error(401, 11);
+    http.call("GET", "/_api/version", None, Some("Bearer not.a.token"))
+        .assert_error(401, 11);
+    http.call(
+        "POST",
+        "/_open/auth",
+        Some(br#"{"username":"root","password":"nope"}"#),
+        Some(""),
+    )
+    .assert_error(401, 11);
+    let token = http.call(
+        "POST",
+        "/_open/auth",
+        Some(format!(r#"{{"username":"root","password":"{PASSWORD}"}}"#).as_bytes()),
+        Some(""),
+    );
+    let jwt = token.json()["jwt"].as_str().expect("jwt").to_string();
+    assert_eq!(
+        http.call("GET", "/_api/version", None, Some(&format!("bearer {jwt}")))
+            .status,
+        200
+    );
+
+    // Malformed JSON, wrong shapes, bad keys, oversized documents.
+    http.call("POST", "/_api/document/c", Some(b"{\"_key\": "), None)
+        .assert_error(400, 600);
+    http.call("POST", "/_api/document/c", Some(b"[1, 2"), None)
+        .assert_error(400, 600);
+    http.send("POST", "/_api/document/c", &json!(42))
+        .assert_error(400, 1227);
+    http.send("PUT", "/_api/document/c/k", &json!([1]))
+        .assert_error(400, 1227);
+    http.send("POST", "/_api/document/c", &json!({ "_key": "a b" }))
+        .assert_error(400, 1221);
+    http.send("POST", "/_api/document/c", &json!({ "_key": 7 }))
+        .assert_error(400, 1221);
+    http.send(
+        "POST",
+        "/_api/document/c",
+        &json!({ "_key": "x".repeat(255) }),
+    )
+    .assert_error(400, 1221);
+    http.send(
+        "POST",
+        "/_api/document/c",
+        &json!({ "_key": "big", "blob": "x".repeat(3000) }),
+    )
+    .assert_error(413, 1216);
+    http.send("POST", "/_api/document/c", &json!({ "_key": "k" }))
+        .assert_error(409, 1210);
+    http.send("PUT", "/_api/document/c/missing", &json!({ "v": 1 }))
+        .assert_error(404, 1202);
+    http.call("PATCH", "/_api/document/c/k", Some(b"{\"v\":2}"), None)
+        .assert_status(202);
+    let mut stale = http.call("PUT", "/_api/document/c/k", Some(b"{\"v\":3}"), None);
+    stale.assert_status(202);
+    stale = http.call(
+        "DELETE",
+        "/_api/document/c/k?ignoreRevs=false",
+        Some(b"{\"_rev\":\"1\"}"),
+        None,
+    );
+    stale.assert_error(412, 1200);
+    let conditional = http.call("DELETE", "/_api/document/c/k", None, None);
+    assert_eq!(conditional.status, 202);
+    http.send("POST", "/_api/document/c", &json!({ "_key": "k", "v": 1 }))
+        .assert_status(202);
+    let tick = {
+        let _ = tick;
+        http.get("/_api/wal/lastTick").json()["tick"].clone()
+    };
+
+    // Unknown things.
+    http.get("/_db/nope/_api/collection")
+        .assert_error(404, 1228);
+    http.get("/_api/document/nope/k").assert_error(404, 1203);
+    http.send("POST", "/_api/document/nope", &json!({}))
+        .assert_error(404, 1203);
+    http.get("/_api/document/c/nokey").assert_error(404, 1202);
+    http.send("POST", "/_api/collection", &json!({ "name": "c" }))
+        .assert_error(409, 1207);
+    http.send("POST", "/_api/collection", &json!({ "name": "bad name" }))
+        .assert_error(400, 1208);
+    http.call("DELETE", "/_api/version", None, None)
+        .assert_error(405, 405);
+    http.get("/_api/nothing/here").assert_error(404, 404);
+    http.send(
+        "POST",
+        "/_api/cursor",
+        &json!({ "query": "FOR d IN c RETURN d" }),
+    )
+    .assert_error(501, 9);
+    http.get("/_api/wal/tail?from=abc").assert_error(400, 400);
+
+    // Nothing changed: same tick, same document, same count.
+    assert_eq!(http.get("/_api/wal/lastTick").json()["tick"], tick);
+    assert_eq!(
+        http.get("/_api/collection/c/count").json()["count"],
+        json!(1)
+    );
+    assert_eq!(http.get("/_api/document/c/k").json()["v"], json!(1));
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_restart_serves_the_same_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    http.send("POST", "/_api/collection", &json!({ "name": "c" }))
+        .assert_status(200);
+    let docs: Vec<_> = (0..200)
+        .map(|i| json!({ "_key": format!("d{i}"), "i": i }))
+        .collect();
+    let answer = http.send("POST", "/_api/document/c", &json!(docs));
+    assert_eq!(answer.status, 202);
+    let metrics = String::from_utf8(http.get("/_admin/metrics").body).expect("text");
+    for name in [
+        "tickship_wal_last_tick",
+        "tickship_wal_fsync_seconds_bucket",
+        "tickship_documents_written_total 200",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+    let status = daemon.terminate();
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        daemon.log()
+    );
+    let daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    assert_eq!(
+        http.get("/_api/collection/c/count").json()["count"],
+        json!(200)
+    );
+    assert_eq!(http.get("/_api/document/c/d117").json()["i"], json!(117));
+}
+
+#[test]
+fn generated_password_when_none_given() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tickshipd"))
+        .args(["--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in [
+        "--server.endpoint",
+        "--database.directory",
+        "--wal.segment-size",
+        "--wal.historic-logfiles",
+        "--log.level",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    // Started without any password: one is generated into a 0600 file and works.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tickshipd"))
+        .args([
+            "--server.endpoint",
+            "tcp://127.0.0.1:0",
+            "--database.directory",
+        ])
+        .arg(dir.path())
+        .env_remove("TICKSHIP_ROOT_PASSWORD")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut printed = Vec::new();
+    let mut url = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.expect("line");
+        if let Some(rest) = line.strip_prefix("tickshipd listening on ") {
+            url = rest
+                .split_whitespace()
+                .next()
+                .map(|a| format!("http://{a}"));
+            break;
+        }
+        printed.push(line);
+    }
+    let path = dir.path().join("ROOT_PASSWORD");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&path.display().to_string())),
+        "where is it? {printed:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
+    let password = std::fs::read_to_string(&path)
+        .expect("password")
+        .trim()
+        .to_string();
+    let http = common::Http::new(url.expect("listening"));
+    let basic = format!(
+        "Basic {}",
+        common::base64_encode(format!("root:{password}").as_bytes())
+    );
+    assert_eq!(
+        http.call("GET", "/_api/version", None, Some(&basic)).status,
+        200
+    );
+    http.call("GET", "/_api/version", None, None)
+        .assert_error(401, 11);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+trait AssertStatus {
+    fn assert_status(&self, status: u16);
+}
+
+impl AssertStatus for common::Answer {
+    fn assert_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+}

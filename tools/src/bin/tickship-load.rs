@@ -1,0 +1,203 @@
+//! HTTP load generator for tickshipd: N clients insert ~1 KB JSON documents (generated like
+//! ../shared/peers' data), one per request or in batches, for a bounded time and count; prints
+//! documents/s and request latency percentiles. Every request waits for the server's answer, so
+//! every document counted was acknowledged (durable, with the default sync policy).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use tickship_tools::docgen::DocGen;
+
+#[derive(Parser, Debug)]
+#[command(about = "Insert load against a tickshipd leader")]
+struct Args {
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:8529")]
+    url: String,
+    #[arg(long, default_value = "root")]
+    username: String,
+    /// Password (default: $TICKSHIP_ROOT_PASSWORD).
+    #[arg(long)]
+    password: Option<String>,
+    #[arg(long, default_value = "_system")]
+    database: String,
+    /// Collection (created if missing).
+    #[arg(long, default_value = "load")]
+    collection: String,
+    /// Concurrent clients (one connection each).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Documents per request: 1 sends single documents, more sends JSON arrays.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Stop after this many seconds...
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// ...or this many documents in all.
+    #[arg(long, default_value_t = 10_000_000)]
+    max_docs: u64,
+    /// Key prefix, so repeated runs do not collide.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+fn basic(username: &str, password: &str) -> String {
+    use std::fmt::Write;
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = format!("{username}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            let _ = write!(
+                out,
+                "{}",
+                if i <= chunk.len() {
+                    TABLE[(n >> (18 - 6 * i) & 63) as usize] as char
+                } else {
+                    '='
+                }
+            );
+        }
+    }
+    out
+}
+
+fn new_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let password = args
+        .password
+        .clone()
+        .or_else(|| std::env::var("TICKSHIP_ROOT_PASSWORD").ok())
+        .unwrap_or_default();
+    let auth = basic(&args.username, &password);
+    let base = format!("{}/_db/{}", args.url.trim_end_matches('/'), args.database);
+    let agent = new_agent();
+    let created = agent
+        .post(&format!("{base}/_api/collection"))
+        .header("authorization", &auth)
+        .send(format!(r#"{{"name":"{}"}}"#, args.collection))
+        .context("create collection")?;
+    match created.status().as_u16() {
+        200 | 409 => {}
+        other => bail!("creating the collection answered {other}"),
+    }
+    let prefix = args.prefix.clone().unwrap_or_else(|| {
+        format!(
+            "{}-",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0)
+        )
+    });
+    // Documents are generated before the clock starts.
+    let per_client = (args.max_docs / args.clients as u64).max(args.batch as u64);
+    let pool_docs = 20_000usize.max(args.batch);
+    let mut generator = DocGen::new(7);
+    let pool: Arc<Vec<String>> = Arc::new(
+        (0..pool_docs as u64)
+            .map(|i| generator.doc("KEY", i))
+            .collect(),
+    );
+    let url = format!("{base}/_api/document/{}", args.collection);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds);
+    let threads: Vec<_> = (0..args.clients)
+        .map(|client| {
+            let (pool, url, auth, prefix, done) = (
+                pool.clone(),
+                url.clone(),
+                auth.clone(),
+                prefix.clone(),
+                done.clone(),
+            );
+            let batch = args.batch;
+            std::thread::spawn(move || -> Result<Histogram<u64>> {
+                let agent = new_agent();
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+                let mut sent = 0u64;
+                let mut body = String::with_capacity(batch * 1100);
+                while Instant::now() < deadline && sent < per_client {
+                    body.clear();
+                    if batch > 1 {
+                        body.push('[');
+                    }
+                    for i in 0..batch {
+                        let n = sent + i as u64;
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        let doc = &pool[(client * 7919 + n as usize) % pool.len()];
+                        body.push_str(&doc.replacen("KEY", &format!("{prefix}c{client}-{n}"), 1));
+                    }
+                    if batch > 1 {
+                        body.push(']');
+                    }
+                    let t = Instant::now();
+                    let answer = agent
+                        .post(&url)
+                        .header("authorization", &auth)
+                        .header("content-type", "application/json")
+                        .send(&body)?;
+                    let status = answer.status().as_u16();
+                    let text = answer.into_body().read_to_string()?;
+                    latency.record(t.elapsed().as_micros() as u64)?;
+                    if status >= 300 || (batch > 1 && text.contains("\"error\":true")) {
+                        bail!("insert answered {status}: {}", &text[..text.len().min(300)]);
+                    }
+                    sent += batch as u64;
+                    done.fetch_add(batch as u64, Ordering::Relaxed);
+                }
+                Ok(latency)
+            })
+        })
+        .collect();
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for thread in threads {
+        latency.add(
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("client panicked"))??,
+        )?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let docs = done.load(Ordering::Relaxed);
+    println!(
+        "clients={} batch={} docs={docs} elapsed={elapsed:.2}s => {:.0} docs/s, {:.1} MB/s of JSON",
+        args.clients,
+        args.batch,
+        docs as f64 / elapsed,
+        docs as f64 * pool.iter().map(String::len).sum::<usize>() as f64
+            / pool.len() as f64
+            / elapsed
+            / 1e6
+    );
+    println!(
+        "request latency: p50={}us p99={}us p999={}us max={}us ({} requests)",
+        latency.value_at_quantile(0.5),
+        latency.value_at_quantile(0.99),
+        latency.value_at_quantile(0.999),
+        latency.max(),
+        latency.len()
+    );
+    Ok(())
+}
