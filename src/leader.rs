@@ -10,8 +10,7 @@
 //! writes, and an acknowledged write survives `kill -9` (it is in the WAL, and the store replays
 //! the WAL from its persisted tick at restart).
 
-use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,10 +25,9 @@ use tickship_storage::wal::{block, Record, RecordType};
 use tickship_storage::{Tick, TickRange, Wal};
 
 use crate::api::{num, ApiError, ApiResult};
+use crate::json::Item;
 use crate::util::{valid_collection_name, valid_database_name, valid_key};
 
-/// Number of key lock stripes.
-const LOCK_STRIPES: usize = 4096;
 /// Generated keys are reserved from the persisted high-water mark in steps of this many.
 const KEYGEN_STEP: u64 = 1_000_000;
 
@@ -80,46 +78,72 @@ impl Default for WriteOptions {
 
 /// One input of a document write: the key it targets (from the path, for single-document
 /// calls) and the body item.
-pub struct WriteInput {
+pub struct WriteInput<'a> {
     pub key: Option<String>,
-    pub body: Value,
+    pub body: Item<'a>,
 }
 
 /// The outcome of one input.
 pub type ItemResult = Result<Value, ApiError>;
 
-/// Striped locks over (collection, key).
+/// Exact locks on (collection, key). A writer takes all its keys at once or waits for all of
+/// them: no false conflicts between large batches (striped locks serialised 1,000-key batches
+/// that merely hashed to shared stripes), and no lock-order cycles.
 struct KeyLocks {
-    stripes: Vec<Arc<tokio::sync::Mutex<()>>>,
+    held: Mutex<HashMap<u64, HashSet<Box<str>>>>,
+    released: tokio::sync::Notify,
+}
+
+/// Holds keys until dropped.
+struct KeyGuard<'a> {
+    locks: &'a KeyLocks,
+    collection: u64,
+    keys: Vec<Box<str>>,
 }
 
 impl KeyLocks {
     fn new() -> KeyLocks {
-        KeyLocks {
-            stripes: (0..LOCK_STRIPES)
-                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
-                .collect(),
-        }
+        KeyLocks { held: Mutex::new(HashMap::new()), released: tokio::sync::Notify::new() }
     }
 
-    /// Locks the stripes of `keys`, in ascending stripe order (so two writers never wait on
-    /// each other in a cycle).
-    async fn lock(&self, collection: u64, keys: &[&str]) -> Vec<tokio::sync::OwnedMutexGuard<()>> {
-        let mut stripes: Vec<usize> = keys
-            .iter()
-            .map(|key| {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                (collection, key).hash(&mut hasher);
-                (hasher.finish() % LOCK_STRIPES as u64) as usize
-            })
-            .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        let mut guards = Vec::with_capacity(stripes.len());
-        for stripe in stripes {
-            guards.push(self.stripes[stripe].clone().lock_owned().await);
+    async fn lock(&self, collection: u64, keys: &[&str]) -> KeyGuard<'_> {
+        let mut wanted: Vec<Box<str>> = keys.iter().map(|k| Box::from(*k)).collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        loop {
+            let notified = self.released.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a release in between is not missed.
+            notified.as_mut().enable();
+            {
+                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+                let set = held.entry(collection).or_default();
+                if wanted.iter().all(|k| !set.contains(k)) {
+                    set.extend(wanted.iter().cloned());
+                    return KeyGuard { locks: self, collection, keys: wanted };
+                }
+            }
+            notified.await;
         }
-        guards
+    }
+}
+
+impl Drop for KeyGuard<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = held.get_mut(&self.collection) {
+            for key in &self.keys {
+                set.remove(key);
+            }
+            if set.is_empty() {
+                held.remove(&self.collection);
+            }
+        }
+        drop(held);
+        self.locks.released.notify_waiters();
     }
 }
 
@@ -462,22 +486,23 @@ impl Node {
         &self,
         collection: &CollectionInfo,
         kind: WriteKind,
-        inputs: Vec<WriteInput>,
+        inputs: Vec<WriteInput<'_>>,
         options: &WriteOptions,
     ) -> ApiResult<Vec<ItemResult>> {
         self.check_writable()?;
         self.metrics.write_requests.fetch_add(1, Ordering::Relaxed);
         // 1. Keys and shapes.
-        let mut planned: Vec<Result<(String, Value), ApiError>> = Vec::with_capacity(inputs.len());
+        let mut planned = Vec::with_capacity(inputs.len());
         for input in inputs {
             planned.push(self.plan(collection, kind, input));
         }
+        // Generated keys are new by construction: no lock, no read.
         let keys: Vec<&str> = planned
             .iter()
-            .filter_map(|p| p.as_ref().ok().map(|(k, _)| k.as_str()))
+            .filter_map(|p| p.as_ref().ok().filter(|(_, _, generated)| !generated).map(|(k, _, _)| k.as_str()))
             .collect();
         // 2. Locks, then the current documents.
-        let _guards = self.locks.lock(collection.id, &keys).await;
+        let _guard = self.locks.lock(collection.id, &keys).await;
         let current = self.store.get_many(collection.id, &keys)?;
         let mut state: HashMap<String, Option<StoredDocument>> = HashMap::with_capacity(keys.len());
         for (key, doc) in keys.iter().zip(current) {
@@ -495,7 +520,7 @@ impl Node {
         }
         let mut steps = Vec::with_capacity(planned.len());
         for plan in planned {
-            let (key, body) = match plan {
+            let (key, body, _generated) = match plan {
                 Ok(plan) => plan,
                 Err(error) => {
                     steps.push(Step::Done(Err(error)));
@@ -526,18 +551,18 @@ impl Node {
                         format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
                     )),
                     OverwriteMode::Ignore => Ok(None),
-                    OverwriteMode::Replace => self.new_document(collection, &key, body, None, options).map(Some),
+                    OverwriteMode::Replace => self.new_document(collection, &key, &body, None, options).map(Some),
                     OverwriteMode::Update => {
                         let base = existing.as_ref().map(|d| d.json.as_slice());
-                        self.new_document(collection, &key, body, base, options).map(Some)
+                        self.new_document(collection, &key, &body, base, options).map(Some)
                     }
                 },
-                WriteKind::Insert => self.new_document(collection, &key, body, None, options).map(Some),
+                WriteKind::Insert => self.new_document(collection, &key, &body, None, options).map(Some),
                 WriteKind::Replace | WriteKind::Update | WriteKind::Remove => match &existing {
                     None => Err(ApiError::document_not_found()),
                     Some(doc) => {
                         let wanted = options.if_match.clone().or_else(|| {
-                            (!options.ignore_revs).then(|| body.get("_rev").and_then(Value::as_str).map(str::to_string)).flatten()
+                            (!options.ignore_revs).then(|| body_rev(&body)).flatten()
                         });
                         match wanted {
                             Some(rev) if rev != rev_string(doc.rev) => {
@@ -552,7 +577,7 @@ impl Node {
                             _ if kind == WriteKind::Remove => Ok(Some((Vec::new(), None))),
                             _ => {
                                 let base = (kind == WriteKind::Update).then_some(doc.json.as_slice());
-                                self.new_document(collection, &key, body, base, options).map(Some)
+                                self.new_document(collection, &key, &body, base, options).map(Some)
                             }
                         }
                     }
@@ -709,142 +734,110 @@ impl Node {
     }
 
     /// The key an input targets, and its body, checked for shape.
-    fn plan(
+    /// The key an input targets (and whether it was generated), and its body, checked for shape.
+    fn plan<'a>(
         &self,
         collection: &CollectionInfo,
         kind: WriteKind,
-        input: WriteInput,
-    ) -> Result<(String, Value), ApiError> {
+        input: WriteInput<'a>,
+    ) -> Result<(String, Item<'a>, bool), ApiError> {
+        let bad_key = || ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_KEY_BAD, "illegal document key");
         let body = input.body;
         let body_key = match &body {
-            Value::Object(map) => match map.get("_key") {
-                Some(Value::String(key)) => Some(key.clone()),
-                Some(_) => {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        num::DOCUMENT_KEY_BAD,
-                        "illegal document key",
-                    ))
-                }
+            Item::Object(object) => match object.get_str("_key") {
+                Some(Ok(key)) => Some(key),
+                Some(Err(())) => return Err(bad_key()),
                 None => None,
             },
-            Value::String(key) if kind == WriteKind::Remove => Some(key.clone()),
+            Item::Key(key) if kind == WriteKind::Remove => Some(key.clone()),
             _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    num::DOCUMENT_TYPE_INVALID,
-                    "invalid document type",
-                ));
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_TYPE_INVALID, "invalid document type"));
             }
         };
-        let key = match (input.key, body_key, kind) {
-            (Some(key), _, _) => key,
-            (None, Some(key), WriteKind::Insert) if !collection.key_options.allow_user_keys => {
-                let _ = key;
+        let (key, generated) = match (input.key, body_key, kind) {
+            (Some(key), _, _) => (key, false),
+            (None, Some(_), WriteKind::Insert) if !collection.key_options.allow_user_keys => {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
                     num::DOCUMENT_KEY_UNEXPECTED,
                     "collection does not allow using user-defined keys",
                 ));
             }
-            (None, Some(key), _) => key,
-            (None, None, WriteKind::Insert) => self.keygen.next()?.to_string(),
-            (None, None, _) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    num::DOCUMENT_KEY_BAD,
-                    "illegal document key",
-                ));
-            }
+            (None, Some(key), _) => (key, false),
+            (None, None, WriteKind::Insert) => (self.keygen.next()?.to_string(), true),
+            (None, None, _) => return Err(bad_key()),
         };
         if !valid_key(&key) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::DOCUMENT_KEY_BAD,
-                "illegal document key",
-            ));
+            return Err(bad_key());
         }
         if collection.kind == 3 && matches!(kind, WriteKind::Insert | WriteKind::Replace) {
-            let ok = |field: &str| {
-                body.get(field)
-                    .and_then(Value::as_str)
-                    .is_some_and(|v| v.contains('/'))
+            let ok = |field: &str| match &body {
+                Item::Object(object) => matches!(object.get_str(field), Some(Ok(v)) if v.contains('/')),
+                _ => false,
             };
             if !ok("_from") || !ok("_to") {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    1233,
-                    "edge attribute missing or invalid",
-                ));
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, 1233, "edge attribute missing or invalid"));
             }
         }
-        Ok((key, body))
+        Ok((key, body, generated))
     }
 
     /// The new document (canonical JSON without `_rev`, and its value for `returnNew`): `body`
-    /// on its own, or merged onto `base` for update.
+    /// as sent, or merged onto `base` for update.
     fn new_document(
         &self,
         collection: &CollectionInfo,
         key: &str,
-        body: Value,
+        body: &Item<'_>,
         base: Option<&[u8]>,
         options: &WriteOptions,
     ) -> Result<(Vec<u8>, Option<Value>), ApiError> {
-        let Value::Object(patch) = body else {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::DOCUMENT_TYPE_INVALID,
-                "invalid document type",
-            ));
+        let Item::Object(object) = body else {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_TYPE_INVALID, "invalid document type"));
         };
-        let mut fields = match base {
-            Some(base) => match serde_json::from_slice::<Value>(base) {
-                Ok(Value::Object(map)) => map,
-                _ => return Err(ApiError::internal("stored document is not an object")),
-            },
-            None => Map::new(),
+        let id = format!("{}/{key}", collection.name);
+        let json = match base {
+            // Insert and replace: the fields as sent, copied through.
+            None => object.write_document(key, &id),
+            // Update: merged field by field onto the stored document.
+            Some(base) => {
+                let mut fields = match serde_json::from_slice::<Value>(base) {
+                    Ok(Value::Object(map)) => map,
+                    _ => return Err(ApiError::internal("stored document is not an object")),
+                };
+                let Value::Object(patch) = object.to_value() else { unreachable!("an object converts to an object") };
+                for (name, value) in patch {
+                    if !matches!(name.as_str(), "_key" | "_id" | "_rev") {
+                        merge_field(&mut fields, name, value, options.keep_null, options.merge_objects);
+                    }
+                }
+                fields.remove("_key");
+                fields.remove("_id");
+                fields.remove("_rev");
+                let mut document = Map::with_capacity(fields.len() + 2);
+                document.insert("_key".into(), Value::String(key.to_string()));
+                document.insert("_id".into(), Value::String(id));
+                document.extend(fields);
+                serde_json::to_vec(&Value::Object(document)).map_err(|e| ApiError::internal(e.to_string()))?
+            }
         };
-        for (name, value) in patch {
-            if matches!(name.as_str(), "_key" | "_id" | "_rev") {
-                continue;
-            }
-            if base.is_some() {
-                merge_field(
-                    &mut fields,
-                    name,
-                    value,
-                    options.keep_null,
-                    options.merge_objects,
-                );
-            } else {
-                fields.insert(name, value);
-            }
-        }
-        fields.remove("_key");
-        fields.remove("_id");
-        fields.remove("_rev");
-        let mut document = Map::with_capacity(fields.len() + 2);
-        document.insert("_key".into(), Value::String(key.to_string()));
-        document.insert(
-            "_id".into(),
-            Value::String(format!("{}/{key}", collection.name)),
-        );
-        document.extend(fields);
-        let document = Value::Object(document);
-        let json = serde_json::to_vec(&document).map_err(|e| ApiError::internal(e.to_string()))?;
         if json.len() > self.max_document_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 num::DOCUMENT_TOO_LARGE,
-                format!(
-                    "document of {} bytes exceeds the maximal document size of {} bytes",
-                    json.len(),
-                    self.max_document_bytes
-                ),
+                format!("document of {} bytes exceeds the maximal document size of {} bytes", json.len(), self.max_document_bytes),
             ));
         }
-        Ok((json, options.return_new.then_some(document)))
+        let new_value = if options.return_new { serde_json::from_slice(&json).ok() } else { None };
+        Ok((json, new_value))
+    }
+}
+
+/// The `_rev` an input body names, if any.
+fn body_rev(body: &Item<'_>) -> Option<String> {
+    match body {
+        Item::Object(object) => object.get_str("_rev").and_then(Result::ok),
+        _ => None,
     }
 }
 

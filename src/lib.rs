@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;
+pub mod json;
 pub mod leader;
 pub mod replication;
 pub mod server;

@@ -3,6 +3,11 @@
 use clap::Parser;
 use tickship::config::DaemonArgs;
 
+// Request handling allocates many small JSON values from several threads; glibc's malloc spent
+// a fifth of the server's CPU on them under batch inserts (perf), mimalloc much less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let args = DaemonArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)

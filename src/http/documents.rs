@@ -10,6 +10,7 @@ use tickship_storage::docstore::CollectionInfo;
 
 use super::{empty, error_response, json, AppState, Req};
 use crate::api::{ApiError, ApiResult};
+use crate::json;
 use crate::leader::{rev_string, ItemResult, OverwriteMode, WriteInput, WriteKind, WriteOptions};
 
 fn write_options(req: &Req, kind: WriteKind) -> ApiResult<WriteOptions> {
@@ -93,37 +94,16 @@ fn many(req: &Req, collection: &CollectionInfo, results: Vec<ItemResult>) -> Res
     response
 }
 
-pub async fn insert(
-    state: &Arc<AppState>,
-    req: &Req,
-    collection: &str,
-) -> ApiResult<Response<Body>> {
+pub async fn insert(state: &Arc<AppState>, req: &Req, collection: &str) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, collection)?;
     let options = write_options(req, WriteKind::Insert)?;
-    match req.json()? {
-        Value::Array(items) => {
-            let inputs = items
-                .into_iter()
-                .map(|body| WriteInput { key: None, body })
-                .collect();
-            let results = state
-                .node
-                .write(&info, WriteKind::Insert, inputs, &options)
-                .await?;
-            Ok(many(req, &info, results))
-        }
-        body => {
-            let results = state
-                .node
-                .write(
-                    &info,
-                    WriteKind::Insert,
-                    vec![WriteInput { key: None, body }],
-                    &options,
-                )
-                .await?;
-            single(req, &info, results)
-        }
+    let (array, items) = json::parse_body(&req.body)?;
+    let inputs = items.into_iter().map(|body| WriteInput { key: None, body }).collect();
+    let results = state.node.write(&info, WriteKind::Insert, inputs, &options).await?;
+    if array {
+        Ok(many(req, &info, results))
+    } else {
+        single(req, &info, results)
     }
 }
 
@@ -136,69 +116,49 @@ pub async fn write_one(
 ) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, collection)?;
     let options = write_options(req, kind)?;
-    let body = if kind == WriteKind::Remove && req.body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
+    let empty_body = req.body.iter().all(u8::is_ascii_whitespace);
+    let body = if kind == WriteKind::Remove && empty_body {
+        json::Item::Key(key.to_string())
     } else {
-        req.json()?
+        let (array, mut items) = json::parse_body(&req.body)?;
+        match (array, items.pop()) {
+            (false, Some(item @ json::Item::Object(_))) => item,
+            // A remove ignores a body that is not a document.
+            _ if kind == WriteKind::Remove => json::Item::Key(key.to_string()),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    crate::api::num::DOCUMENT_TYPE_INVALID,
+                    "invalid document type",
+                ));
+            }
+        }
     };
-    if kind != WriteKind::Remove && !body.is_object() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            crate::api::num::DOCUMENT_TYPE_INVALID,
-            "invalid document type",
-        ));
-    }
-    let body = if body.is_object() { body } else { json!({}) };
-    let results = state
-        .node
-        .write(
-            &info,
-            kind,
-            vec![WriteInput {
-                key: Some(key.to_string()),
-                body,
-            }],
-            &options,
-        )
-        .await?;
+    let input = WriteInput { key: Some(key.to_string()), body };
+    let results = state.node.write(&info, kind, vec![input], &options).await?;
     single(req, &info, results).map_err(|error| with_current_rev(state, &info, key, error))
 }
 
-/// A 412 carries the document's current `_id`, `_key` and `_rev`, as ArangoDB's does.
-fn with_current_rev(
-    state: &AppState,
-    info: &CollectionInfo,
-    key: &str,
-    error: ApiError,
-) -> ApiError {
+/// A 412 carries the document's current `_rev`, as ArangoDB's does.
+fn with_current_rev(state: &AppState, info: &CollectionInfo, key: &str, error: ApiError) -> ApiError {
     if error.status == StatusCode::PRECONDITION_FAILED {
         if let Ok(Some(doc)) = state.node.read(info, key) {
             let mut error = error;
-            error.message = format!(
-                "conflict, _rev values do not match (current _rev {})",
-                rev_string(doc.rev)
-            );
+            error.message = format!("conflict, _rev values do not match (current _rev {})", rev_string(doc.rev));
             return error;
         }
     }
     error
 }
 
-pub async fn write_many(
-    state: &Arc<AppState>,
-    req: &Req,
-    collection: &str,
-    kind: WriteKind,
-) -> ApiResult<Response<Body>> {
+pub async fn write_many(state: &Arc<AppState>, req: &Req, collection: &str, kind: WriteKind) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, collection)?;
     let options = write_options(req, kind)?;
-    let Value::Array(items) = req.json()? else {
+    let (array, items) = json::parse_body(&req.body)?;
+    if !array {
         return Err(ApiError::bad_parameter("expecting a JSON array body"));
-    };
-    let inputs = items
-        .into_iter()
-        .map(|body| WriteInput { key: None, body })
-        .collect();
+    }
+    let inputs = items.into_iter().map(|body| WriteInput { key: None, body }).collect();
     let results = state.node.write(&info, kind, inputs, &options).await?;
     Ok(many(req, &info, results))
 }

@@ -46,30 +46,8 @@ struct Args {
 }
 
 fn basic(username: &str, password: &str) -> String {
-    use std::fmt::Write;
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = format!("{username}:{password}").into_bytes();
-    let mut out = String::from("Basic ");
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            let _ = write!(
-                out,
-                "{}",
-                if i <= chunk.len() {
-                    TABLE[(n >> (18 - 6 * i) & 63) as usize] as char
-                } else {
-                    '='
-                }
-            );
-        }
-    }
-    out
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
 }
 
 fn new_agent() -> ureq::Agent {
