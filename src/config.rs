@@ -52,8 +52,12 @@ pub struct DaemonArgs {
     #[arg(long = "wal.sync-interval", default_value_t = 100)]
     pub wal_sync_interval_ms: u64,
 
-    /// WAL I/O engine: auto (io_uring where the kernel allows it, else sync), uring, sync.
-    #[arg(long = "wal.io-engine", default_value = "auto")]
+    /// WAL I/O engine: sync (buffered pwrite + fdatasync), uring (io_uring with O_DIRECT), or
+    /// auto (uring where the kernel allows it, else sync). The default is sync: the store applier
+    /// and followers read what was just written, which stays in the page cache with buffered
+    /// writes but must come back from disk after O_DIRECT ones (measured: +15% single-document
+    /// inserts, and no re-reads).
+    #[arg(long = "wal.io-engine", default_value = "sync")]
     pub wal_io_engine: String,
 
     /// Sealed WAL segments always kept.
