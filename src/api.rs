@@ -40,6 +40,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub error_num: u32,
     pub message: String,
+    /// The leader's endpoint, sent as `x-arango-endpoint` when a follower refuses a write.
+    pub leader: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -50,6 +52,19 @@ impl ApiError {
             status,
             error_num,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// A write sent to a follower: 503, errorNum 503, and where the leader is.
+    pub fn follower_write(leader: &str) -> ApiError {
+        ApiError {
+            leader: Some(leader.to_string()),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                num::HTTP_SERVICE_UNAVAILABLE,
+                format!("this server is a follower and does not accept writes; the leader is at {leader}"),
+            )
         }
     }
 

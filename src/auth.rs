@@ -8,8 +8,6 @@
 //! (python-arango requires `exp`).
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +19,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::util::random_bytes;
+use crate::util::{random_bytes, write_private};
 
 pub const ROOT: &str = "root";
 const PBKDF2_ROUNDS: u32 = 100_000;
@@ -60,23 +58,6 @@ fn derive(password: &str, salt: &[u8], rounds: u32) -> Vec<u8> {
     let mut out = vec![0u8; 32];
     pbkdf2::pbkdf2_hmac::<Sha256>(password.as_bytes(), salt, rounds, &mut out);
     out
-}
-
-/// Writes `contents` to `path` readable by the owner only, atomically.
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("create {}", temp.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("rename {}", path.display()))?;
-    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -165,6 +146,20 @@ impl Auth {
             jwt_secret,
             verified: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The SCRAM credential of `username` (followers authenticate with it): the stored PBKDF2
+    /// hash is SCRAM's salted password.
+    pub fn scram_credential(&self, username: &str) -> Option<tickship_net::scram::StoredCredential> {
+        if username != ROOT {
+            return None;
+        }
+        let salted_password: [u8; 32] = self.hash.as_slice().try_into().ok()?;
+        Some(tickship_net::scram::StoredCredential {
+            salt: self.salt.clone(),
+            iterations: self.rounds,
+            salted_password,
+        })
     }
 
     pub fn enabled(&self) -> bool {

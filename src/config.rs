@@ -86,6 +86,28 @@ pub struct DaemonArgs {
     #[arg(long = "store.flush-interval", default_value_t = 30.0)]
     pub store_flush_interval: f64,
 
+    /// UDP address for replication (QUIC): HOST:PORT. Default: the host and port of
+    /// --server.endpoint, over UDP.
+    #[arg(long = "replication.endpoint")]
+    pub replication_endpoint: Option<String>,
+
+    /// Start the replication applier at server start when its configuration says autoStart.
+    #[arg(long = "replication.auto-start", default_value_t = true, action = clap::ArgAction::Set)]
+    pub replication_auto_start: bool,
+
+    /// As a follower: accept only a leader whose certificate has this SHA-256 fingerprint (hex,
+    /// as the leader prints it at start).
+    #[arg(long = "replication.leader-fingerprint")]
+    pub leader_fingerprint: Option<String>,
+
+    /// PEM certificate (chain) for replication's TLS; default: one generated into DIR/tls/.
+    #[arg(long = "ssl.certfile")]
+    pub ssl_certfile: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8) for --ssl.certfile.
+    #[arg(long = "ssl.keyfile")]
+    pub ssl_keyfile: Option<std::path::PathBuf>,
+
     /// Log level: error, warn, info, debug, trace.
     #[arg(long = "log.level", default_value = "info")]
     pub log_level: String,
@@ -93,7 +115,7 @@ pub struct DaemonArgs {
 
 /// `tcp://HOST:PORT` (also `http://`, `http+tcp://`) as a socket address.
 pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
-    let address = ["tcp://", "http+tcp://", "http://"]
+    let address = ["tcp://", "http+tcp://", "http://", "udp://"]
         .iter()
         .find_map(|scheme| endpoint.strip_prefix(scheme))
         .ok_or_else(|| {

@@ -214,6 +214,8 @@ pub struct Node {
     pub server_id: String,
     pub max_document_bytes: usize,
     pub shutting_down: AtomicBool,
+    /// Set while this server follows a leader (its endpoint): writes are refused with 503.
+    follower_of: Mutex<Option<String>>,
     pub metrics: Metrics,
     locks: KeyLocks,
     keygen: KeyGen,
@@ -244,6 +246,7 @@ impl Node {
             server_id,
             max_document_bytes,
             shutting_down: AtomicBool::new(false),
+            follower_of: Mutex::new(None),
             metrics: Metrics::default(),
             locks: KeyLocks::new(),
             ddl: tokio::sync::Mutex::new(()),
@@ -254,7 +257,19 @@ impl Node {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(ApiError::unavailable("server is shutting down"));
         }
+        if let Some(leader) = self.follower_of() {
+            return Err(ApiError::follower_write(&leader));
+        }
         Ok(())
+    }
+
+    /// Marks this server as following the leader at `leader` (or not).
+    pub fn set_follower_of(&self, leader: Option<String>) {
+        *self.follower_of.lock().unwrap_or_else(|p| p.into_inner()) = leader;
+    }
+
+    pub fn follower_of(&self) -> Option<String> {
+        self.follower_of.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Appends `records` as one block, waits until it is durable and applied; returns its ticks.

@@ -6,11 +6,13 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod follower;
 pub mod http;
 pub mod json;
 pub mod leader;
 pub mod replication;
 pub mod server;
+pub mod shipper;
 pub mod util;
 
 pub use tickship_net as net;

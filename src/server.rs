@@ -137,20 +137,55 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .await
         .with_context(|| format!("listen on {address}"))?;
     let local = listener.local_addr()?;
+    let auth = Arc::new(auth);
+    let clients = Arc::new(Clients::new(Duration::from_secs_f64(
+        args.replication_client_ttl.max(1.0),
+    )));
+    // Replication: QUIC on the UDP port of the HTTP endpoint unless told otherwise.
+    let quic_addr = match &args.replication_endpoint {
+        Some(endpoint) => parse_endpoint(endpoint)?,
+        None => local,
+    };
+    let identity = crate::shipper::identity(
+        dir,
+        args.ssl_certfile.as_deref(),
+        args.ssl_keyfile.as_deref(),
+    )?;
+    let shipping = Arc::new(crate::shipper::Shipping {
+        node: node.clone(),
+        auth: auth.clone(),
+        clients: clients.clone(),
+        endpoint: format!("tcp://{local}"),
+    });
+    let quic = crate::shipper::listen(quic_addr, &identity, shipping)
+        .context("listen for followers (QUIC)")?;
+    let applier = crate::follower::Applier::open(
+        node.clone(),
+        dir.to_path_buf(),
+        args.leader_fingerprint.clone(),
+    )?;
     let state = Arc::new(AppState {
         node: node.clone(),
         auth,
-        clients: Clients::new(Duration::from_secs_f64(
-            args.replication_client_ttl.max(1.0),
-        )),
+        clients,
+        applier: applier.clone(),
         max_body_bytes: args.max_body_bytes,
         endpoint: format!("tcp://{local}"),
     });
+    if args.replication_auto_start && applier.config().auto_start {
+        match applier.start(None) {
+            Ok(()) => tracing::info!("replication applier started (autoStart)"),
+            Err(e) => tracing::warn!("replication applier did not start: {}", e.message),
+        }
+    }
     // Tests and scripts read this line to learn the port.
     println!(
-        "tickshipd listening on {local} (server id {}, engine {})",
+        "tickshipd listening on {local} (server id {}, engine {}); replication on udp {} \
+         (certificate sha256 {})",
         node.server_id,
-        wal.engine_name()
+        wal.engine_name(),
+        quic.local_addr().map_or_else(|_| quic_addr.to_string(), |a| a.to_string()),
+        identity.fingerprint()
     );
     tracing::info!("listening on http://{local}");
     let app = axum::Router::new().fallback(move |request: Request<Body>| {
@@ -166,6 +201,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         })
         .await
         .context("serve HTTP")?;
+    // Followers get a Close (30) from their shippers; the applier saves its state.
+    applier.stop().await;
+    quic.close(0u32.into(), b"shutting down");
     // Every acknowledged write is durable already; apply what is left, persist, sync, close.
     node.applier.stop();
     wal.close().context("close the write-ahead log")?;

@@ -8,6 +8,7 @@ pub mod scram;
 pub mod session;
 pub mod transport;
 
+pub use quinn;
 pub use frame::{Frame, Kind};
 pub use message::{Ack, Challenge, Close, Control, Hello, Idle, Proof, Tail, Welcome, PROTOCOL_VERSION};
 pub use transport::{FramedStream, Identity, ALPN};

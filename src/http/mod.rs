@@ -6,7 +6,7 @@
 //! dispatches on (method, segments). Doing the routing by hand keeps every answer, including
 //! "unknown path" and "method not supported", in ArangoDB's error format.
 
-mod admin;
+pub mod admin;
 mod collections;
 mod documents;
 mod replication;
@@ -29,8 +29,9 @@ use crate::replication::Clients;
 /// Everything a handler needs.
 pub struct AppState {
     pub node: Arc<Node>,
-    pub auth: Auth,
-    pub clients: Clients,
+    pub auth: Arc<Auth>,
+    pub clients: Arc<Clients>,
+    pub applier: Arc<crate::follower::Applier>,
     pub max_body_bytes: usize,
     pub endpoint: String,
 }
@@ -113,6 +114,9 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic, realm=\"ArangoDB\""),
         );
+    }
+    if let Some(leader) = error.leader.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+        response.headers_mut().insert("x-arango-endpoint", leader);
     }
     response
 }
@@ -288,6 +292,47 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
             replication::logger_tick_ranges(state)
         }
         ["_api", "replication", "server-id"] if is(Method::GET) => replication::server_id(state),
+        ["_api", "replication", "applier-config"] if is(Method::GET) => {
+            Ok(json(StatusCode::OK, &state.applier.config().public_json()))
+        }
+        ["_api", "replication", "applier-config"] if is(Method::PUT) => {
+            let body = req.json()?;
+            let config = state.applier.configure(&body, &req.db)?;
+            Ok(json(StatusCode::OK, &config.public_json()))
+        }
+        ["_api", "replication", "applier-start"] if is(Method::PUT) => {
+            let from = match req.query("from") {
+                Some(from) if !from.is_empty() => Some(from.parse::<u64>().map_err(|_| {
+                    ApiError::bad_parameter(format!("invalid value for <from>: {from}"))
+                })?),
+                _ => None,
+            };
+            state.applier.start(from)?;
+            Ok(json(StatusCode::OK, &state.applier.state_json()))
+        }
+        ["_api", "replication", "applier-stop"] if is(Method::PUT) => {
+            state.applier.stop().await;
+            Ok(json(StatusCode::OK, &state.applier.state_json()))
+        }
+        ["_api", "replication", "applier-state"] if is(Method::GET) => {
+            Ok(json(StatusCode::OK, &state.applier.state_json()))
+        }
+        ["_api", "replication", "applier-state"] if is(Method::DELETE) => {
+            state.applier.forget_state()?;
+            Ok(json(StatusCode::OK, &state.applier.state_json()))
+        }
+        ["_api", "replication", "applier-state-all"] if is(Method::GET) => {
+            let mut all = serde_json::Map::new();
+            all.insert(req.db.clone(), state.applier.state_json());
+            Ok(json(StatusCode::OK, &serde_json::Value::Object(all)))
+        }
+        ["_api", "replication", "make-follower"] | ["_api", "replication", "make-slave"]
+            if is(Method::PUT) =>
+        {
+            let body = req.json()?;
+            let state_doc = state.applier.make_follower(&body, &req.db).await?;
+            Ok(json(StatusCode::OK, &state_doc))
+        }
         ["_api", "wal", "range"] if is(Method::GET) => replication::wal_range(state),
         ["_api", "wal", "lastTick"] if is(Method::GET) => replication::wal_last_tick(state),
         ["_api", "wal", "tail"] if is(Method::GET) || is(Method::PUT) => {

@@ -1,0 +1,825 @@
+//! The follower's replication applier: configuration and state documents as ArangoDB keeps them
+//! (reference/arangodb.md §3, §4.1), and the task that pulls the leader's WAL over QUIC, stores
+//! the blocks verbatim in this server's WAL (same ticks) and lets the store applier make them
+//! visible.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use tickship_net::frame::{split_blocks, Kind, BLOCKS_BYTES_MAX};
+use tickship_net::session::{self, FollowerSide};
+use tickship_net::transport::{client_endpoint, connect};
+use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
+use tickship_storage::wal::{Block, RecordType};
+use tickship_storage::Tick;
+use tokio::sync::Notify;
+
+use crate::api::{ApiError, ApiResult};
+use crate::leader::Node;
+use crate::util::{iso8601 as timestamp, write_private};
+
+pub mod num {
+    pub const NO_RESPONSE: u32 = 1400;
+    pub const INVALID_RESPONSE: u32 = 1401;
+    pub const LEADER_CHANGE: u32 = 1404;
+    pub const LOOP: u32 = 1405;
+    pub const INVALID_CONFIGURATION: u32 = 1410;
+    pub const RUNNING: u32 = 1411;
+    pub const STOPPED: u32 = 1412;
+    pub const NO_START_TICK: u32 = 1413;
+}
+
+/// The applier configuration, with ArangoDB's names and defaults. Durations are seconds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApplierConfig {
+    pub endpoint: String,
+    pub database: String,
+    pub username: String,
+    pub password: String,
+    pub max_connect_retries: u64,
+    pub connect_timeout: f64,
+    pub request_timeout: f64,
+    pub chunk_size: u64,
+    pub auto_start: bool,
+    pub adaptive_polling: bool,
+    pub auto_resync: bool,
+    pub auto_resync_retries: u64,
+    pub include_system: bool,
+    pub include_foxx_queues: bool,
+    pub require_from_present: bool,
+    pub verbose: bool,
+    pub incremental: bool,
+    pub restrict_type: String,
+    pub restrict_collections: Vec<String>,
+    pub connection_retry_wait_time: f64,
+    pub initial_sync_max_wait_time: f64,
+    pub idle_min_wait_time: f64,
+    pub idle_max_wait_time: f64,
+    pub max_packet_size: u64,
+    pub ignore_errors: u64,
+    pub lock_timeout_retries: u64,
+    pub ssl_protocol: u64,
+    pub skip_create_drop: bool,
+}
+
+impl Default for ApplierConfig {
+    fn default() -> ApplierConfig {
+        ApplierConfig {
+            endpoint: String::new(),
+            database: String::new(),
+            username: "root".into(),
+            password: String::new(),
+            max_connect_retries: 100,
+            connect_timeout: 10.0,
+            request_timeout: 600.0,
+            chunk_size: 0,
+            auto_start: false,
+            adaptive_polling: true,
+            auto_resync: false,
+            auto_resync_retries: 2,
+            include_system: true,
+            include_foxx_queues: false,
+            require_from_present: true,
+            verbose: false,
+            incremental: false,
+            restrict_type: String::new(),
+            restrict_collections: Vec::new(),
+            connection_retry_wait_time: 15.0,
+            initial_sync_max_wait_time: 300.0,
+            idle_min_wait_time: 1.0,
+            idle_max_wait_time: 2.5,
+            max_packet_size: 536_870_912,
+            ignore_errors: 0,
+            lock_timeout_retries: 0,
+            ssl_protocol: 0,
+            skip_create_drop: false,
+        }
+    }
+}
+
+impl ApplierConfig {
+    /// The configuration as `applier-config` answers it: never the password.
+    pub fn public_json(&self) -> Value {
+        let mut value = serde_json::to_value(self).expect("config serialises");
+        if let Value::Object(map) = &mut value {
+            map.remove("password");
+        }
+        value
+    }
+
+    /// `self` with the attributes of `body` merged on, validated.
+    pub fn merged(&self, body: &Value, local_db: &str) -> ApiResult<ApplierConfig> {
+        let Value::Object(updates) = body else {
+            return Err(invalid("body must be a JSON object"));
+        };
+        let mut map: Map<String, Value> = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        for (key, value) in updates {
+            if !map.contains_key(key) {
+                continue; // ArangoDB ignores attributes it does not know
+            }
+            let value = match (key.as_str(), value) {
+                // `ignoreErrors: true` means "all".
+                ("ignoreErrors", Value::Bool(true)) => json!(u64::MAX),
+                ("ignoreErrors", Value::Bool(false)) => json!(0),
+                ("restrictType", Value::String(t)) if t == "none" => json!(""),
+                _ => value.clone(),
+            };
+            map.insert(key.clone(), value);
+        }
+        let mut config: ApplierConfig = serde_json::from_value(Value::Object(map))
+            .map_err(|e| invalid(&format!("invalid value in applier configuration: {e}")))?;
+        if config.database.is_empty() {
+            config.database = local_db.to_string();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> ApiResult<()> {
+        if self.endpoint.is_empty() {
+            return Err(invalid("invalid value for <endpoint>"));
+        }
+        if !matches!(self.restrict_type.as_str(), "" | "include" | "exclude") {
+            return Err(invalid("invalid value for <restrictType>"));
+        }
+        if self.restrict_type.is_empty() != self.restrict_collections.is_empty() {
+            return Err(invalid("invalid value for <restrictCollections> or <restrictType>"));
+        }
+        for (name, value) in [
+            ("connectTimeout", self.connect_timeout),
+            ("requestTimeout", self.request_timeout),
+            ("connectionRetryWaitTime", self.connection_retry_wait_time),
+            ("idleMinWaitTime", self.idle_min_wait_time),
+            ("idleMaxWaitTime", self.idle_max_wait_time),
+            ("initialSyncMaxWaitTime", self.initial_sync_max_wait_time),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                return Err(invalid(&format!("invalid value for <{name}>")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader's QUIC address: the endpoint's host and port (UDP), unless overridden.
+    fn leader_addr(&self) -> Result<SocketAddr, String> {
+        let rest = self
+            .endpoint
+            .strip_prefix("tcp://")
+            .or_else(|| self.endpoint.strip_prefix("ssl://"))
+            .or_else(|| self.endpoint.strip_prefix("http://"))
+            .or_else(|| self.endpoint.strip_prefix("https://"))
+            .unwrap_or(&self.endpoint)
+            .trim_end_matches('/');
+        rest.to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {rest}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("cannot resolve {rest}"))
+    }
+}
+
+fn invalid(message: &str) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        num::INVALID_CONFIGURATION,
+        message,
+    )
+}
+
+/// What survives a restart besides the configuration (ArangoDB persists the same four).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PersistedState {
+    /// The leader's server id, checked on every connect (1404 when it differs).
+    pub server_id: String,
+    pub last_processed_continuous_tick: u64,
+    pub last_applied_continuous_tick: u64,
+    pub safe_resume_tick: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct LastError {
+    error_num: u32,
+    time: String,
+    message: String,
+}
+
+/// The in-memory state document.
+#[derive(Clone, Debug, Default)]
+struct Runtime {
+    started: Option<SystemTime>,
+    running: bool,
+    phase: &'static str,
+    last_processed: u64,
+    last_available: Option<u64>,
+    progress_time: String,
+    progress_message: String,
+    failed_connects: u64,
+    total_requests: u64,
+    total_failed_connects: u64,
+    total_events: u64,
+    total_documents: u64,
+    total_removals: u64,
+    total_apply_time: f64,
+    apply_batches: u64,
+    total_fetch_time: f64,
+    fetch_batches: u64,
+    last_error: LastError,
+}
+
+/// The applier of one server (the global applier; ArangoDB's per-database appliers collapse
+/// into it because the log is shared by all databases).
+pub struct Applier {
+    node: Arc<Node>,
+    dir: PathBuf,
+    pinned_fingerprint: Option<String>,
+    config: Mutex<ApplierConfig>,
+    persisted: Mutex<PersistedState>,
+    runtime: Mutex<Runtime>,
+    stop: Notify,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+const CONFIG_FILE: &str = "applier-config.json";
+const STATE_FILE: &str = "applier-state.json";
+
+impl Applier {
+    /// Loads the saved configuration and state from `dir`.
+    pub fn open(node: Arc<Node>, dir: PathBuf, pinned_fingerprint: Option<String>) -> anyhow::Result<Arc<Applier>> {
+        let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+            match std::fs::read(dir.join(name)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e).with_context(|| format!("read {}", dir.join(name).display())),
+            }
+        };
+        let config: ApplierConfig = match load(CONFIG_FILE)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("parse {}", dir.join(CONFIG_FILE).display()))?,
+            None => ApplierConfig::default(),
+        };
+        let persisted: PersistedState = match load(STATE_FILE)? {
+            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("parse {} (error 1407: invalid applier state)", dir.join(STATE_FILE).display())
+            })?,
+            None => PersistedState::default(),
+        };
+        let runtime = Runtime {
+            phase: "inactive",
+            last_processed: persisted.last_processed_continuous_tick,
+            ..Runtime::default()
+        };
+        let applier = Arc::new(Applier {
+            node: node.clone(),
+            dir,
+            pinned_fingerprint,
+            config: Mutex::new(config),
+            persisted: Mutex::new(persisted.clone()),
+            runtime: Mutex::new(runtime),
+            stop: Notify::new(),
+            task: Mutex::new(None),
+        });
+        if !persisted.server_id.is_empty() {
+            node.set_follower_of(Some(applier.config().endpoint));
+        }
+        Ok(applier)
+    }
+
+    pub fn config(&self) -> ApplierConfig {
+        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).running
+    }
+
+    /// `PUT applier-config`: merges, validates, saves. Refused while running (1411).
+    pub fn configure(&self, body: &Value, local_db: &str) -> ApiResult<ApplierConfig> {
+        if self.is_running() {
+            return Err(running());
+        }
+        let config = self.config().merged(body, local_db)?;
+        self.save_config(&config)?;
+        Ok(config)
+    }
+
+    fn save_config(&self, config: &ApplierConfig) -> ApiResult<()> {
+        let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
+        // The password is in it: owner-readable only.
+        write_private(&self.dir.join(CONFIG_FILE), &bytes)
+            .map_err(|e| ApiError::internal(format!("save the applier configuration: {e:#}")))?;
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        Ok(())
+    }
+
+    fn save_state(&self) {
+        let state = {
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            persisted.last_processed_continuous_tick = runtime.last_processed;
+            persisted.last_applied_continuous_tick = self.node.applier.applied_tick().get();
+            persisted.safe_resume_tick = runtime.last_processed;
+            persisted.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
+        if let Err(e) = write_private(&self.dir.join(STATE_FILE), &bytes) {
+            tracing::warn!("cannot save the applier state: {e:#}");
+        }
+    }
+
+    /// `DELETE applier-state`: forgets the saved state (not while running).
+    pub fn forget_state(&self) -> ApiResult<()> {
+        if self.is_running() {
+            return Err(running());
+        }
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.last_processed = 0;
+            runtime.last_error = LastError::default();
+        }
+        match std::fs::remove_file(self.dir.join(STATE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApiError::internal(format!("remove the applier state: {e}"))),
+        }
+        self.node.set_follower_of(None);
+        Ok(())
+    }
+
+    /// `PUT applier-start`: starts tailing after `from` (exclusive), or where it left off.
+    pub fn start(self: &Arc<Self>, from: Option<u64>) -> ApiResult<()> {
+        let config = self.config();
+        config.validate()?;
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_running() {
+            return Ok(()); // idempotent
+        }
+        let own_last = self.node.wal.last_tick().get();
+        let saved = self.persisted.lock().unwrap_or_else(|p| p.into_inner()).safe_resume_tick;
+        // Blocks up to our WAL's last tick are stored already: never ask for them again.
+        let from = match from {
+            Some(from) => from.max(own_last),
+            None if saved > 0 || own_last > 0 => saved.max(own_last),
+            None if self.persisted.lock().unwrap_or_else(|p| p.into_inner()).server_id.is_empty() => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    num::NO_START_TICK,
+                    "no start tick",
+                ))
+            }
+            None => 0,
+        };
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.running = true;
+            runtime.phase = "running";
+            runtime.started = Some(SystemTime::now());
+            runtime.failed_connects = 0;
+            runtime.last_processed = runtime.last_processed.max(own_last);
+            runtime.last_error = LastError::default();
+            runtime.progress_time = timestamp(SystemTime::now());
+            runtime.progress_message = format!("applier started, tailing from tick {from}");
+        }
+        self.node.set_follower_of(Some(config.endpoint.clone()));
+        let applier = self.clone();
+        *task = Some(tokio::spawn(async move { applier.run(config, Tick::new(from)).await }));
+        Ok(())
+    }
+
+    /// `PUT applier-stop`: stops and waits for the task.
+    pub async fn stop(&self) {
+        let handle = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            self.stop.notify_waiters();
+            self.stop.notify_one();
+            let _ = handle.await;
+        }
+        self.save_state();
+    }
+
+    fn finish(&self, error: Option<(u32, String)>) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.running = false;
+        runtime.phase = "inactive";
+        runtime.progress_time = timestamp(SystemTime::now());
+        match error {
+            Some((error_num, message)) => {
+                runtime.progress_message = format!("applier stopped: {message}");
+                runtime.last_error = LastError {
+                    error_num,
+                    time: timestamp(SystemTime::now()),
+                    message,
+                };
+            }
+            None => runtime.progress_message = "applier shut down".into(),
+        }
+    }
+
+    fn progress(&self, message: String) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.progress_time = timestamp(SystemTime::now());
+        runtime.progress_message = message;
+    }
+
+    /// The applier task: connect, tail, retry; ends on stop or on an error that retrying cannot
+    /// fix.
+    async fn run(self: Arc<Self>, config: ApplierConfig, mut from: Tick) {
+        let stopped = self.stop.notified();
+        tokio::pin!(stopped);
+        stopped.as_mut().enable();
+        let outcome = loop {
+            let session = self.session(&config, from);
+            let result = tokio::select! {
+                _ = stopped.as_mut() => break None,
+                result = session => result,
+            };
+            from = Tick::new(self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_processed.max(from.get()));
+            self.save_state();
+            let error = match result {
+                Ok(()) => break None,
+                Err(error) => error,
+            };
+            // Errors that retrying cannot fix stop the applier.
+            if !error.retry {
+                break Some((error.error_num, error.message));
+            }
+            let (failed, retries_left) = {
+                let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                if error.connect {
+                    runtime.failed_connects += 1;
+                    runtime.total_failed_connects += 1;
+                }
+                runtime.last_error = LastError {
+                    error_num: error.error_num,
+                    time: timestamp(SystemTime::now()),
+                    message: error.message.clone(),
+                };
+                (
+                    runtime.failed_connects,
+                    config.max_connect_retries.saturating_sub(runtime.failed_connects),
+                )
+            };
+            if failed > config.max_connect_retries {
+                break Some((error.error_num, error.message));
+            }
+            self.progress(format!(
+                "fetching leader state information failed. will retry now. retries left: {retries_left}"
+            ));
+            let wait = Duration::from_secs_f64(if config.connection_retry_wait_time > 0.0 {
+                config.connection_retry_wait_time
+            } else {
+                30.0
+            });
+            tokio::select! {
+                _ = stopped.as_mut() => break None,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        };
+        match &outcome {
+            Some((num, message)) => tracing::warn!("replication applier stopped: {message} (error {num})"),
+            None => tracing::info!("replication applier stopped"),
+        }
+        self.finish(outcome);
+        self.save_state();
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// One session with the leader, until it fails or ends.
+    async fn session(&self, config: &ApplierConfig, from: Tick) -> Result<(), SessionError> {
+        let addr = config
+            .leader_addr()
+            .map_err(|m| SessionError::connect(format!("could not connect to leader at {}: {m}", config.endpoint)))?;
+        let connect_failed = |e: NetError| {
+            SessionError::connect(format!("could not connect to leader at {}: {e}", config.endpoint))
+        };
+        let (endpoint, client) =
+            client_endpoint(self.pinned_fingerprint.as_deref()).map_err(connect_failed)?;
+        let timeout = Duration::from_secs_f64(config.connect_timeout.max(0.1));
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).total_requests += 1;
+        let connection = connect(&endpoint, &client, addr, timeout).await.map_err(connect_failed)?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| connect_failed(NetError::Transport(e.to_string())))?;
+        let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
+        let client_info = format!("tickship follower {}", self.node.server_id);
+        let side = FollowerSide {
+            server_id: &self.node.server_id,
+            database: &config.database,
+            client_info: &client_info,
+            username: &config.username,
+            password: &config.password,
+        };
+        let (leader_id, welcome) = session::connect(&connection, &mut stream, &side)
+            .await
+            .map_err(|e| match e {
+                NetError::Transport(_) => connect_failed(e),
+                other => SessionError::fatal(other.error_num(), other.to_string()),
+            })?;
+        if leader_id == self.node.server_id {
+            return Err(SessionError::fatal(
+                num::LOOP,
+                format!("loop detected: the leader at {} is this server", config.endpoint),
+            ));
+        }
+        {
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            if persisted.server_id.is_empty() {
+                persisted.server_id = leader_id.clone();
+            } else if persisted.server_id != leader_id {
+                return Err(SessionError::fatal(
+                    num::LEADER_CHANGE,
+                    format!(
+                        "encountered wrong leader id in replication state file. found: {}, \
+                         expected: {}",
+                        leader_id, persisted.server_id
+                    ),
+                ));
+            }
+        }
+        self.save_state();
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.failed_connects = 0;
+            runtime.last_available = Some(welcome.last_tick);
+            runtime.last_error = LastError::default();
+        }
+        let chunk = config.chunk_size;
+        stream
+            .send(&Tail { from: from.get(), chunk_bytes: chunk })
+            .await
+            .map_err(|e| SessionError::connect(e.to_string()))?;
+        self.progress(format!(
+            "fetching leader log from tick {from}, leader's last tick {}",
+            welcome.last_tick
+        ));
+        let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
+        let mut last_stored = self.node.wal.last_tick();
+        let mut scratch = Vec::new();
+        loop {
+            let waited = Instant::now();
+            let frame = stream
+                .recv(request_timeout)
+                .await
+                .map_err(|e| SessionError::connect(format!("connection to leader at {} lost: {e}", config.endpoint)))?;
+            let fetch_time = waited.elapsed().as_secs_f64();
+            match frame.kind {
+                Kind::Blocks => {
+                    let (leader_last, payloads) = split_blocks(frame.payload)
+                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
+                    let started = Instant::now();
+                    let (mut events, mut documents, mut removals) = (0u64, 0u64, 0u64);
+                    let mut pending = Vec::with_capacity(payloads.len());
+                    for payload in payloads {
+                        let block = Block::parse(payload).map_err(|e| {
+                            SessionError::fatal(num::INVALID_RESPONSE, format!("invalid block from the leader: {e}"))
+                        })?;
+                        if block.ticks().first <= last_stored {
+                            if block.ticks().last <= last_stored {
+                                continue; // already stored (a resent block)
+                            }
+                            return Err(SessionError::fatal(
+                                num::INVALID_RESPONSE,
+                                format!(
+                                    "block {}..{} from the leader overlaps this server's log ending at {last_stored}",
+                                    block.ticks().first, block.ticks().last
+                                ),
+                            ));
+                        }
+                        for item in block.records(&mut scratch).map_err(|e| {
+                            SessionError::fatal(num::INVALID_RESPONSE, format!("invalid block from the leader: {e}"))
+                        })? {
+                            let (_, record) = item.map_err(|reason| {
+                                SessionError::fatal(num::INVALID_RESPONSE, format!("invalid record from the leader: {reason}"))
+                            })?;
+                            events += 1;
+                            match record.kind {
+                                RecordType::DocumentPut => documents += 1,
+                                RecordType::DocumentRemove => removals += 1,
+                                _ => {}
+                            }
+                        }
+                        last_stored = block.ticks().last;
+                        let appended = self.node.wal.submit_block(block).map_err(|e| {
+                            SessionError::fatal(errors::LEADER_ERROR, format!("cannot store the leader's block: {e}"))
+                        })?;
+                        pending.push(appended);
+                    }
+                    for appended in pending {
+                        appended.await.map_err(|e| {
+                            SessionError::fatal(errors::LEADER_ERROR, format!("cannot store the leader's block: {e}"))
+                        })?;
+                    }
+                    {
+                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                        runtime.last_processed = last_stored.get();
+                        runtime.last_available = Some(leader_last);
+                        runtime.total_events += events;
+                        runtime.total_documents += documents;
+                        runtime.total_removals += removals;
+                        runtime.total_fetch_time += fetch_time;
+                        runtime.fetch_batches += 1;
+                        runtime.total_apply_time += started.elapsed().as_secs_f64();
+                        runtime.apply_batches += 1;
+                        runtime.total_requests += 1;
+                    }
+                    let ack = Ack {
+                        durable: last_stored.get(),
+                        applied: self.node.applier.applied_tick().get(),
+                    };
+                    stream.send(&ack).await.map_err(|e| SessionError::connect(e.to_string()))?;
+                }
+                Kind::Idle => {
+                    let idle = Idle::from_frame(&frame)
+                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
+                    self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_available =
+                        Some(idle.last_tick);
+                    let ack = Ack {
+                        durable: last_stored.get(),
+                        applied: self.node.applier.applied_tick().get(),
+                    };
+                    stream.send(&ack).await.map_err(|e| SessionError::connect(e.to_string()))?;
+                }
+                Kind::Close => {
+                    let close = Close::from_frame(&frame)
+                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
+                    return Err(match close.error_num {
+                        // The leader going away is worth retrying; everything else is not.
+                        errors::SHUTTING_DOWN | 0 => SessionError::connect(format!(
+                            "leader at {} closed the connection: {}",
+                            config.endpoint, close.error_message
+                        )),
+                        num => SessionError::fatal(num, close.error_message),
+                    });
+                }
+                other => {
+                    return Err(SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        format!("unexpected {other:?} frame from the leader"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The state document (§4.1).
+    pub fn state_json(&self) -> Value {
+        let config = self.config();
+        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let applied = self.node.applier.applied_tick().get();
+        let tick = |t: u64| if t == 0 { Value::Null } else { Value::String(t.to_string()) };
+        let mut last_error = json!({ "errorNum": runtime.last_error.error_num });
+        if runtime.last_error.error_num != 0 {
+            last_error["time"] = json!(runtime.last_error.time);
+            last_error["errorMessage"] = json!(runtime.last_error.message);
+        }
+        let mut state = json!({
+            "started": runtime.started.map(timestamp).unwrap_or_default(),
+            "running": runtime.running,
+            "phase": runtime.phase,
+            "lastAppliedContinuousTick": tick(applied.min(runtime.last_processed.max(applied))),
+            "lastProcessedContinuousTick": tick(runtime.last_processed),
+            "lastAvailableContinuousTick": runtime.last_available.map_or(Value::Null, |t| Value::String(t.to_string())),
+            "safeResumeTick": tick(runtime.last_processed),
+        });
+        if runtime.running {
+            let behind = runtime
+                .last_available
+                .unwrap_or(0)
+                .saturating_sub(applied.max(runtime.last_processed));
+            state["ticksBehind"] = json!(behind);
+        }
+        let mut progress = json!({
+            "time": runtime.progress_time,
+            "failedConnects": runtime.failed_connects,
+        });
+        if !runtime.progress_message.is_empty() {
+            progress["message"] = json!(runtime.progress_message);
+        }
+        let average = |total: f64, count: u64| if count == 0 { 0.0 } else { total / count as f64 };
+        let more = json!({
+            "progress": progress,
+            "totalRequests": runtime.total_requests,
+            "totalFailedConnects": runtime.total_failed_connects,
+            "totalEvents": runtime.total_events,
+            "totalDocuments": runtime.total_documents,
+            "totalRemovals": runtime.total_removals,
+            "totalResyncs": 0,
+            "totalOperationsExcluded": 0,
+            "totalApplyTime": runtime.total_apply_time,
+            "averageApplyTime": average(runtime.total_apply_time, runtime.apply_batches),
+            "totalFetchTime": runtime.total_fetch_time,
+            "averageFetchTime": average(runtime.total_fetch_time, runtime.fetch_batches),
+            "lastError": last_error,
+            "time": timestamp(SystemTime::now()),
+        });
+        if let (Value::Object(state), Value::Object(more)) = (&mut state, more) {
+            state.extend(more);
+        }
+        let mut out = json!({
+            "state": state,
+            "server": { "version": crate::http::admin::ARANGO_VERSION, "serverId": self.node.server_id },
+        });
+        if !config.endpoint.is_empty() {
+            out["endpoint"] = json!(config.endpoint);
+            out["database"] = json!(config.database);
+        }
+        out
+    }
+
+    /// `make-follower`: replaces configuration and state, starts tailing from what this server
+    /// already has (the leader's whole log for an empty server), and waits until it has caught up
+    /// with the leader's last tick at the time of the connect, or an error, or
+    /// `initialSyncMaxWaitTime`.
+    pub async fn make_follower(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
+        self.stop().await;
+        let mut config = ApplierConfig::default().merged(body, local_db)?;
+        config.auto_start = true;
+        self.save_config(&config)?;
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
+        let from = self.node.wal.last_tick().get();
+        self.start(Some(from))?;
+        let deadline = Instant::now() + Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        loop {
+            let (running, available, processed) = {
+                let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                (runtime.running, runtime.last_available, runtime.last_processed)
+            };
+            let applied = self.node.applier.applied_tick().get();
+            let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
+            if !running || caught_up || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.state_json())
+    }
+}
+
+fn running() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::BAD_REQUEST,
+        num::RUNNING,
+        "cannot perform operation while applier is running",
+    )
+}
+
+/// Why a session ended: `retry` errors count towards `maxConnectRetries` when `connect` is set.
+struct SessionError {
+    error_num: u32,
+    message: String,
+    retry: bool,
+    connect: bool,
+}
+
+impl SessionError {
+    fn connect(message: String) -> SessionError {
+        SessionError { error_num: num::NO_RESPONSE, message, retry: true, connect: true }
+    }
+
+    fn fatal(error_num: u32, message: String) -> SessionError {
+        SessionError { error_num, message, retry: false, connect: false }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_merges_validates_and_hides_the_password() {
+        let base = ApplierConfig::default();
+        let merged = base
+            .merged(&json!({"endpoint": "tcp://127.0.0.1:8529", "password": "pw", "ignoreErrors": true, "unknown": 1}), "_system")
+            .unwrap();
+        assert_eq!(merged.database, "_system");
+        assert_eq!(merged.ignore_errors, u64::MAX);
+        assert_eq!(merged.max_connect_retries, 100);
+        assert!(merged.public_json().get("password").is_none());
+        assert_eq!(merged.public_json()["endpoint"], "tcp://127.0.0.1:8529");
+        let err = base.merged(&json!({"database": "x"}), "_system").unwrap_err();
+        assert_eq!(err.error_num, num::INVALID_CONFIGURATION);
+        assert_eq!(err.message, "invalid value for <endpoint>");
+        let err = base
+            .merged(&json!({"endpoint": "tcp://a:1", "restrictType": "include"}), "_system")
+            .unwrap_err();
+        assert!(err.message.contains("restrictCollections"));
+        assert!(base.merged(&json!({"endpoint": "tcp://a:1", "connectTimeout": "x"}), "_system").is_err());
+        assert!(base.merged(&json!([1]), "_system").is_err());
+    }
+
+    #[test]
+    fn endpoint_names_the_udp_address() {
+        let config = ApplierConfig { endpoint: "tcp://127.0.0.1:8529".into(), ..ApplierConfig::default() };
+        assert_eq!(config.leader_addr().unwrap(), "127.0.0.1:8529".parse().unwrap());
+    }
+}

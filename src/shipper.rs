@@ -1,0 +1,231 @@
+//! The leader's side of replication: a QUIC listener and one shipper task per follower, which
+//! streams durable WAL blocks verbatim from a tick (net/PROTOCOL.md).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tickship_net::frame::{Frame, Kind, BLOCKS_BYTES_MAX};
+use tickship_net::session::{self, LeaderSide};
+use tickship_net::transport::server_endpoint;
+use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Identity, Tail};
+use tickship_storage::{Tick, Wal};
+
+use crate::auth::Auth;
+use crate::leader::Node;
+use crate::replication::Clients;
+
+/// Default and largest `Blocks` frame.
+const CHUNK_DEFAULT: u64 = 4 << 20;
+const CHUNK_MAX: u64 = 64 << 20;
+/// Idle frames while nothing is new.
+const IDLE_EVERY: Duration = Duration::from_secs(1);
+/// A follower silent this long (no Ack, no keep-alive) is dropped by QUIC's idle timeout; this
+/// bounds a read of the next control frame.
+const FOLLOWER_SILENCE_MAX: Duration = Duration::from_secs(3600 * 24 * 365);
+
+/// Loads the leader's TLS identity: the given PEM files, or the one in `DIR/tls/`, generated on
+/// first start.
+pub fn identity(dir: &Path, certfile: Option<&Path>, keyfile: Option<&Path>) -> Result<Identity> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))
+    };
+    if let (Some(cert), Some(key)) = (certfile, keyfile) {
+        return Identity::from_pem(&read(cert)?, &read(key)?)
+            .context("--ssl.certfile/--ssl.keyfile");
+    }
+    if certfile.is_some() || keyfile.is_some() {
+        anyhow::bail!("--ssl.certfile and --ssl.keyfile go together");
+    }
+    let tls = dir.join("tls");
+    let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Identity::from_pem(&read(&cert)?, &read(&key)?)
+            .with_context(|| format!("the certificate in {}", tls.display()));
+    }
+    std::fs::create_dir_all(&tls).with_context(|| format!("create {}", tls.display()))?;
+    let identity = Identity::generate(vec!["tickship".into(), "localhost".into()])?;
+    let (cert_pem, key_pem) = identity.to_pem();
+    crate::util::write_private(&key, key_pem.as_bytes())?;
+    crate::util::write_private(&cert, cert_pem.as_bytes())?;
+    tracing::info!("generated a TLS certificate for replication in {}", tls.display());
+    Ok(identity)
+}
+
+/// What every shipper shares.
+pub struct Shipping {
+    pub node: Arc<Node>,
+    pub auth: Arc<Auth>,
+    pub clients: Arc<Clients>,
+    /// This leader's endpoint, as error messages name it.
+    pub endpoint: String,
+}
+
+/// Listens for followers on `addr` (UDP) until the endpoint is closed.
+pub fn listen(addr: SocketAddr, identity: &Identity, shipping: Arc<Shipping>) -> Result<tickship_net::quinn::Endpoint> {
+    let endpoint = server_endpoint(addr, identity)?;
+    let accepting = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = accepting.accept().await {
+            let shipping = shipping.clone();
+            tokio::spawn(async move {
+                let remote = incoming.remote_address();
+                match serve(incoming, shipping).await {
+                    Ok(()) => tracing::info!(%remote, "follower session ended"),
+                    Err(e) => tracing::info!(%remote, "follower session ended: {e}"),
+                }
+            });
+        }
+    });
+    Ok(endpoint)
+}
+
+async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>) -> Result<(), NetError> {
+    let connection = incoming
+        .await
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    let (send, recv) = connection
+        .accept_bi()
+        .await
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
+    let node = &shipping.node;
+    let lookup = |name: &str| shipping.auth.scram_credential(name);
+    let exists = |db: &str| node.store.catalog().database(db).is_some();
+    let range = || {
+        (
+            node.wal.first_tick().map_or(0, Tick::get),
+            node.wal.last_tick().get(),
+        )
+    };
+    let side = LeaderSide {
+        server_id: &node.server_id,
+        credentials: if shipping.auth.enabled() { Some(&lookup) } else { None },
+        database_exists: &exists,
+        log_range: &range,
+    };
+    let (hello, _user) = session::accept(&connection, &mut stream, &side).await?;
+    let tail: Tail = stream.recv_message(session::HANDSHAKE_TIMEOUT).await?;
+    let wal = node.wal.clone();
+    let from = Tick::new(tail.from);
+    let client_info = format!("{} ({})", hello.client_info, connection.remote_address());
+    if !wal.contains_after(from)
+        || shipping
+            .clients
+            .register(&wal, "", &hello.server_id, &client_info, from)
+            .is_err()
+    {
+        let message = format!(
+            "required initial tick value '{}' is not present (anymore?) on leader at {}. Last \
+             tick available on leader is '{}'. It may be required to do a full resync and \
+             increase the number of historic logfiles/WAL file timeout or archive size on the \
+             leader.",
+            tail.from,
+            shipping.endpoint,
+            wal.last_tick()
+        );
+        let _ = stream
+            .send(&Close { error_num: errors::START_TICK_NOT_PRESENT, error_message: message.clone() })
+            .await;
+        stream.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
+        return Err(NetError::Closed { error_num: errors::START_TICK_NOT_PRESENT, message });
+    }
+    tracing::info!(follower = %hello.server_id, from = tail.from, "follower tailing");
+    let chunk = match tail.chunk_bytes {
+        0 => CHUNK_DEFAULT,
+        n => n.min(CHUNK_MAX),
+    } as usize;
+    let (mut sender, mut receiver) = stream.split();
+    // Acks arrive independently of what is being sent.
+    let clients = shipping.clients.clone();
+    let ack_wal = wal.clone();
+    let follower_id = hello.server_id.clone();
+    let acks = tokio::spawn(async move {
+        loop {
+            let frame: Frame = receiver.recv(FOLLOWER_SILENCE_MAX).await?;
+            match frame.kind {
+                Kind::Ack => {
+                    let ack = Ack::from_frame(&frame)?;
+                    // The barrier follows what the follower has stored durably.
+                    let _ = clients.register(&ack_wal, "", &follower_id, &client_info, Tick::new(ack.durable));
+                }
+                Kind::Close => {
+                    let close = Close::from_frame(&frame)?;
+                    return Ok::<_, NetError>(close);
+                }
+                other => {
+                    return Err(NetError::Protocol(format!("unexpected {other:?} from a follower")))
+                }
+            }
+        }
+    });
+    let result = ship(&wal, node, from, chunk, &mut sender, &acks).await;
+    acks.abort();
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = sender
+                .send(&Close { error_num: e.error_num(), error_message: e.to_string() })
+                .await;
+            sender.finish();
+            Err(e)
+        }
+    }
+}
+
+/// Streams blocks after `from` until the follower goes or the leader shuts down.
+async fn ship(
+    wal: &Arc<Wal>,
+    node: &Node,
+    from: Tick,
+    chunk: usize,
+    sender: &mut tickship_net::transport::FrameSender,
+    acks: &tokio::task::JoinHandle<Result<Close, NetError>>,
+) -> Result<(), NetError> {
+    let mut sent = from;
+    let leader_error = |e: tickship_storage::Error| NetError::Closed {
+        error_num: errors::LEADER_ERROR,
+        message: format!("leader WAL: {e}"),
+    };
+    let mut reader = wal.reader_after(sent).map_err(leader_error)?;
+    loop {
+        if acks.is_finished() {
+            return Ok(());
+        }
+        if node.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(NetError::Closed { error_num: errors::SHUTTING_DOWN, message: "leader is shutting down".into() });
+        }
+        // Collect what is durable now, up to a chunk.
+        let mut blocks: Vec<Bytes> = Vec::new();
+        let mut bytes = 0usize;
+        while bytes < chunk {
+            let Some(block) = reader.next_block().map_err(leader_error)? else { break };
+            let ticks = block.ticks();
+            if ticks.last <= sent {
+                continue;
+            }
+            bytes += block.bytes().len();
+            sent = ticks.last;
+            blocks.push(block.into_bytes());
+        }
+        if !blocks.is_empty() {
+            sender.send_blocks(wal.last_tick().get(), blocks).await?;
+            continue;
+        }
+        // Nothing new: wait for the next durable block, saying so every second.
+        match tokio::time::timeout(IDLE_EVERY, wal.changed_after(sent)).await {
+            Ok(tick) if tick <= sent => {
+                return Err(NetError::Closed {
+                    error_num: errors::SHUTTING_DOWN,
+                    message: "the leader's log is closed".into(),
+                })
+            }
+            Ok(_) => {}
+            Err(_) => sender.send(&Idle { last_tick: wal.last_tick().get() }).await?,
+        }
+    }
+}
