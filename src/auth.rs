@@ -287,6 +287,7 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn auth(dir: &Path, password: &str) -> Auth {
         let source = PasswordSource {

@@ -244,8 +244,9 @@ pub struct Applier {
     config: Mutex<ApplierConfig>,
     persisted: Mutex<PersistedState>,
     runtime: Mutex<Runtime>,
-    stop: Notify,
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The running task and the signal that stops it (one per start, so that a stop can never
+    /// leak into the next run).
+    task: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>>,
 }
 
 const CONFIG_FILE: &str = "applier-config.json";
@@ -284,7 +285,6 @@ impl Applier {
             config: Mutex::new(config),
             persisted: Mutex::new(persisted.clone()),
             runtime: Mutex::new(runtime),
-            stop: Notify::new(),
             task: Mutex::new(None),
         });
         if !persisted.server_id.is_empty() {
@@ -391,16 +391,21 @@ impl Applier {
         }
         self.node.set_follower_of(Some(config.endpoint.clone()));
         let applier = self.clone();
-        *task = Some(tokio::spawn(async move { applier.run(config, Tick::new(from)).await }));
+        let stop = Arc::new(Notify::new());
+        let signal = stop.clone();
+        *task = Some((
+            tokio::spawn(async move { applier.run(config, Tick::new(from), signal).await }),
+            stop,
+        ));
         Ok(())
     }
 
     /// `PUT applier-stop`: stops and waits for the task.
     pub async fn stop(&self) {
-        let handle = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = handle {
-            self.stop.notify_waiters();
-            self.stop.notify_one();
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((handle, stop)) = task {
+            // A permit: the run sees it even if it has not started waiting yet.
+            stop.notify_one();
             let _ = handle.await;
         }
         self.save_state();
@@ -432,10 +437,9 @@ impl Applier {
 
     /// The applier task: connect, tail, retry; ends on stop or on an error that retrying cannot
     /// fix.
-    async fn run(self: Arc<Self>, config: ApplierConfig, mut from: Tick) {
-        let stopped = self.stop.notified();
+    async fn run(self: Arc<Self>, config: ApplierConfig, mut from: Tick, stop: Arc<Notify>) {
+        let stopped = stop.notified();
         tokio::pin!(stopped);
-        stopped.as_mut().enable();
         let outcome = loop {
             let session = self.session(&config, from);
             let result = tokio::select! {
@@ -490,7 +494,11 @@ impl Applier {
         }
         self.finish(outcome);
         self.save_state();
-        self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // Forget this run's handle unless a newer run already replaced it.
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if task.as_ref().is_some_and(|(_, signal)| Arc::ptr_eq(signal, &stop)) {
+            task.take();
+        }
     }
 
     /// One session with the leader, until it fails or ends.

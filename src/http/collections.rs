@@ -127,6 +127,39 @@ pub fn info(
     Ok(ok(map, StatusCode::OK))
 }
 
+/// `GET /_api/collection/{name}/checksum`: a checksum over every document's key, and with
+/// `withRevisions` its `_rev`, with `withData` its content: the XOR of a SHA-256-based 64-bit
+/// hash per document, so that it does not depend on order. Leader and follower hold the same
+/// bytes, so equal checksums mean equal collections.
+pub fn checksum(state: &AppState, req: &Req, name: &str) -> ApiResult<Response<Body>> {
+    use sha2::{Digest, Sha256};
+    let info = state.node.collection(&req.db, name)?;
+    let with_revisions = req.flag("withRevisions", false);
+    let with_data = req.flag("withData", false);
+    let (mut checksum, mut revision) = (0u64, 0u64);
+    tokio::task::block_in_place(|| {
+        state.node.store.scan(info.id, |key, document| {
+            let mut hasher = Sha256::new();
+            hasher.update(key.as_bytes());
+            hasher.update([0]);
+            if with_revisions {
+                hasher.update(document.rev.get().to_le_bytes());
+            }
+            if with_data {
+                hasher.update(&document.json);
+            }
+            let digest = hasher.finalize();
+            checksum ^= u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+            revision = revision.max(document.rev.get());
+            true
+        })
+    })?;
+    let mut map = properties(&info);
+    map.insert("checksum".into(), json!(checksum.to_string()));
+    map.insert("revision".into(), json!(revision.to_string()));
+    Ok(ok(map, StatusCode::OK))
+}
+
 pub async fn drop(state: &Arc<AppState>, req: &Req, name: &str) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, name)?;
     if info.is_system && !req.flag("isSystem", false) {

@@ -244,6 +244,9 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "collection", name, "count"] if is(Method::GET) => {
             collections::info(state, req, name, true)
         }
+        ["_api", "collection", name, "checksum"] if is(Method::GET) => {
+            collections::checksum(state, req, name)
+        }
         ["_api", "collection", name, "truncate"] if is(Method::PUT) => {
             collections::truncate(state, req, name).await
         }

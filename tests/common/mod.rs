@@ -20,6 +20,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `tickshipd` on `dir` with `extra` flags and waits until it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_on(dir, 0, extra)
+    }
+
+    /// Starts `tickshipd` on `dir` listening on 127.0.0.1:`port` (0: any free port).
+    pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Daemon {
         std::fs::create_dir_all(dir).expect("data dir");
         let log = dir.join(format!("tickshipd-{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -29,7 +34,7 @@ impl Daemon {
             .expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickshipd"))
             .arg("--server.endpoint")
-            .arg("tcp://127.0.0.1:0")
+            .arg(format!("tcp://127.0.0.1:{port}"))
             .arg("--database.directory")
             .arg(dir)
             .arg("--server.password")
@@ -105,6 +110,15 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The endpoint as a follower's applier configuration names it.
+    pub fn endpoint(&self) -> String {
+        self.url.replace("http://", "tcp://")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
     }
 
     pub fn http(&self) -> Http {

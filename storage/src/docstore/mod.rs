@@ -407,6 +407,29 @@ impl DocStore {
             .collect()
     }
 
+    /// Calls `visit(key, document)` for every document of `collection`, in key order, from one
+    /// consistent snapshot. Stops early when `visit` returns false.
+    pub fn scan(
+        &self,
+        collection: u64,
+        mut visit: impl FnMut(&str, StoredDocument) -> bool,
+    ) -> Result<()> {
+        let prefix = collection.to_be_bytes();
+        let mut options = rocksdb::ReadOptions::default();
+        options.set_iterate_lower_bound(prefix.to_vec());
+        options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
+        let iterator = self.db.iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
+        for item in iterator {
+            let (key, value) = item.map_err(|e| store_error("scan documents", e))?;
+            let key = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| corrupt("document key is not UTF-8"))?;
+            if !visit(key, decode_document(&value)?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Applies blocks in tick order (the caller is the single store applier).
     pub fn apply(&self, blocks: &[crate::wal::Block]) -> Result<ApplyStats> {
         apply::apply(self, blocks)

@@ -1,0 +1,433 @@
+//! `tickship`: the command line for replication, in the role of arangosh's replication commands,
+//! and `tickship demo`, which runs a real leader and follower on this machine.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(name = "tickship", version, about = "Replication commands for tickshipd, and the demo")]
+struct Cli {
+    /// Server to talk to: tcp://HOST:PORT.
+    #[arg(long = "server.endpoint", global = true, default_value = "tcp://127.0.0.1:8529")]
+    endpoint: String,
+    #[arg(long = "server.username", global = true, default_value = "root")]
+    username: String,
+    /// Password (default: $TICKSHIP_ROOT_PASSWORD).
+    #[arg(long = "server.password", global = true)]
+    password: Option<String>,
+    /// Database.
+    #[arg(long = "server.database", global = true, default_value = "_system")]
+    database: String,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// The follower's applier: start, stop, state, properties.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
+    /// The leader's logger: state, first-tick, tick-ranges.
+    #[command(subcommand)]
+    Logger(LoggerCommand),
+    /// Runs a leader and a follower on this machine with a live load, shows the applier
+    /// catching up, and checks that the follower's documents equal the leader's.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum ReplicationCommand {
+    /// Starts the applier (after tick FROM, or where it left off).
+    Start {
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Stops the applier.
+    Stop,
+    /// Prints the applier state document.
+    State,
+    /// Prints the applier configuration, or changes it with a JSON object.
+    Properties { json: Option<String> },
+    /// Makes the server a follower of ENDPOINT (make-follower).
+    Setup {
+        endpoint: String,
+        #[arg(long, default_value = "root")]
+        leader_username: String,
+        #[arg(long)]
+        leader_password: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LoggerCommand {
+    State,
+    FirstTick,
+    TickRanges,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Data directory for both servers (default: a fresh one under /var/tmp, removed at the end).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Documents per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Most documents written in all.
+    #[arg(long, default_value_t = 5_000_000)]
+    max_docs: u64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("tickship: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let password = cli
+        .password
+        .clone()
+        .or_else(|| std::env::var("TICKSHIP_ROOT_PASSWORD").ok())
+        .unwrap_or_default();
+    let client = Client::new(&cli.endpoint, &cli.database, &cli.username, &password)?;
+    let print = |value: Value| println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+    match cli.command {
+        Top::Replication(command) => match command {
+            ReplicationCommand::Start { from } => {
+                let path = match from {
+                    Some(from) => format!("/_api/replication/applier-start?from={from}"),
+                    None => "/_api/replication/applier-start".into(),
+                };
+                print(client.call("PUT", &path, Some(json!({})))?)
+            }
+            ReplicationCommand::Stop => {
+                print(client.call("PUT", "/_api/replication/applier-stop", Some(json!({})))?)
+            }
+            ReplicationCommand::State => {
+                print(client.call("GET", "/_api/replication/applier-state", None)?)
+            }
+            ReplicationCommand::Properties { json: None } => {
+                print(client.call("GET", "/_api/replication/applier-config", None)?)
+            }
+            ReplicationCommand::Properties { json: Some(text) } => {
+                let body: Value = serde_json::from_str(&text).context("properties must be a JSON object")?;
+                print(client.call("PUT", "/_api/replication/applier-config", Some(body))?)
+            }
+            ReplicationCommand::Setup { endpoint, leader_username, leader_password } => {
+                let body = json!({
+                    "endpoint": endpoint,
+                    "username": leader_username,
+                    "password": leader_password.unwrap_or_else(|| password.clone()),
+                });
+                print(client.call("PUT", "/_api/replication/make-follower", Some(body))?)
+            }
+        },
+        Top::Logger(command) => {
+            let path = match command {
+                LoggerCommand::State => "/_api/replication/logger-state",
+                LoggerCommand::FirstTick => "/_api/replication/logger-first-tick",
+                LoggerCommand::TickRanges => "/_api/replication/logger-tick-ranges",
+            };
+            print(client.call("GET", path, None)?)
+        }
+        Top::Demo(args) => demo(args)?,
+    }
+    Ok(())
+}
+
+/// An HTTP client for one server.
+#[derive(Clone)]
+struct Client {
+    base: String,
+    auth: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(endpoint: &str, database: &str, username: &str, password: &str) -> Result<Client> {
+        use base64::Engine;
+        let host = endpoint
+            .strip_prefix("tcp://")
+            .or_else(|| endpoint.strip_prefix("http://"))
+            .ok_or_else(|| anyhow::anyhow!("--server.endpoint {endpoint:?}: expected tcp://HOST:PORT"))?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        Ok(Client {
+            base: format!("http://{}/_db/{database}", host.trim_end_matches('/')),
+            auth: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            ),
+            agent,
+        })
+    }
+
+    /// Sends a request; an ArangoDB error answer becomes an error with its number and message.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, text) = self.raw(method, path, body.map(|b| b.to_string()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{method} {path} answered {status} with non-JSON: {text}"))?;
+        if status >= 400 {
+            bail!(
+                "{method} {path}: {} (error {}, HTTP {status})",
+                value["errorMessage"].as_str().unwrap_or(&text),
+                value["errorNum"]
+            );
+        }
+        Ok(value)
+    }
+
+    fn raw(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .body(body.unwrap_or_default())
+            .context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string()?;
+        Ok((status, text))
+    }
+}
+
+/// A `tickshipd` child process.
+struct Server {
+    name: &'static str,
+    child: Option<Child>,
+    endpoint: String,
+}
+
+impl Server {
+    fn start(name: &'static str, binary: &Path, dir: &Path, password: &str) -> Result<Server> {
+        std::fs::create_dir_all(dir)?;
+        let log = std::fs::File::create(dir.join("tickshipd.log"))?;
+        let mut child = Command::new(binary)
+            .args(["--server.endpoint", "tcp://127.0.0.1:0", "--database.directory"])
+            .arg(dir)
+            .args(["--server.password", password])
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(rest) = line.strip_prefix("tickshipd listening on ") {
+                        println!("  {name}: {line}");
+                        break rest.split_whitespace().next().unwrap_or_default().to_string();
+                    }
+                }
+                _ => bail!(
+                    "the {name} exited before listening; see {}",
+                    dir.join("tickshipd.log").display()
+                ),
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Server { name, child: Some(child), endpoint: format!("tcp://{address}") })
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM: a graceful stop.
+            unsafe { kill(child.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!("  {} did not stop in 30 s; killing it", self.name);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+extern "C" {
+    fn kill(pid: i32, signal: i32) -> i32;
+}
+
+fn tick(value: &Value) -> u64 {
+    value.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn demo(args: DemoArgs) -> Result<()> {
+    let binary = std::env::current_exe()?
+        .parent()
+        .map(|d| d.join("tickshipd"))
+        .filter(|p| p.exists())
+        .ok_or_else(|| anyhow::anyhow!("tickshipd is not next to tickship: cargo build --release -p tickship --bins"))?;
+    let (dir, _temp) = match &args.dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("tickship-demo.").tempdir_in("/var/tmp")?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let password = format!("demo-{}", std::process::id());
+    println!("== tickship demo: a leader and a follower on this machine (data in {})", dir.display());
+    let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password)?;
+    let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password)?;
+    let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;
+    let fc = Client::new(&follower.endpoint, "_system", "root", &password)?;
+    lc.call("POST", "/_api/collection", Some(json!({"name": "demo"})))?;
+    let setup = fc.call(
+        "PUT",
+        "/_api/replication/make-follower",
+        Some(json!({"endpoint": leader.endpoint, "username": "root", "password": password})),
+    )?;
+    println!(
+        "== follower set up: phase {}, following {}",
+        setup["state"]["phase"], setup["endpoint"]
+    );
+    // The load: batches of ~1 KB documents from several writers, bounded in time and count.
+    println!(
+        "== load: {} writers x {} documents per request for {} s (at most {} documents)",
+        args.clients, args.batch, args.seconds, args.max_docs
+    );
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.seconds);
+    let writers: Vec<_> = (0..args.clients)
+        .map(|writer| {
+            let (lc, written, stop) = (lc.clone(), written.clone(), stop.clone());
+            let (batch, max_docs) = (args.batch.max(1), args.max_docs);
+            std::thread::spawn(move || -> Result<()> {
+                let mut generator = tickship_tools::docgen::DocGen::new(writer as u64 + 1);
+                let mut n = 0u64;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    if written.load(Ordering::Relaxed) >= max_docs {
+                        break;
+                    }
+                    let docs: Vec<String> = (0..batch)
+                        .map(|_| {
+                            n += 1;
+                            generator.doc(&format!("w{writer}-{n}"), n)
+                        })
+                        .collect();
+                    let body = format!("[{}]", docs.join(","));
+                    let (status, text) = lc.raw("POST", "/_api/document/demo?silent=true", Some(body))?;
+                    if status >= 300 {
+                        bail!("insert answered {status}: {}", &text[..text.len().min(300)]);
+                    }
+                    written.fetch_add(batch as u64, Ordering::Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    // Live view, twice a second.
+    let mut out = std::io::stdout();
+    let mut max_behind = 0u64;
+    let mut last_written = 0u64;
+    let mut last_time = Instant::now();
+    while writers.iter().any(|w| !w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(500));
+        let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+        let s = &state["state"];
+        let behind = s["ticksBehind"].as_u64().unwrap_or(0);
+        max_behind = max_behind.max(behind);
+        let now_written = written.load(Ordering::Relaxed);
+        let rate = (now_written - last_written) as f64 / last_time.elapsed().as_secs_f64();
+        (last_written, last_time) = (now_written, Instant::now());
+        print!(
+            "\r  {:5.1}s  written {:>9}  {:>8.0} docs/s  leader tick {:>10}  follower applied {:>10}  behind {:>8} ticks  phase {}   ",
+            started.elapsed().as_secs_f64(),
+            now_written,
+            rate,
+            tick(&s["lastAvailableContinuousTick"]),
+            tick(&s["lastAppliedContinuousTick"]),
+            behind,
+            s["phase"].as_str().unwrap_or("?"),
+        );
+        out.flush()?;
+    }
+    println!();
+    let load_seconds = started.elapsed().as_secs_f64();
+    for writer in writers {
+        writer.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+    }
+    let total = written.load(Ordering::Relaxed);
+    // Catch-up: until the follower has applied the leader's last tick.
+    let leader_last = tick(&lc.call("GET", "/_api/wal/lastTick", None)?["tick"]);
+    let catch_up = Instant::now();
+    loop {
+        let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+        let s = &state["state"];
+        if tick(&s["lastAppliedContinuousTick"]) >= leader_last {
+            break;
+        }
+        if s["running"] != json!(true) {
+            bail!("the applier stopped: {}", s["lastError"]);
+        }
+        if catch_up.elapsed() > Duration::from_secs(300) {
+            bail!("the follower did not catch up within 300 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let catch_up = catch_up.elapsed().as_secs_f64();
+    // Equality: checksum over every document's key, revision and content, and the counts.
+    let path = "/_api/collection/demo/checksum?withRevisions=true&withData=true";
+    let (lsum, fsum) = (lc.call("GET", path, None)?, fc.call("GET", path, None)?);
+    let count = |c: &Client| -> Result<u64> {
+        Ok(c.call("GET", "/_api/collection/demo/count", None)?["count"].as_u64().unwrap_or(0))
+    };
+    let (lcount, fcount) = (count(&lc)?, count(&fc)?);
+    let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+    println!("== figures");
+    println!("  documents written (durable on the leader): {total} in {load_seconds:.1} s = {:.0} docs/s", total as f64 / load_seconds);
+    println!("  most ticks the follower was behind while loading: {max_behind}");
+    println!("  follower caught up {catch_up:.3} s after the load ended (leader's last tick {leader_last})");
+    println!(
+        "  applier totals: {} events, {} documents, {} requests, fetch {:.2} s, apply {:.2} s",
+        state["state"]["totalEvents"], state["state"]["totalDocuments"], state["state"]["totalRequests"],
+        state["state"]["totalFetchTime"].as_f64().unwrap_or(0.0), state["state"]["totalApplyTime"].as_f64().unwrap_or(0.0)
+    );
+    println!("  leader:   {lcount} documents, checksum {}", lsum["checksum"]);
+    println!("  follower: {fcount} documents, checksum {}", fsum["checksum"]);
+    let equal = lcount == fcount && lsum["checksum"] == fsum["checksum"];
+    follower.stop();
+    leader.stop();
+    if !equal {
+        bail!("MISMATCH: the follower's documents differ from the leader's");
+    }
+    println!("== OK: the follower's documents equal the leader's");
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Two real `tickshipd` processes on 127.0.0.1: a follower tails the leader over QUIC and ends up
+//! with exactly the leader's documents (checksum over keys, revisions and content) through
+//! stops, restarts with and without `from`, `kill -9` during apply, and a leader outage; wrong
+//! credentials, a wrong pinned certificate and following itself are refused with clear errors.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Daemon, Http, PASSWORD};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn insert(http: &Http, collection: &str, prefix: &str, count: usize) {
+    for start in (0..count).step_by(100) {
+        let docs: Vec<Value> = (start..(start + 100).min(count))
+            .map(|i| json!({"_key": format!("{prefix}-{i}"), "i": i, "text": "x".repeat(i % 200)}))
+            .collect();
+        let answer = http.send("POST", &format!("/_api/document/{collection}"), &json!(docs));
+        assert_eq!(answer.status, 202, "{}", String::from_utf8_lossy(&answer.body));
+    }
+}
+
+/// (count, checksum over keys + revisions + data) of `collection`, or None if it does not exist.
+fn fingerprint(http: &Http, collection: &str) -> Option<(u64, String)> {
+    let answer = http.get(&format!(
+        "/_api/collection/{collection}/checksum?withRevisions=true&withData=true"
+    ));
+    if answer.status == 404 {
+        return None;
+    }
+    let checksum = answer.json()["checksum"].as_str().expect("checksum").to_string();
+    let count = http.get(&format!("/_api/collection/{collection}/count")).json()["count"]
+        .as_u64()
+        .expect("count");
+    Some((count, checksum))
+}
+
+fn converge(leader: &Http, follower: &Http, collection: &str) {
+    let expected = fingerprint(leader, collection).expect("leader has the collection");
+    wait_until("the follower has the leader's documents", || {
+        fingerprint(follower, collection).as_ref() == Some(&expected)
+    });
+}
+
+fn state(follower: &Http) -> Value {
+    follower.get("/_api/replication/applier-state").json()["state"].clone()
+}
+
+fn make_follower(follower: &Http, leader: &Daemon, extra: Value) -> Value {
+    let mut body = json!({
+        "endpoint": leader.endpoint(),
+        "username": "root",
+        "password": PASSWORD,
+        "connectionRetryWaitTime": 0.1,
+        "maxConnectRetries": 3,
+        "initialSyncMaxWaitTime": 30,
+    });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    let answer = follower.send("PUT", "/_api/replication/make-follower", &body);
+    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    answer.json()
+}
+
+/// SHA-256 of the DER certificate in a PEM file, hex: what the leader prints at start.
+fn certificate_fingerprint(path: &std::path::Path) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let pem = std::fs::read_to_string(path).unwrap();
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
+    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn follower_converges_through_stops_restarts_and_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let (lh, fh) = (leader.http(), follower.http());
+    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    insert(&lh, "c", "a", 1500);
+    // Updates and removals travel too.
+    assert_eq!(lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true})).status, 202);
+    assert_eq!(lh.call("DELETE", "/_api/document/c/a-2", None, None).status, 202);
+
+    // make-follower from an empty follower: the leader's whole log.
+    let doc = make_follower(&fh, &leader, json!({}));
+    assert_eq!(doc["endpoint"], json!(leader.endpoint()));
+    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
+    converge(&lh, &fh, "c");
+    let st = state(&fh);
+    assert_eq!(st["running"], json!(true));
+    assert_eq!(st["phase"], json!("running"));
+    assert!(st["totalDocuments"].as_u64().unwrap() >= 1500, "{st}");
+    assert_eq!(st["totalRemovals"], json!(1));
+    // The leader lists the follower as a client.
+    let logger = lh.get("/_api/replication/logger-state").json();
+    let clients = logger["clients"].as_array().unwrap();
+    assert_eq!(clients.len(), 1, "{logger}");
+    let follower_id = fh.get("/_api/replication/server-id").json()["serverId"].clone();
+    assert_eq!(clients[0]["serverId"], follower_id);
+    // Writes on the follower are refused and point at the leader.
+    let refused = fh.send("POST", "/_api/document/c", &json!({"x": 1}));
+    refused.assert_error(503, 503);
+    assert_eq!(refused.header("x-arango-endpoint"), Some(leader.endpoint().as_str()));
+    // The password never comes back.
+    let config = fh.get("/_api/replication/applier-config").json();
+    assert!(config.get("password").is_none(), "{config}");
+    assert_eq!(config["autoStart"], json!(true));
+
+    // Stop, write, start again without `from`: resumes from safeResumeTick.
+    let stopped = fh.send("PUT", "/_api/replication/applier-stop", &json!({})).json();
+    assert_eq!(stopped["state"]["running"], json!(false));
+    insert(&lh, "c", "b", 300);
+    let resume = stopped["state"]["safeResumeTick"].as_str().unwrap().to_string();
+    let started = fh.send("PUT", "/_api/replication/applier-start", &json!({})).json();
+    assert_eq!(started["state"]["running"], json!(true), "{started}");
+    converge(&lh, &fh, "c");
+
+    // Stop, write, start with an explicit `from`.
+    let stopped = fh.send("PUT", "/_api/replication/applier-stop", &json!({})).json();
+    let from = stopped["state"]["lastProcessedContinuousTick"].as_str().unwrap().to_string();
+    assert!(from.parse::<u64>().unwrap() > resume.parse::<u64>().unwrap());
+    insert(&lh, "c", "c", 300);
+    let answer = fh.send("PUT", &format!("/_api/replication/applier-start?from={from}"), &json!({}));
+    assert_eq!(answer.status, 200);
+    converge(&lh, &fh, "c");
+
+    // kill -9 the follower while the leader takes a load; it restarts (autoStart) and converges.
+    for round in 0..3 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (stop, http) = (stop.clone(), leader.http());
+            std::thread::spawn(move || {
+                let mut batch = 0;
+                while !stop.load(Ordering::Relaxed) && batch < 200 {
+                    insert(&http, "c", &format!("k{round}-{batch}"), 100);
+                    batch += 1;
+                }
+            })
+        };
+        // Kill once the follower is visibly applying this round's writes.
+        let before = state(&follower.http())["lastAppliedContinuousTick"].clone();
+        wait_until("the follower applies new writes", || {
+            state(&follower.http())["lastAppliedContinuousTick"] != before
+        });
+        follower.kill9();
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        follower = Daemon::start(&dir.path().join("follower"), &[]);
+        converge(&lh, &follower.http(), "c");
+    }
+    let fh = follower.http();
+    let st = state(&fh);
+    assert_eq!(st["running"], json!(true), "{st}");
+    assert_eq!(st["ticksBehind"], json!(0), "{st}");
+}
+
+#[test]
+fn applier_stops_after_max_connect_retries_and_resumes_when_the_leader_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let (lh, fh) = (leader.http(), follower.http());
+    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    insert(&lh, "c", "a", 500);
+    make_follower(&fh, &leader, json!({}));
+    converge(&lh, &fh, "c");
+    let before = fingerprint(&lh, "c");
+
+    let port = leader.port();
+    assert!(leader.terminate().success());
+    // failedConnects climbs, then the applier gives up with 1400.
+    wait_until("failed connects are counted", || {
+        state(&fh)["progress"]["failedConnects"].as_u64().unwrap_or(0) >= 1
+    });
+    wait_until("the applier stops after maxConnectRetries", || {
+        state(&fh)["running"] == json!(false)
+    });
+    let st = state(&fh);
+    assert_eq!(st["lastError"]["errorNum"], json!(1400), "{st}");
+    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("could not connect to leader"), "{st}");
+    assert!(st["totalFailedConnects"].as_u64().unwrap() >= 4, "{st}");
+    assert!(st["progress"]["failedConnects"].as_u64().unwrap() >= 4, "{st}");
+
+    // The leader comes back on the same port with more data; start resumes and converges.
+    let leader = Daemon::start_on(&dir.path().join("leader"), port, &[]);
+    let lh = leader.http();
+    assert_eq!(fingerprint(&lh, "c"), before);
+    insert(&lh, "c", "b", 500);
+    let started = fh.send("PUT", "/_api/replication/applier-start", &json!({})).json();
+    assert_eq!(started["state"]["running"], json!(true), "{started}");
+    converge(&lh, &fh, "c");
+    assert_eq!(state(&fh)["lastError"]["errorNum"], json!(0));
+}
+
+#[test]
+fn wrong_password_wrong_fingerprint_and_self_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    insert(&lh, "c", "a", 10);
+
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    let doc = make_follower(&fh, &leader, json!({"password": "wrong"}));
+    let st = &doc["state"];
+    assert_eq!(st["running"], json!(false), "{doc}");
+    assert_eq!(st["lastError"]["errorNum"], json!(11), "{doc}");
+    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("wrong username or password"), "{doc}");
+    assert_eq!(fingerprint(&fh, "c"), None, "nothing was replicated");
+
+    let pinned = "00".repeat(32);
+    let pinning = Daemon::start(&dir.path().join("pinning"), &["--replication.leader-fingerprint", &pinned]);
+    let doc = make_follower(&pinning.http(), &leader, json!({}));
+    let st = &doc["state"];
+    assert_eq!(st["running"], json!(false), "{doc}");
+    assert_eq!(st["lastError"]["errorNum"], json!(1400), "{doc}");
+    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("not the pinned"), "{doc}");
+    assert_eq!(fingerprint(&pinning.http(), "c"), None);
+
+    // A follower pinning the right certificate follows.
+    let right = certificate_fingerprint(&dir.path().join("leader/tls/cert.pem"));
+    let trusting = Daemon::start(&dir.path().join("trusting"), &["--replication.leader-fingerprint", &right]);
+    let doc = make_follower(&trusting.http(), &leader, json!({}));
+    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
+    converge(&lh, &trusting.http(), "c");
+
+    let lone = Daemon::start(&dir.path().join("lone"), &[]);
+    let doc = make_follower(&lone.http(), &lone, json!({}));
+    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(1405), "{doc}");
+
+    // Invalid configurations.
+    let answer = fh.send("PUT", "/_api/replication/applier-config", &json!({"endpoint": ""}));
+    answer.assert_error(400, 1410);
+}
