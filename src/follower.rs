@@ -15,7 +15,7 @@ use tickship_net::frame::{split_blocks, Kind, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
-use tickship_storage::wal::{Block, RecordType};
+use tickship_storage::wal::Block;
 use tickship_storage::Tick;
 use tokio::sync::Notify;
 
@@ -226,8 +226,8 @@ struct Runtime {
     total_requests: u64,
     total_failed_connects: u64,
     total_events: u64,
-    total_documents: u64,
-    total_removals: u64,
+    /// The store applier's totals when this applier was opened (after the startup replay).
+    store_totals_base: (u64, u64),
     total_apply_time: f64,
     apply_batches: u64,
     total_fetch_time: f64,
@@ -275,6 +275,7 @@ impl Applier {
         };
         let runtime = Runtime {
             phase: "inactive",
+            store_totals_base: node.applier.totals(),
             last_processed: persisted.last_processed_continuous_tick,
             ..Runtime::default()
         };
@@ -572,7 +573,6 @@ impl Applier {
         ));
         let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
-        let mut scratch = Vec::new();
         loop {
             let waited = Instant::now();
             let frame = stream
@@ -585,7 +585,7 @@ impl Applier {
                     let (leader_last, payloads) = split_blocks(frame.payload)
                         .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
                     let started = Instant::now();
-                    let (mut events, mut documents, mut removals) = (0u64, 0u64, 0u64);
+                    let mut events = 0u64;
                     let mut pending = Vec::with_capacity(payloads.len());
                     for payload in payloads {
                         let block = Block::parse(payload).map_err(|e| {
@@ -603,19 +603,9 @@ impl Applier {
                                 ),
                             ));
                         }
-                        for item in block.records(&mut scratch).map_err(|e| {
-                            SessionError::fatal(num::INVALID_RESPONSE, format!("invalid block from the leader: {e}"))
-                        })? {
-                            let (_, record) = item.map_err(|reason| {
-                                SessionError::fatal(num::INVALID_RESPONSE, format!("invalid record from the leader: {reason}"))
-                            })?;
-                            events += 1;
-                            match record.kind {
-                                RecordType::DocumentPut => documents += 1,
-                                RecordType::DocumentRemove => removals += 1,
-                                _ => {}
-                            }
-                        }
+                        // Documents and removals are counted by the store applier, which decodes
+                        // the records anyway; here only the record count is needed.
+                        events += u64::from(block.record_count());
                         last_stored = block.ticks().last;
                         let appended = self.node.wal.submit_block(block).map_err(|e| {
                             SessionError::fatal(errors::LEADER_ERROR, format!("cannot store the leader's block: {e}"))
@@ -632,8 +622,6 @@ impl Applier {
                         runtime.last_processed = last_stored.get();
                         runtime.last_available = Some(leader_last);
                         runtime.total_events += events;
-                        runtime.total_documents += documents;
-                        runtime.total_removals += removals;
                         runtime.total_fetch_time += fetch_time;
                         runtime.fetch_batches += 1;
                         runtime.total_apply_time += started.elapsed().as_secs_f64();
@@ -684,6 +672,7 @@ impl Applier {
         let config = self.config();
         let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let applied = self.node.applier.applied_tick().get();
+        let store_totals = self.node.applier.totals();
         let tick = |t: u64| if t == 0 { Value::Null } else { Value::String(t.to_string()) };
         let mut last_error = json!({ "errorNum": runtime.last_error.error_num });
         if runtime.last_error.error_num != 0 {
@@ -719,8 +708,8 @@ impl Applier {
             "totalRequests": runtime.total_requests,
             "totalFailedConnects": runtime.total_failed_connects,
             "totalEvents": runtime.total_events,
-            "totalDocuments": runtime.total_documents,
-            "totalRemovals": runtime.total_removals,
+            "totalDocuments": store_totals.0.saturating_sub(runtime.store_totals_base.0),
+            "totalRemovals": store_totals.1.saturating_sub(runtime.store_totals_base.1),
             "totalResyncs": 0,
             "totalOperationsExcluded": 0,
             "totalApplyTime": runtime.total_apply_time,

@@ -40,6 +40,8 @@ impl Default for ApplierOptions {
 
 struct Shared {
     applied: AtomicU64,
+    documents: AtomicU64,
+    removals: AtomicU64,
     failed: Mutex<Option<String>>,
     stop: AtomicBool,
     changed: Condvar,
@@ -62,6 +64,8 @@ impl StoreApplier {
     ) -> Result<StoreApplier> {
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(store.applied_tick().get()),
+            documents: AtomicU64::new(0),
+            removals: AtomicU64::new(0),
             failed: Mutex::new(None),
             stop: AtomicBool::new(false),
             changed: Condvar::new(),
@@ -93,6 +97,14 @@ impl StoreApplier {
 
     pub fn applied_tick(&self) -> Tick {
         Tick::new(self.shared.applied.load(Ordering::Acquire))
+    }
+
+    /// Document puts and removals applied since this applier started.
+    pub fn totals(&self) -> (u64, u64) {
+        (
+            self.shared.documents.load(Ordering::Relaxed),
+            self.shared.removals.load(Ordering::Relaxed),
+        )
     }
 
     fn check(&self) -> Result<()> {
@@ -185,7 +197,9 @@ fn run(
                 None => break,
             }
         }
-        store.apply(&group)?;
+        let stats = store.apply(&group)?;
+        shared.documents.fetch_add(stats.documents, Ordering::Relaxed);
+        shared.removals.fetch_add(stats.removals, Ordering::Relaxed);
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);
         {
