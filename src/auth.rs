@@ -150,7 +150,10 @@ impl Auth {
 
     /// The SCRAM credential of `username` (followers authenticate with it): the stored PBKDF2
     /// hash is SCRAM's salted password.
-    pub fn scram_credential(&self, username: &str) -> Option<tickship_net::scram::StoredCredential> {
+    pub fn scram_credential(
+        &self,
+        username: &str,
+    ) -> Option<tickship_net::scram::StoredCredential> {
         if username != ROOT {
             return None;
         }

@@ -152,7 +152,9 @@ impl ApplierConfig {
             return Err(invalid("invalid value for <restrictType>"));
         }
         if self.restrict_type.is_empty() != self.restrict_collections.is_empty() {
-            return Err(invalid("invalid value for <restrictCollections> or <restrictType>"));
+            return Err(invalid(
+                "invalid value for <restrictCollections> or <restrictType>",
+            ));
         }
         for (name, value) in [
             ("connectTimeout", self.connect_timeout),
@@ -254,7 +256,11 @@ const STATE_FILE: &str = "applier-state.json";
 
 impl Applier {
     /// Loads the saved configuration and state from `dir`.
-    pub fn open(node: Arc<Node>, dir: PathBuf, pinned_fingerprint: Option<String>) -> anyhow::Result<Arc<Applier>> {
+    pub fn open(
+        node: Arc<Node>,
+        dir: PathBuf,
+        pinned_fingerprint: Option<String>,
+    ) -> anyhow::Result<Arc<Applier>> {
         let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
             match std::fs::read(dir.join(name)) {
                 Ok(bytes) => Ok(Some(bytes)),
@@ -269,7 +275,10 @@ impl Applier {
         };
         let persisted: PersistedState = match load(STATE_FILE)? {
             Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!("parse {} (error 1407: invalid applier state)", dir.join(STATE_FILE).display())
+                format!(
+                    "parse {} (error 1407: invalid applier state)",
+                    dir.join(STATE_FILE).display()
+                )
             })?,
             None => PersistedState::default(),
         };
@@ -295,11 +304,17 @@ impl Applier {
     }
 
     pub fn config(&self) -> ApplierConfig {
-        self.config.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn is_running(&self) -> bool {
-        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).running
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running
     }
 
     /// `PUT applier-config`: merges, validates, saves. Refused while running (1411).
@@ -365,12 +380,22 @@ impl Applier {
             return Ok(()); // idempotent
         }
         let own_last = self.node.wal.last_tick().get();
-        let saved = self.persisted.lock().unwrap_or_else(|p| p.into_inner()).safe_resume_tick;
+        let saved = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .safe_resume_tick;
         // Blocks up to our WAL's last tick are stored already: never ask for them again.
         let from = match from {
             Some(from) => from.max(own_last),
             None if saved > 0 || own_last > 0 => saved.max(own_last),
-            None if self.persisted.lock().unwrap_or_else(|p| p.into_inner()).server_id.is_empty() => {
+            None if self
+                .persisted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .server_id
+                .is_empty() =>
+            {
                 return Err(ApiError::new(
                     axum::http::StatusCode::BAD_REQUEST,
                     num::NO_START_TICK,
@@ -447,7 +472,13 @@ impl Applier {
                 _ = stopped.as_mut() => break None,
                 result = session => result,
             };
-            from = Tick::new(self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_processed.max(from.get()));
+            from = Tick::new(
+                self.runtime
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_processed
+                    .max(from.get()),
+            );
             self.save_state();
             let error = match result {
                 Ok(()) => break None,
@@ -470,7 +501,9 @@ impl Applier {
                 };
                 (
                     runtime.failed_connects,
-                    config.max_connect_retries.saturating_sub(runtime.failed_connects),
+                    config
+                        .max_connect_retries
+                        .saturating_sub(runtime.failed_connects),
                 )
             };
             if failed > config.max_connect_retries {
@@ -490,31 +523,47 @@ impl Applier {
             }
         };
         match &outcome {
-            Some((num, message)) => tracing::warn!("replication applier stopped: {message} (error {num})"),
+            Some((num, message)) => {
+                tracing::warn!("replication applier stopped: {message} (error {num})")
+            }
             None => tracing::info!("replication applier stopped"),
         }
         self.finish(outcome);
         self.save_state();
         // Forget this run's handle unless a newer run already replaced it.
         let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
-        if task.as_ref().is_some_and(|(_, signal)| Arc::ptr_eq(signal, &stop)) {
+        if task
+            .as_ref()
+            .is_some_and(|(_, signal)| Arc::ptr_eq(signal, &stop))
+        {
             task.take();
         }
     }
 
     /// One session with the leader, until it fails or ends.
     async fn session(&self, config: &ApplierConfig, from: Tick) -> Result<(), SessionError> {
-        let addr = config
-            .leader_addr()
-            .map_err(|m| SessionError::connect(format!("could not connect to leader at {}: {m}", config.endpoint)))?;
+        let addr = config.leader_addr().map_err(|m| {
+            SessionError::connect(format!(
+                "could not connect to leader at {}: {m}",
+                config.endpoint
+            ))
+        })?;
         let connect_failed = |e: NetError| {
-            SessionError::connect(format!("could not connect to leader at {}: {e}", config.endpoint))
+            SessionError::connect(format!(
+                "could not connect to leader at {}: {e}",
+                config.endpoint
+            ))
         };
         let (endpoint, client) =
             client_endpoint(self.pinned_fingerprint.as_deref()).map_err(connect_failed)?;
         let timeout = Duration::from_secs_f64(config.connect_timeout.max(0.1));
-        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).total_requests += 1;
-        let connection = connect(&endpoint, &client, addr, timeout).await.map_err(connect_failed)?;
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .total_requests += 1;
+        let connection = connect(&endpoint, &client, addr, timeout)
+            .await
+            .map_err(connect_failed)?;
         let (send, recv) = connection
             .open_bi()
             .await
@@ -537,7 +586,10 @@ impl Applier {
         if leader_id == self.node.server_id {
             return Err(SessionError::fatal(
                 num::LOOP,
-                format!("loop detected: the leader at {} is this server", config.endpoint),
+                format!(
+                    "loop detected: the leader at {} is this server",
+                    config.endpoint
+                ),
             ));
         }
         {
@@ -564,7 +616,10 @@ impl Applier {
         }
         let chunk = config.chunk_size;
         stream
-            .send(&Tail { from: from.get(), chunk_bytes: chunk })
+            .send(&Tail {
+                from: from.get(),
+                chunk_bytes: chunk,
+            })
             .await
             .map_err(|e| SessionError::connect(e.to_string()))?;
         self.progress(format!(
@@ -575,10 +630,12 @@ impl Applier {
         let mut last_stored = self.node.wal.last_tick();
         loop {
             let waited = Instant::now();
-            let frame = stream
-                .recv(request_timeout)
-                .await
-                .map_err(|e| SessionError::connect(format!("connection to leader at {} lost: {e}", config.endpoint)))?;
+            let frame = stream.recv(request_timeout).await.map_err(|e| {
+                SessionError::connect(format!(
+                    "connection to leader at {} lost: {e}",
+                    config.endpoint
+                ))
+            })?;
             let fetch_time = waited.elapsed().as_secs_f64();
             match frame.kind {
                 Kind::Blocks => {
@@ -589,7 +646,10 @@ impl Applier {
                     let mut pending = Vec::with_capacity(payloads.len());
                     for payload in payloads {
                         let block = Block::parse(payload).map_err(|e| {
-                            SessionError::fatal(num::INVALID_RESPONSE, format!("invalid block from the leader: {e}"))
+                            SessionError::fatal(
+                                num::INVALID_RESPONSE,
+                                format!("invalid block from the leader: {e}"),
+                            )
                         })?;
                         if block.ticks().first <= last_stored {
                             if block.ticks().last <= last_stored {
@@ -608,13 +668,19 @@ impl Applier {
                         events += u64::from(block.record_count());
                         last_stored = block.ticks().last;
                         let appended = self.node.wal.submit_block(block).map_err(|e| {
-                            SessionError::fatal(errors::LEADER_ERROR, format!("cannot store the leader's block: {e}"))
+                            SessionError::fatal(
+                                errors::LEADER_ERROR,
+                                format!("cannot store the leader's block: {e}"),
+                            )
                         })?;
                         pending.push(appended);
                     }
                     for appended in pending {
                         appended.await.map_err(|e| {
-                            SessionError::fatal(errors::LEADER_ERROR, format!("cannot store the leader's block: {e}"))
+                            SessionError::fatal(
+                                errors::LEADER_ERROR,
+                                format!("cannot store the leader's block: {e}"),
+                            )
                         })?;
                     }
                     {
@@ -632,18 +698,26 @@ impl Applier {
                         durable: last_stored.get(),
                         applied: self.node.applier.applied_tick().get(),
                     };
-                    stream.send(&ack).await.map_err(|e| SessionError::connect(e.to_string()))?;
+                    stream
+                        .send(&ack)
+                        .await
+                        .map_err(|e| SessionError::connect(e.to_string()))?;
                 }
                 Kind::Idle => {
                     let idle = Idle::from_frame(&frame)
                         .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
-                    self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_available =
-                        Some(idle.last_tick);
+                    self.runtime
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .last_available = Some(idle.last_tick);
                     let ack = Ack {
                         durable: last_stored.get(),
                         applied: self.node.applier.applied_tick().get(),
                     };
-                    stream.send(&ack).await.map_err(|e| SessionError::connect(e.to_string()))?;
+                    stream
+                        .send(&ack)
+                        .await
+                        .map_err(|e| SessionError::connect(e.to_string()))?;
                 }
                 Kind::Close => {
                     let close = Close::from_frame(&frame)
@@ -670,10 +744,20 @@ impl Applier {
     /// The state document (§4.1).
     pub fn state_json(&self) -> Value {
         let config = self.config();
-        let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let applied = self.node.applier.applied_tick().get();
         let store_totals = self.node.applier.totals();
-        let tick = |t: u64| if t == 0 { Value::Null } else { Value::String(t.to_string()) };
+        let tick = |t: u64| {
+            if t == 0 {
+                Value::Null
+            } else {
+                Value::String(t.to_string())
+            }
+        };
         let mut last_error = json!({ "errorNum": runtime.last_error.error_num });
         if runtime.last_error.error_num != 0 {
             last_error["time"] = json!(runtime.last_error.time);
@@ -702,7 +786,13 @@ impl Applier {
         if !runtime.progress_message.is_empty() {
             progress["message"] = json!(runtime.progress_message);
         }
-        let average = |total: f64, count: u64| if count == 0 { 0.0 } else { total / count as f64 };
+        let average = |total: f64, count: u64| {
+            if count == 0 {
+                0.0
+            } else {
+                total / count as f64
+            }
+        };
         let more = json!({
             "progress": progress,
             "totalRequests": runtime.total_requests,
@@ -749,7 +839,11 @@ impl Applier {
         loop {
             let (running, available, processed) = {
                 let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                (runtime.running, runtime.last_available, runtime.last_processed)
+                (
+                    runtime.running,
+                    runtime.last_available,
+                    runtime.last_processed,
+                )
             };
             let applied = self.node.applier.applied_tick().get();
             let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
@@ -780,11 +874,21 @@ struct SessionError {
 
 impl SessionError {
     fn connect(message: String) -> SessionError {
-        SessionError { error_num: num::NO_RESPONSE, message, retry: true, connect: true }
+        SessionError {
+            error_num: num::NO_RESPONSE,
+            message,
+            retry: true,
+            connect: true,
+        }
     }
 
     fn fatal(error_num: u32, message: String) -> SessionError {
-        SessionError { error_num, message, retry: false, connect: false }
+        SessionError {
+            error_num,
+            message,
+            retry: false,
+            connect: false,
+        }
     }
 }
 
@@ -803,20 +907,36 @@ mod tests {
         assert_eq!(merged.max_connect_retries, 100);
         assert!(merged.public_json().get("password").is_none());
         assert_eq!(merged.public_json()["endpoint"], "tcp://127.0.0.1:8529");
-        let err = base.merged(&json!({"database": "x"}), "_system").unwrap_err();
+        let err = base
+            .merged(&json!({"database": "x"}), "_system")
+            .unwrap_err();
         assert_eq!(err.error_num, num::INVALID_CONFIGURATION);
         assert_eq!(err.message, "invalid value for <endpoint>");
         let err = base
-            .merged(&json!({"endpoint": "tcp://a:1", "restrictType": "include"}), "_system")
+            .merged(
+                &json!({"endpoint": "tcp://a:1", "restrictType": "include"}),
+                "_system",
+            )
             .unwrap_err();
         assert!(err.message.contains("restrictCollections"));
-        assert!(base.merged(&json!({"endpoint": "tcp://a:1", "connectTimeout": "x"}), "_system").is_err());
+        assert!(base
+            .merged(
+                &json!({"endpoint": "tcp://a:1", "connectTimeout": "x"}),
+                "_system"
+            )
+            .is_err());
         assert!(base.merged(&json!([1]), "_system").is_err());
     }
 
     #[test]
     fn endpoint_names_the_udp_address() {
-        let config = ApplierConfig { endpoint: "tcp://127.0.0.1:8529".into(), ..ApplierConfig::default() };
-        assert_eq!(config.leader_addr().unwrap(), "127.0.0.1:8529".parse().unwrap());
+        let config = ApplierConfig {
+            endpoint: "tcp://127.0.0.1:8529".into(),
+            ..ApplierConfig::default()
+        };
+        assert_eq!(
+            config.leader_addr().unwrap(),
+            "127.0.0.1:8529".parse().unwrap()
+        );
     }
 }

@@ -50,19 +50,27 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
 impl<'a> RawObject<'a> {
     /// The last value of field `name` (as serde_json keeps the last of duplicates).
     pub fn get(&self, name: &str) -> Option<&'a RawValue> {
-        self.fields.iter().rev().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 
     /// Field `name` as a string: `None` if absent, `Some(Err)` if not a string.
     pub fn get_str(&self, name: &str) -> Option<Result<String, ()>> {
-        self.get(name).map(|raw| serde_json::from_str::<String>(raw.get()).map_err(|_| ()))
+        self.get(name)
+            .map(|raw| serde_json::from_str::<String>(raw.get()).map_err(|_| ()))
     }
 
     /// The object as a `Value` (for merges).
     pub fn to_value(&self) -> Value {
         let mut map = serde_json::Map::new();
         for (name, raw) in &self.fields {
-            map.insert(name.to_string(), serde_json::from_str(raw.get()).unwrap_or(Value::Null));
+            map.insert(
+                name.to_string(),
+                serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+            );
         }
         Value::Object(map)
     }
@@ -70,7 +78,11 @@ impl<'a> RawObject<'a> {
     /// The stored form: `{"_key":..,"_id":..,` then every field but `_key`, `_id` and `_rev`
     /// (the last of duplicates), values as sent.
     pub fn write_document(&self, key: &str, id: &str) -> Vec<u8> {
-        let size: usize = self.fields.iter().map(|(n, v)| n.len() + v.get().len() + 4).sum();
+        let size: usize = self
+            .fields
+            .iter()
+            .map(|(n, v)| n.len() + v.get().len() + 4)
+            .sum();
         let mut out = Vec::with_capacity(size + key.len() + id.len() + 24);
         out.extend_from_slice(b"{\"_key\":");
         write_string(&mut out, key);
@@ -79,7 +91,13 @@ impl<'a> RawObject<'a> {
         // The last occurrence of a name wins; find it by scanning, or by a map when there are
         // many fields.
         let last_index: Option<std::collections::HashMap<&str, usize>> = (self.fields.len() > 32)
-            .then(|| self.fields.iter().enumerate().map(|(i, (n, _))| (n.as_ref(), i)).collect());
+            .then(|| {
+                self.fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (n, _))| (n.as_ref(), i))
+                    .collect()
+            });
         for (i, (name, value)) in self.fields.iter().enumerate() {
             if matches!(name.as_ref(), "_key" | "_id" | "_rev") {
                 continue;
@@ -120,15 +138,20 @@ pub enum Item<'a> {
 fn item(raw: &RawValue) -> ApiResult<Item<'_>> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'{') => Ok(Item::Object(serde_json::from_str(text).map_err(ApiError::corrupted_json)?)),
-        Some(b'"') => Ok(Item::Key(serde_json::from_str(text).map_err(ApiError::corrupted_json)?)),
+        Some(b'{') => Ok(Item::Object(
+            serde_json::from_str(text).map_err(ApiError::corrupted_json)?,
+        )),
+        Some(b'"') => Ok(Item::Key(
+            serde_json::from_str(text).map_err(ApiError::corrupted_json)?,
+        )),
         _ => Ok(Item::Other),
     }
 }
 
 /// A write body: one item, or an array of items (`is_array`).
 pub fn parse_body(body: &[u8]) -> ApiResult<(bool, Vec<Item<'_>>)> {
-    let text = std::str::from_utf8(body).map_err(|_| ApiError::corrupted_json("body is not UTF-8"))?;
+    let text =
+        std::str::from_utf8(body).map_err(|_| ApiError::corrupted_json("body is not UTF-8"))?;
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
         return Err(ApiError::corrupted_json("empty body"));
@@ -151,14 +174,20 @@ mod tests {
     // duplicates resolved to the last value, values byte for byte, names re-escaped.
     #[test]
     fn write_document_shapes() {
-        let object: RawObject<'_> =
-            serde_json::from_str(r#"{"a": [1, {"b":2}], "_key":"x", "_rev":"9", "q\"uote": "v", "a": 3}"#).expect("object");
+        let object: RawObject<'_> = serde_json::from_str(
+            r#"{"a": [1, {"b":2}], "_key":"x", "_rev":"9", "q\"uote": "v", "a": 3}"#,
+        )
+        .expect("object");
         let out = object.write_document("k1", "c/k1");
-        assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"_key":"k1","_id":"c/k1","q\"uote":"v","a":3}"#);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"_key":"k1","_id":"c/k1","q\"uote":"v","a":3}"#
+        );
         assert_eq!(object.get_str("_key"), Some(Ok("x".to_string())));
         assert_eq!(object.get_str("a"), Some(Err(())));
         assert_eq!(object.get_str("nope"), None);
-        let value: Value = serde_json::from_slice(&object.write_document("k", "c/k")).expect("valid JSON");
+        let value: Value =
+            serde_json::from_slice(&object.write_document("k", "c/k")).expect("valid JSON");
         assert_eq!(value["a"], serde_json::json!(3));
     }
 
@@ -167,7 +196,9 @@ mod tests {
     fn bodies() {
         let (array, items) = parse_body(br#"[{"a":1}, "key", 5]"#).expect("array");
         assert!(array);
-        assert!(matches!(items.as_slice(), [Item::Object(_), Item::Key(k), Item::Other] if k == "key"));
+        assert!(
+            matches!(items.as_slice(), [Item::Object(_), Item::Key(k), Item::Other] if k == "key")
+        );
         let (array, items) = parse_body(br#" {"a":1} "#).expect("object");
         assert!(!array && matches!(items.as_slice(), [Item::Object(_)]));
         assert!(parse_body(b"{\"a\":").is_err());

@@ -105,7 +105,10 @@ struct KeyGuard<'a> {
 
 impl KeyLocks {
     fn new() -> KeyLocks {
-        KeyLocks { held: Mutex::new(HashMap::new()), released: tokio::sync::Notify::new() }
+        KeyLocks {
+            held: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
+        }
     }
 
     async fn lock(&self, collection: u64, keys: &[&str]) -> KeyGuard<'_> {
@@ -122,7 +125,11 @@ impl KeyLocks {
                 let set = held.entry(collection).or_default();
                 if wanted.iter().all(|k| !set.contains(k)) {
                     set.extend(wanted.iter().cloned());
-                    return KeyGuard { locks: self, collection, keys: wanted };
+                    return KeyGuard {
+                        locks: self,
+                        collection,
+                        keys: wanted,
+                    };
                 }
             }
             notified.await;
@@ -269,7 +276,10 @@ impl Node {
     }
 
     pub fn follower_of(&self) -> Option<String> {
-        self.follower_of.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.follower_of
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Appends `records` as one block, waits until it is durable and applied; returns its ticks.
@@ -523,7 +533,12 @@ impl Node {
         // Generated keys are new by construction: no lock, no read.
         let keys: Vec<&str> = planned
             .iter()
-            .filter_map(|p| p.as_ref().ok().filter(|(_, _, generated)| !generated).map(|(k, _, _)| k.as_str()))
+            .filter_map(|p| {
+                p.as_ref()
+                    .ok()
+                    .filter(|(_, _, generated)| !generated)
+                    .map(|(k, _, _)| k.as_str())
+            })
             .collect();
         // 2. Locks, then the current documents.
         let _guard = self.locks.lock(collection.id, &keys).await;
@@ -765,7 +780,13 @@ impl Node {
         kind: WriteKind,
         input: WriteInput<'a>,
     ) -> Result<(String, Item<'a>, bool), ApiError> {
-        let bad_key = || ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_KEY_BAD, "illegal document key");
+        let bad_key = || {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DOCUMENT_KEY_BAD,
+                "illegal document key",
+            )
+        };
         let body = input.body;
         let body_key = match &body {
             Item::Object(object) => match object.get_str("_key") {
@@ -775,7 +796,11 @@ impl Node {
             },
             Item::Key(key) if kind == WriteKind::Remove => Some(key.clone()),
             _ => {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_TYPE_INVALID, "invalid document type"));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    num::DOCUMENT_TYPE_INVALID,
+                    "invalid document type",
+                ));
             }
         };
         let (key, generated) = match (input.key, body_key, kind) {
@@ -796,11 +821,17 @@ impl Node {
         }
         if collection.kind == 3 && matches!(kind, WriteKind::Insert | WriteKind::Replace) {
             let ok = |field: &str| match &body {
-                Item::Object(object) => matches!(object.get_str(field), Some(Ok(v)) if v.contains('/')),
+                Item::Object(object) => {
+                    matches!(object.get_str(field), Some(Ok(v)) if v.contains('/'))
+                }
                 _ => false,
             };
             if !ok("_from") || !ok("_to") {
-                return Err(ApiError::new(StatusCode::BAD_REQUEST, 1233, "edge attribute missing or invalid"));
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    1233,
+                    "edge attribute missing or invalid",
+                ));
             }
         }
         Ok((key, body, generated))
@@ -817,7 +848,11 @@ impl Node {
         options: &WriteOptions,
     ) -> Result<(Vec<u8>, Option<Value>), ApiError> {
         let Item::Object(object) = body else {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, num::DOCUMENT_TYPE_INVALID, "invalid document type"));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::DOCUMENT_TYPE_INVALID,
+                "invalid document type",
+            ));
         };
         let id = format!("{}/{key}", collection.name);
         let json = match base {
@@ -829,10 +864,18 @@ impl Node {
                     Ok(Value::Object(map)) => map,
                     _ => return Err(ApiError::internal("stored document is not an object")),
                 };
-                let Value::Object(patch) = object.to_value() else { unreachable!("an object converts to an object") };
+                let Value::Object(patch) = object.to_value() else {
+                    unreachable!("an object converts to an object")
+                };
                 for (name, value) in patch {
                     if !matches!(name.as_str(), "_key" | "_id" | "_rev") {
-                        merge_field(&mut fields, name, value, options.keep_null, options.merge_objects);
+                        merge_field(
+                            &mut fields,
+                            name,
+                            value,
+                            options.keep_null,
+                            options.merge_objects,
+                        );
                     }
                 }
                 fields.remove("_key");
@@ -842,17 +885,26 @@ impl Node {
                 document.insert("_key".into(), Value::String(key.to_string()));
                 document.insert("_id".into(), Value::String(id));
                 document.extend(fields);
-                serde_json::to_vec(&Value::Object(document)).map_err(|e| ApiError::internal(e.to_string()))?
+                serde_json::to_vec(&Value::Object(document))
+                    .map_err(|e| ApiError::internal(e.to_string()))?
             }
         };
         if json.len() > self.max_document_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 num::DOCUMENT_TOO_LARGE,
-                format!("document of {} bytes exceeds the maximal document size of {} bytes", json.len(), self.max_document_bytes),
+                format!(
+                    "document of {} bytes exceeds the maximal document size of {} bytes",
+                    json.len(),
+                    self.max_document_bytes
+                ),
             ));
         }
-        let new_value = if options.return_new { serde_json::from_slice(&json).ok() } else { None };
+        let new_value = if options.return_new {
+            serde_json::from_slice(&json).ok()
+        } else {
+            None
+        };
         Ok((json, new_value))
     }
 }

@@ -184,7 +184,8 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
          (certificate sha256 {})",
         node.server_id,
         wal.engine_name(),
-        quic.local_addr().map_or_else(|_| quic_addr.to_string(), |a| a.to_string()),
+        quic.local_addr()
+            .map_or_else(|_| quic_addr.to_string(), |a| a.to_string()),
         identity.fingerprint()
     );
     tracing::info!("listening on http://{local}");

@@ -11,7 +11,9 @@ use bytes::Bytes;
 use tickship_net::frame::{Frame, Kind, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, LeaderSide};
 use tickship_net::transport::server_endpoint;
-use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Identity, Tail};
+use tickship_net::{
+    errors, Ack, Close, Control, Error as NetError, FramedStream, Identity, Idle, Tail,
+};
 use tickship_storage::{Tick, Wal};
 
 use crate::auth::Auth;
@@ -51,7 +53,10 @@ pub fn identity(dir: &Path, certfile: Option<&Path>, keyfile: Option<&Path>) -> 
     let (cert_pem, key_pem) = identity.to_pem();
     crate::util::write_private(&key, key_pem.as_bytes())?;
     crate::util::write_private(&cert, cert_pem.as_bytes())?;
-    tracing::info!("generated a TLS certificate for replication in {}", tls.display());
+    tracing::info!(
+        "generated a TLS certificate for replication in {}",
+        tls.display()
+    );
     Ok(identity)
 }
 
@@ -65,7 +70,11 @@ pub struct Shipping {
 }
 
 /// Listens for followers on `addr` (UDP) until the endpoint is closed.
-pub fn listen(addr: SocketAddr, identity: &Identity, shipping: Arc<Shipping>) -> Result<tickship_net::quinn::Endpoint> {
+pub fn listen(
+    addr: SocketAddr,
+    identity: &Identity,
+    shipping: Arc<Shipping>,
+) -> Result<tickship_net::quinn::Endpoint> {
     let endpoint = server_endpoint(addr, identity)?;
     let accepting = endpoint.clone();
     tokio::spawn(async move {
@@ -83,7 +92,10 @@ pub fn listen(addr: SocketAddr, identity: &Identity, shipping: Arc<Shipping>) ->
     Ok(endpoint)
 }
 
-async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>) -> Result<(), NetError> {
+async fn serve(
+    incoming: tickship_net::quinn::Incoming,
+    shipping: Arc<Shipping>,
+) -> Result<(), NetError> {
     let connection = incoming
         .await
         .map_err(|e| NetError::Transport(e.to_string()))?;
@@ -103,7 +115,11 @@ async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>)
     };
     let side = LeaderSide {
         server_id: &node.server_id,
-        credentials: if shipping.auth.enabled() { Some(&lookup) } else { None },
+        credentials: if shipping.auth.enabled() {
+            Some(&lookup)
+        } else {
+            None
+        },
         database_exists: &exists,
         log_range: &range,
     };
@@ -128,11 +144,17 @@ async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>)
             wal.last_tick()
         );
         let _ = stream
-            .send(&Close { error_num: errors::START_TICK_NOT_PRESENT, error_message: message.clone() })
+            .send(&Close {
+                error_num: errors::START_TICK_NOT_PRESENT,
+                error_message: message.clone(),
+            })
             .await;
         stream.finish();
         let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
-        return Err(NetError::Closed { error_num: errors::START_TICK_NOT_PRESENT, message });
+        return Err(NetError::Closed {
+            error_num: errors::START_TICK_NOT_PRESENT,
+            message,
+        });
     }
     tracing::info!(follower = %hello.server_id, from = tail.from, "follower tailing");
     let chunk = match tail.chunk_bytes {
@@ -151,14 +173,22 @@ async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>)
                 Kind::Ack => {
                     let ack = Ack::from_frame(&frame)?;
                     // The barrier follows what the follower has stored durably.
-                    let _ = clients.register(&ack_wal, "", &follower_id, &client_info, Tick::new(ack.durable));
+                    let _ = clients.register(
+                        &ack_wal,
+                        "",
+                        &follower_id,
+                        &client_info,
+                        Tick::new(ack.durable),
+                    );
                 }
                 Kind::Close => {
                     let close = Close::from_frame(&frame)?;
                     return Ok::<_, NetError>(close);
                 }
                 other => {
-                    return Err(NetError::Protocol(format!("unexpected {other:?} from a follower")))
+                    return Err(NetError::Protocol(format!(
+                        "unexpected {other:?} from a follower"
+                    )))
                 }
             }
         }
@@ -169,7 +199,10 @@ async fn serve(incoming: tickship_net::quinn::Incoming, shipping: Arc<Shipping>)
         Ok(()) => Ok(()),
         Err(e) => {
             let _ = sender
-                .send(&Close { error_num: e.error_num(), error_message: e.to_string() })
+                .send(&Close {
+                    error_num: e.error_num(),
+                    error_message: e.to_string(),
+                })
                 .await;
             sender.finish();
             Err(e)
@@ -196,14 +229,22 @@ async fn ship(
         if acks.is_finished() {
             return Ok(());
         }
-        if node.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
-            return Err(NetError::Closed { error_num: errors::SHUTTING_DOWN, message: "leader is shutting down".into() });
+        if node
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(NetError::Closed {
+                error_num: errors::SHUTTING_DOWN,
+                message: "leader is shutting down".into(),
+            });
         }
         // Collect what is durable now, up to a chunk.
         let mut blocks: Vec<Bytes> = Vec::new();
         let mut bytes = 0usize;
         while bytes < chunk {
-            let Some(block) = reader.next_block().map_err(leader_error)? else { break };
+            let Some(block) = reader.next_block().map_err(leader_error)? else {
+                break;
+            };
             let ticks = block.ticks();
             if ticks.last <= sent {
                 continue;
@@ -225,7 +266,13 @@ async fn ship(
                 })
             }
             Ok(_) => {}
-            Err(_) => sender.send(&Idle { last_tick: wal.last_tick().get() }).await?,
+            Err(_) => {
+                sender
+                    .send(&Idle {
+                        last_tick: wal.last_tick().get(),
+                    })
+                    .await?
+            }
         }
     }
 }

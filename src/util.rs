@@ -1,9 +1,9 @@
 //! Small helpers: ArangoDB's name and key rules, time stamps, random ids.
 
-use std::time::{SystemTime, UNIX_EPOCH};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
@@ -73,6 +73,23 @@ pub fn query_bool(value: Option<&str>, default: bool) -> bool {
     }
 }
 
+/// Writes `contents` to `path` readable by the owner only, atomically.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("create {}", temp.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path).with_context(|| format!("rename {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,21 +132,3 @@ mod tests {
         assert!(!query_bool(None, false));
     }
 }
-
-/// Writes `contents` to `path` readable by the owner only, atomically.
-pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("create {}", temp.display()))?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("rename {}", path.display()))?;
-    Ok(())
-}
-

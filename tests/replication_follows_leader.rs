@@ -27,8 +27,17 @@ fn insert(http: &Http, collection: &str, prefix: &str, count: usize) {
         let docs: Vec<Value> = (start..(start + 100).min(count))
             .map(|i| json!({"_key": format!("{prefix}-{i}"), "i": i, "text": "x".repeat(i % 200)}))
             .collect();
-        let answer = http.send("POST", &format!("/_api/document/{collection}"), &json!(docs));
-        assert_eq!(answer.status, 202, "{}", String::from_utf8_lossy(&answer.body));
+        let answer = http.send(
+            "POST",
+            &format!("/_api/document/{collection}"),
+            &json!(docs),
+        );
+        assert_eq!(
+            answer.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
     }
 }
 
@@ -40,8 +49,13 @@ fn fingerprint(http: &Http, collection: &str) -> Option<(u64, String)> {
     if answer.status == 404 {
         return None;
     }
-    let checksum = answer.json()["checksum"].as_str().expect("checksum").to_string();
-    let count = http.get(&format!("/_api/collection/{collection}/count")).json()["count"]
+    let checksum = answer.json()["checksum"]
+        .as_str()
+        .expect("checksum")
+        .to_string();
+    let count = http
+        .get(&format!("/_api/collection/{collection}/count"))
+        .json()["count"]
         .as_u64()
         .expect("count");
     Some((count, checksum))
@@ -71,7 +85,12 @@ fn make_follower(follower: &Http, leader: &Daemon, extra: Value) -> Value {
         body.extend(extra);
     }
     let answer = follower.send("PUT", "/_api/replication/make-follower", &body);
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     answer.json()
 }
 
@@ -80,12 +99,14 @@ fn certificate_fingerprint(path: &std::path::Path) -> String {
     use base64::Engine;
     use sha2::{Digest, Sha256};
     let pem = std::fs::read_to_string(path).unwrap();
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let der = base64::engine::general_purpose::STANDARD.decode(body).unwrap();
-    Sha256::digest(der).iter().map(|b| format!("{b:02x}")).collect()
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -94,11 +115,22 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     let leader = Daemon::start(&dir.path().join("leader"), &[]);
     let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
     let (lh, fh) = (leader.http(), follower.http());
-    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
     insert(&lh, "c", "a", 1500);
     // Updates and removals travel too.
-    assert_eq!(lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true})).status, 202);
-    assert_eq!(lh.call("DELETE", "/_api/document/c/a-2", None, None).status, 202);
+    assert_eq!(
+        lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true}))
+            .status,
+        202
+    );
+    assert_eq!(
+        lh.call("DELETE", "/_api/document/c/a-2", None, None).status,
+        202
+    );
 
     // make-follower from an empty follower: the leader's whole log.
     let doc = make_follower(&fh, &leader, json!({}));
@@ -119,27 +151,46 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     // Writes on the follower are refused and point at the leader.
     let refused = fh.send("POST", "/_api/document/c", &json!({"x": 1}));
     refused.assert_error(503, 503);
-    assert_eq!(refused.header("x-arango-endpoint"), Some(leader.endpoint().as_str()));
+    assert_eq!(
+        refused.header("x-arango-endpoint"),
+        Some(leader.endpoint().as_str())
+    );
     // The password never comes back.
     let config = fh.get("/_api/replication/applier-config").json();
     assert!(config.get("password").is_none(), "{config}");
     assert_eq!(config["autoStart"], json!(true));
 
     // Stop, write, start again without `from`: resumes from safeResumeTick.
-    let stopped = fh.send("PUT", "/_api/replication/applier-stop", &json!({})).json();
+    let stopped = fh
+        .send("PUT", "/_api/replication/applier-stop", &json!({}))
+        .json();
     assert_eq!(stopped["state"]["running"], json!(false));
     insert(&lh, "c", "b", 300);
-    let resume = stopped["state"]["safeResumeTick"].as_str().unwrap().to_string();
-    let started = fh.send("PUT", "/_api/replication/applier-start", &json!({})).json();
+    let resume = stopped["state"]["safeResumeTick"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let started = fh
+        .send("PUT", "/_api/replication/applier-start", &json!({}))
+        .json();
     assert_eq!(started["state"]["running"], json!(true), "{started}");
     converge(&lh, &fh, "c");
 
     // Stop, write, start with an explicit `from`.
-    let stopped = fh.send("PUT", "/_api/replication/applier-stop", &json!({})).json();
-    let from = stopped["state"]["lastProcessedContinuousTick"].as_str().unwrap().to_string();
+    let stopped = fh
+        .send("PUT", "/_api/replication/applier-stop", &json!({}))
+        .json();
+    let from = stopped["state"]["lastProcessedContinuousTick"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(from.parse::<u64>().unwrap() > resume.parse::<u64>().unwrap());
     insert(&lh, "c", "c", 300);
-    let answer = fh.send("PUT", &format!("/_api/replication/applier-start?from={from}"), &json!({}));
+    let answer = fh.send(
+        "PUT",
+        &format!("/_api/replication/applier-start?from={from}"),
+        &json!({}),
+    );
     assert_eq!(answer.status, 200);
     converge(&lh, &fh, "c");
 
@@ -179,7 +230,11 @@ fn applier_stops_after_max_connect_retries_and_resumes_when_the_leader_is_back()
     let mut leader = Daemon::start(&dir.path().join("leader"), &[]);
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
     let (lh, fh) = (leader.http(), follower.http());
-    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
     insert(&lh, "c", "a", 500);
     make_follower(&fh, &leader, json!({}));
     converge(&lh, &fh, "c");
@@ -189,23 +244,37 @@ fn applier_stops_after_max_connect_retries_and_resumes_when_the_leader_is_back()
     assert!(leader.terminate().success());
     // failedConnects climbs, then the applier gives up with 1400.
     wait_until("failed connects are counted", || {
-        state(&fh)["progress"]["failedConnects"].as_u64().unwrap_or(0) >= 1
+        state(&fh)["progress"]["failedConnects"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1
     });
     wait_until("the applier stops after maxConnectRetries", || {
         state(&fh)["running"] == json!(false)
     });
     let st = state(&fh);
     assert_eq!(st["lastError"]["errorNum"], json!(1400), "{st}");
-    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("could not connect to leader"), "{st}");
+    assert!(
+        st["lastError"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("could not connect to leader"),
+        "{st}"
+    );
     assert!(st["totalFailedConnects"].as_u64().unwrap() >= 4, "{st}");
-    assert!(st["progress"]["failedConnects"].as_u64().unwrap() >= 4, "{st}");
+    assert!(
+        st["progress"]["failedConnects"].as_u64().unwrap() >= 4,
+        "{st}"
+    );
 
     // The leader comes back on the same port with more data; start resumes and converges.
     let leader = Daemon::start_on(&dir.path().join("leader"), port, &[]);
     let lh = leader.http();
     assert_eq!(fingerprint(&lh, "c"), before);
     insert(&lh, "c", "b", 500);
-    let started = fh.send("PUT", "/_api/replication/applier-start", &json!({})).json();
+    let started = fh
+        .send("PUT", "/_api/replication/applier-start", &json!({}))
+        .json();
     assert_eq!(started["state"]["running"], json!(true), "{started}");
     converge(&lh, &fh, "c");
     assert_eq!(state(&fh)["lastError"]["errorNum"], json!(0));
@@ -216,7 +285,11 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let leader = Daemon::start(&dir.path().join("leader"), &[]);
     let lh = leader.http();
-    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
     insert(&lh, "c", "a", 10);
 
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
@@ -225,21 +298,39 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     let st = &doc["state"];
     assert_eq!(st["running"], json!(false), "{doc}");
     assert_eq!(st["lastError"]["errorNum"], json!(11), "{doc}");
-    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("wrong username or password"), "{doc}");
+    assert!(
+        st["lastError"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("wrong username or password"),
+        "{doc}"
+    );
     assert_eq!(fingerprint(&fh, "c"), None, "nothing was replicated");
 
     let pinned = "00".repeat(32);
-    let pinning = Daemon::start(&dir.path().join("pinning"), &["--replication.leader-fingerprint", &pinned]);
+    let pinning = Daemon::start(
+        &dir.path().join("pinning"),
+        &["--replication.leader-fingerprint", &pinned],
+    );
     let doc = make_follower(&pinning.http(), &leader, json!({}));
     let st = &doc["state"];
     assert_eq!(st["running"], json!(false), "{doc}");
     assert_eq!(st["lastError"]["errorNum"], json!(1400), "{doc}");
-    assert!(st["lastError"]["errorMessage"].as_str().unwrap().contains("not the pinned"), "{doc}");
+    assert!(
+        st["lastError"]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("not the pinned"),
+        "{doc}"
+    );
     assert_eq!(fingerprint(&pinning.http(), "c"), None);
 
     // A follower pinning the right certificate follows.
     let right = certificate_fingerprint(&dir.path().join("leader/tls/cert.pem"));
-    let trusting = Daemon::start(&dir.path().join("trusting"), &["--replication.leader-fingerprint", &right]);
+    let trusting = Daemon::start(
+        &dir.path().join("trusting"),
+        &["--replication.leader-fingerprint", &right],
+    );
     let doc = make_follower(&trusting.http(), &leader, json!({}));
     assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
     converge(&lh, &trusting.http(), "c");
@@ -249,6 +340,10 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     assert_eq!(doc["state"]["lastError"]["errorNum"], json!(1405), "{doc}");
 
     // Invalid configurations.
-    let answer = fh.send("PUT", "/_api/replication/applier-config", &json!({"endpoint": ""}));
+    let answer = fh.send(
+        "PUT",
+        "/_api/replication/applier-config",
+        &json!({"endpoint": ""}),
+    );
     answer.assert_error(400, 1410);
 }

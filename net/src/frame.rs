@@ -76,7 +76,11 @@ pub fn parse_header(bytes: [u8; HEADER_BYTES], blocks_max: usize) -> Result<(Kin
     let kind = Kind::from_u8(bytes[0])
         .ok_or_else(|| Error::Protocol(format!("unknown frame kind {}", bytes[0])))?;
     let len = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-    let max = if kind == Kind::Blocks { blocks_max } else { CONTROL_BYTES_MAX };
+    let max = if kind == Kind::Blocks {
+        blocks_max
+    } else {
+        CONTROL_BYTES_MAX
+    };
     if len > max {
         return Err(Error::Protocol(format!(
             "{kind:?} frame of {len} bytes exceeds the limit of {max}"
@@ -106,7 +110,7 @@ impl Decoder {
     }
 
     /// The next whole frame, `None` if more bytes are needed, an error for an invalid header.
-    pub fn next(&mut self) -> Result<Option<Frame>> {
+    pub fn next_frame(&mut self) -> Result<Option<Frame>> {
         if self.pending.is_none() {
             if self.buffer.len() < HEADER_BYTES {
                 return Ok(None);
@@ -132,7 +136,9 @@ impl Decoder {
 /// slices share the payload's memory.
 pub fn split_blocks(mut payload: Bytes) -> Result<(u64, Vec<Bytes>)> {
     if payload.len() < 8 {
-        return Err(Error::Protocol("Blocks frame shorter than its last tick".into()));
+        return Err(Error::Protocol(
+            "Blocks frame shorter than its last tick".into(),
+        ));
     }
     let last_tick = payload.get_u64_le();
     let mut blocks = Vec::new();
@@ -170,7 +176,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in wire.chunks(step) {
                 decoder.push(chunk);
-                while let Some(frame) = decoder.next().unwrap() {
+                while let Some(frame) = decoder.next_frame().unwrap() {
                     got.push(frame);
                 }
             }
@@ -187,13 +193,13 @@ mod tests {
     fn oversized_and_unknown_frames_are_refused_before_their_payload() {
         let mut decoder = Decoder::new(1024);
         decoder.push(&header(Kind::Blocks, 1025));
-        assert!(matches!(decoder.next(), Err(Error::Protocol(m)) if m.contains("exceeds")));
+        assert!(matches!(decoder.next_frame(), Err(Error::Protocol(m)) if m.contains("exceeds")));
         let mut decoder = Decoder::new(1024);
         decoder.push(&header(Kind::Hello, CONTROL_BYTES_MAX + 1));
-        assert!(decoder.next().is_err());
+        assert!(decoder.next_frame().is_err());
         let mut decoder = Decoder::new(1024);
         decoder.push(&[42, 0, 0, 0, 0]);
-        assert!(matches!(decoder.next(), Err(Error::Protocol(m)) if m.contains("unknown")));
+        assert!(matches!(decoder.next_frame(), Err(Error::Protocol(m)) if m.contains("unknown")));
     }
 
     #[test]
@@ -205,7 +211,10 @@ mod tests {
         }
         let (last, blocks) = split_blocks(Bytes::from(payload.clone())).unwrap();
         assert_eq!(last, 99);
-        assert_eq!(blocks, vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")]);
+        assert_eq!(
+            blocks,
+            vec![Bytes::from_static(b"abc"), Bytes::from_static(b"defgh")]
+        );
         payload.truncate(payload.len() - 1);
         assert!(split_blocks(Bytes::from(payload)).is_err());
         assert!(split_blocks(Bytes::from_static(&[1, 2, 3])).is_err());
@@ -219,7 +228,7 @@ mod tests {
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
             let mut decoder = Decoder::new(2048);
             decoder.push(&bytes);
-            while let Ok(Some(frame)) = decoder.next() {
+            while let Ok(Some(frame)) = decoder.next_frame() {
                 if frame.kind == Kind::Blocks {
                     let _ = split_blocks(frame.payload);
                 }

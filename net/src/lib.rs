@@ -8,9 +8,11 @@ pub mod scram;
 pub mod session;
 pub mod transport;
 
-pub use quinn;
 pub use frame::{Frame, Kind};
-pub use message::{Ack, Challenge, Close, Control, Hello, Idle, Proof, Tail, Welcome, PROTOCOL_VERSION};
+pub use message::{
+    Ack, Challenge, Close, Control, Hello, Idle, Proof, Tail, Welcome, PROTOCOL_VERSION,
+};
+pub use quinn;
 pub use transport::{FramedStream, Identity, ALPN};
 
 /// ArangoDB error numbers the protocol carries.

@@ -148,24 +148,39 @@ mod tests {
     fn decode(bytes: bytes::Bytes) -> Frame {
         let mut decoder = Decoder::new(frame::BLOCKS_BYTES_MAX);
         decoder.push(&bytes);
-        decoder.next().unwrap().unwrap()
+        decoder.next_frame().unwrap().unwrap()
     }
 
     #[test]
     fn messages_round_trip() {
-        let tail = Tail { from: 42, chunk_bytes: 1 << 20 };
+        let tail = Tail {
+            from: 42,
+            chunk_bytes: 1 << 20,
+        };
         assert_eq!(Tail::from_frame(&decode(tail.to_frame())).unwrap(), tail);
-        let ack = Ack { durable: 9, applied: 7 };
+        let ack = Ack {
+            durable: 9,
+            applied: 7,
+        };
         assert_eq!(Ack::from_frame(&decode(ack.to_frame())).unwrap(), ack);
     }
 
     #[test]
     fn wrong_kind_unknown_fields_and_close_are_errors() {
-        let tail = Tail { from: 1, chunk_bytes: 0 };
-        assert!(matches!(Ack::from_frame(&decode(tail.to_frame())), Err(Error::Protocol(_))));
+        let tail = Tail {
+            from: 1,
+            chunk_bytes: 0,
+        };
+        assert!(matches!(
+            Ack::from_frame(&decode(tail.to_frame())),
+            Err(Error::Protocol(_))
+        ));
         let extra = frame::encode(Kind::Ack, br#"{"durable":1,"applied":1,"x":2}"#);
         assert!(Ack::from_frame(&decode(extra)).is_err());
-        let close = Close { error_num: 1414, error_message: "gone".into() };
+        let close = Close {
+            error_num: 1414,
+            error_message: "gone".into(),
+        };
         match Ack::from_frame(&decode(close.to_frame())) {
             Err(Error::Closed { error_num, message }) => {
                 assert_eq!(error_num, 1414);

@@ -154,7 +154,11 @@ impl ScramClient {
         let without_proof = format!("c={},r={nonce}", STANDARD.encode(&binding));
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
         let signature = hmac(&stored_key, auth_message.as_bytes());
-        let proof: Vec<u8> = client_key.iter().zip(signature).map(|(k, s)| k ^ s).collect();
+        let proof: Vec<u8> = client_key
+            .iter()
+            .zip(signature)
+            .map(|(k, s)| k ^ s)
+            .collect();
         self.expected_server_signature = Some(hmac(&server_key, auth_message.as_bytes()));
         Ok(format!("{without_proof},p={}", STANDARD.encode(proof)))
     }
@@ -172,7 +176,9 @@ impl ScramClient {
             .decode(value)
             .map_err(|_| auth("server signature is not base64"))?;
         if !constant_time_eq(&signature, &expected) {
-            return Err(auth("the leader's signature is wrong: it does not know the password"));
+            return Err(auth(
+                "the leader's signature is wrong: it does not know the password",
+            ));
         }
         Ok(())
     }
@@ -195,9 +201,9 @@ impl ScramServer {
         client_first: &str,
         lookup: impl FnOnce(&str) -> Option<StoredCredential>,
     ) -> Result<ScramServer> {
-        let bare = client_first
-            .strip_prefix(GS2_HEADER)
-            .ok_or_else(|| auth("channel binding tls-exporter is required (gs2 header p=tls-exporter,,)"))?;
+        let bare = client_first.strip_prefix(GS2_HEADER).ok_or_else(|| {
+            auth("channel binding tls-exporter is required (gs2 header p=tls-exporter,,)")
+        })?;
         let values = attributes(bare, &['n', 'r'])?;
         let username = unescape_name(values[0])?;
         let client_nonce = values[1];
@@ -308,23 +314,34 @@ mod tests {
     #[test]
     fn wrong_password_is_refused() {
         let err = exchange("guess", &[7; 32], &[7; 32]).unwrap_err();
-        assert!(err.to_string().contains("wrong username or password"), "{err}");
+        assert!(
+            err.to_string().contains("wrong username or password"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_proof_relayed_into_another_tls_session_is_refused() {
         let err = exchange("secret", &[7; 32], &[8; 32]).unwrap_err();
-        assert!(err.to_string().contains("channel binding mismatch"), "{err}");
+        assert!(
+            err.to_string().contains("channel binding mismatch"),
+            "{err}"
+        );
     }
 
     #[test]
     fn an_impostor_leader_cannot_produce_the_server_signature() {
         let mut client = ScramClient::new("root", "secret");
-        let impostor = ScramServer::start(&client.client_first(), |_| Some(credential("other"))).unwrap();
-        let client_final = client.client_final(impostor.server_first(), &[1; 32]).unwrap();
+        let impostor =
+            ScramServer::start(&client.client_first(), |_| Some(credential("other"))).unwrap();
+        let client_final = client
+            .client_final(impostor.server_first(), &[1; 32])
+            .unwrap();
         // The impostor cannot verify the proof, and a made-up signature fails at the client.
         assert!(impostor.finish(&client_final, &[1; 32]).is_err());
-        assert!(client.verify_server_final("v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").is_err());
+        assert!(client
+            .verify_server_final("v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+            .is_err());
     }
 
     #[test]
@@ -336,8 +353,13 @@ mod tests {
         assert!(ScramServer::start("p=tls-exporter,,garbage", |_| None).is_err());
         assert!(server.finish("c=,r=,p=", &[0; 32]).is_err());
         let mut client = ScramClient::new("root", "x");
-        assert!(client.client_final("r=other,s=AAAA,i=5000", &[0; 32]).is_err());
-        let weak = format!("r={}x,s=AAAA,i=1", client.client_first_bare.split("r=").nth(1).unwrap());
+        assert!(client
+            .client_final("r=other,s=AAAA,i=5000", &[0; 32])
+            .is_err());
+        let weak = format!(
+            "r={}x,s=AAAA,i=1",
+            client.client_first_bare.split("r=").nth(1).unwrap()
+        );
         assert!(client.client_final(&weak, &[0; 32]).is_err());
     }
 }

@@ -14,12 +14,15 @@ use crate::{Error, Result};
 /// How long each handshake step may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Gives the stored SCRAM credential of a user name.
+pub type CredentialLookup<'a> = dyn Fn(&str) -> Option<StoredCredential> + Sync + 'a;
+
 /// What the leader checks a follower against.
 pub struct LeaderSide<'a> {
     pub server_id: &'a str,
     /// `None` when authentication is off: any user is accepted and the leader does not prove
     /// itself (`serverFinal` is empty).
-    pub credentials: Option<&'a (dyn Fn(&str) -> Option<StoredCredential> + Sync)>,
+    pub credentials: Option<&'a CredentialLookup<'a>>,
     /// Whether the database exists.
     pub database_exists: &'a (dyn Fn(&str) -> bool + Sync),
     /// The leader's (first, last) tick, sent in `Welcome`.
@@ -88,7 +91,11 @@ pub async fn accept(
             let binding = channel_binding(connection)?;
             match scram.finish(&proof.client_final, &binding) {
                 Ok(server_final) => server_final,
-                Err(e) => return Err(refuse(connection, stream, errors::UNAUTHORIZED, auth_text(e)).await),
+                Err(e) => {
+                    return Err(
+                        refuse(connection, stream, errors::UNAUTHORIZED, auth_text(e)).await,
+                    )
+                }
             }
         }
         None => String::new(),

@@ -63,13 +63,18 @@ impl Identity {
             .map(CertificateDer::from)
             .collect();
         if cert_chain.is_empty() {
-            return Err(Error::Transport("no CERTIFICATE in the certificate file".into()));
+            return Err(Error::Transport(
+                "no CERTIFICATE in the certificate file".into(),
+            ));
         }
         let key_der = pem_blocks(key_pem, "PRIVATE KEY")?
             .into_iter()
             .next()
             .ok_or_else(|| Error::Transport("no PRIVATE KEY (PKCS#8) in the key file".into()))?;
-        Ok(Identity { cert_chain, key_der })
+        Ok(Identity {
+            cert_chain,
+            key_der,
+        })
     }
 
     /// SHA-256 of the leaf certificate, lowercase hex: what `--replication.leader-fingerprint`
@@ -80,7 +85,10 @@ impl Identity {
 }
 
 pub fn fingerprint(cert: &[u8]) -> String {
-    Sha256::digest(cert).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(cert)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {
@@ -106,7 +114,10 @@ fn pem_blocks(text: &str, label: &str) -> Result<Vec<Vec<u8>>> {
         let stop = after
             .find(&end)
             .ok_or_else(|| Error::Transport(format!("unterminated {label} block")))?;
-        let body: String = after[..stop].chars().filter(|c| !c.is_whitespace()).collect();
+        let body: String = after[..stop]
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
         let der = base64::engine::general_purpose::STANDARD
             .decode(body)
             .map_err(|e| Error::Transport(format!("{label} block is not base64: {e}")))?;
@@ -171,12 +182,12 @@ impl ServerCertVerifier for PinnedCertificate {
         _now: UnixTime,
     ) -> std::result::Result<ServerCertVerified, rustls::Error> {
         match &self.pinned {
-            Some(pinned) if *pinned != fingerprint(end_entity) => Err(rustls::Error::General(
-                format!(
+            Some(pinned) if *pinned != fingerprint(end_entity) => {
+                Err(rustls::Error::General(format!(
                     "leader certificate fingerprint {} is not the pinned {pinned}",
                     fingerprint(end_entity)
-                ),
-            )),
+                )))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -213,7 +224,9 @@ impl ServerCertVerifier for PinnedCertificate {
 
 /// A client endpoint and the configuration to reach a leader (optionally pinning its
 /// certificate's SHA-256 fingerprint, hex).
-pub fn client_endpoint(pinned_fingerprint: Option<&str>) -> Result<(Endpoint, quinn::ClientConfig)> {
+pub fn client_endpoint(
+    pinned_fingerprint: Option<&str>,
+) -> Result<(Endpoint, quinn::ClientConfig)> {
     let verifier = PinnedCertificate {
         pinned: pinned_fingerprint.map(|f| f.to_ascii_lowercase().replace(':', "")),
         provider: provider(),
@@ -315,7 +328,7 @@ async fn write(send: &mut SendStream, bytes: Bytes) -> Result<()> {
 async fn recv(recv: &mut RecvStream, decoder: &mut Decoder, timeout: Duration) -> Result<Frame> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(frame) = decoder.next()? {
+        if let Some(frame) = decoder.next_frame()? {
             return Ok(frame);
         }
         let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(usize::MAX, true))

@@ -25,8 +25,13 @@ fn credential(password: &str) -> StoredCredential {
 /// A leader accepting one follower; returns what the leader saw.
 async fn leader(endpoint: quinn::Endpoint) -> Result<(String, Vec<u64>), Error> {
     let incoming = endpoint.accept().await.expect("a connection");
-    let connection = incoming.await.map_err(|e| Error::Transport(e.to_string()))?;
-    let (send, recv) = connection.accept_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+    let connection = incoming
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    let (send, recv) = connection
+        .accept_bi()
+        .await
+        .map_err(|e| Error::Transport(e.to_string()))?;
     let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
     let lookup = |name: &str| (name == "root").then(|| credential("secret"));
     let side = LeaderSide {
@@ -39,14 +44,26 @@ async fn leader(endpoint: quinn::Endpoint) -> Result<(String, Vec<u64>), Error> 
     let tail: Tail = stream.recv_message(T).await?;
     let (mut sender, mut receiver) = stream.split();
     sender
-        .send_blocks(3, vec![Bytes::from_static(b"block-one"), Bytes::from_static(b"block-two")])
+        .send_blocks(
+            3,
+            vec![
+                Bytes::from_static(b"block-one"),
+                Bytes::from_static(b"block-two"),
+            ],
+        )
         .await?;
     let ack: Ack = Ack::from_frame(&receiver.recv(T).await?)?;
     sender.finish();
-    Ok((format!("{}/{}/{}", hello.server_id, user, hello.database), vec![tail.from, ack.durable]))
+    Ok((
+        format!("{}/{}/{}", hello.server_id, user, hello.database),
+        vec![tail.from, ack.durable],
+    ))
 }
 
-async fn pair(password: &str, pin: Option<String>) -> (Result<(String, Vec<u64>), Error>, Result<(), Error>) {
+async fn pair(
+    password: &str,
+    pin: Option<String>,
+) -> (Result<(String, Vec<u64>), Error>, Result<(), Error>) {
     let identity = Identity::generate(vec!["localhost".into()]).unwrap();
     let fingerprint = pin.unwrap_or_else(|| identity.fingerprint());
     let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
@@ -55,7 +72,10 @@ async fn pair(password: &str, pin: Option<String>) -> (Result<(String, Vec<u64>)
     let follower = async {
         let (client, config) = client_endpoint(Some(&fingerprint))?;
         let connection = connect(&client, &config, addr, T).await?;
-        let (send, recv) = connection.open_bi().await.map_err(|e| Error::Transport(e.to_string()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
         let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
         let side = FollowerSide {
             server_id: "222",
@@ -67,13 +87,29 @@ async fn pair(password: &str, pin: Option<String>) -> (Result<(String, Vec<u64>)
         let (leader_id, welcome) = session::connect(&connection, &mut stream, &side).await?;
         assert_eq!(leader_id, "111");
         assert_eq!((welcome.first_tick, welcome.last_tick), (1, 3));
-        stream.send(&Tail { from: 0, chunk_bytes: 0 }).await?;
+        stream
+            .send(&Tail {
+                from: 0,
+                chunk_bytes: 0,
+            })
+            .await?;
         let frame = stream.recv(T).await?;
         assert_eq!(frame.kind, Kind::Blocks);
         let (last, blocks) = split_blocks(frame.payload)?;
         assert_eq!(last, 3);
-        assert_eq!(blocks, vec![Bytes::from_static(b"block-one"), Bytes::from_static(b"block-two")]);
-        stream.send(&Ack { durable: 3, applied: 2 }).await?;
+        assert_eq!(
+            blocks,
+            vec![
+                Bytes::from_static(b"block-one"),
+                Bytes::from_static(b"block-two")
+            ]
+        );
+        stream
+            .send(&Ack {
+                durable: 3,
+                applied: 2,
+            })
+            .await?;
         // Wait for the leader to finish its side before the connection is dropped.
         let _ = stream.recv(T).await;
         Ok(())
@@ -100,7 +136,10 @@ async fn wrong_password_is_refused_on_both_sides() {
     let (leader, follower) = pair("guess", None).await;
     let err = follower.unwrap_err();
     assert!(matches!(err, Error::Auth(_)), "{err}");
-    assert!(err.to_string().contains("wrong username or password"), "{err}");
+    assert!(
+        err.to_string().contains("wrong username or password"),
+        "{err}"
+    );
     assert!(matches!(leader.unwrap_err(), Error::Auth(_)));
 }
 

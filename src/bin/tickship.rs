@@ -13,10 +13,18 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(name = "tickship", version, about = "Replication commands for tickshipd, and the demo")]
+#[command(
+    name = "tickship",
+    version,
+    about = "Replication commands for tickshipd, and the demo"
+)]
 struct Cli {
     /// Server to talk to: tcp://HOST:PORT.
-    #[arg(long = "server.endpoint", global = true, default_value = "tcp://127.0.0.1:8529")]
+    #[arg(
+        long = "server.endpoint",
+        global = true,
+        default_value = "tcp://127.0.0.1:8529"
+    )]
     endpoint: String,
     #[arg(long = "server.username", global = true, default_value = "root")]
     username: String,
@@ -131,10 +139,15 @@ fn run(cli: Cli) -> Result<()> {
                 print(client.call("GET", "/_api/replication/applier-config", None)?)
             }
             ReplicationCommand::Properties { json: Some(text) } => {
-                let body: Value = serde_json::from_str(&text).context("properties must be a JSON object")?;
+                let body: Value =
+                    serde_json::from_str(&text).context("properties must be a JSON object")?;
                 print(client.call("PUT", "/_api/replication/applier-config", Some(body))?)
             }
-            ReplicationCommand::Setup { endpoint, leader_username, leader_password } => {
+            ReplicationCommand::Setup {
+                endpoint,
+                leader_username,
+                leader_password,
+            } => {
                 let body = json!({
                     "endpoint": endpoint,
                     "username": leader_username,
@@ -170,7 +183,9 @@ impl Client {
         let host = endpoint
             .strip_prefix("tcp://")
             .or_else(|| endpoint.strip_prefix("http://"))
-            .ok_or_else(|| anyhow::anyhow!("--server.endpoint {endpoint:?}: expected tcp://HOST:PORT"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("--server.endpoint {endpoint:?}: expected tcp://HOST:PORT")
+            })?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -232,7 +247,11 @@ impl Server {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::File::create(dir.join("tickshipd.log"))?;
         let mut child = Command::new(binary)
-            .args(["--server.endpoint", "tcp://127.0.0.1:0", "--database.directory"])
+            .args([
+                "--server.endpoint",
+                "tcp://127.0.0.1:0",
+                "--database.directory",
+            ])
             .arg(dir)
             .args(["--server.password", password])
             .stdout(Stdio::piped())
@@ -246,7 +265,11 @@ impl Server {
                 Some(Ok(line)) => {
                     if let Some(rest) = line.strip_prefix("tickshipd listening on ") {
                         println!("  {name}: {line}");
-                        break rest.split_whitespace().next().unwrap_or_default().to_string();
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string();
                     }
                 }
                 _ => bail!(
@@ -256,7 +279,11 @@ impl Server {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Ok(Server { name, child: Some(child), endpoint: format!("tcp://{address}") })
+        Ok(Server {
+            name,
+            child: Some(child),
+            endpoint: format!("tcp://{address}"),
+        })
     }
 
     fn stop(&mut self) {
@@ -296,16 +323,25 @@ fn demo(args: DemoArgs) -> Result<()> {
         .parent()
         .map(|d| d.join("tickshipd"))
         .filter(|p| p.exists())
-        .ok_or_else(|| anyhow::anyhow!("tickshipd is not next to tickship: cargo build --release -p tickship --bins"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "tickshipd is not next to tickship: cargo build --release -p tickship --bins"
+            )
+        })?;
     let (dir, _temp) = match &args.dir {
         Some(dir) => (dir.clone(), None),
         None => {
-            let temp = tempfile::Builder::new().prefix("tickship-demo.").tempdir_in("/var/tmp")?;
+            let temp = tempfile::Builder::new()
+                .prefix("tickship-demo.")
+                .tempdir_in("/var/tmp")?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
     let password = format!("demo-{}", std::process::id());
-    println!("== tickship demo: a leader and a follower on this machine (data in {})", dir.display());
+    println!(
+        "== tickship demo: a leader and a follower on this machine (data in {})",
+        dir.display()
+    );
     let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password)?;
     let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password)?;
     let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;
@@ -351,7 +387,8 @@ fn demo(args: DemoArgs) -> Result<()> {
                         })
                         .collect();
                     let body = format!("[{}]", docs.join(","));
-                    let (status, text) = lc.raw("POST", "/_api/document/demo?silent=true", Some(body))?;
+                    let (status, text) =
+                        lc.raw("POST", "/_api/document/demo?silent=true", Some(body))?;
                     if status >= 300 {
                         bail!("insert answered {status}: {}", &text[..text.len().min(300)]);
                     }
@@ -392,15 +429,23 @@ fn demo(args: DemoArgs) -> Result<()> {
     println!();
     let load_seconds = started.elapsed().as_secs_f64();
     for writer in writers {
-        writer.join().map_err(|_| anyhow::anyhow!("a writer panicked"))??;
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("a writer panicked"))??;
     }
     let total = written.load(Ordering::Relaxed);
     // Catch-up: until the follower has applied the leader's last tick.
     let leader_last = tick(&lc.call("GET", "/_api/wal/lastTick", None)?["tick"]);
     let catch_up = Instant::now();
     if args.catch_up {
-        let applied = tick(&fc.call("GET", "/_api/replication/applier-state", None)?["state"]["lastAppliedContinuousTick"]);
-        println!("== load done; starting the follower's applier {} ticks behind", leader_last.saturating_sub(applied));
+        let applied = tick(
+            &fc.call("GET", "/_api/replication/applier-state", None)?["state"]
+                ["lastAppliedContinuousTick"],
+        );
+        println!(
+            "== load done; starting the follower's applier {} ticks behind",
+            leader_last.saturating_sub(applied)
+        );
         fc.call("PUT", "/_api/replication/applier-start", Some(json!({})))?;
     }
     loop {
@@ -422,7 +467,9 @@ fn demo(args: DemoArgs) -> Result<()> {
     let path = "/_api/collection/demo/checksum?withRevisions=true&withData=true";
     let (lsum, fsum) = (lc.call("GET", path, None)?, fc.call("GET", path, None)?);
     let count = |c: &Client| -> Result<u64> {
-        Ok(c.call("GET", "/_api/collection/demo/count", None)?["count"].as_u64().unwrap_or(0))
+        Ok(c.call("GET", "/_api/collection/demo/count", None)?["count"]
+            .as_u64()
+            .unwrap_or(0))
     };
     let (lcount, fcount) = (count(&lc)?, count(&fc)?);
     let state = fc.call("GET", "/_api/replication/applier-state", None)?;
@@ -431,15 +478,27 @@ fn demo(args: DemoArgs) -> Result<()> {
     println!("  most ticks the follower's visible data trailed the leader while loading (sampled every 0.5 s): {max_behind}");
     println!("  follower caught up {catch_up:.3} s after the load ended (leader's last tick {leader_last})");
     if args.catch_up {
-        println!("  catch-up: {total} documents applied in {catch_up:.2} s = {:.0} docs/s", total as f64 / catch_up.max(1e-9));
+        println!(
+            "  catch-up: {total} documents applied in {catch_up:.2} s = {:.0} docs/s",
+            total as f64 / catch_up.max(1e-9)
+        );
     }
     println!(
         "  applier totals: {} events, {} documents, {} requests, fetch {:.2} s, apply {:.2} s",
-        state["state"]["totalEvents"], state["state"]["totalDocuments"], state["state"]["totalRequests"],
-        state["state"]["totalFetchTime"].as_f64().unwrap_or(0.0), state["state"]["totalApplyTime"].as_f64().unwrap_or(0.0)
+        state["state"]["totalEvents"],
+        state["state"]["totalDocuments"],
+        state["state"]["totalRequests"],
+        state["state"]["totalFetchTime"].as_f64().unwrap_or(0.0),
+        state["state"]["totalApplyTime"].as_f64().unwrap_or(0.0)
     );
-    println!("  leader:   {lcount} documents, checksum {}", lsum["checksum"]);
-    println!("  follower: {fcount} documents, checksum {}", fsum["checksum"]);
+    println!(
+        "  leader:   {lcount} documents, checksum {}",
+        lsum["checksum"]
+    );
+    println!(
+        "  follower: {fcount} documents, checksum {}",
+        fsum["checksum"]
+    );
     let equal = lcount == fcount && lsum["checksum"] == fsum["checksum"];
     follower.stop();
     leader.stop();

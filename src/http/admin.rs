@@ -148,26 +148,109 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     let ranges = wal.tick_ranges();
     let relaxed = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     let gauges_and_counters: [(&str, &str, &str, u64); 16] = [
-        ("tickship_wal_last_tick", "gauge", "Last durable tick of the WAL.", wal.last_tick().get()),
-        ("tickship_wal_first_tick", "gauge", "First tick still in the WAL (0 when empty).", wal.first_tick().map_or(0, |t| t.get())),
-        ("tickship_store_applied_tick", "gauge", "Last tick applied to the document store.", node.applier.applied_tick().get()),
-        ("tickship_wal_segments", "gauge", "WAL segment files.", ranges.len() as u64),
-        ("tickship_wal_bytes", "gauge", "Bytes of WAL segment files on disk.", ranges.iter().map(|r| r.file_bytes).sum()),
-        ("tickship_wal_blocks_total", "counter", "Blocks appended.", relaxed(&counters.blocks)),
-        ("tickship_wal_records_total", "counter", "Records appended.", relaxed(&counters.records)),
-        ("tickship_wal_raw_bytes_total", "counter", "Uncompressed record bytes appended.", relaxed(&counters.raw_bytes)),
-        ("tickship_wal_block_bytes_total", "counter", "Block bytes appended (compressed).", relaxed(&counters.block_bytes)),
-        ("tickship_wal_groups_total", "counter", "Group commits.", relaxed(&counters.groups)),
-        ("tickship_documents_written_total", "counter", "Documents inserted, replaced or updated.", relaxed(&node.metrics.documents_written)),
-        ("tickship_documents_removed_total", "counter", "Documents removed.", relaxed(&node.metrics.documents_removed)),
-        ("tickship_http_write_requests_total", "counter", "Document write requests.", relaxed(&node.metrics.write_requests)),
-        ("tickship_http_read_requests_total", "counter", "Document read requests.", relaxed(&node.metrics.read_requests)),
-        ("tickship_http_errors_total", "counter", "Requests answered with an error.", relaxed(&node.metrics.http_errors)),
-        ("tickship_replication_clients", "gauge", "Registered replication clients (WAL barriers).", wal.barriers().len() as u64),
+        (
+            "tickship_wal_last_tick",
+            "gauge",
+            "Last durable tick of the WAL.",
+            wal.last_tick().get(),
+        ),
+        (
+            "tickship_wal_first_tick",
+            "gauge",
+            "First tick still in the WAL (0 when empty).",
+            wal.first_tick().map_or(0, |t| t.get()),
+        ),
+        (
+            "tickship_store_applied_tick",
+            "gauge",
+            "Last tick applied to the document store.",
+            node.applier.applied_tick().get(),
+        ),
+        (
+            "tickship_wal_segments",
+            "gauge",
+            "WAL segment files.",
+            ranges.len() as u64,
+        ),
+        (
+            "tickship_wal_bytes",
+            "gauge",
+            "Bytes of WAL segment files on disk.",
+            ranges.iter().map(|r| r.file_bytes).sum(),
+        ),
+        (
+            "tickship_wal_blocks_total",
+            "counter",
+            "Blocks appended.",
+            relaxed(&counters.blocks),
+        ),
+        (
+            "tickship_wal_records_total",
+            "counter",
+            "Records appended.",
+            relaxed(&counters.records),
+        ),
+        (
+            "tickship_wal_raw_bytes_total",
+            "counter",
+            "Uncompressed record bytes appended.",
+            relaxed(&counters.raw_bytes),
+        ),
+        (
+            "tickship_wal_block_bytes_total",
+            "counter",
+            "Block bytes appended (compressed).",
+            relaxed(&counters.block_bytes),
+        ),
+        (
+            "tickship_wal_groups_total",
+            "counter",
+            "Group commits.",
+            relaxed(&counters.groups),
+        ),
+        (
+            "tickship_documents_written_total",
+            "counter",
+            "Documents inserted, replaced or updated.",
+            relaxed(&node.metrics.documents_written),
+        ),
+        (
+            "tickship_documents_removed_total",
+            "counter",
+            "Documents removed.",
+            relaxed(&node.metrics.documents_removed),
+        ),
+        (
+            "tickship_http_write_requests_total",
+            "counter",
+            "Document write requests.",
+            relaxed(&node.metrics.write_requests),
+        ),
+        (
+            "tickship_http_read_requests_total",
+            "counter",
+            "Document read requests.",
+            relaxed(&node.metrics.read_requests),
+        ),
+        (
+            "tickship_http_errors_total",
+            "counter",
+            "Requests answered with an error.",
+            relaxed(&node.metrics.http_errors),
+        ),
+        (
+            "tickship_replication_clients",
+            "gauge",
+            "Registered replication clients (WAL barriers).",
+            wal.barriers().len() as u64,
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, value) in gauges_and_counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     }
     for (name, help, histogram) in [
         (

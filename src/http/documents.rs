@@ -94,12 +94,22 @@ fn many(req: &Req, collection: &CollectionInfo, results: Vec<ItemResult>) -> Res
     response
 }
 
-pub async fn insert(state: &Arc<AppState>, req: &Req, collection: &str) -> ApiResult<Response<Body>> {
+pub async fn insert(
+    state: &Arc<AppState>,
+    req: &Req,
+    collection: &str,
+) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, collection)?;
     let options = write_options(req, WriteKind::Insert)?;
     let (array, items) = json::parse_body(&req.body)?;
-    let inputs = items.into_iter().map(|body| WriteInput { key: None, body }).collect();
-    let results = state.node.write(&info, WriteKind::Insert, inputs, &options).await?;
+    let inputs = items
+        .into_iter()
+        .map(|body| WriteInput { key: None, body })
+        .collect();
+    let results = state
+        .node
+        .write(&info, WriteKind::Insert, inputs, &options)
+        .await?;
     if array {
         Ok(many(req, &info, results))
     } else {
@@ -134,31 +144,50 @@ pub async fn write_one(
             }
         }
     };
-    let input = WriteInput { key: Some(key.to_string()), body };
+    let input = WriteInput {
+        key: Some(key.to_string()),
+        body,
+    };
     let results = state.node.write(&info, kind, vec![input], &options).await?;
     single(req, &info, results).map_err(|error| with_current_rev(state, &info, key, error))
 }
 
 /// A 412 carries the document's current `_rev`, as ArangoDB's does.
-fn with_current_rev(state: &AppState, info: &CollectionInfo, key: &str, error: ApiError) -> ApiError {
+fn with_current_rev(
+    state: &AppState,
+    info: &CollectionInfo,
+    key: &str,
+    error: ApiError,
+) -> ApiError {
     if error.status == StatusCode::PRECONDITION_FAILED {
         if let Ok(Some(doc)) = state.node.read(info, key) {
             let mut error = error;
-            error.message = format!("conflict, _rev values do not match (current _rev {})", rev_string(doc.rev));
+            error.message = format!(
+                "conflict, _rev values do not match (current _rev {})",
+                rev_string(doc.rev)
+            );
             return error;
         }
     }
     error
 }
 
-pub async fn write_many(state: &Arc<AppState>, req: &Req, collection: &str, kind: WriteKind) -> ApiResult<Response<Body>> {
+pub async fn write_many(
+    state: &Arc<AppState>,
+    req: &Req,
+    collection: &str,
+    kind: WriteKind,
+) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, collection)?;
     let options = write_options(req, kind)?;
     let (array, items) = json::parse_body(&req.body)?;
     if !array {
         return Err(ApiError::bad_parameter("expecting a JSON array body"));
     }
-    let inputs = items.into_iter().map(|body| WriteInput { key: None, body }).collect();
+    let inputs = items
+        .into_iter()
+        .map(|body| WriteInput { key: None, body })
+        .collect();
     let results = state.node.write(&info, kind, inputs, &options).await?;
     Ok(many(req, &info, results))
 }

@@ -115,7 +115,11 @@ pub fn error_response(error: &ApiError) -> Response<Body> {
             HeaderValue::from_static("Basic, realm=\"ArangoDB\""),
         );
     }
-    if let Some(leader) = error.leader.as_deref().and_then(|l| HeaderValue::from_str(l).ok()) {
+    if let Some(leader) = error
+        .leader
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
         response.headers_mut().insert("x-arango-endpoint", leader);
     }
     response

@@ -198,7 +198,9 @@ fn run(
             }
         }
         let stats = store.apply(&group)?;
-        shared.documents.fetch_add(stats.documents, Ordering::Relaxed);
+        shared
+            .documents
+            .fetch_add(stats.documents, Ordering::Relaxed);
         shared.removals.fetch_add(stats.removals, Ordering::Relaxed);
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);

@@ -418,7 +418,9 @@ impl DocStore {
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_lower_bound(prefix.to_vec());
         options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
-        let iterator = self.db.iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
+        let iterator = self
+            .db
+            .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
         for item in iterator {
             let (key, value) = item.map_err(|e| store_error("scan documents", e))?;
             let key = std::str::from_utf8(&key[prefix.len()..])

@@ -47,7 +47,10 @@ struct Args {
 
 fn basic(username: &str, password: &str) -> String {
     use base64::Engine;
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+    )
 }
 
 fn new_agent() -> ureq::Agent {
