@@ -473,6 +473,18 @@ fn demo(args: DemoArgs) -> Result<()> {
     };
     let (lcount, fcount) = (count(&lc)?, count(&fc)?);
     let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+    // What crossed the wire: the leader's WAL blocks, verbatim (lz4-compressed records).
+    let (_, metrics) = lc.raw("GET", "/_admin/metrics", None)?;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let (raw_bytes, block_bytes) = (
+        metric("tickship_wal_raw_bytes_total "),
+        metric("tickship_wal_block_bytes_total "),
+    );
     println!("== figures");
     println!("  documents written (durable on the leader): {total} in {load_seconds:.1} s = {:.0} docs/s", total as f64 / load_seconds);
     println!("  most ticks the follower's visible data trailed the leader while loading (sampled every 0.5 s): {max_behind}");
@@ -491,6 +503,14 @@ fn demo(args: DemoArgs) -> Result<()> {
         state["state"]["totalFetchTime"].as_f64().unwrap_or(0.0),
         state["state"]["totalApplyTime"].as_f64().unwrap_or(0.0)
     );
+    if raw_bytes > 0.0 {
+        println!(
+            "  shipped as the leader's WAL blocks: {:.1} MB for {:.1} MB of records = {:.2}x",
+            block_bytes / 1e6,
+            raw_bytes / 1e6,
+            block_bytes / raw_bytes
+        );
+    }
     println!(
         "  leader:   {lcount} documents, checksum {}",
         lsum["checksum"]
