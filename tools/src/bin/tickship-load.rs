@@ -43,6 +43,16 @@ struct Args {
     /// Key prefix, so repeated runs do not collide.
     #[arg(long)]
     prefix: Option<String>,
+    /// A follower's URL: after each acknowledged request, poll the follower until the request's
+    /// last document is visible there and record the lag (acknowledgement → visible).
+    #[arg(long)]
+    follower: Option<String>,
+    /// The follower's root password (default: --password).
+    #[arg(long)]
+    follower_password: Option<String>,
+    /// Requests per second per client (0: as fast as acknowledged).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
 }
 
 fn basic(username: &str, password: &str) -> String {
@@ -103,6 +113,26 @@ fn main() -> Result<()> {
             .collect(),
     );
     let url = format!("{base}/_api/document/{}", args.collection);
+    let follower = args.follower.as_ref().map(|f| {
+        let password = args
+            .follower_password
+            .clone()
+            .unwrap_or_else(|| password.clone());
+        (
+            format!(
+                "{}/_db/{}/_api/document/{}",
+                f.trim_end_matches('/'),
+                args.database,
+                args.collection
+            ),
+            basic(&args.username, &password),
+        )
+    });
+    let lags = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new_with_bounds(
+        1,
+        600_000_000,
+        3,
+    )?));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
@@ -115,13 +145,25 @@ fn main() -> Result<()> {
                 prefix.clone(),
                 done.clone(),
             );
+            let (follower, lags, rate) = (follower.clone(), lags.clone(), args.rate);
             let batch = args.batch;
             std::thread::spawn(move || -> Result<Histogram<u64>> {
                 let agent = new_agent();
                 let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
                 let mut sent = 0u64;
                 let mut body = String::with_capacity(batch * 1100);
+                let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+                let paced_from = Instant::now();
+                let mut requests = 0u64;
                 while Instant::now() < deadline && sent < per_client {
+                    if rate > 0.0 {
+                        // Pacing (load shape, not synchronisation): request n at n/rate.
+                        let due = paced_from + Duration::from_secs_f64(requests as f64 / rate);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    requests += 1;
                     body.clear();
                     if batch > 1 {
                         body.push('[');
@@ -149,9 +191,28 @@ fn main() -> Result<()> {
                     if status >= 300 || (batch > 1 && text.contains("\"error\":true")) {
                         bail!("insert answered {status}: {}", &text[..text.len().min(300)]);
                     }
+                    let acknowledged = Instant::now();
+                    if let Some((follower_url, follower_auth)) = &follower {
+                        let key = format!("{prefix}c{client}-{}", sent + batch as u64 - 1);
+                        let visible_by = acknowledged + Duration::from_secs(60);
+                        loop {
+                            let answer = agent
+                                .head(&format!("{follower_url}/{key}"))
+                                .header("authorization", follower_auth)
+                                .call()?;
+                            if answer.status().as_u16() == 200 {
+                                break;
+                            }
+                            if Instant::now() > visible_by {
+                                bail!("document {key} not visible on the follower after 60 s");
+                            }
+                        }
+                        lag.record(acknowledged.elapsed().as_micros().max(1) as u64)?;
+                    }
                     sent += batch as u64;
                     done.fetch_add(batch as u64, Ordering::Relaxed);
                 }
+                lags.lock().unwrap_or_else(|p| p.into_inner()).add(&lag)?;
                 Ok(latency)
             })
         })
@@ -184,5 +245,16 @@ fn main() -> Result<()> {
         latency.max(),
         latency.len()
     );
+    let lags = lags.lock().unwrap_or_else(|p| p.into_inner());
+    if !lags.is_empty() {
+        println!(
+            "follower lag (acknowledged on the leader -> visible on the follower, one HEAD round trip of resolution): p50={}us p99={}us p999={}us max={}us ({} samples)",
+            lags.value_at_quantile(0.5),
+            lags.value_at_quantile(0.99),
+            lags.value_at_quantile(0.999),
+            lags.max(),
+            lags.len()
+        );
+    }
     Ok(())
 }
