@@ -694,14 +694,7 @@ impl Applier {
                         runtime.apply_batches += 1;
                         runtime.total_requests += 1;
                     }
-                    let ack = Ack {
-                        durable: last_stored.get(),
-                        applied: self.node.applier.applied_tick().get(),
-                    };
-                    stream
-                        .send(&ack)
-                        .await
-                        .map_err(|e| SessionError::connect(e.to_string()))?;
+                    self.ack(&mut stream, last_stored).await?;
                 }
                 Kind::Idle => {
                     let idle = Idle::from_frame(&frame)
@@ -710,14 +703,7 @@ impl Applier {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .last_available = Some(idle.last_tick);
-                    let ack = Ack {
-                        durable: last_stored.get(),
-                        applied: self.node.applier.applied_tick().get(),
-                    };
-                    stream
-                        .send(&ack)
-                        .await
-                        .map_err(|e| SessionError::connect(e.to_string()))?;
+                    self.ack(&mut stream, last_stored).await?;
                 }
                 Kind::Close => {
                     let close = Close::from_frame(&frame)
@@ -739,6 +725,18 @@ impl Applier {
                 }
             }
         }
+    }
+
+    /// Tells the leader what is durable (`stored`) and visible here.
+    async fn ack(&self, stream: &mut FramedStream, stored: Tick) -> Result<(), SessionError> {
+        let ack = Ack {
+            durable: stored.get(),
+            applied: self.node.applier.applied_tick().get(),
+        };
+        stream
+            .send(&ack)
+            .await
+            .map_err(|e| SessionError::connect(e.to_string()))
     }
 
     /// The state document (§4.1).

@@ -143,18 +143,13 @@ async fn serve(
             shipping.endpoint,
             wal.last_tick()
         );
-        let _ = stream
-            .send(&Close {
-                error_num: errors::START_TICK_NOT_PRESENT,
-                error_message: message.clone(),
-            })
-            .await;
-        stream.finish();
-        let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
-        return Err(NetError::Closed {
-            error_num: errors::START_TICK_NOT_PRESENT,
+        return Err(session::refuse(
+            &connection,
+            &mut stream,
+            errors::START_TICK_NOT_PRESENT,
             message,
-        });
+        )
+        .await);
     }
     tracing::info!(follower = %hello.server_id, from = tail.from, "follower tailing");
     let chunk = match tail.chunk_bytes {

@@ -31,14 +31,17 @@ fn acknowledged_batches_survive_kill_9() {
     // (round, writer, batch) -> acknowledged?
     let mut attempted: BTreeMap<(usize, usize, usize), bool> = BTreeMap::new();
     for round in 0..4 {
+        // Writers push acknowledged batches and signal; the killer waits on that signal.
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
+        let progress = Arc::new(std::sync::Condvar::new());
         let in_flight = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..WRITERS)
             .map(|writer| {
-                let (http, acknowledged, in_flight, stop) = (
+                let (http, acknowledged, progress, in_flight, stop) = (
                     daemon.http(),
                     acknowledged.clone(),
+                    progress.clone(),
                     in_flight.clone(),
                     stop.clone(),
                 );
@@ -55,6 +58,7 @@ fn acknowledged_batches_survive_kill_9() {
                                     .lock()
                                     .expect("lock")
                                     .push((round, writer, batch));
+                                progress.notify_all();
                             }
                             // The server died under us: this batch may or may not be there.
                             _ => break,
@@ -65,14 +69,15 @@ fn acknowledged_batches_survive_kill_9() {
             .collect();
         // Kill after a varying number of acknowledged batches.
         let target = 20 + round * 37;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while acknowledged.lock().expect("lock").len() < target {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "load made no progress"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let (acked, waited) = progress
+            .wait_timeout_while(
+                acknowledged.lock().expect("lock"),
+                Duration::from_secs(60),
+                |acked| acked.len() < target,
+            )
+            .expect("lock");
+        drop(acked);
+        assert!(!waited.timed_out(), "load made no progress");
         daemon.kill9();
         stop.store(true, Ordering::Relaxed);
         for writer in writers {

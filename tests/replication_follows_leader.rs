@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// Waits until `check` holds, or fails at the deadline. The conditions are other processes'
+/// state read over HTTP (no server pushes them), so this re-reads them every 25 ms.
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + DEADLINE;
     while !check() {

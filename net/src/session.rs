@@ -29,7 +29,9 @@ pub struct LeaderSide<'a> {
     pub log_range: &'a (dyn Fn() -> (u64, u64) + Sync),
 }
 
-async fn refuse(
+/// Sends `Close {error_num, message}`, lets it reach the peer (which closes on reading it), and
+/// returns the matching error.
+pub async fn refuse(
     connection: &Connection,
     stream: &mut FramedStream,
     error_num: u32,

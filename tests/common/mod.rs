@@ -98,17 +98,17 @@ impl Daemon {
         let pid = child.id() as i32;
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc_kill(pid, 15) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
+        let (sender, exited) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = sender.send(child.wait());
+        });
+        match exited.recv_timeout(Duration::from_secs(60)) {
+            Ok(status) => status.expect("wait"),
+            Err(_) => {
+                // SAFETY: as above; the waiting thread then reaps it.
+                unsafe { libc_kill(pid, 9) };
+                panic!("tickshipd did not stop after SIGTERM; log:\n{}", self.log());
             }
-            assert!(
-                Instant::now() < deadline,
-                "tickshipd did not stop after SIGTERM; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
