@@ -86,6 +86,11 @@ pub struct DaemonArgs {
     #[arg(long = "store.flush-interval", default_value_t = 30.0)]
     pub store_flush_interval: f64,
 
+    /// Threads that apply WAL blocks to the document store (received from the leader, or
+    /// replayed at start), partitioned by collection and key. 0 = one per core.
+    #[arg(long = "replication.applier-threads", default_value_t = 0)]
+    pub applier_threads: usize,
+
     /// UDP address for replication (QUIC): HOST:PORT. Default: the host and port of
     /// --server.endpoint, over UDP.
     #[arg(long = "replication.endpoint")]

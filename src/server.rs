@@ -111,6 +111,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     }
     let applier_options = ApplierOptions {
         flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
+        threads: match args.applier_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n.min(1024),
+        },
         ..ApplierOptions::default()
     };
     let applier = StoreApplier::start(wal.clone(), store.clone(), applier_options)

@@ -1,4 +1,5 @@
-//! The store applier: the one thread that applies the WAL to the document store, in tick order.
+//! The store applier: the one thread that applies the WAL to the document store, in tick order
+//! (with `ApplierOptions::threads` helpers for each group).
 //!
 //! It reads durable blocks from the store's applied tick on (so a restart replays exactly what
 //! RocksDB did not persist), applies whatever is available as one group, and publishes the new
@@ -12,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::DocStore;
+use super::{ApplyContext, DocStore};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 use crate::wal::Wal;
@@ -26,6 +27,9 @@ pub struct ApplierOptions {
     pub flush_interval: Duration,
     /// Bytes of blocks applied as one group at most.
     pub group_bytes_max: usize,
+    /// Threads that apply a group (`--replication.applier-threads`); 1 applies on the store
+    /// applier's own thread.
+    pub threads: usize,
 }
 
 impl Default for ApplierOptions {
@@ -34,6 +38,7 @@ impl Default for ApplierOptions {
             flush_ticks_max: 1_000_000,
             flush_interval: Duration::from_secs(30),
             group_bytes_max: 8 << 20,
+            threads: 1,
         }
     }
 }
@@ -73,12 +78,14 @@ impl StoreApplier {
             notify: tokio::sync::Notify::new(),
         });
         let mut reader = wal.reader_after(store.applied_tick())?;
+        let mut context = ApplyContext::with_threads(options.threads)?;
         let worker = shared.clone();
         let path = store.path().to_path_buf();
         let thread = std::thread::Builder::new()
             .name("store-applier".into())
             .spawn(move || {
-                if let Err(error) = run(&wal, &store, &mut reader, &worker, &options) {
+                if let Err(error) = run(&wal, &store, &mut reader, &mut context, &worker, &options)
+                {
                     let reason = crate::wal::error_chain(&error);
                     tracing::error!("store applier stopped: {reason}");
                     *worker.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
@@ -168,6 +175,7 @@ fn run(
     wal: &Wal,
     store: &DocStore,
     reader: &mut crate::wal::Reader,
+    context: &mut ApplyContext,
     shared: &Shared,
     options: &ApplierOptions,
 ) -> Result<()> {
@@ -197,7 +205,7 @@ fn run(
                 None => break,
             }
         }
-        let stats = store.apply(&group)?;
+        let stats = store.apply_with(&group, context)?;
         shared
             .documents
             .fetch_add(stats.documents, Ordering::Relaxed);

@@ -1,22 +1,41 @@
 //! Applying WAL blocks to the store: one RocksDB write batch per call, holding the data and the
-//! new applied tick.
+//! new applied tick, so a group of blocks, and every transaction in it, becomes visible at once.
+//!
+//! The work is spread over the threads of an [`ApplyContext`]. Blocks are decompressed and
+//! decoded in parallel; then the document records are partitioned by a hash of collection and
+//! key, and each partition, taking its records in tick order (so every key's changes keep their
+//! order), looks up which of its keys exist and writes its puts and removals into a batch of its
+//! own. Records that change collections or databases (create, drop, truncate, rename) are
+//! barriers: the document records before them are done first. The partitions' batches and the
+//! barriers' changes are joined, in order, into the one batch that is written.
 //!
 //! Counts stay exact and replays stay idempotent because every put or remove first looks at
-//! whether its key exists (one batched multi-get per call, then an overlay of the keys changed
-//! earlier in the same call). Records of a collection that no longer exists are skipped (a write
-//! that raced with the drop of its collection); records of a transaction aborted in the same
-//! block are skipped too. Index records are accepted and ignored (no secondary indexes yet).
+//! whether its key exists (one batched multi-get per partition, then the partition's overlay of
+//! the keys it changed earlier in the same call). Records of a collection that no longer exists
+//! are skipped (a write that raced with the drop of its collection); records of a transaction
+//! aborted in the same block are skipped too. Index records are accepted and ignored (no
+//! secondary indexes yet).
 
-use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use rayon::prelude::*;
 use rocksdb::WriteBatch;
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
-use super::{doc_key, CollectionInfo, DatabaseInfo, DocStore, APPLIED_TICK};
+use super::{doc_key, Catalog, CollectionInfo, DatabaseInfo, DocStore, APPLIED_TICK};
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};
 use crate::wal::{Block, Record, RecordType};
+
+/// Below this many records a call is applied on the calling thread alone: handing work to other
+/// threads costs more than it saves.
+const PARALLEL_RECORDS_MIN: usize = 1024;
+
+/// Decompression buffers kept between calls, at most this many and this large each.
+const SCRATCH_KEPT: usize = 64;
+const SCRATCH_BYTES_KEPT: usize = 8 << 20;
 
 /// What one `apply` call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -32,6 +51,45 @@ pub struct ApplyStats {
     pub ticks: Option<TickRange>,
 }
 
+/// The threads that apply, and buffers reused from one call to the next.
+pub struct ApplyContext {
+    pool: Option<rayon::ThreadPool>,
+    threads: usize,
+    scratch: Vec<Vec<u8>>,
+}
+
+impl ApplyContext {
+    /// Applies on the calling thread only.
+    pub fn serial() -> ApplyContext {
+        ApplyContext {
+            pool: None,
+            threads: 1,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Applies with `threads` threads (the calling thread waits while they work).
+    pub fn with_threads(threads: usize) -> Result<ApplyContext> {
+        if threads <= 1 {
+            return Ok(ApplyContext::serial());
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("store-apply-{i}"))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start {threads} apply threads: {e}")))?;
+        Ok(ApplyContext {
+            pool: Some(pool),
+            threads,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+}
+
 fn invalid(reason: &'static str) -> Error {
     Error::InvalidBlock(reason)
 }
@@ -43,143 +101,260 @@ fn collection_id(record: &Record<'_>) -> Result<u64> {
         .map_err(|_| invalid("record names an invalid collection id"))
 }
 
-pub(super) fn apply(store: &DocStore, blocks: &[Block]) -> Result<ApplyStats> {
-    let mut stats = ApplyStats::default();
-    let Some(last) = blocks.last() else {
-        return Ok(stats);
-    };
-    let applied = store.applied_tick();
-    let mut scratch: Vec<Vec<u8>> = Vec::with_capacity(blocks.len());
-    scratch.resize_with(blocks.len(), Vec::new);
-    // Decode everything first (validating each record), skipping ticks already applied.
-    let mut decoded: Vec<(Tick, Record<'_>)> = Vec::new();
-    for (block, scratch) in blocks.iter().zip(scratch.iter_mut()) {
-        let mut aborted = HashSet::new();
-        let start = decoded.len();
-        for item in block.records(scratch)? {
-            let (tick, record) = item.map_err(invalid)?;
-            if record.kind == RecordType::TransactionAbort {
-                aborted.insert(record.tid);
-            }
-            if tick > applied {
-                decoded.push((tick, record));
-            }
-        }
-        if !aborted.is_empty() {
-            let mut kept = decoded.split_off(start);
-            let before = kept.len();
-            kept.retain(|(_, r)| r.tid == 0 || !aborted.contains(&r.tid));
-            stats.skipped += (before - kept.len()) as u64;
-            decoded.extend(kept);
-        }
-        stats.blocks += 1;
-    }
-    stats.ticks = Some(TickRange::new(blocks[0].ticks().first, last.ticks().last));
-    if last.ticks().last <= applied {
-        return Ok(stats);
-    }
+type Item<'a> = (Tick, Record<'a>);
 
-    let mut catalog = (*store.catalog()).clone();
-    let mut catalog_changed = false;
-    let mut counts: HashMap<u64, u64> = HashMap::new();
-    let count_of = |counts: &mut HashMap<u64, u64>, id: u64| {
-        *counts.entry(id).or_insert_with(|| store.count(id))
-    };
-
-    // Which document keys exist before this batch.
-    let mut keys: Vec<Vec<u8>> = Vec::new();
-    let mut seen = HashSet::new();
-    for (_, record) in &decoded {
-        if matches!(
-            record.kind,
-            RecordType::DocumentPut | RecordType::DocumentRemove
-        ) {
-            let key = doc_key(collection_id(record)?, record.key);
-            if seen.insert(key.clone()) {
-                keys.push(key);
-            }
+/// The records of `block` after `applied`, without those of transactions aborted in the block;
+/// and how many were left out that way.
+fn decode<'a>(
+    block: &'a Block,
+    scratch: &'a mut Vec<u8>,
+    applied: Tick,
+) -> Result<(Vec<Item<'a>>, u64)> {
+    let mut items = Vec::with_capacity(block.record_count() as usize);
+    let mut aborted = FxHashSet::default();
+    for item in block.records(scratch)? {
+        let (tick, record) = item.map_err(invalid)?;
+        if record.kind == RecordType::TransactionAbort {
+            aborted.insert(record.tid);
+        }
+        if tick > applied {
+            items.push((tick, record));
         }
     }
-    let docs = store.docs();
-    let mut exists: HashMap<Vec<u8>, bool> = HashMap::with_capacity(keys.len());
-    for (key, value) in keys
-        .iter()
-        .zip(store.db.batched_multi_get_cf(docs, &keys, false))
-    {
-        let present = value
-            .map_err(|e| super::store_error("read before apply", e))?
-            .is_some();
-        exists.insert(key.clone(), present);
+    let before = items.len();
+    if !aborted.is_empty() {
+        items.retain(|(_, r)| r.tid == 0 || !aborted.contains(&r.tid));
+    }
+    let skipped = (before - items.len()) as u64;
+    Ok((items, skipped))
+}
+
+/// Which of `parts` partitions a document record belongs to.
+fn partition_of(record: &Record<'_>, parts: usize) -> usize {
+    if parts == 1 {
+        return 0;
+    }
+    let mut hasher = FxHasher::default();
+    record.collection.hash(&mut hasher);
+    record.key.hash(&mut hasher);
+    // Multiply-shift maps the hash onto 0..parts evenly.
+    ((u128::from(hasher.finish()) * parts as u128) >> 64) as usize
+}
+
+/// One partition's keys: whether each exists, as of the records applied so far in this call.
+#[derive(Default)]
+struct Partition {
+    exists: FxHashMap<Vec<u8>, bool>,
+    /// Collections emptied (truncated or dropped) earlier in this call: the store still shows
+    /// their old documents until the call's batch is written, so their keys are not looked up.
+    emptied: FxHashSet<u64>,
+}
+
+/// What one partition wrote for one run of document records.
+struct PartitionBatch {
+    batch: WriteBatch,
+    /// Change of each collection's count.
+    deltas: FxHashMap<u64, i64>,
+    documents: u64,
+    removals: u64,
+    skipped: u64,
+}
+
+impl Partition {
+    fn apply(
+        &mut self,
+        store: &DocStore,
+        catalog: &Catalog,
+        items: &[&Item<'_>],
+    ) -> Result<PartitionBatch> {
+        let mut out = PartitionBatch {
+            batch: WriteBatch::default(),
+            deltas: FxHashMap::default(),
+            documents: 0,
+            removals: 0,
+            skipped: 0,
+        };
+        if items.is_empty() {
+            return Ok(out);
+        }
+        // The store key of each record (None: its collection is gone), and which keys are not
+        // known yet and must be looked up.
+        let mut keys: Vec<Option<(u64, Vec<u8>)>> = Vec::with_capacity(items.len());
+        let mut lookup: Vec<usize> = Vec::new();
+        for (_, record) in items {
+            let id = collection_id(record)?;
+            if catalog.collection_by_id(id).is_none() {
+                keys.push(None);
+                continue;
+            }
+            let key = doc_key(id, record.key);
+            if !self.exists.contains_key(&key) {
+                self.exists.insert(key.clone(), false);
+                if !self.emptied.contains(&id) {
+                    lookup.push(keys.len());
+                }
+            }
+            keys.push(Some((id, key)));
+        }
+        let docs = store.docs();
+        if !lookup.is_empty() {
+            let wanted = lookup
+                .iter()
+                .filter_map(|&i| keys[i].as_ref().map(|(_, k)| k.as_slice()));
+            let found = store.db.batched_multi_get_cf(docs, wanted, false);
+            for (&i, value) in lookup.iter().zip(found) {
+                let present = value
+                    .map_err(|e| super::store_error("read before apply", e))?
+                    .is_some();
+                if let Some(slot) = keys[i].as_ref().and_then(|(_, k)| self.exists.get_mut(k)) {
+                    *slot = present;
+                }
+            }
+        }
+        let mut value = Vec::new();
+        for ((tick, record), key) in items.iter().map(|item| (&item.0, &item.1)).zip(keys) {
+            let Some((id, key)) = key else {
+                out.skipped += 1;
+                continue;
+            };
+            let now = record.kind == RecordType::DocumentPut;
+            let existed = match self.exists.get_mut(&key) {
+                Some(slot) => std::mem::replace(slot, now),
+                None => {
+                    self.exists.insert(key.clone(), now);
+                    false
+                }
+            };
+            if record.kind == RecordType::DocumentPut {
+                if record.key.is_empty() || record.data.first() != Some(&b'{') {
+                    return Err(invalid("document record without key or object"));
+                }
+                value.clear();
+                value.extend_from_slice(&tick.get().to_le_bytes());
+                value.extend_from_slice(record.data);
+                out.batch.put_cf(docs, &key, &value);
+                if !existed {
+                    *out.deltas.entry(id).or_default() += 1;
+                }
+                out.documents += 1;
+            } else {
+                out.batch.delete_cf(docs, &key);
+                if existed {
+                    *out.deltas.entry(id).or_default() -= 1;
+                }
+                out.removals += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The state of one call between barriers.
+struct Applying<'s> {
+    store: &'s DocStore,
+    catalog: Catalog,
+    catalog_changed: bool,
+    counts: FxHashMap<u64, u64>,
+    partitions: Vec<Partition>,
+    /// The batches to join, in order.
+    pieces: Vec<WriteBatch>,
+}
+
+impl Applying<'_> {
+    fn count(&mut self, id: u64) -> u64 {
+        let store = self.store;
+        *self.counts.entry(id).or_insert_with(|| store.count(id))
     }
 
-    let mut batch = WriteBatch::default();
-    let meta = store.meta();
-    let mut value = Vec::new();
-    for (tick, record) in &decoded {
-        stats.records += 1;
+    /// Applies the document records gathered per partition, then empties the gathering.
+    fn run(
+        &mut self,
+        gathered: &mut [Vec<&Item<'_>>],
+        pool: Option<&rayon::ThreadPool>,
+        stats: &mut ApplyStats,
+    ) -> Result<()> {
+        if gathered.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        let (store, catalog) = (self.store, &self.catalog);
+        let work = |(partition, items): (&mut Partition, &Vec<&Item<'_>>)| {
+            partition.apply(store, catalog, items)
+        };
+        let batches = match pool {
+            Some(pool) => pool.install(|| {
+                self.partitions
+                    .par_iter_mut()
+                    .zip(gathered.par_iter())
+                    .map(work)
+                    .collect::<Result<Vec<_>>>()
+            })?,
+            None => self
+                .partitions
+                .iter_mut()
+                .zip(gathered.iter())
+                .map(work)
+                .collect::<Result<Vec<_>>>()?,
+        };
+        for part in batches {
+            for (id, delta) in part.deltas {
+                let count = self.count(id);
+                let count = count.saturating_add_signed(delta);
+                self.counts.insert(id, count);
+            }
+            stats.documents += part.documents;
+            stats.removals += part.removals;
+            stats.skipped += part.skipped;
+            if !part.batch.is_empty() {
+                self.pieces.push(part.batch);
+            }
+        }
+        gathered.iter_mut().for_each(Vec::clear);
+        Ok(())
+    }
+
+    /// Tells the partitions that collection `id` holds no documents from here on.
+    fn emptied(&mut self, id: u64) {
+        let prefix = id.to_be_bytes();
+        for partition in &mut self.partitions {
+            partition.exists.retain(|key, _| !key.starts_with(&prefix));
+            partition.emptied.insert(id);
+        }
+    }
+
+    /// Applies a record that changes collections or databases.
+    fn barrier(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
+        let (docs, meta) = (self.store.docs(), self.store.meta());
+        let mut batch = WriteBatch::default();
         match record.kind {
-            RecordType::DocumentPut | RecordType::DocumentRemove => {
-                let id = collection_id(record)?;
-                if catalog.collection_by_id(id).is_none() {
-                    stats.skipped += 1;
-                    continue;
-                }
-                let key = doc_key(id, record.key);
-                let existed = exists.get(&key).copied().unwrap_or(false);
-                let count = count_of(&mut counts, id);
-                if record.kind == RecordType::DocumentPut {
-                    if record.key.is_empty() || record.data.first() != Some(&b'{') {
-                        return Err(invalid("document record without key or object"));
-                    }
-                    value.clear();
-                    value.extend_from_slice(&tick.get().to_le_bytes());
-                    value.extend_from_slice(record.data);
-                    batch.put_cf(docs, &key, &value);
-                    if !existed {
-                        counts.insert(id, count + 1);
-                    }
-                    exists.insert(key, true);
-                    stats.documents += 1;
-                } else {
-                    batch.delete_cf(docs, &key);
-                    if existed {
-                        counts.insert(id, count.saturating_sub(1));
-                    }
-                    exists.insert(key, false);
-                    stats.removals += 1;
-                }
-            }
             RecordType::CollectionCreate => {
                 let info: CollectionInfo = serde_json::from_slice(record.data)
                     .map_err(|_| invalid("collection create without definition"))?;
                 batch.put_cf(meta, format!("col/{}", info.id), record.data);
-                if catalog.collection_by_id(info.id).is_none() {
-                    counts.insert(info.id, 0);
+                if self.catalog.collection_by_id(info.id).is_none() {
+                    self.counts.insert(info.id, 0);
                 }
-                catalog.insert_collection(info);
-                catalog_changed = true;
+                self.catalog.insert_collection(info);
+                self.catalog_changed = true;
             }
             RecordType::CollectionDrop | RecordType::CollectionTruncate => {
                 let id = collection_id(record)?;
-                let from = id.to_be_bytes();
-                let to = (id + 1).to_be_bytes();
-                batch.delete_range_cf(docs, from, to);
-                exists.retain(|key, _| !key.starts_with(&from));
+                batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
+                self.emptied(id);
                 if record.kind == RecordType::CollectionDrop {
                     batch.delete_cf(meta, format!("col/{id}"));
                     batch.delete_cf(meta, format!("count/{id}"));
-                    counts.remove(&id);
-                    catalog.remove_collection(id);
-                    catalog_changed = true;
+                    self.counts.remove(&id);
+                    self.catalog.remove_collection(id);
+                    self.catalog_changed = true;
                 } else {
-                    counts.insert(id, 0);
+                    self.counts.insert(id, 0);
                 }
             }
             RecordType::CollectionRename | RecordType::CollectionChange => {
                 let id = collection_id(record)?;
-                let Some(current) = catalog.collection_by_id(id) else {
+                let Some(current) = self.catalog.collection_by_id(id) else {
                     stats.skipped += 1;
-                    continue;
+                    return Ok(());
                 };
                 let change: serde_json::Value = serde_json::from_slice(record.data)
                     .map_err(|_| invalid("collection change is not JSON"))?;
@@ -193,45 +368,180 @@ pub(super) fn apply(store: &DocStore, blocks: &[Block]) -> Result<ApplyStats> {
                 let json =
                     serde_json::to_vec(&info).map_err(|_| invalid("collection definition"))?;
                 batch.put_cf(meta, format!("col/{id}"), json);
-                catalog.insert_collection(info);
-                catalog_changed = true;
+                self.catalog.insert_collection(info);
+                self.catalog_changed = true;
             }
             RecordType::DatabaseCreate => {
                 let info: DatabaseInfo = serde_json::from_slice(record.data)
                     .map_err(|_| invalid("database create without definition"))?;
                 batch.put_cf(meta, format!("db/{}", info.name), record.data);
-                catalog.databases.insert(info.name.clone(), info);
-                catalog_changed = true;
+                self.catalog.databases.insert(info.name.clone(), info);
+                self.catalog_changed = true;
             }
             RecordType::DatabaseDrop => {
                 let name = record.db;
-                for collection in catalog.collections(name) {
-                    let id = collection.id;
+                let ids: Vec<u64> = self
+                    .catalog
+                    .collections(name)
+                    .iter()
+                    .map(|c| c.id)
+                    .collect();
+                for id in ids {
                     batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
                     batch.delete_cf(meta, format!("col/{id}"));
                     batch.delete_cf(meta, format!("count/{id}"));
-                    counts.remove(&id);
-                    catalog.remove_collection(id);
+                    self.counts.remove(&id);
+                    self.catalog.remove_collection(id);
+                    self.emptied(id);
                 }
                 batch.delete_cf(meta, format!("db/{name}"));
-                catalog.databases.remove(name);
-                catalog_changed = true;
+                self.catalog.databases.remove(name);
+                self.catalog_changed = true;
+            }
+            RecordType::DocumentPut
+            | RecordType::DocumentRemove
+            | RecordType::IndexCreate
+            | RecordType::IndexDrop
+            | RecordType::TransactionBegin
+            | RecordType::TransactionCommit
+            | RecordType::TransactionAbort => {}
+        }
+        if !batch.is_empty() {
+            self.pieces.push(batch);
+        }
+        Ok(())
+    }
+}
+
+/// RocksDB's write batch representation: an 8-byte sequence number, a 4-byte record count
+/// (both little-endian), then the records, each self-delimiting (`db/write_batch.cc`).
+const BATCH_HEADER_BYTES: usize = 12;
+
+/// Joins batches into one whose records are theirs, in order.
+fn join(mut pieces: Vec<WriteBatch>) -> Result<WriteBatch> {
+    if pieces.len() <= 1 {
+        return Ok(pieces.pop().unwrap_or_default());
+    }
+    let bytes = pieces.iter().map(|p| p.data().len()).sum::<usize>();
+    let mut rep = Vec::with_capacity(bytes);
+    rep.extend_from_slice(&[0; BATCH_HEADER_BYTES]);
+    let mut count: u32 = 0;
+    for piece in &pieces {
+        let data = piece.data();
+        let header = data
+            .get(8..BATCH_HEADER_BYTES)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .ok_or_else(|| invalid("write batch shorter than its header"))?;
+        count = count
+            .checked_add(u32::from_le_bytes(header))
+            .ok_or_else(|| invalid("write batch with too many records"))?;
+        rep.extend_from_slice(&data[BATCH_HEADER_BYTES..]);
+    }
+    rep[8..BATCH_HEADER_BYTES].copy_from_slice(&count.to_le_bytes());
+    let joined = WriteBatch::from_data(&rep);
+    if joined.len() != count as usize {
+        return Err(invalid("joined write batch lost records"));
+    }
+    Ok(joined)
+}
+
+pub(super) fn apply(
+    store: &DocStore,
+    blocks: &[Block],
+    context: &mut ApplyContext,
+) -> Result<ApplyStats> {
+    let mut stats = ApplyStats::default();
+    let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
+        return Ok(stats);
+    };
+    stats.blocks = blocks.len() as u64;
+    stats.ticks = Some(TickRange::new(first.ticks().first, last.ticks().last));
+    let applied = store.applied_tick();
+    if last.ticks().last <= applied {
+        return Ok(stats);
+    }
+    let ApplyContext {
+        pool,
+        threads,
+        scratch,
+    } = context;
+    // Keep a bounded set of decompression buffers from one call to the next.
+    scratch.truncate(SCRATCH_KEPT);
+    for buffer in scratch.iter_mut() {
+        if buffer.capacity() > SCRATCH_BYTES_KEPT {
+            *buffer = Vec::new();
+        }
+    }
+    let todo: Vec<&Block> = blocks.iter().filter(|b| b.ticks().last > applied).collect();
+    if scratch.len() < todo.len() {
+        scratch.resize_with(todo.len(), Vec::new);
+    }
+    let decoded = match pool {
+        Some(pool) if todo.len() > 1 => pool.install(|| {
+            todo.par_iter()
+                .zip(scratch.par_iter_mut())
+                .map(|(block, scratch)| decode(block, scratch, applied))
+                .collect::<Result<Vec<_>>>()
+        })?,
+        _ => todo
+            .iter()
+            .zip(scratch.iter_mut())
+            .map(|(block, scratch)| decode(block, scratch, applied))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let records = decoded.iter().map(|(items, _)| items.len()).sum::<usize>();
+    stats.skipped += decoded.iter().map(|(_, skipped)| skipped).sum::<u64>();
+    let (pool, parts) = match pool {
+        Some(pool) if records >= PARALLEL_RECORDS_MIN => (Some(&*pool), *threads),
+        _ => (None, 1),
+    };
+
+    let mut applying = Applying {
+        store,
+        catalog: (*store.catalog()).clone(),
+        catalog_changed: false,
+        counts: FxHashMap::default(),
+        partitions: (0..parts).map(|_| Partition::default()).collect(),
+        pieces: Vec::new(),
+    };
+    let mut gathered: Vec<Vec<&Item<'_>>> = vec![Vec::new(); parts];
+    for item in decoded.iter().flat_map(|(items, _)| items) {
+        stats.records += 1;
+        match item.1.kind {
+            RecordType::DocumentPut | RecordType::DocumentRemove => {
+                gathered[partition_of(&item.1, parts)].push(item);
             }
             RecordType::IndexCreate
             | RecordType::IndexDrop
             | RecordType::TransactionBegin
             | RecordType::TransactionCommit
             | RecordType::TransactionAbort => {}
+            _ => {
+                applying.run(&mut gathered, pool, &mut stats)?;
+                applying.barrier(&item.1, &mut stats)?;
+            }
         }
     }
+    applying.run(&mut gathered, pool, &mut stats)?;
+
+    let Applying {
+        catalog,
+        catalog_changed,
+        counts,
+        mut pieces,
+        ..
+    } = applying;
+    let meta = store.meta();
+    let mut tail = WriteBatch::default();
     for (id, count) in &counts {
         if catalog.collection_by_id(*id).is_some() {
-            batch.put_cf(meta, format!("count/{id}"), count.to_le_bytes());
+            tail.put_cf(meta, format!("count/{id}"), count.to_le_bytes());
         }
     }
     let tick_last = last.ticks().last;
-    batch.put_cf(meta, APPLIED_TICK, tick_last.get().to_le_bytes());
-    store.write(batch)?;
+    tail.put_cf(meta, APPLIED_TICK, tick_last.get().to_le_bytes());
+    pieces.push(tail);
+    store.write(join(pieces)?)?;
 
     // Publish: counts and catalog first, then the tick that says they are there.
     {

@@ -33,7 +33,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 pub use self::applier::{ApplierOptions, StoreApplier};
-pub use self::apply::ApplyStats;
+pub use self::apply::{ApplyContext, ApplyStats};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 
@@ -432,9 +432,20 @@ impl DocStore {
         Ok(())
     }
 
-    /// Applies blocks in tick order (the caller is the single store applier).
+    /// Applies blocks in tick order on the calling thread (the caller is the single store
+    /// applier).
     pub fn apply(&self, blocks: &[crate::wal::Block]) -> Result<ApplyStats> {
-        apply::apply(self, blocks)
+        apply::apply(self, blocks, &mut ApplyContext::serial())
+    }
+
+    /// Applies blocks in tick order with the threads of `context`; what becomes visible is the
+    /// same as with `apply`, all at once.
+    pub fn apply_with(
+        &self,
+        blocks: &[crate::wal::Block],
+        context: &mut ApplyContext,
+    ) -> Result<ApplyStats> {
+        apply::apply(self, blocks, context)
     }
 
     fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
