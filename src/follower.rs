@@ -3,6 +3,7 @@
 //! the blocks verbatim in this server's WAL (same ticks) and lets the store applier make them
 //! visible.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -15,7 +16,7 @@ use tickship_net::frame::{split_blocks, Kind, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
-use tickship_storage::wal::Block;
+use tickship_storage::wal::{Appended, Block};
 use tickship_storage::Tick;
 use tokio::sync::Notify;
 
@@ -628,22 +629,56 @@ impl Applier {
         ));
         let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
+        // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
+        // frame. Receiving goes on while they are synced: the store applier sees a leader's
+        // blocks once written, so the fdatasync is not between the leader and visibility here.
+        let mut inflight: VecDeque<(Appended, Tick, Option<Instant>)> = VecDeque::new();
+        let mut waiting_since = Instant::now();
         loop {
-            let waited = Instant::now();
-            let frame = stream.recv(request_timeout).await.map_err(|e| {
+            let synced = async {
+                match inflight.front_mut() {
+                    Some((appended, _, _)) => appended.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let frame = tokio::select! {
+                biased;
+                result = synced => {
+                    let Some((_, tick, received)) = inflight.pop_front() else {
+                        continue;
+                    };
+                    result.map_err(|e| {
+                        SessionError::fatal(
+                            errors::LEADER_ERROR,
+                            format!("cannot store the leader's block: {e}"),
+                        )
+                    })?;
+                    if let Some(received) = received {
+                        self.runtime
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .total_apply_time += received.elapsed().as_secs_f64();
+                        self.ack(&mut stream, tick).await?;
+                    }
+                    continue;
+                }
+                frame = stream.recv(request_timeout) => frame,
+            };
+            let frame = frame.map_err(|e| {
                 SessionError::connect(format!(
                     "connection to leader at {} lost: {e}",
                     config.endpoint
                 ))
             })?;
-            let fetch_time = waited.elapsed().as_secs_f64();
+            let fetch_time = waiting_since.elapsed().as_secs_f64();
+            waiting_since = Instant::now();
             match frame.kind {
                 Kind::Blocks => {
                     let (leader_last, payloads) = split_blocks(frame.payload)
                         .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
-                    let started = Instant::now();
+                    let received = Instant::now();
                     let mut events = 0u64;
-                    let mut pending = Vec::with_capacity(payloads.len());
+                    let first_new = inflight.len();
                     for payload in payloads {
                         let block = Block::parse(payload).map_err(|e| {
                             SessionError::fatal(
@@ -673,28 +708,21 @@ impl Applier {
                                 format!("cannot store the leader's block: {e}"),
                             )
                         })?;
-                        pending.push(appended);
+                        inflight.push_back((appended, last_stored, None));
                     }
-                    for appended in pending {
-                        appended.await.map_err(|e| {
-                            SessionError::fatal(
-                                errors::LEADER_ERROR,
-                                format!("cannot store the leader's block: {e}"),
-                            )
-                        })?;
+                    if inflight.len() > first_new {
+                        if let Some(last) = inflight.back_mut() {
+                            last.2 = Some(received);
+                        }
                     }
-                    {
-                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                        runtime.last_processed = last_stored.get();
-                        runtime.last_available = Some(leader_last);
-                        runtime.total_events += events;
-                        runtime.total_fetch_time += fetch_time;
-                        runtime.fetch_batches += 1;
-                        runtime.total_apply_time += started.elapsed().as_secs_f64();
-                        runtime.apply_batches += 1;
-                        runtime.total_requests += 1;
-                    }
-                    self.ack(&mut stream, last_stored).await?;
+                    let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                    runtime.last_processed = last_stored.get();
+                    runtime.last_available = Some(leader_last);
+                    runtime.total_events += events;
+                    runtime.total_fetch_time += fetch_time;
+                    runtime.fetch_batches += 1;
+                    runtime.apply_batches += 1;
+                    runtime.total_requests += 1;
                 }
                 Kind::Idle => {
                     let idle = Idle::from_frame(&frame)
@@ -703,7 +731,7 @@ impl Applier {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .last_available = Some(idle.last_tick);
-                    self.ack(&mut stream, last_stored).await?;
+                    self.ack(&mut stream, self.node.wal.durable_tick()).await?;
                 }
                 Kind::Close => {
                     let close = Close::from_frame(&frame)

@@ -340,7 +340,7 @@ fn parallel_apply_in_any_grouping_equals_the_log() {
         while !rest.is_empty() {
             let n = (1 + rng.below(30) as usize).min(rest.len());
             let stats = parallel
-                .apply_with(&rest[..n], &mut context)
+                .apply_with(&rest[..n], &mut context, Tick::new(u64::MAX))
                 .expect("apply");
             assert_eq!(stats.blocks, n as u64);
             assert_eq!(parallel.applied_tick(), rest[n - 1].ticks().last);
@@ -351,7 +351,9 @@ fn parallel_apply_in_any_grouping_equals_the_log() {
         assert_matches(&parallel, &model, 3000..3100, "parallel");
 
         // Applying it all again, in parallel, changes nothing.
-        parallel.apply_with(&all, &mut context).expect("again");
+        parallel
+            .apply_with(&all, &mut context, Tick::new(u64::MAX))
+            .expect("again");
         assert_matches(&parallel, &model, 3000..3100, "parallel again");
     }
 }

@@ -190,6 +190,7 @@ fn run(
                 if shared.stop.load(Ordering::Acquire) && wal.last_tick() <= store.applied_tick() {
                     break;
                 }
+                store.record_applied(wal.durable_tick())?;
                 maintain(wal, store, options, &mut persisted, &mut last_flush)?;
                 continue;
             }
@@ -205,7 +206,7 @@ fn run(
                 None => break,
             }
         }
-        let stats = store.apply_with(&group, context)?;
+        let stats = store.apply_with(&group, context, wal.durable_tick())?;
         shared
             .documents
             .fetch_add(stats.documents, Ordering::Relaxed);
@@ -219,7 +220,9 @@ fn run(
         shared.notify.notify_waiters();
         maintain(wal, store, options, &mut persisted, &mut last_flush)?;
     }
-    // Closing: persist the store so the next start replays nothing.
+    // Closing: persist the store so the next start replays nothing (or only what is not yet
+    // durable in the WAL).
+    store.record_applied(wal.durable_tick())?;
     store.flush()?;
     wal.set_store_tick(store.persisted_tick()?);
     Ok(())

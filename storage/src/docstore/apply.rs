@@ -449,6 +449,7 @@ pub(super) fn apply(
     store: &DocStore,
     blocks: &[Block],
     context: &mut ApplyContext,
+    durable: Tick,
 ) -> Result<ApplyStats> {
     let mut stats = ApplyStats::default();
     let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
@@ -539,9 +540,15 @@ pub(super) fn apply(
         }
     }
     let tick_last = last.ticks().last;
-    tail.put_cf(meta, APPLIED_TICK, tick_last.get().to_le_bytes());
+    // Never record a tick the WAL may not have after a crash (a follower applies blocks from its
+    // leader before they are durable here): the restart replays from the recorded tick.
+    let recorded = tick_last
+        .min(durable)
+        .max(Tick::new(store.recorded.load(Ordering::Acquire)));
+    tail.put_cf(meta, APPLIED_TICK, recorded.get().to_le_bytes());
     pieces.push(tail);
     store.write(join(pieces)?)?;
+    store.recorded.fetch_max(recorded.get(), Ordering::AcqRel);
 
     // Publish: counts and catalog first, then the tick that says they are there.
     {

@@ -215,6 +215,10 @@ pub struct DocStore {
     catalog: RwLock<Arc<Catalog>>,
     counts: Mutex<HashMap<u64, u64>>,
     applied: AtomicU64,
+    /// The applied tick last written to the store (`APPLIED_TICK`): never past the WAL's durable
+    /// tick, so a restart replays from a tick its WAL still has. Below `applied` while blocks from
+    /// a leader are applied before they are durable here; replaying them again is harmless.
+    recorded: AtomicU64,
 }
 
 impl DocStore {
@@ -263,6 +267,7 @@ impl DocStore {
             catalog: RwLock::new(Arc::new(Catalog::default())),
             counts: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
         };
         store.load()?;
         Ok(store)
@@ -280,6 +285,7 @@ impl DocStore {
             None => 0,
         };
         self.applied.store(applied, Ordering::Release);
+        self.recorded.store(applied, Ordering::Release);
         let mut catalog = Catalog::default();
         catalog.databases.insert(
             SYSTEM_DATABASE.into(),
@@ -357,7 +363,22 @@ impl DocStore {
             .map_err(|e| store_error("flush", e))
     }
 
-    /// Flushes the memtables and waits; afterwards `persisted_tick() == applied_tick()`.
+    /// Writes the applied tick to the store, limited to `durable` (the WAL's durable tick), if
+    /// that is further than what was written so far.
+    pub fn record_applied(&self, durable: Tick) -> Result<()> {
+        let tick = self.applied_tick().min(durable);
+        if tick.get() <= self.recorded.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.meta(), APPLIED_TICK, tick.get().to_le_bytes());
+        self.write(batch)?;
+        self.recorded.fetch_max(tick.get(), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Flushes the memtables and waits; afterwards `persisted_tick()` is the recorded applied
+    /// tick (`applied_tick()` once `record_applied` was given a durable tick that far).
     pub fn flush(&self) -> Result<()> {
         let mut options = FlushOptions::default();
         options.set_wait(true);
@@ -435,17 +456,24 @@ impl DocStore {
     /// Applies blocks in tick order on the calling thread (the caller is the single store
     /// applier).
     pub fn apply(&self, blocks: &[crate::wal::Block]) -> Result<ApplyStats> {
-        apply::apply(self, blocks, &mut ApplyContext::serial())
+        apply::apply(
+            self,
+            blocks,
+            &mut ApplyContext::serial(),
+            Tick::new(u64::MAX),
+        )
     }
 
     /// Applies blocks in tick order with the threads of `context`; what becomes visible is the
-    /// same as with `apply`, all at once.
+    /// same as with `apply`, all at once. The applied tick written with them is limited to
+    /// `durable`, the WAL's durable tick (see `record_applied`).
     pub fn apply_with(
         &self,
         blocks: &[crate::wal::Block],
         context: &mut ApplyContext,
+        durable: Tick,
     ) -> Result<ApplyStats> {
-        apply::apply(self, blocks, context)
+        apply::apply(self, blocks, context, durable)
     }
 
     fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {

@@ -10,7 +10,10 @@
 //! - ticks are strictly increasing across the whole log and never reused, across restarts too:
 //!   the newest segment is never deleted, so the last tick is always recoverable;
 //! - `tick_synced <= tick_written`; readers see `tick_synced` (with `SyncPolicy::EveryGroup`) or
-//!   `tick_written` (with the relaxed policies, which trade durability for latency);
+//!   `tick_written` (with the relaxed policies, which trade durability for latency); a group made
+//!   only of blocks from a leader (`submit_block`) is visible once written, if everything before
+//!   it is visible: those blocks are durable on the leader already, and a follower that loses
+//!   them in a crash fetches them again (`durable_tick` says how far the WAL is durable);
 //! - an append is acknowledged only after its block is durable (per the sync policy), and a
 //!   failed write or fdatasync stops the writer for good;
 //! - memory is bounded: the queue holds at most `queue_bytes_max` bytes of blocks (appenders
@@ -273,6 +276,9 @@ pub(crate) struct Shared {
     pub notify: tokio::sync::Notify,
     /// `tick_last`, readable without the lock.
     pub tick_visible: AtomicU64,
+    /// The last tick whose append completed (durable per the sync policy). Equal to
+    /// `tick_visible` except while blocks from a leader are visible before they are durable.
+    pub tick_durable: AtomicU64,
     /// Set once the WAL is closed, for async waiters.
     pub closed: AtomicBool,
     pub credits: Credits,
@@ -504,6 +510,7 @@ impl Wal {
             visible: Condvar::new(),
             notify: tokio::sync::Notify::new(),
             tick_visible: AtomicU64::new(tick_last.get()),
+            tick_durable: AtomicU64::new(tick_last.get()),
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             counters: WalCounters::default(),
@@ -653,9 +660,16 @@ impl Wal {
         self.shared.lock().tick_first()
     }
 
-    /// The last tick readers can see (durable under the default sync policy).
+    /// The last tick readers can see: durable under the default sync policy, except for blocks
+    /// from a leader (`submit_block`), which readers see once written (see `durable_tick`).
     pub fn last_tick(&self) -> Tick {
         self.shared.lock().tick_last
+    }
+
+    /// The last tick whose append has completed, durable per the sync policy: what a restart
+    /// after a crash finds in the WAL.
+    pub fn durable_tick(&self) -> Tick {
+        Tick::new(self.shared.tick_durable.load(Ordering::Acquire))
     }
 
     /// Whether the ticks after `after` are all still in the WAL (ArangoDB's `fromPresent`).

@@ -88,6 +88,8 @@ pub(crate) enum SyncJob {
         tick_last: Tick,
         index: Vec<(Tick, u64)>,
         completions: Vec<(CompletionGuard, TickRange)>,
+        /// Published by the writer already (blocks from a leader, visible once written).
+        published: bool,
     },
     /// Answered once every earlier job is durable (per the policy) and published.
     Drain(Sender<()>),
@@ -110,6 +112,10 @@ pub(crate) struct Writer {
     /// Index entries and completions of blocks written but not yet handed to the syncer.
     unpublished: Vec<(Tick, u64)>,
     pending: Vec<(CompletionGuard, TickRange)>,
+    /// Whether every block in `unpublished` came from a leader (`Payload::Verbatim`).
+    verbatim_only: bool,
+    /// `tick_written` at the last hand-off: once readers see it, everything handed is visible.
+    tick_handed: Tick,
     failed: Option<String>,
 }
 
@@ -134,6 +140,8 @@ impl Writer {
             tick_written,
             unpublished: Vec::new(),
             pending: Vec::new(),
+            verbatim_only: true,
+            tick_handed: tick_written,
             failed: None,
         };
         if let Some(active) = active {
@@ -262,6 +270,7 @@ impl Writer {
         let fatal = Failure::Fatal;
         match payload {
             Payload::Prepared(prepared) => {
+                self.verbatim_only = false;
                 self.buffer(&prepared.stamp(ticks.first)).map_err(fatal)?;
                 self.buffer(prepared.payload()).map_err(fatal)?;
                 self.shared
@@ -371,12 +380,39 @@ impl Writer {
             !self.unwritten,
             "only written blocks are handed to the syncer"
         );
+        let index = std::mem::take(&mut self.unpublished);
+        let verbatim_only = std::mem::replace(&mut self.verbatim_only, true);
+        // Blocks from a leader are made visible now, before the fdatasync, if nothing handed
+        // earlier is still waiting to be published (readers see the log in order).
+        let published = verbatim_only && {
+            let mut state = self.shared.lock();
+            let early = state.tick_last == self.tick_handed;
+            if early {
+                publish(
+                    &mut state,
+                    &segment.file,
+                    segment.data_end,
+                    self.tick_written,
+                    &index,
+                );
+                self.shared
+                    .tick_visible
+                    .store(state.tick_last.get(), Ordering::Release);
+            }
+            early
+        };
+        if published {
+            self.shared.visible.notify_all();
+            self.shared.notify.notify_waiters();
+        }
+        self.tick_handed = self.tick_written;
         let job = SyncJob::Written {
             segment: segment.file.clone(),
             data_end: segment.data_end,
             tick_last: self.tick_written,
-            index: std::mem::take(&mut self.unpublished),
+            index: if published { Vec::new() } else { index },
             completions: std::mem::take(&mut self.pending),
+            published,
         };
         // If the syncer is gone (it panicked), the completions fail as the job is dropped.
         let _ = self.syncer.send(job);
@@ -614,6 +650,14 @@ fn sync(shared: &Shared, file: &SegmentFile, last_sync: &mut Instant) {
 fn finish(shared: &Shared, batch: Vec<SyncJob>) {
     let failed = shared.lock().failed.clone();
     if failed.is_none() {
+        // Durable first: a reader that sees a tick published here may rely on it being durable.
+        let durable = batch.iter().rev().find_map(|job| match job {
+            SyncJob::Written { tick_last, .. } => Some(tick_last.get()),
+            SyncJob::Drain(_) => None,
+        });
+        if let Some(durable) = durable {
+            shared.tick_durable.fetch_max(durable, Ordering::AcqRel);
+        }
         let mut state = shared.lock();
         for job in &batch {
             let SyncJob::Written {
@@ -621,40 +665,13 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
                 data_end,
                 tick_last,
                 index,
+                published: false,
                 ..
             } = job
             else {
                 continue;
             };
-            if !index.is_empty() {
-                let ticks = TickRange::new(segment.tick_first, *tick_last);
-                match &mut state.active {
-                    Some(active) if active.id == segment.id => {
-                        assert!(*data_end >= active.data_end);
-                        active.data_end = *data_end;
-                        active.ticks = ticks;
-                        active.index.extend_from(index);
-                    }
-                    other => {
-                        assert!(
-                            other.is_none(),
-                            "the previous segment is sealed before the next opens"
-                        );
-                        let mut entries = TickIndex::new();
-                        entries.extend_from(index);
-                        *other = Some(ActiveSegment {
-                            id: segment.id,
-                            path: segment.path.clone(),
-                            map: segment.map.clone(),
-                            data_end: *data_end,
-                            ticks,
-                            index: entries,
-                        });
-                    }
-                }
-            }
-            assert!(*tick_last >= state.tick_last, "visible ticks never go back");
-            state.tick_last = *tick_last;
+            publish(&mut state, segment, *data_end, *tick_last, index);
         }
         shared
             .tick_visible
@@ -682,6 +699,46 @@ fn finish(shared: &Shared, batch: Vec<SyncJob>) {
             }
         }
     }
+}
+
+/// Makes blocks written to `segment` up to `data_end` (last tick `tick_last`, new index entries
+/// `index`) visible to readers.
+fn publish(
+    state: &mut super::State,
+    segment: &SegmentFile,
+    data_end: u64,
+    tick_last: Tick,
+    index: &[(Tick, u64)],
+) {
+    if !index.is_empty() {
+        let ticks = TickRange::new(segment.tick_first, tick_last);
+        match &mut state.active {
+            Some(active) if active.id == segment.id => {
+                assert!(data_end >= active.data_end);
+                active.data_end = data_end;
+                active.ticks = ticks;
+                active.index.extend_from(index);
+            }
+            other => {
+                assert!(
+                    other.is_none(),
+                    "the previous segment is sealed before the next opens"
+                );
+                let mut entries = TickIndex::new();
+                entries.extend_from(index);
+                *other = Some(ActiveSegment {
+                    id: segment.id,
+                    path: segment.path.clone(),
+                    map: segment.map.clone(),
+                    data_end,
+                    ticks,
+                    index: entries,
+                });
+            }
+        }
+    }
+    assert!(tick_last >= state.tick_last, "visible ticks never go back");
+    state.tick_last = tick_last;
 }
 
 /// Marks the WAL failed if a WAL thread unwinds, so appenders get an error instead of a WAL

@@ -1,0 +1,136 @@
+//! Claim: on a follower, blocks from the leader (already durable there) are visible to readers
+//! as soon as they are written, before this WAL's fdatasync, while `durable_tick` keeps saying
+//! what a crash would keep; the node's own appends stay invisible until durable; and the applied
+//! tick a store records never passes the durable tick, so a restart replays from a tick the WAL
+//! still has.
+//!
+//! Needs the `failpoints` feature: the fdatasync is held with a `pause` fail point.
+#![cfg(feature = "failpoints")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{append_documents, options};
+use fail::FailScenario;
+use tickship_storage::docstore::{ApplyContext, CollectionInfo, DocStore, KeyOptions};
+use tickship_storage::wal::{self, Block, IoEngine, Record, RecordType};
+use tickship_storage::{Tick, Wal};
+
+fn blocks_after(wal: &Wal, after: Tick) -> Vec<Block> {
+    let mut reader = wal.reader_after(after).expect("reader");
+    let mut blocks = Vec::new();
+    while let Some(block) = reader.next_block().expect("read") {
+        blocks.push(block);
+    }
+    blocks
+}
+
+#[test]
+fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
+    let scenario = FailScenario::setup();
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
+    append_documents(&leader, 1, 3, 200);
+    let blocks = blocks_after(&leader, Tick::ZERO);
+    let follower = Wal::open(follower_dir.path(), options(IoEngine::Sync)).expect("follower");
+    let mut reader = follower.reader_after(Tick::ZERO).expect("reader");
+
+    fail::cfg("wal::segment::sync::err", "pause").expect("fail point");
+    let pending = follower.submit_block(blocks[0].clone()).expect("submit");
+    let seen = reader
+        .wait_next(Duration::from_secs(30))
+        .expect("read")
+        .expect("the leader's block is visible while its fdatasync is held");
+    assert_eq!(seen.bytes(), blocks[0].bytes());
+    assert_eq!(follower.last_tick(), blocks[0].ticks().last);
+    assert!(
+        follower.durable_tick() < blocks[0].ticks().last,
+        "not durable yet"
+    );
+
+    // The node's own append is written too, but readers wait for its fdatasync.
+    let own = follower
+        .submit(wal::block::prepare(&[Record::put("_system", "c", "own", b"{}")]).expect("prepare"))
+        .expect("submit own");
+    assert!(
+        reader
+            .wait_next(Duration::from_millis(300))
+            .expect("read")
+            .is_none(),
+        "an own append is not visible before it is durable"
+    );
+
+    fail::remove("wal::segment::sync::err");
+    let ticks = pending.wait().expect("durable");
+    assert_eq!(ticks, blocks[0].ticks());
+    let own = own.wait().expect("own durable");
+    let next = reader
+        .wait_next(Duration::from_secs(30))
+        .expect("read")
+        .expect("the own append is visible once durable");
+    assert_eq!(next.ticks(), own);
+    assert_eq!(follower.durable_tick(), own.last);
+    scenario.teardown();
+}
+
+#[test]
+fn the_recorded_applied_tick_stays_at_the_durable_tick() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
+    let info = CollectionInfo {
+        id: 7,
+        name: "c".into(),
+        database: "_system".into(),
+        kind: 2,
+        wait_for_sync: false,
+        key_options: KeyOptions::default(),
+        is_system: false,
+    };
+    let definition = serde_json::to_vec(&info).expect("json");
+    wal.append(&[Record {
+        kind: RecordType::CollectionCreate,
+        tid: 0,
+        db: "_system",
+        collection: "7",
+        key: "",
+        data: &definition,
+    }])
+    .expect("create");
+    let docs: Vec<Vec<u8>> = (0..20)
+        .map(|i| format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes())
+        .collect();
+    for (i, doc) in docs.iter().enumerate() {
+        wal.append(&[Record::put("_system", "7", &format!("k{i}"), doc)])
+            .expect("put");
+    }
+    let all = blocks_after(&wal, Tick::ZERO);
+    let middle = all[10].ticks().last;
+    {
+        let store = DocStore::open(dir.path().join("store")).expect("store");
+        store
+            .apply_with(&all, &mut ApplyContext::serial(), middle)
+            .expect("apply");
+        assert_eq!(store.applied_tick(), wal.last_tick(), "all visible");
+        store.flush().expect("flush");
+        assert_eq!(store.persisted_tick().expect("persisted"), middle);
+    }
+    // After a restart the store says `middle` (it holds more: replaying that again is harmless).
+    let store = DocStore::open(dir.path().join("store")).expect("reopen");
+    assert_eq!(store.applied_tick(), middle);
+    assert_eq!(store.count(7), 20);
+    store.apply(&all).expect("replay");
+    assert_eq!(store.applied_tick(), wal.last_tick());
+    assert_eq!(store.count(7), 20);
+    for (i, doc) in docs.iter().enumerate() {
+        let stored = store
+            .get(7, &format!("k{i}"))
+            .expect("get")
+            .expect("present");
+        assert_eq!(&stored.json, doc);
+    }
+    store.record_applied(wal.durable_tick()).expect("record");
+    store.flush().expect("flush");
+    assert_eq!(store.persisted_tick().expect("persisted"), wal.last_tick());
+}
