@@ -235,6 +235,14 @@ impl Client {
     }
 }
 
+/// A field of `/proc/PID/status` given in kB, in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let value = status.lines().find_map(|l| l.strip_prefix(field))?;
+    let kb: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// A `tickshipd` child process.
 struct Server {
     name: &'static str,
@@ -284,6 +292,10 @@ impl Server {
             child: Some(child),
             endpoint: format!("tcp://{address}"),
         })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     fn stop(&mut self) {
@@ -401,10 +413,19 @@ fn demo(args: DemoArgs) -> Result<()> {
     // Live view, twice a second.
     let mut out = std::io::stdout();
     let mut max_behind = 0u64;
+    // The follower's anonymous memory (heap, buffers; not the file pages of its mapped WAL
+    // segments, which the kernel reclaims at will): it must not grow with how far behind it is.
+    let follower_pid = follower.pid().unwrap_or(0);
+    let mut peak_anon = 0u64;
+    let mut sample_memory = || {
+        let anon = proc_status_bytes(follower_pid, "RssAnon:").unwrap_or(0);
+        peak_anon = peak_anon.max(anon);
+    };
     let mut last_written = 0u64;
     let mut last_time = Instant::now();
     while writers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
+        sample_memory();
         let state = fc.call("GET", "/_api/replication/applier-state", None)?;
         let s = &state["state"];
         // How far what is visible on the follower trails what the leader has acknowledged.
@@ -449,6 +470,7 @@ fn demo(args: DemoArgs) -> Result<()> {
         fc.call("PUT", "/_api/replication/applier-start", Some(json!({})))?;
     }
     loop {
+        sample_memory();
         let state = fc.call("GET", "/_api/replication/applier-state", None)?;
         let s = &state["state"];
         if tick(&s["lastAppliedContinuousTick"]) >= leader_last {
@@ -495,6 +517,12 @@ fn demo(args: DemoArgs) -> Result<()> {
             total as f64 / catch_up.max(1e-9)
         );
     }
+    println!(
+        "  follower memory: peak anonymous RSS {:.0} MiB while {} (peak resident incl. mapped WAL pages, VmHWM: {:.0} MiB)",
+        peak_anon as f64 / 1048576.0,
+        if args.catch_up { "loading and catching up" } else { "following" },
+        proc_status_bytes(follower_pid, "VmHWM:").unwrap_or(0) as f64 / 1048576.0
+    );
     println!(
         "  applier totals: {} events, {} documents, {} requests, fetch {:.2} s, apply {:.2} s",
         state["state"]["totalEvents"],
