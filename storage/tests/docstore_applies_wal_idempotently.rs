@@ -8,25 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::options;
-use tickship_storage::docstore::{
-    ApplierOptions, CollectionInfo, DocStore, KeyOptions, StoreApplier,
-};
+use common::{blocks_after, collection_definition, options};
+use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier};
 use tickship_storage::wal::{Block, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
-
-fn create(id: u64, name: &str) -> Vec<u8> {
-    let info = CollectionInfo {
-        id,
-        name: name.into(),
-        database: "_system".into(),
-        kind: 2,
-        wait_for_sync: false,
-        key_options: KeyOptions::default(),
-        is_system: false,
-    };
-    serde_json::to_vec(&info).expect("json")
-}
 
 fn record<'a>(kind: RecordType, collection: &'a str, key: &'a str, data: &'a [u8]) -> Record<'a> {
     Record {
@@ -39,21 +24,15 @@ fn record<'a>(kind: RecordType, collection: &'a str, key: &'a str, data: &'a [u8
     }
 }
 
-fn blocks(wal: &Wal) -> Vec<Block> {
-    let mut reader = wal.reader_after(Tick::ZERO).expect("reader");
-    let mut out = Vec::new();
-    while let Some(block) = reader.next_block().expect("read") {
-        out.push(block);
-    }
-    out
-}
-
 #[test]
 fn apply_state_counts_ddl_and_idempotence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
     let store = DocStore::open(dir.path().join("store")).expect("store");
-    let (users, other) = (create(1001, "users"), create(1002, "other"));
+    let (users, other) = (
+        collection_definition(1001, "users"),
+        collection_definition(1002, "other"),
+    );
     wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
         .expect("create");
     wal.append(&[record(RecordType::CollectionCreate, "1002", "", &other)])
@@ -119,7 +98,7 @@ fn apply_state_counts_ddl_and_idempotence() {
     wal.append(&[record(RecordType::CollectionTruncate, "1002", "", b"")])
         .expect("truncate");
 
-    let all = blocks(&wal);
+    let all = blocks_after(&wal, Tick::ZERO);
     let stats = store.apply(&all).expect("apply");
     assert_eq!(stats.documents, 4);
     assert_eq!(stats.removals, 1);
@@ -171,7 +150,7 @@ fn apply_state_counts_ddl_and_idempotence() {
         br#"{"_key":"late"}"#,
     )])
     .expect("late put");
-    let later: Vec<Block> = blocks(&wal)
+    let later: Vec<Block> = blocks_after(&wal, Tick::ZERO)
         .into_iter()
         .filter(|b| b.ticks().first > all.last().expect("blocks").ticks().last)
         .collect();
@@ -186,7 +165,7 @@ fn apply_state_counts_ddl_and_idempotence() {
 fn reopened_store_replays_from_its_persisted_tick() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Arc::new(Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal"));
-    let users = create(1001, "users");
+    let users = collection_definition(1001, "users");
     wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
         .expect("create");
     let docs: Vec<(String, Vec<u8>)> = (0..300)

@@ -11,20 +11,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append_documents, options};
+use common::{append_documents, blocks_after, collection_definition, options};
 use fail::FailScenario;
-use tickship_storage::docstore::{ApplyContext, CollectionInfo, DocStore, KeyOptions};
-use tickship_storage::wal::{self, Block, IoEngine, Record, RecordType};
+use tickship_storage::docstore::{ApplyContext, DocStore};
+use tickship_storage::wal::{self, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
-
-fn blocks_after(wal: &Wal, after: Tick) -> Vec<Block> {
-    let mut reader = wal.reader_after(after).expect("reader");
-    let mut blocks = Vec::new();
-    while let Some(block) = reader.next_block().expect("read") {
-        blocks.push(block);
-    }
-    blocks
-}
 
 #[test]
 fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
@@ -79,16 +70,7 @@ fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
 fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
-    let info = CollectionInfo {
-        id: 7,
-        name: "c".into(),
-        database: "_system".into(),
-        kind: 2,
-        wait_for_sync: false,
-        key_options: KeyOptions::default(),
-        is_system: false,
-    };
-    let definition = serde_json::to_vec(&info).expect("json");
+    let definition = collection_definition(7, "c");
     wal.append(&[Record {
         kind: RecordType::CollectionCreate,
         tid: 0,

@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::options;
+use common::{blocks_after, collection_definition, options};
 use tickship_storage::docstore::{
-    ApplierOptions, ApplyContext, CollectionInfo, DocStore, KeyOptions, StoreApplier,
+    ApplierOptions, ApplyContext, CollectionInfo, DocStore, StoreApplier,
 };
-use tickship_storage::wal::{Block, IoEngine, Record, RecordType};
+use tickship_storage::wal::{IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
 
 /// A small deterministic generator (the test must not depend on a seed it cannot print).
@@ -32,19 +32,6 @@ impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn definition(id: u64, name: &str) -> Vec<u8> {
-    serde_json::to_vec(&CollectionInfo {
-        id,
-        name: name.into(),
-        database: "_system".into(),
-        kind: 2,
-        wait_for_sync: false,
-        key_options: KeyOptions::default(),
-        is_system: false,
-    })
-    .expect("json")
 }
 
 /// One record as generated, owning its strings.
@@ -176,7 +163,7 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
                 RecordType::CollectionCreate,
                 0,
                 0,
-                &definition(next_id, &format!("c{next_id}")),
+                &collection_definition(next_id, &format!("c{next_id}")),
             )],
             &mut model,
         );
@@ -263,7 +250,7 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
                         RecordType::CollectionCreate,
                         0,
                         0,
-                        &definition(next_id, &format!("c{next_id}")),
+                        &collection_definition(next_id, &format!("c{next_id}")),
                     ),
                     put(next_id, 3, version),
                 ];
@@ -275,15 +262,6 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
         }
     }
     model
-}
-
-fn blocks(wal: &Wal) -> Vec<Block> {
-    let mut reader = wal.reader_after(Tick::ZERO).expect("reader");
-    let mut out = Vec::new();
-    while let Some(block) = reader.next_block().expect("read") {
-        out.push(block);
-    }
-    out
 }
 
 /// Asserts that `store` holds exactly `model`: catalog, counts, every document and its `_rev`.
@@ -318,7 +296,7 @@ fn parallel_apply_in_any_grouping_equals_the_log() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
         let model = write_log(&wal, seed);
-        let all = blocks(&wal);
+        let all = blocks_after(&wal, Tick::ZERO);
         let records: u64 = all.iter().map(|b| u64::from(b.record_count())).sum();
         assert!(
             records > 10_000,

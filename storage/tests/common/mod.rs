@@ -150,3 +150,29 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Every block after `after`, as a reader returns them.
+pub fn blocks_after(wal: &Wal, after: Tick) -> Vec<tickship_storage::wal::Block> {
+    let mut reader = wal.reader_after(after).expect("reader");
+    let mut blocks = Vec::new();
+    while let Some(block) = reader.next_block().expect("read") {
+        blocks.push(block);
+    }
+    blocks
+}
+
+/// The definition a `CollectionCreate` record carries, for collection `id` named `name` in
+/// `_system`.
+pub fn collection_definition(id: u64, name: &str) -> Vec<u8> {
+    use tickship_storage::docstore::{CollectionInfo, KeyOptions};
+    serde_json::to_vec(&CollectionInfo {
+        id,
+        name: name.into(),
+        database: "_system".into(),
+        kind: 2,
+        wait_for_sync: false,
+        key_options: KeyOptions::default(),
+        is_system: false,
+    })
+    .expect("json")
+}
