@@ -19,25 +19,36 @@ use tickship_storage::{Tick, Wal};
 
 #[test]
 fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
-    let scenario = FailScenario::setup();
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let follower_dir = tempfile::tempdir().expect("tempdir");
     let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
     append_documents(&leader, 1, 3, 200);
     let blocks = blocks_after(&leader, Tick::ZERO);
     let follower = Wal::open(follower_dir.path(), options(IoEngine::Sync)).expect("follower");
-    let mut reader = follower.reader_after(Tick::ZERO).expect("reader");
+    // The first block opens the segment (taking the prepared spare, whose preparation syncs
+    // too): store it before any sync is held.
+    follower
+        .submit_block(blocks[0].clone())
+        .expect("submit")
+        .wait()
+        .expect("durable");
+    let mut reader = follower
+        .reader_after(blocks[0].ticks().last)
+        .expect("reader");
 
+    // Declared after the WALs: on a failed assertion it is dropped (releasing the held syncs)
+    // before they are, so their threads can be joined.
+    let scenario = FailScenario::setup();
     fail::cfg("wal::segment::sync::err", "pause").expect("fail point");
-    let pending = follower.submit_block(blocks[0].clone()).expect("submit");
+    let pending = follower.submit_block(blocks[1].clone()).expect("submit");
     let seen = reader
         .wait_next(Duration::from_secs(30))
         .expect("read")
         .expect("the leader's block is visible while its fdatasync is held");
-    assert_eq!(seen.bytes(), blocks[0].bytes());
-    assert_eq!(follower.last_tick(), blocks[0].ticks().last);
+    assert_eq!(seen.bytes(), blocks[1].bytes());
+    assert_eq!(follower.last_tick(), blocks[1].ticks().last);
     assert!(
-        follower.durable_tick() < blocks[0].ticks().last,
+        follower.durable_tick() < blocks[1].ticks().last,
         "not durable yet"
     );
 
@@ -55,7 +66,7 @@ fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
 
     fail::remove("wal::segment::sync::err");
     let ticks = pending.wait().expect("durable");
-    assert_eq!(ticks, blocks[0].ticks());
+    assert_eq!(ticks, blocks[1].ticks());
     let own = own.wait().expect("own durable");
     let next = reader
         .wait_next(Duration::from_secs(30))
@@ -68,6 +79,8 @@ fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
 
 #[test]
 fn the_recorded_applied_tick_stays_at_the_durable_tick() {
+    // No fail point here, but holding a scenario keeps the other test's from pausing this one.
+    let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
     let definition = collection_definition(7, "c");
