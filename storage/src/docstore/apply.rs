@@ -84,10 +84,6 @@ impl ApplyContext {
             scratch: Vec::new(),
         })
     }
-
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
 }
 
 fn invalid(reason: &'static str) -> Error {
