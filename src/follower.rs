@@ -16,6 +16,7 @@ use tickship_net::frame::{split_blocks, Kind, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
+use tickship_storage::docstore::{ApplierTotals, CollectionFilter, Restrict};
 use tickship_storage::wal::{Appended, Block};
 use tickship_storage::Tick;
 use tokio::sync::Notify;
@@ -145,6 +146,20 @@ impl ApplierConfig {
         Ok(config)
     }
 
+    /// The collections this configuration replicates.
+    pub fn filter(&self) -> CollectionFilter {
+        let restrict = match self.restrict_type.as_str() {
+            "include" => Restrict::Include,
+            "exclude" => Restrict::Exclude,
+            _ => Restrict::None,
+        };
+        CollectionFilter::new(
+            restrict,
+            self.restrict_collections.iter().cloned(),
+            self.include_system,
+        )
+    }
+
     pub fn validate(&self) -> ApiResult<()> {
         if self.endpoint.is_empty() {
             return Err(invalid("invalid value for <endpoint>"));
@@ -230,7 +245,7 @@ struct Runtime {
     total_failed_connects: u64,
     total_events: u64,
     /// The store applier's totals when this applier was opened (after the startup replay).
-    store_totals_base: (u64, u64),
+    store_totals_base: ApplierTotals,
     total_apply_time: f64,
     apply_batches: u64,
     total_fetch_time: f64,
@@ -255,34 +270,46 @@ pub struct Applier {
 const CONFIG_FILE: &str = "applier-config.json";
 const STATE_FILE: &str = "applier-state.json";
 
+/// The applier configuration and state saved in `dir` (defaults where nothing is saved).
+pub fn load_saved(dir: &std::path::Path) -> anyhow::Result<(ApplierConfig, PersistedState)> {
+    let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::fs::read(dir.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", dir.join(name).display())),
+        }
+    };
+    let config: ApplierConfig = match load(CONFIG_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("parse {}", dir.join(CONFIG_FILE).display()))?,
+        None => ApplierConfig::default(),
+    };
+    let persisted: PersistedState = match load(STATE_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "parse {} (error 1407: invalid applier state)",
+                dir.join(STATE_FILE).display()
+            )
+        })?,
+        None => PersistedState::default(),
+    };
+    Ok((config, persisted))
+}
+
+/// Whether a server with this saved state follows a leader (it has connected to one and its
+/// state was not deleted since).
+pub fn is_following(persisted: &PersistedState) -> bool {
+    !persisted.server_id.is_empty()
+}
+
 impl Applier {
-    /// Loads the saved configuration and state from `dir`.
+    /// The applier of this server, with the configuration and state `load_saved` read.
     pub fn open(
         node: Arc<Node>,
         dir: PathBuf,
         pinned_fingerprint: Option<String>,
+        (config, persisted): (ApplierConfig, PersistedState),
     ) -> anyhow::Result<Arc<Applier>> {
-        let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
-            match std::fs::read(dir.join(name)) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e).with_context(|| format!("read {}", dir.join(name).display())),
-            }
-        };
-        let config: ApplierConfig = match load(CONFIG_FILE)? {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("parse {}", dir.join(CONFIG_FILE).display()))?,
-            None => ApplierConfig::default(),
-        };
-        let persisted: PersistedState = match load(STATE_FILE)? {
-            Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "parse {} (error 1407: invalid applier state)",
-                    dir.join(STATE_FILE).display()
-                )
-            })?,
-            None => PersistedState::default(),
-        };
         let runtime = Runtime {
             phase: "inactive",
             store_totals_base: node.applier.totals(),
@@ -298,10 +325,17 @@ impl Applier {
             runtime: Mutex::new(runtime),
             task: Mutex::new(None),
         });
-        if !persisted.server_id.is_empty() {
-            node.set_follower_of(Some(applier.config().endpoint));
+        if is_following(&persisted) {
+            applier.follow(&applier.config());
         }
         Ok(applier)
+    }
+
+    /// Refuses clients' writes (they go to `config`'s leader) and keeps only the collections
+    /// `config` restricts replication to.
+    fn follow(&self, config: &ApplierConfig) {
+        self.node.set_follower_of(Some(config.endpoint.clone()));
+        self.node.store.set_filter(Some(config.filter()));
     }
 
     pub fn config(&self) -> ApplierConfig {
@@ -369,6 +403,7 @@ impl Applier {
             Err(e) => return Err(ApiError::internal(format!("remove the applier state: {e}"))),
         }
         self.node.set_follower_of(None);
+        self.node.store.set_filter(None);
         Ok(())
     }
 
@@ -416,7 +451,7 @@ impl Applier {
             runtime.progress_time = timestamp(SystemTime::now());
             runtime.progress_message = format!("applier started, tailing from tick {from}");
         }
-        self.node.set_follower_of(Some(config.endpoint.clone()));
+        self.follow(&config);
         let applier = self.clone();
         let stop = Arc::new(Notify::new());
         let signal = stop.clone();
@@ -776,7 +811,7 @@ impl Applier {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let applied = self.node.applier.applied_tick().get();
-        let store_totals = self.node.applier.totals();
+        let store_totals = self.node.applier.totals().since(runtime.store_totals_base);
         let tick = |t: u64| {
             if t == 0 {
                 Value::Null
@@ -824,10 +859,10 @@ impl Applier {
             "totalRequests": runtime.total_requests,
             "totalFailedConnects": runtime.total_failed_connects,
             "totalEvents": runtime.total_events,
-            "totalDocuments": store_totals.0.saturating_sub(runtime.store_totals_base.0),
-            "totalRemovals": store_totals.1.saturating_sub(runtime.store_totals_base.1),
+            "totalDocuments": store_totals.documents,
+            "totalRemovals": store_totals.removals,
             "totalResyncs": 0,
-            "totalOperationsExcluded": 0,
+            "totalOperationsExcluded": store_totals.excluded,
             "totalApplyTime": runtime.total_apply_time,
             "averageApplyTime": average(runtime.total_apply_time, runtime.apply_batches),
             "totalFetchTime": runtime.total_fetch_time,

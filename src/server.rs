@@ -109,6 +109,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             dir.join("wal").display()
         );
     }
+    // A follower's WAL holds its leader's blocks: the replay keeps only the collections its
+    // applier configuration replicates.
+    let saved = crate::follower::load_saved(dir)?;
+    if crate::follower::is_following(&saved.1) {
+        store.set_filter(Some(saved.0.filter()));
+    }
     let applier_options = ApplierOptions {
         flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
         threads: match args.applier_threads {
@@ -167,6 +173,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         node.clone(),
         dir.to_path_buf(),
         args.leader_fingerprint.clone(),
+        saved,
     )?;
     let state = Arc::new(AppState {
         node: node.clone(),

@@ -349,3 +349,64 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     );
     answer.assert_error(400, 1410);
 }
+
+#[test]
+fn restricted_follower_keeps_only_the_listed_collections() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let lh = leader.http();
+    for name in ["kept", "left"] {
+        assert_eq!(
+            lh.send("POST", "/_api/collection", &json!({"name": name}))
+                .status,
+            200
+        );
+    }
+    insert(&lh, "kept", "a", 300);
+    insert(&lh, "left", "a", 200);
+    let doc = make_follower(
+        &follower.http(),
+        &leader,
+        json!({"restrictType": "include", "restrictCollections": ["kept"]}),
+    );
+    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
+    converge(&lh, &follower.http(), "kept");
+    assert_eq!(fingerprint(&follower.http(), "left"), None);
+    let config = follower
+        .http()
+        .get("/_api/replication/applier-config")
+        .json();
+    assert_eq!(config["restrictType"], json!("include"), "{config}");
+    assert_eq!(config["restrictCollections"], json!(["kept"]), "{config}");
+    // The create of `left` and its 200 documents.
+    let excluded = state(&follower.http())["totalOperationsExcluded"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(excluded, 201);
+
+    // Killed while both collections take writes, the follower replays its WAL with the same
+    // restriction and goes on following `kept` only.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, http) = (stop.clone(), leader.http());
+        std::thread::spawn(move || {
+            let mut batch = 0;
+            while !stop.load(Ordering::Relaxed) && batch < 100 {
+                insert(&http, "kept", &format!("k{batch}"), 100);
+                insert(&http, "left", &format!("k{batch}"), 100);
+                batch += 1;
+            }
+        })
+    };
+    let before = state(&follower.http())["lastAppliedContinuousTick"].clone();
+    wait_until("the follower applies new writes", || {
+        state(&follower.http())["lastAppliedContinuousTick"] != before
+    });
+    follower.kill9();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    follower = Daemon::start(&dir.path().join("follower"), &[]);
+    converge(&lh, &follower.http(), "kept");
+    assert_eq!(fingerprint(&follower.http(), "left"), None);
+}

@@ -43,10 +43,33 @@ impl Default for ApplierOptions {
     }
 }
 
+/// What the store applier applied since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplierTotals {
+    /// Document puts.
+    pub documents: u64,
+    /// Document removals.
+    pub removals: u64,
+    /// Records left out by the store's collection filter.
+    pub excluded: u64,
+}
+
+impl ApplierTotals {
+    /// The totals since `base` was taken.
+    pub fn since(self, base: ApplierTotals) -> ApplierTotals {
+        ApplierTotals {
+            documents: self.documents.saturating_sub(base.documents),
+            removals: self.removals.saturating_sub(base.removals),
+            excluded: self.excluded.saturating_sub(base.excluded),
+        }
+    }
+}
+
 struct Shared {
     applied: AtomicU64,
     documents: AtomicU64,
     removals: AtomicU64,
+    excluded: AtomicU64,
     failed: Mutex<Option<String>>,
     stop: AtomicBool,
     changed: Condvar,
@@ -71,6 +94,7 @@ impl StoreApplier {
             applied: AtomicU64::new(store.applied_tick().get()),
             documents: AtomicU64::new(0),
             removals: AtomicU64::new(0),
+            excluded: AtomicU64::new(0),
             failed: Mutex::new(None),
             stop: AtomicBool::new(false),
             changed: Condvar::new(),
@@ -106,12 +130,13 @@ impl StoreApplier {
         Tick::new(self.shared.applied.load(Ordering::Acquire))
     }
 
-    /// Document puts and removals applied since this applier started.
-    pub fn totals(&self) -> (u64, u64) {
-        (
-            self.shared.documents.load(Ordering::Relaxed),
-            self.shared.removals.load(Ordering::Relaxed),
-        )
+    /// What was applied since this applier started.
+    pub fn totals(&self) -> ApplierTotals {
+        ApplierTotals {
+            documents: self.shared.documents.load(Ordering::Relaxed),
+            removals: self.shared.removals.load(Ordering::Relaxed),
+            excluded: self.shared.excluded.load(Ordering::Relaxed),
+        }
     }
 
     fn check(&self) -> Result<()> {
@@ -211,6 +236,7 @@ fn run(
             .documents
             .fetch_add(stats.documents, Ordering::Relaxed);
         shared.removals.fetch_add(stats.removals, Ordering::Relaxed);
+        shared.excluded.fetch_add(stats.excluded, Ordering::Relaxed);
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);
         {

@@ -14,7 +14,8 @@
 //! the keys it changed earlier in the same call). Records of a collection that no longer exists
 //! are skipped (a write that raced with the drop of its collection); records of a transaction
 //! aborted in the same block are skipped too. Index records are accepted and ignored (no
-//! secondary indexes yet).
+//! secondary indexes yet). With a [`CollectionFilter`] set on the store, the records of the
+//! collections it leaves out are not applied and are counted as excluded.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -24,7 +25,9 @@ use rayon::prelude::*;
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
-use super::{doc_key, Catalog, CollectionInfo, DatabaseInfo, DocStore, APPLIED_TICK};
+use super::{
+    doc_key, Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_TICK,
+};
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};
 use crate::wal::{Block, Record, RecordType};
@@ -48,6 +51,8 @@ pub struct ApplyStats {
     pub removals: u64,
     /// Records skipped (their collection is gone, or their transaction aborted).
     pub skipped: u64,
+    /// Records left out by the store's collection filter (ArangoDB's `totalOperationsExcluded`).
+    pub excluded: u64,
     pub ticks: Option<TickRange>,
 }
 
@@ -154,6 +159,17 @@ struct PartitionBatch {
     documents: u64,
     removals: u64,
     skipped: u64,
+    excluded: u64,
+}
+
+/// Where a document record goes.
+enum Target {
+    /// Its collection does not exist here.
+    Gone,
+    /// Its collection is left out by the filter.
+    Excluded,
+    /// The store key, with the collection's id.
+    Key(u64, Vec<u8>),
 }
 
 impl Partition {
@@ -161,6 +177,7 @@ impl Partition {
         &mut self,
         store: &DocStore,
         catalog: &Catalog,
+        excluded: &FxHashSet<u64>,
         items: &[&Item<'_>],
     ) -> Result<PartitionBatch> {
         let mut out = PartitionBatch {
@@ -169,18 +186,22 @@ impl Partition {
             documents: 0,
             removals: 0,
             skipped: 0,
+            excluded: 0,
         };
         if items.is_empty() {
             return Ok(out);
         }
-        // The store key of each record (None: its collection is gone), and which keys are not
-        // known yet and must be looked up.
-        let mut keys: Vec<Option<(u64, Vec<u8>)>> = Vec::with_capacity(items.len());
+        // Where each record goes, and which keys are not known yet and must be looked up.
+        let mut keys: Vec<Target> = Vec::with_capacity(items.len());
         let mut lookup: Vec<usize> = Vec::new();
         for (_, record) in items {
             let id = collection_id(record)?;
+            if excluded.contains(&id) {
+                keys.push(Target::Excluded);
+                continue;
+            }
             if catalog.collection_by_id(id).is_none() {
-                keys.push(None);
+                keys.push(Target::Gone);
                 continue;
             }
             let key = doc_key(id, record.key);
@@ -190,28 +211,38 @@ impl Partition {
                     lookup.push(keys.len());
                 }
             }
-            keys.push(Some((id, key)));
+            keys.push(Target::Key(id, key));
         }
         let docs = store.docs();
         if !lookup.is_empty() {
-            let wanted = lookup
-                .iter()
-                .filter_map(|&i| keys[i].as_ref().map(|(_, k)| k.as_slice()));
+            let wanted = lookup.iter().filter_map(|&i| match &keys[i] {
+                Target::Key(_, key) => Some(key.as_slice()),
+                _ => None,
+            });
             let found = store.db.batched_multi_get_cf(docs, wanted, false);
             for (&i, value) in lookup.iter().zip(found) {
                 let present = value
                     .map_err(|e| super::store_error("read before apply", e))?
                     .is_some();
-                if let Some(slot) = keys[i].as_ref().and_then(|(_, k)| self.exists.get_mut(k)) {
-                    *slot = present;
+                if let Target::Key(_, key) = &keys[i] {
+                    if let Some(slot) = self.exists.get_mut(key) {
+                        *slot = present;
+                    }
                 }
             }
         }
         let mut value = Vec::new();
         for ((tick, record), key) in items.iter().map(|item| (&item.0, &item.1)).zip(keys) {
-            let Some((id, key)) = key else {
-                out.skipped += 1;
-                continue;
+            let (id, key) = match key {
+                Target::Key(id, key) => (id, key),
+                Target::Gone => {
+                    out.skipped += 1;
+                    continue;
+                }
+                Target::Excluded => {
+                    out.excluded += 1;
+                    continue;
+                }
             };
             let now = record.kind == RecordType::DocumentPut;
             let existed = match self.exists.get_mut(&key) {
@@ -250,6 +281,10 @@ struct Applying<'s> {
     store: &'s DocStore,
     catalog: Catalog,
     catalog_changed: bool,
+    filter: Option<Arc<CollectionFilter>>,
+    /// The collections whose records are left out: those of `catalog` whose names `filter`
+    /// does not admit, and those left out when they were created.
+    excluded: FxHashSet<u64>,
     counts: FxHashMap<u64, u64>,
     partitions: Vec<Partition>,
     /// The batches to join, in order.
@@ -257,6 +292,21 @@ struct Applying<'s> {
 }
 
 impl Applying<'_> {
+    /// Works out again which collections the filter leaves out, after the catalog changed.
+    fn refresh_excluded(&mut self) {
+        self.excluded.clear();
+        self.excluded.extend(self.catalog.left_out.keys().copied());
+        if let Some(filter) = &self.filter {
+            self.excluded.extend(
+                self.catalog
+                    .collections
+                    .values()
+                    .filter(|c| !filter.admits(&c.name))
+                    .map(|c| c.id),
+            );
+        }
+    }
+
     fn count(&mut self, id: u64) -> u64 {
         let store = self.store;
         *self.counts.entry(id).or_insert_with(|| store.count(id))
@@ -272,9 +322,9 @@ impl Applying<'_> {
         if gathered.iter().all(Vec::is_empty) {
             return Ok(());
         }
-        let (store, catalog) = (self.store, &self.catalog);
+        let (store, catalog, excluded) = (self.store, &self.catalog, &self.excluded);
         let work = |(partition, items): (&mut Partition, &Vec<&Item<'_>>)| {
-            partition.apply(store, catalog, items)
+            partition.apply(store, catalog, excluded, items)
         };
         let batches = match pool {
             Some(pool) => pool.install(|| {
@@ -300,6 +350,7 @@ impl Applying<'_> {
             stats.documents += part.documents;
             stats.removals += part.removals;
             stats.skipped += part.skipped;
+            stats.excluded += part.excluded;
             if !part.batch.is_empty() {
                 self.pieces.push(part.batch);
             }
@@ -319,12 +370,71 @@ impl Applying<'_> {
 
     /// Applies a record that changes collections or databases.
     fn barrier(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
+        let catalog_changed = self.catalog_changed;
+        self.catalog_changed = false;
+        let result = self.change(record, stats);
+        if self.catalog_changed {
+            self.refresh_excluded();
+        }
+        self.catalog_changed |= catalog_changed;
+        result
+    }
+
+    fn change(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
         let (docs, meta) = (self.store.docs(), self.store.meta());
         let mut batch = WriteBatch::default();
+        let collection_record = matches!(
+            record.kind,
+            RecordType::CollectionDrop
+                | RecordType::CollectionTruncate
+                | RecordType::CollectionRename
+                | RecordType::CollectionChange
+        );
+        if collection_record && self.excluded.contains(&collection_id(record)?) {
+            stats.excluded += 1;
+            let id = collection_id(record)?;
+            // A left-out collection is remembered until it is dropped, under its current name.
+            if let Some(info) = self.catalog.left_out.get_mut(&id) {
+                if record.kind == RecordType::CollectionDrop {
+                    self.catalog.left_out.remove(&id);
+                    batch.delete_cf(meta, format!("out/{id}"));
+                } else if record.kind == RecordType::CollectionRename {
+                    let change: serde_json::Value = serde_json::from_slice(record.data)
+                        .map_err(|_| invalid("collection change is not JSON"))?;
+                    if let Some(name) = change.get("name").and_then(|v| v.as_str()) {
+                        info.name = name.to_string();
+                    }
+                    let json =
+                        serde_json::to_vec(&*info).map_err(|_| invalid("collection definition"))?;
+                    batch.put_cf(meta, format!("out/{id}"), json);
+                }
+                self.catalog_changed = true;
+                self.pieces.push(batch);
+            }
+            return Ok(());
+        }
         match record.kind {
             RecordType::CollectionCreate => {
                 let info: CollectionInfo = serde_json::from_slice(record.data)
                     .map_err(|_| invalid("collection create without definition"))?;
+                let admitted = self.filter.as_ref().is_none_or(|f| f.admits(&info.name));
+                if !admitted && self.catalog.collection_by_id(info.id).is_none() {
+                    stats.excluded += 1;
+                    batch.put_cf(meta, format!("out/{}", info.id), record.data);
+                    self.catalog.left_out.insert(info.id, info);
+                    self.catalog_changed = true;
+                    self.pieces.push(batch);
+                    return Ok(());
+                }
+                if !admitted {
+                    // Created here before the filter left it out (a replayed create).
+                    stats.excluded += 1;
+                    return Ok(());
+                }
+                if self.catalog.left_out.remove(&info.id).is_some() {
+                    // Left out before, admitted by the filter now (a replayed create).
+                    batch.delete_cf(meta, format!("out/{}", info.id));
+                }
                 batch.put_cf(meta, format!("col/{}", info.id), record.data);
                 if self.catalog.collection_by_id(info.id).is_none() {
                     self.counts.insert(info.id, 0);
@@ -382,6 +492,17 @@ impl Applying<'_> {
                     .iter()
                     .map(|c| c.id)
                     .collect();
+                let left_out: Vec<u64> = self
+                    .catalog
+                    .left_out
+                    .values()
+                    .filter(|c| c.database == name)
+                    .map(|c| c.id)
+                    .collect();
+                for id in left_out {
+                    batch.delete_cf(meta, format!("out/{id}"));
+                    self.catalog.left_out.remove(&id);
+                }
                 for id in ids {
                     batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
                     batch.delete_cf(meta, format!("col/{id}"));
@@ -497,10 +618,13 @@ pub(super) fn apply(
         store,
         catalog: (*store.catalog()).clone(),
         catalog_changed: false,
+        filter: store.filter(),
+        excluded: FxHashSet::default(),
         counts: FxHashMap::default(),
         partitions: (0..parts).map(|_| Partition::default()).collect(),
         pieces: Vec::new(),
     };
+    applying.refresh_excluded();
     let mut gathered: Vec<Vec<&Item<'_>>> = vec![Vec::new(); parts];
     for item in decoded.iter().flat_map(|(items, _)| items) {
         stats.records += 1;

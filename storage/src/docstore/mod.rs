@@ -13,13 +13,15 @@
 //!   where the JSON is the document with `_key` and `_id` but without `_rev` (the revision is the
 //!   tick that wrote it and is spliced in when the document is read);
 //! - column family `meta`: `applied_tick` (u64 LE), `db/{name}` (database JSON),
-//!   `col/{id}` (collection JSON), `count/{id}` (u64 LE).
+//!   `col/{id}` (collection JSON), `count/{id}` (u64 LE), `out/{id}` (JSON of a collection that
+//!   exists on the leader but that a follower's collection filter left out).
 //!
 //! Only one thread applies (the store applier). Readers read RocksDB directly and the catalog
 //! through an `Arc` swapped after each applied change of databases or collections.
 
 mod applier;
 mod apply;
+mod filter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,8 +34,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use self::applier::{ApplierOptions, StoreApplier};
+pub use self::applier::{ApplierOptions, ApplierTotals, StoreApplier};
 pub use self::apply::{ApplyContext, ApplyStats};
+pub use self::filter::{CollectionFilter, Restrict};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 
@@ -108,6 +111,9 @@ pub struct Catalog {
     databases: BTreeMap<String, DatabaseInfo>,
     collections: HashMap<u64, Arc<CollectionInfo>>,
     by_name: HashMap<(String, String), u64>,
+    /// Collections of the leader that a collection filter left out: not visible here, but their
+    /// records are known to be excluded rather than addressed to a collection that is gone.
+    left_out: HashMap<u64, CollectionInfo>,
 }
 
 impl Catalog {
@@ -219,6 +225,8 @@ pub struct DocStore {
     /// tick, so a restart replays from a tick its WAL still has. Below `applied` while blocks from
     /// a leader are applied before they are durable here; replaying them again is harmless.
     recorded: AtomicU64,
+    /// The collections this store keeps, if not all (a follower's `restrictCollections`).
+    filter: RwLock<Option<Arc<CollectionFilter>>>,
 }
 
 impl DocStore {
@@ -268,6 +276,7 @@ impl DocStore {
             counts: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
+            filter: RwLock::new(None),
         };
         store.load()?;
         Ok(store)
@@ -305,6 +314,10 @@ impl DocStore {
                 let info: CollectionInfo =
                     serde_json::from_slice(&value).map_err(|_| corrupt("collection entry"))?;
                 catalog.insert_collection(info);
+            } else if key.starts_with(b"out/") {
+                let info: CollectionInfo =
+                    serde_json::from_slice(&value).map_err(|_| corrupt("left-out collection"))?;
+                catalog.left_out.insert(info.id, info);
             } else if let Some(id) = key.strip_prefix(b"count/") {
                 let id = std::str::from_utf8(id)
                     .ok()
@@ -474,6 +487,20 @@ impl DocStore {
         durable: Tick,
     ) -> Result<ApplyStats> {
         apply::apply(self, blocks, context, durable)
+    }
+
+    /// From the next applied group on, applies only the records of collections `filter`
+    /// admits (`None`: all of them). A follower sets it from its applier configuration.
+    pub fn set_filter(&self, filter: Option<CollectionFilter>) {
+        let filter = filter.filter(|f| !f.keeps_all()).map(Arc::new);
+        *self.filter.write().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    pub fn filter(&self) -> Option<Arc<CollectionFilter>> {
+        self.filter
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn write(&self, batch: rocksdb::WriteBatch) -> Result<()> {
