@@ -86,6 +86,24 @@ pub struct DaemonArgs {
     #[arg(long = "store.flush-interval", default_value_t = 30.0)]
     pub store_flush_interval: f64,
 
+    /// Bytes of one memtable of the document store (RocksDB).
+    #[arg(long = "rocksdb.write-buffer-size", default_value_t = 64 << 20)]
+    pub rocksdb_write_buffer_size: usize,
+
+    /// Memtables per column family: the active one and those waiting to be flushed (2..64).
+    #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4)]
+    pub rocksdb_max_write_buffer_number: usize,
+
+    /// Bytes of all memtables together (0: no limit but the two above). Past it the store
+    /// flushes early; far past it writes wait for flushes. Bounds the memory of a follower far
+    /// behind its leader.
+    #[arg(long = "rocksdb.total-write-buffer-size", default_value_t = 128 << 20)]
+    pub rocksdb_total_write_buffer_size: usize,
+
+    /// Bytes of the document store's block cache (index, filter and data blocks).
+    #[arg(long = "rocksdb.block-cache-size", default_value_t = 256 << 20)]
+    pub rocksdb_block_cache_size: usize,
+
     /// Threads that apply WAL blocks to the document store (received from the leader, or
     /// replayed at start), partitioned by collection and key. 0 = one per core.
     #[arg(long = "replication.applier-threads", default_value_t = 0)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::http::Request;
-use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier};
+use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier, StoreOptions};
 use tickship_storage::wal::{IoEngine, RetentionPolicy, SyncPolicy};
 use tickship_storage::{Wal, WalOptions};
 
@@ -97,7 +97,16 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     if let Some(torn) = &report.torn_tail {
         tracing::warn!(?torn, "recovery cut a torn tail");
     }
-    let store = Arc::new(DocStore::open(dir.join("store")).context("open the document store")?);
+    let store_options = StoreOptions {
+        write_buffer_bytes: args.rocksdb_write_buffer_size,
+        write_buffers_max: args.rocksdb_max_write_buffer_number,
+        total_write_buffer_bytes: args.rocksdb_total_write_buffer_size,
+        block_cache_bytes: args.rocksdb_block_cache_size,
+    };
+    let store = Arc::new(
+        DocStore::open_with(dir.join("store"), &store_options)
+            .context("open the document store")?,
+    );
     let started = std::time::Instant::now();
     let replay_from = store.applied_tick();
     if replay_from > wal.last_tick() {

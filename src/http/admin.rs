@@ -147,7 +147,8 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     let counters = wal.counters();
     let ranges = wal.tick_ranges();
     let relaxed = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-    let gauges_and_counters: [(&str, &str, &str, u64); 16] = [
+    let memory = tokio::task::block_in_place(|| node.store.memory());
+    let gauges_and_counters: [(&str, &str, &str, u64); 20] = [
         (
             "tickship_wal_last_tick",
             "gauge",
@@ -243,6 +244,30 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
             "gauge",
             "Registered replication clients (WAL barriers).",
             wal.barriers().len() as u64,
+        ),
+        (
+            "rocksdb_size_all_mem_tables",
+            "gauge",
+            "Bytes of the document store's memtables (active, immutable and pinned).",
+            memory.memtables,
+        ),
+        (
+            "rocksdb_block_cache_usage",
+            "gauge",
+            "Bytes in the document store's block cache.",
+            memory.block_cache,
+        ),
+        (
+            "rocksdb_block_cache_pinned_usage",
+            "gauge",
+            "Bytes of the block cache pinned by readers.",
+            memory.block_cache_pinned,
+        ),
+        (
+            "rocksdb_estimate_table_readers_mem",
+            "gauge",
+            "Bytes of table readers outside the block cache.",
+            memory.table_readers,
         ),
     ];
     let mut out = String::new();

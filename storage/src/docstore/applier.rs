@@ -37,7 +37,7 @@ impl Default for ApplierOptions {
         ApplierOptions {
             flush_ticks_max: 1_000_000,
             flush_interval: Duration::from_secs(30),
-            group_bytes_max: 8 << 20,
+            group_bytes_max: 4 << 20,
             threads: 1,
         }
     }

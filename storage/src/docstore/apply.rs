@@ -180,8 +180,14 @@ impl Partition {
         excluded: &FxHashSet<u64>,
         items: &[&Item<'_>],
     ) -> Result<PartitionBatch> {
+        // Sized up front: a batch grown by doubling holds up to twice its bytes, and this one is
+        // as large as the partition's share of the group.
+        let bytes: usize = items
+            .iter()
+            .map(|(_, r)| r.data.len() + r.key.len() + BATCH_RECORD_OVERHEAD)
+            .sum();
         let mut out = PartitionBatch {
-            batch: WriteBatch::default(),
+            batch: WriteBatch::with_capacity_bytes(BATCH_HEADER_BYTES + bytes),
             deltas: FxHashMap::default(),
             documents: 0,
             removals: 0,
@@ -533,6 +539,10 @@ impl Applying<'_> {
 /// RocksDB's write batch representation: an 8-byte sequence number, a 4-byte record count
 /// (both little-endian), then the records, each self-delimiting (`db/write_batch.cc`).
 const BATCH_HEADER_BYTES: usize = 12;
+
+/// Bytes a put adds to a batch besides its key and value: type, column family, two lengths
+/// (varints) and the 8-byte revision before the value.
+const BATCH_RECORD_OVERHEAD: usize = 1 + 5 + 5 + 5 + 8 + 8;
 
 /// Joins batches into one whose records are theirs, in order.
 fn join(mut pieces: Vec<WriteBatch>) -> Result<WriteBatch> {

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options,
-    ReadOptions, ReadTier, WriteOptions, DB,
+    ReadOptions, ReadTier, WriteBufferManager, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -214,9 +214,50 @@ pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
 /// Values from this size on go to blob files; smaller documents stay in the LSM tree.
 const MIN_BLOB_SIZE: u64 = 256;
 
+/// How much memory the store's RocksDB may use (ArangoDB's `--rocksdb.*` options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Bytes of one memtable (`--rocksdb.write-buffer-size`).
+    pub write_buffer_bytes: usize,
+    /// Memtables per column family, the active one and those waiting to be flushed
+    /// (`--rocksdb.max-write-buffer-number`).
+    pub write_buffers_max: usize,
+    /// Bytes of all memtables together; past it RocksDB flushes, and writes wait for the flush
+    /// when it is far past (`--rocksdb.total-write-buffer-size`; 0: no limit but the above).
+    pub total_write_buffer_bytes: usize,
+    /// Bytes of the block cache (`--rocksdb.block-cache-size`).
+    pub block_cache_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            write_buffer_bytes: 64 << 20,
+            write_buffers_max: 4,
+            total_write_buffer_bytes: 128 << 20,
+            block_cache_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Memory the store's RocksDB holds, in bytes (ArangoDB's metric names in brackets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreMemory {
+    /// Active and immutable memtables, flushed or not but still held
+    /// (`rocksdb_size_all_mem_tables`).
+    pub memtables: u64,
+    /// Block cache in use: data, index and filter blocks (`rocksdb_block_cache_usage`).
+    pub block_cache: u64,
+    /// The part of it pinned by readers (`rocksdb_block_cache_pinned_usage`).
+    pub block_cache_pinned: u64,
+    /// Table readers outside the block cache (`rocksdb_estimate_table_readers_mem`).
+    pub table_readers: u64,
+}
+
 /// The document store.
 pub struct DocStore {
     db: DB,
+    cache: Cache,
     path: PathBuf,
     catalog: RwLock<Arc<Catalog>>,
     counts: Mutex<HashMap<u64, u64>>,
@@ -230,8 +271,13 @@ pub struct DocStore {
 }
 
 impl DocStore {
-    /// Opens (creating if needed) the store in `path`.
+    /// Opens (creating if needed) the store in `path`, with the default options.
     pub fn open(path: impl AsRef<Path>) -> Result<DocStore> {
+        DocStore::open_with(path, &StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the store in `path`.
+    pub fn open_with(path: impl AsRef<Path>, store_options: &StoreOptions) -> Result<DocStore> {
         let path = path.as_ref().to_path_buf();
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -240,13 +286,23 @@ impl DocStore {
         options.set_atomic_flush(true);
         options.increase_parallelism(2);
         options.set_max_background_jobs(2);
-        options.set_write_buffer_size(64 << 20);
-        options.set_max_write_buffer_number(4);
+        options.set_write_buffer_size(store_options.write_buffer_bytes.max(1 << 20));
+        options.set_max_write_buffer_number(store_options.write_buffers_max.clamp(2, 64) as i32);
+        let cache = Cache::new_lru_cache(store_options.block_cache_bytes);
+        if store_options.total_write_buffer_bytes > 0 {
+            // One budget for the memtables of both column families, so that a follower far
+            // behind (memtables filling faster than they flush) holds no more than a tailing one.
+            let manager = WriteBufferManager::new_write_buffer_manager(
+                store_options.total_write_buffer_bytes,
+                true,
+            );
+            options.set_write_buffer_manager(&manager);
+        }
         options.set_level_zero_slowdown_writes_trigger(40);
         options.set_level_zero_stop_writes_trigger(64);
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
-        table.set_block_cache(&Cache::new_lru_cache(256 << 20));
+        table.set_block_cache(&cache);
         table.set_cache_index_and_filter_blocks(true);
         let mut docs = options.clone();
         docs.set_block_based_table_factory(&table);
@@ -271,6 +327,7 @@ impl DocStore {
             .map_err(|e| store_error("open", e))?;
         let store = DocStore {
             db,
+            cache,
             path,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             counts: Mutex::new(HashMap::new()),
@@ -494,6 +551,22 @@ impl DocStore {
     pub fn set_filter(&self, filter: Option<CollectionFilter>) {
         let filter = filter.filter(|f| !f.keeps_all()).map(Arc::new);
         *self.filter.write().unwrap_or_else(|p| p.into_inner()) = filter;
+    }
+
+    /// What RocksDB holds in memory now.
+    pub fn memory(&self) -> StoreMemory {
+        let sum = |property: &str| -> u64 {
+            [self.docs(), self.meta()]
+                .into_iter()
+                .filter_map(|cf| self.db.property_int_value_cf(cf, property).ok().flatten())
+                .sum()
+        };
+        StoreMemory {
+            memtables: sum("rocksdb.size-all-mem-tables"),
+            block_cache: self.cache.get_usage() as u64,
+            block_cache_pinned: self.cache.get_pinned_usage() as u64,
+            table_readers: sum("rocksdb.estimate-table-readers-mem"),
+        }
     }
 
     pub fn filter(&self) -> Option<Arc<CollectionFilter>> {
