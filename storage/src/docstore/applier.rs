@@ -205,6 +205,7 @@ fn run(
     options: &ApplierOptions,
 ) -> Result<()> {
     let mut last_flush = Instant::now();
+    let mut last_trim = Instant::now();
     let mut persisted = store.persisted_tick()?;
     wal.set_store_tick(persisted);
     loop {
@@ -216,7 +217,14 @@ fn run(
                     break;
                 }
                 store.record_applied(wal.durable_tick())?;
-                maintain(wal, store, options, &mut persisted, &mut last_flush)?;
+                maintain(
+                    wal,
+                    store,
+                    options,
+                    &mut persisted,
+                    &mut last_flush,
+                    &mut last_trim,
+                )?;
                 continue;
             }
         };
@@ -244,7 +252,14 @@ fn run(
             shared.changed.notify_all();
         }
         shared.notify.notify_waiters();
-        maintain(wal, store, options, &mut persisted, &mut last_flush)?;
+        maintain(
+            wal,
+            store,
+            options,
+            &mut persisted,
+            &mut last_flush,
+            &mut last_trim,
+        )?;
     }
     // Closing: persist the store so the next start replays nothing (or only what is not yet
     // durable in the WAL).
@@ -254,6 +269,23 @@ fn run(
     Ok(())
 }
 
+/// At most this often the store applier hands freed memory back to the kernel.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns the free pages inside glibc's heaps to the kernel. RocksDB allocates its memtables
+/// (blocks of several MiB) and write batches through glibc's malloc from several threads; freed,
+/// they stay in the per-thread heaps, fragmented: a follower catching up 10 GB held ~270 MiB of
+/// such free memory besides ~100 MiB of live memtables and cache (measured, /proc/PID/smaps).
+/// `malloc_trim` walks the heaps and releases whole free pages; once per flush at most once a
+/// second it costs little.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes the heaps' locks itself and only releases free pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Reports the persisted tick to the WAL and starts a flush when one is due.
 fn maintain(
     wal: &Wal,
@@ -261,11 +293,17 @@ fn maintain(
     options: &ApplierOptions,
     persisted: &mut Tick,
     last_flush: &mut Instant,
+    last_trim: &mut Instant,
 ) -> Result<()> {
     let now_persisted = store.persisted_tick()?;
     if now_persisted != *persisted {
         *persisted = now_persisted;
         wal.set_store_tick(now_persisted);
+        // A flush finished and freed its memtables.
+        if last_trim.elapsed() >= TRIM_EVERY {
+            release_free_memory();
+            *last_trim = Instant::now();
+        }
     }
     let behind = store.applied_tick().get().saturating_sub(persisted.get());
     if behind > 0
