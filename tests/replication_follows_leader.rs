@@ -96,6 +96,38 @@ fn make_follower(follower: &Http, leader: &Daemon, extra: Value) -> Value {
     answer.json()
 }
 
+/// Runs `write(leader, batch)` for up to `batches` batches on another thread, `kill -9`s the
+/// follower once it visibly applies them, stops the writes and starts the follower again (on the
+/// same data directory, so its applier starts itself).
+fn kill9_while_writing(
+    follower: &mut Daemon,
+    leader: &Daemon,
+    batches: usize,
+    write: impl Fn(&Http, usize) + Send + 'static,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, http) = (stop.clone(), leader.http());
+        std::thread::spawn(move || {
+            for batch in 0..batches {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                write(&http, batch);
+            }
+        })
+    };
+    let before = state(&follower.http())["lastAppliedContinuousTick"].clone();
+    wait_until("the follower applies new writes", || {
+        state(&follower.http())["lastAppliedContinuousTick"] != before
+    });
+    follower.kill9();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let dir = follower.dir.clone();
+    *follower = Daemon::start(&dir, &[]);
+}
+
 /// SHA-256 of the DER certificate in a PEM file, hex: what the leader prints at start.
 fn certificate_fingerprint(path: &std::path::Path) -> String {
     use base64::Engine;
@@ -198,26 +230,9 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
 
     // kill -9 the follower while the leader takes a load; it restarts (autoStart) and converges.
     for round in 0..3 {
-        let stop = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let (stop, http) = (stop.clone(), leader.http());
-            std::thread::spawn(move || {
-                let mut batch = 0;
-                while !stop.load(Ordering::Relaxed) && batch < 200 {
-                    insert(&http, "c", &format!("k{round}-{batch}"), 100);
-                    batch += 1;
-                }
-            })
-        };
-        // Kill once the follower is visibly applying this round's writes.
-        let before = state(&follower.http())["lastAppliedContinuousTick"].clone();
-        wait_until("the follower applies new writes", || {
-            state(&follower.http())["lastAppliedContinuousTick"] != before
+        kill9_while_writing(&mut follower, &leader, 200, move |http, batch| {
+            insert(http, "c", &format!("k{round}-{batch}"), 100);
         });
-        follower.kill9();
-        stop.store(true, Ordering::Relaxed);
-        writer.join().unwrap();
-        follower = Daemon::start(&dir.path().join("follower"), &[]);
         converge(&lh, &follower.http(), "c");
     }
     let fh = follower.http();
@@ -387,26 +402,10 @@ fn restricted_follower_keeps_only_the_listed_collections() {
 
     // Killed while both collections take writes, the follower replays its WAL with the same
     // restriction and goes on following `kept` only.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (stop, http) = (stop.clone(), leader.http());
-        std::thread::spawn(move || {
-            let mut batch = 0;
-            while !stop.load(Ordering::Relaxed) && batch < 100 {
-                insert(&http, "kept", &format!("k{batch}"), 100);
-                insert(&http, "left", &format!("k{batch}"), 100);
-                batch += 1;
-            }
-        })
-    };
-    let before = state(&follower.http())["lastAppliedContinuousTick"].clone();
-    wait_until("the follower applies new writes", || {
-        state(&follower.http())["lastAppliedContinuousTick"] != before
+    kill9_while_writing(&mut follower, &leader, 100, |http, batch| {
+        insert(http, "kept", &format!("k{batch}"), 100);
+        insert(http, "left", &format!("k{batch}"), 100);
     });
-    follower.kill9();
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
-    follower = Daemon::start(&dir.path().join("follower"), &[]);
     converge(&lh, &follower.http(), "kept");
     assert_eq!(fingerprint(&follower.http(), "left"), None);
 }

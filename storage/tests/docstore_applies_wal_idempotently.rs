@@ -8,21 +8,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{blocks_after, collection_definition, options};
+use common::{blocks_after, collection_definition, options, record};
 use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier};
 use tickship_storage::wal::{Block, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
-
-fn record<'a>(kind: RecordType, collection: &'a str, key: &'a str, data: &'a [u8]) -> Record<'a> {
-    Record {
-        kind,
-        tid: 0,
-        db: "_system",
-        collection,
-        key,
-        data,
-    }
-}
 
 #[test]
 fn apply_state_counts_ddl_and_idempotence() {

@@ -5,21 +5,10 @@
 
 mod common;
 
-use common::{blocks_after, collection_definition, options};
+use common::{blocks_after, collection_definition, options, record};
 use tickship_storage::docstore::{ApplyContext, CollectionFilter, DocStore, Restrict};
 use tickship_storage::wal::{IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
-
-fn record<'a>(kind: RecordType, collection: &'a str, key: &'a str, data: &'a [u8]) -> Record<'a> {
-    Record {
-        kind,
-        tid: 0,
-        db: "_system",
-        collection,
-        key,
-        data,
-    }
-}
 
 /// Enough documents per block that a group is applied by several partitions.
 const PER_BLOCK: usize = 1500;

@@ -204,10 +204,7 @@ fn run(
     shared: &Shared,
     options: &ApplierOptions,
 ) -> Result<()> {
-    let mut last_flush = Instant::now();
-    let mut last_trim = Instant::now();
-    let mut persisted = store.persisted_tick()?;
-    wal.set_store_tick(persisted);
+    let mut upkeep = Upkeep::new(wal, store)?;
     loop {
         // Wait for at least one block, then take what else is there, up to the group size.
         let first = match reader.wait_next(Duration::from_millis(200))? {
@@ -217,14 +214,7 @@ fn run(
                     break;
                 }
                 store.record_applied(wal.durable_tick())?;
-                maintain(
-                    wal,
-                    store,
-                    options,
-                    &mut persisted,
-                    &mut last_flush,
-                    &mut last_trim,
-                )?;
+                upkeep.run(wal, store, options)?;
                 continue;
             }
         };
@@ -252,14 +242,7 @@ fn run(
             shared.changed.notify_all();
         }
         shared.notify.notify_waiters();
-        maintain(
-            wal,
-            store,
-            options,
-            &mut persisted,
-            &mut last_flush,
-            &mut last_trim,
-        )?;
+        upkeep.run(wal, store, options)?;
     }
     // Closing: persist the store so the next start replays nothing (or only what is not yet
     // durable in the WAL).
@@ -286,31 +269,45 @@ fn release_free_memory() {
     }
 }
 
-/// Reports the persisted tick to the WAL and starts a flush when one is due.
-fn maintain(
-    wal: &Wal,
-    store: &DocStore,
-    options: &ApplierOptions,
-    persisted: &mut Tick,
-    last_flush: &mut Instant,
-    last_trim: &mut Instant,
-) -> Result<()> {
-    let now_persisted = store.persisted_tick()?;
-    if now_persisted != *persisted {
-        *persisted = now_persisted;
-        wal.set_store_tick(now_persisted);
-        // A flush finished and freed its memtables.
-        if last_trim.elapsed() >= TRIM_EVERY {
-            release_free_memory();
-            *last_trim = Instant::now();
+/// What the store applier keeps between groups to look after the store.
+struct Upkeep {
+    /// The store's persisted tick, as last told to the WAL.
+    persisted: Tick,
+    last_flush: Instant,
+    last_trim: Instant,
+}
+
+impl Upkeep {
+    fn new(wal: &Wal, store: &DocStore) -> Result<Upkeep> {
+        let persisted = store.persisted_tick()?;
+        wal.set_store_tick(persisted);
+        Ok(Upkeep {
+            persisted,
+            last_flush: Instant::now(),
+            last_trim: Instant::now(),
+        })
+    }
+
+    /// Reports the persisted tick to the WAL and starts a flush when one is due.
+    fn run(&mut self, wal: &Wal, store: &DocStore, options: &ApplierOptions) -> Result<()> {
+        let persisted = store.persisted_tick()?;
+        if persisted != self.persisted {
+            self.persisted = persisted;
+            wal.set_store_tick(persisted);
+            // A flush finished and freed its memtables.
+            if self.last_trim.elapsed() >= TRIM_EVERY {
+                release_free_memory();
+                self.last_trim = Instant::now();
+            }
         }
+        let behind = store.applied_tick().get().saturating_sub(persisted.get());
+        if behind > 0
+            && (behind >= options.flush_ticks_max
+                || self.last_flush.elapsed() >= options.flush_interval)
+        {
+            store.start_flush()?;
+            self.last_flush = Instant::now();
+        }
+        Ok(())
     }
-    let behind = store.applied_tick().get().saturating_sub(persisted.get());
-    if behind > 0
-        && (behind >= options.flush_ticks_max || last_flush.elapsed() >= options.flush_interval)
-    {
-        store.start_flush()?;
-        *last_flush = Instant::now();
-    }
-    Ok(())
 }

@@ -376,13 +376,10 @@ impl Applying<'_> {
 
     /// Applies a record that changes collections or databases.
     fn barrier(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
-        let catalog_changed = self.catalog_changed;
-        self.catalog_changed = false;
         let result = self.change(record, stats);
-        if self.catalog_changed {
-            self.refresh_excluded();
-        }
-        self.catalog_changed |= catalog_changed;
+        // The record may have created, renamed or dropped a collection (barriers are rare, the
+        // catalog small).
+        self.refresh_excluded();
         result
     }
 
@@ -396,9 +393,13 @@ impl Applying<'_> {
                 | RecordType::CollectionRename
                 | RecordType::CollectionChange
         );
-        if collection_record && self.excluded.contains(&collection_id(record)?) {
+        let id = if collection_record {
+            collection_id(record)?
+        } else {
+            0
+        };
+        if collection_record && self.excluded.contains(&id) {
             stats.excluded += 1;
-            let id = collection_id(record)?;
             // A left-out collection is remembered until it is dropped, under its current name.
             if let Some(info) = self.catalog.left_out.get_mut(&id) {
                 if record.kind == RecordType::CollectionDrop {

@@ -176,3 +176,20 @@ pub fn collection_definition(id: u64, name: &str) -> Vec<u8> {
     })
     .expect("json")
 }
+
+/// A record of `_system` outside any transaction.
+pub fn record<'a>(
+    kind: tickship_storage::wal::RecordType,
+    collection: &'a str,
+    key: &'a str,
+    data: &'a [u8],
+) -> tickship_storage::wal::Record<'a> {
+    tickship_storage::wal::Record {
+        kind,
+        tid: 0,
+        db: "_system",
+        collection,
+        key,
+        data,
+    }
+}
