@@ -473,10 +473,14 @@ impl Block {
             Compression::None => stored,
             Compression::Lz4 => {
                 let raw_bytes = self.header.raw_bytes as usize;
-                scratch.clear();
-                scratch.resize(raw_bytes, 0);
-                match lz4_flex::block::decompress_into(stored, scratch) {
-                    Ok(n) if n == raw_bytes => scratch,
+                // Only growth is zeroed: decompression overwrites the first `raw_bytes`, and
+                // only those are read.
+                if scratch.len() < raw_bytes {
+                    scratch.resize(raw_bytes, 0);
+                }
+                let out = &mut scratch[..raw_bytes];
+                match lz4_flex::block::decompress_into(stored, out) {
+                    Ok(n) if n == raw_bytes => out,
                     Ok(_) => {
                         return Err(Error::InvalidBlock(
                             "payload decompresses to the wrong size",
