@@ -102,6 +102,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         write_buffers_max: args.rocksdb_max_write_buffer_number,
         total_write_buffer_bytes: args.rocksdb_total_write_buffer_size,
         block_cache_bytes: args.rocksdb_block_cache_size,
+        blob_compression: args.rocksdb_blob_compression_type,
+        blob_gc: args.rocksdb_enable_blob_garbage_collection,
+        blob_gc_age_cutoff: args.rocksdb_blob_garbage_collection_age_cutoff,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)
