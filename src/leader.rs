@@ -30,6 +30,10 @@ use crate::util::{valid_collection_name, valid_database_name, valid_key};
 
 /// Generated keys are reserved from the persisted high-water mark in steps of this many.
 const KEYGEN_STEP: u64 = 1_000_000;
+
+/// Numeric keys clients choose from here on do not move the key generator (so it never nears
+/// u64::MAX); the write path's read still keeps a generated key from overwriting them.
+const TRACKED_KEY_MAX: u64 = 1 << 62;
 /// Blocks from this size on are compressed and submitted with `block_in_place`.
 const BLOCKING_BLOCK_BYTES: usize = 256 << 10;
 
@@ -183,7 +187,7 @@ impl KeyGen {
     fn next(&self) -> ApiResult<u64> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if state.0 >= state.1 {
-            let limit = state.1 + KEYGEN_STEP;
+            let limit = state.0.max(state.1) + KEYGEN_STEP;
             let write = || -> std::io::Result<()> {
                 let temp = self.path.with_extension("tmp");
                 std::fs::write(&temp, limit.to_string())?;
@@ -200,6 +204,17 @@ impl KeyGen {
         }
         state.0 += 1;
         Ok(state.0)
+    }
+
+    /// Moves past a numeric key a client chose, so generated keys do not run into it (as
+    /// ArangoDB's traditional generator does). Not persisted by itself: after a restart the
+    /// write path's read still refuses a generated key that exists.
+    fn track(&self, key: u64) {
+        if key >= TRACKED_KEY_MAX {
+            return;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 = state.0.max(key);
     }
 }
 
@@ -530,15 +545,11 @@ impl Node {
         for input in inputs {
             planned.push(self.plan(collection, kind, input));
         }
-        // Generated keys are new by construction: no lock, no read.
+        // Generated keys are locked and read too: a client may have chosen the same numeric key
+        // before, or this server may have been a follower whose leader generated it.
         let keys: Vec<&str> = planned
             .iter()
-            .filter_map(|p| {
-                p.as_ref()
-                    .ok()
-                    .filter(|(_, _, generated)| !generated)
-                    .map(|(k, _, _)| k.as_str())
-            })
+            .filter_map(|p| p.as_ref().ok().map(|(k, _, _)| k.as_str()))
             .collect();
         // 2. Locks, then the current documents.
         let _guard = self.locks.lock(collection.id, &keys).await;
@@ -559,7 +570,7 @@ impl Node {
         }
         let mut steps = Vec::with_capacity(planned.len());
         for plan in planned {
-            let (key, body, _generated) = match plan {
+            let (key, body, generated) = match plan {
                 Ok(plan) => plan,
                 Err(error) => {
                     steps.push(Step::Done(Err(error)));
@@ -583,6 +594,13 @@ impl Node {
                 meta
             };
             let outcome = match kind {
+                // A generated key that exists is never overwritten, whatever the mode: the
+                // client did not name that document.
+                WriteKind::Insert if exists && generated => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    num::UNIQUE_CONSTRAINT_VIOLATED,
+                    format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
+                )),
                 WriteKind::Insert if exists => match options.overwrite {
                     OverwriteMode::Conflict => Err(ApiError::new(
                         StatusCode::CONFLICT,
@@ -818,6 +836,11 @@ impl Node {
         };
         if !valid_key(&key) {
             return Err(bad_key());
+        }
+        if !generated {
+            if let Ok(number) = key.parse::<u64>() {
+                self.keygen.track(number);
+            }
         }
         if collection.kind == 3 && matches!(kind, WriteKind::Insert | WriteKind::Replace) {
             let ok = |field: &str| match &body {

@@ -129,6 +129,67 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
     assert_eq!(http.get("/_api/document/c/k").json()["v"], json!(1));
 }
 
+// Goal: a generated key never overwrites a document whose key a client chose: the generator
+// moves past numeric keys it sees, and after a restart (which forgets that) the insert is
+// refused with 1210 and the document is kept.
+#[test]
+fn generated_keys_never_overwrite_chosen_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    http.send("POST", "/_api/collection", &json!({ "name": "c" }))
+        .assert_status(200);
+    let generated = |http: &common::Http| {
+        let answer = http.send("POST", "/_api/document/c", &json!({ "g": true }));
+        answer.assert_status(202);
+        let key = answer.json()["_key"].as_str().expect("key").to_string();
+        key.parse::<u64>().expect("numeric key")
+    };
+    let first = generated(&http);
+    // The next generated key, and one far ahead (past the range reserved on disk).
+    let near = first + 1;
+    let far = first + 5_000_000;
+    for key in [near, far] {
+        http.send(
+            "POST",
+            "/_api/document/c",
+            &json!({ "_key": key.to_string(), "chosen": true }),
+        )
+        .assert_status(202);
+    }
+    assert!(generated(&http) > far, "the generator moved past {far}");
+    assert!(daemon.terminate().success(), "log:\n{}", daemon.log());
+
+    // Restarted, the generator continues after the range it reserved on disk (DIR/keygen) and
+    // forgets the keys it saw: put a chosen key where it will generate next after a restart.
+    let mut daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    generated(&http);
+    let reserved: u64 = std::fs::read_to_string(dir.path().join("keygen"))
+        .expect("keygen file")
+        .trim()
+        .parse()
+        .expect("reserved key");
+    let collide = reserved + 1;
+    http.send(
+        "POST",
+        "/_api/document/c",
+        &json!({ "_key": collide.to_string(), "chosen": true }),
+    )
+    .assert_status(202);
+    assert!(daemon.terminate().success(), "log:\n{}", daemon.log());
+
+    let daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    http.send("POST", "/_api/document/c", &json!({ "g": true }))
+        .assert_error(409, 1210);
+    assert_eq!(generated(&http), collide + 1);
+    for key in [near, far, collide] {
+        let doc = http.get(&format!("/_api/document/c/{key}")).json();
+        assert_eq!(doc["chosen"], json!(true), "document {key}: {doc}");
+    }
+}
+
 #[test]
 fn sigterm_stops_cleanly_and_restart_serves_the_same_data() {
     let dir = tempfile::tempdir().expect("tempdir");
