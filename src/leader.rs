@@ -670,10 +670,14 @@ impl Node {
             }
         }
         // 4. Log the writes as one block.
-        let writes: Vec<(&String, &Option<Vec<u8>>)> = steps
+        // A write to a key that did not exist (read above under the key's lock) is logged as
+        // an insert: the store appliers here and on followers need not look the key up.
+        let writes: Vec<(&String, &Option<Vec<u8>>, bool)> = steps
             .iter()
             .filter_map(|s| match s {
-                Step::Write { key, new_json, .. } => Some((key, new_json)),
+                Step::Write {
+                    key, new_json, old, ..
+                } => Some((key, new_json, old.is_none())),
                 Step::Done(_) => None,
             })
             .collect();
@@ -697,10 +701,14 @@ impl Node {
                     data: b"",
                 });
             }
-            for (key, json) in &writes {
+            for (key, json, fresh) in &writes {
                 records.push(match json {
                     Some(json) => Record {
-                        kind: RecordType::DocumentPut,
+                        kind: if *fresh {
+                            RecordType::DocumentInsert
+                        } else {
+                            RecordType::DocumentPut
+                        },
                         tid,
                         db,
                         collection: &id,
@@ -732,7 +740,7 @@ impl Node {
             for i in 0..writes.len() as u64 {
                 tick_of_write.push(Tick::new(ticks.first.get() + offset + i));
             }
-            let removed = writes.iter().filter(|(_, json)| json.is_none()).count() as u64;
+            let removed = writes.iter().filter(|(_, json, _)| json.is_none()).count() as u64;
             self.metrics
                 .documents_written
                 .fetch_add(writes.len() as u64 - removed, Ordering::Relaxed);

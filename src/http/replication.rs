@@ -151,7 +151,7 @@ fn marker(
     let _ = write!(line, r#","tid":"{}""#, record.tid);
     out.extend_from_slice(line.as_bytes());
     match record.kind {
-        RecordType::DocumentPut => {
+        RecordType::DocumentPut | RecordType::DocumentInsert => {
             out.extend_from_slice(br#","data":"#);
             out.extend_from_slice(&with_rev(record.data, tick));
         }

@@ -91,7 +91,7 @@ fn model_apply(model: &mut Model, block: &[Owned], first: u64) {
                     *name = change["name"].as_str().expect("name").to_string();
                 }
             }
-            RecordType::DocumentPut => {
+            RecordType::DocumentPut | RecordType::DocumentInsert => {
                 if let Some((_, docs)) = model.get_mut(&id) {
                     docs.insert(r.key.clone(), (tick, r.data.clone()));
                 }
@@ -204,11 +204,21 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
                 }
                 append(records, &mut model);
             }
+            // A single write; a put of a key the collection lacks is logged as an insert, as
+            // the leader logs it (the applier then does not look the key up).
             55..=84 => {
                 version += 1;
+                let key = rng.below(300);
                 let record = match rng.below(3) {
-                    0 => remove(collection, rng.below(300)),
-                    _ => put(collection, rng.below(300), version),
+                    0 => remove(collection, key),
+                    _ => {
+                        let mut record = put(collection, key, version);
+                        let known = model.get(&collection).map(|(_, docs)| docs);
+                        if known.is_some_and(|docs| !docs.contains_key(&record.key)) {
+                            record.kind = RecordType::DocumentInsert;
+                        }
+                        record
+                    }
                 };
                 append(vec![record], &mut model);
             }
@@ -252,7 +262,10 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
                         0,
                         &collection_definition(next_id, &format!("c{next_id}")),
                     ),
-                    put(next_id, 3, version),
+                    Owned {
+                        kind: RecordType::DocumentInsert,
+                        ..put(next_id, 3, version)
+                    },
                 ];
                 live.retain(|&c| c != collection);
                 live.push(next_id);

@@ -213,7 +213,9 @@ impl Partition {
             let key = doc_key(id, record.key);
             if !self.exists.contains_key(&key) {
                 self.exists.insert(key.clone(), false);
-                if !self.emptied.contains(&id) {
+                // An insert's key did not exist at its tick (the leader read it under its
+                // lock); the state here is that of the tick before, so it is not looked up.
+                if !self.emptied.contains(&id) && record.kind != RecordType::DocumentInsert {
                     lookup.push(keys.len());
                 }
             }
@@ -250,7 +252,7 @@ impl Partition {
                     continue;
                 }
             };
-            let now = record.kind == RecordType::DocumentPut;
+            let now = record.kind.is_put();
             let existed = match self.exists.get_mut(&key) {
                 Some(slot) => std::mem::replace(slot, now),
                 None => {
@@ -258,7 +260,7 @@ impl Partition {
                     false
                 }
             };
-            if record.kind == RecordType::DocumentPut {
+            if now {
                 if record.key.is_empty() || record.data.first() != Some(&b'{') {
                     return Err(invalid("document record without key or object"));
                 }
@@ -523,6 +525,7 @@ impl Applying<'_> {
                 self.catalog_changed = true;
             }
             RecordType::DocumentPut
+            | RecordType::DocumentInsert
             | RecordType::DocumentRemove
             | RecordType::IndexCreate
             | RecordType::IndexDrop
@@ -640,7 +643,7 @@ pub(super) fn apply(
     for item in decoded.iter().flat_map(|(items, _)| items) {
         stats.records += 1;
         match item.1.kind {
-            RecordType::DocumentPut | RecordType::DocumentRemove => {
+            RecordType::DocumentPut | RecordType::DocumentInsert | RecordType::DocumentRemove => {
                 gathered[partition_of(&item.1, parts)].push(item);
             }
             RecordType::IndexCreate

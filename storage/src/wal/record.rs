@@ -33,11 +33,14 @@ pub enum RecordType {
     TransactionAbort = 2202,
     /// Insert, replace or update: `data` is always the complete new document.
     DocumentPut = 2300,
+    /// A put of a key that did not exist when it was written (the leader read it under the
+    /// key's lock), so the store applier does not look it up. ArangoDB's API shows it as 2300.
+    DocumentInsert = 2301,
     DocumentRemove = 2302,
 }
 
 impl RecordType {
-    pub const ALL: [RecordType; 14] = [
+    pub const ALL: [RecordType; 15] = [
         RecordType::DatabaseCreate,
         RecordType::DatabaseDrop,
         RecordType::CollectionCreate,
@@ -51,19 +54,34 @@ impl RecordType {
         RecordType::TransactionCommit,
         RecordType::TransactionAbort,
         RecordType::DocumentPut,
+        RecordType::DocumentInsert,
         RecordType::DocumentRemove,
     ];
 
-    /// ArangoDB's marker type number.
+    /// ArangoDB's marker type number, as the replication API shows it.
     pub fn marker_type(self) -> u16 {
+        match self {
+            RecordType::DocumentInsert => RecordType::DocumentPut as u16,
+            kind => kind as u16,
+        }
+    }
+
+    /// The number a record of this type carries in the WAL: ArangoDB's marker number, but
+    /// 2301 for [`RecordType::DocumentInsert`].
+    pub fn code(self) -> u16 {
         self as u16
     }
 
-    /// The record type for an ArangoDB marker type number we log, or `None`.
-    pub fn from_marker_type(value: u16) -> Option<RecordType> {
+    /// The record type a WAL record's number stands for, or `None`.
+    pub fn from_code(value: u16) -> Option<RecordType> {
         RecordType::ALL
             .into_iter()
-            .find(|kind| *kind as u16 == value)
+            .find(|kind| kind.code() == value)
+    }
+
+    /// Whether records of this type write a whole document.
+    pub fn is_put(self) -> bool {
+        matches!(self, RecordType::DocumentPut | RecordType::DocumentInsert)
     }
 }
 
@@ -146,7 +164,7 @@ impl<'a> Record<'a> {
             Error::InvalidRecord(format!("data of {} bytes exceeds 4 GiB", self.data.len()))
         })?;
         out.reserve(self.encoded_bytes());
-        out.extend_from_slice(&(self.kind as u16).to_le_bytes());
+        out.extend_from_slice(&self.kind.code().to_le_bytes());
         out.extend_from_slice(&db_bytes.to_le_bytes());
         out.extend_from_slice(&collection_bytes.to_le_bytes());
         out.extend_from_slice(&key_bytes.to_le_bytes());
@@ -184,7 +202,7 @@ impl<'a> Records<'a> {
             .get(..RECORD_FIXED_BYTES)
             .ok_or("record header cut short")?;
         let u16_at = |at: usize| u16::from_le_bytes([fixed[at], fixed[at + 1]]);
-        let kind = RecordType::from_marker_type(u16_at(0)).ok_or("unknown record type")?;
+        let kind = RecordType::from_code(u16_at(0)).ok_or("unknown record type")?;
         let db_bytes = usize::from(u16_at(2));
         let collection_bytes = usize::from(u16_at(4));
         let key_bytes = usize::from(u16_at(6));
@@ -242,18 +260,24 @@ impl<'a> Iterator for Records<'a> {
 mod tests {
     use super::*;
 
-    // Goal: every record type keeps ArangoDB's marker number and maps back from it.
+    // Goal: every record type shows ArangoDB's marker number (an insert shows as a put), and
+    // its number in the WAL maps back to it.
     #[test]
     fn marker_numbers_round_trip() {
         assert_eq!(RecordType::DocumentPut.marker_type(), 2300);
+        assert_eq!(RecordType::DocumentInsert.marker_type(), 2300);
+        assert_eq!(RecordType::DocumentInsert.code(), 2301);
         assert_eq!(RecordType::DocumentRemove.marker_type(), 2302);
         assert_eq!(RecordType::CollectionTruncate.marker_type(), 2004);
         assert_eq!(RecordType::DatabaseDrop.marker_type(), 1101);
         for kind in RecordType::ALL {
-            assert_eq!(RecordType::from_marker_type(kind.marker_type()), Some(kind));
+            assert_eq!(RecordType::from_code(kind.code()), Some(kind));
+            if kind != RecordType::DocumentInsert {
+                assert_eq!(kind.code(), kind.marker_type());
+            }
         }
-        assert_eq!(RecordType::from_marker_type(2301), None);
-        assert_eq!(RecordType::from_marker_type(0), None);
+        assert_eq!(RecordType::from_code(2303), None);
+        assert_eq!(RecordType::from_code(0), None);
     }
 
     // Goal: a record decodes to what was encoded, and every cut of its bytes is refused.
