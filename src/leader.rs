@@ -218,6 +218,15 @@ impl KeyGen {
     }
 }
 
+/// ArangoDB's answer to an insert of a key that exists (1210).
+fn key_taken(key: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        num::UNIQUE_CONSTRAINT_VIOLATED,
+        format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
+    )
+}
+
 /// Counters for `/_admin/metrics`.
 #[derive(Default)]
 pub struct Metrics {
@@ -596,31 +605,29 @@ impl Node {
             let outcome = match kind {
                 // A generated key that exists is never overwritten, whatever the mode: the
                 // client did not name that document.
-                WriteKind::Insert if exists && generated => Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    num::UNIQUE_CONSTRAINT_VIOLATED,
-                    format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
-                )),
+                WriteKind::Insert if exists && generated => Err(key_taken(&key)),
                 WriteKind::Insert if exists => match options.overwrite {
-                    OverwriteMode::Conflict => Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        num::UNIQUE_CONSTRAINT_VIOLATED,
-                        format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
-                    )),
+                    OverwriteMode::Conflict => Err(key_taken(&key)),
                     OverwriteMode::Ignore => Ok(None),
-                    OverwriteMode::Replace => self.new_document(collection, &key, &body, None, options).map(Some),
+                    OverwriteMode::Replace => self
+                        .new_document(collection, &key, &body, None, options)
+                        .map(Some),
                     OverwriteMode::Update => {
                         let base = existing.as_ref().map(|d| d.json.as_slice());
-                        self.new_document(collection, &key, &body, base, options).map(Some)
+                        self.new_document(collection, &key, &body, base, options)
+                            .map(Some)
                     }
                 },
-                WriteKind::Insert => self.new_document(collection, &key, &body, None, options).map(Some),
+                WriteKind::Insert => self
+                    .new_document(collection, &key, &body, None, options)
+                    .map(Some),
                 WriteKind::Replace | WriteKind::Update | WriteKind::Remove => match &existing {
                     None => Err(ApiError::document_not_found()),
                     Some(doc) => {
-                        let wanted = options.if_match.clone().or_else(|| {
-                            (!options.ignore_revs).then(|| body_rev(&body)).flatten()
-                        });
+                        let wanted = options
+                            .if_match
+                            .clone()
+                            .or_else(|| (!options.ignore_revs).then(|| body_rev(&body)).flatten());
                         match wanted {
                             Some(rev) if rev != rev_string(doc.rev) => {
                                 let mut error = ApiError::new(
@@ -628,13 +635,16 @@ impl Node {
                                     num::CONFLICT,
                                     "conflict, _rev values do not match",
                                 );
-                                error.message = format!("{} (current _rev {})", error.message, doc.rev);
+                                error.message =
+                                    format!("{} (current _rev {})", error.message, doc.rev);
                                 Err(error)
                             }
                             _ if kind == WriteKind::Remove => Ok(Some((Vec::new(), None))),
                             _ => {
-                                let base = (kind == WriteKind::Update).then_some(doc.json.as_slice());
-                                self.new_document(collection, &key, &body, base, options).map(Some)
+                                let base =
+                                    (kind == WriteKind::Update).then_some(doc.json.as_slice());
+                                self.new_document(collection, &key, &body, base, options)
+                                    .map(Some)
                             }
                         }
                     }
