@@ -34,6 +34,7 @@ const KEYGEN_STEP: u64 = 1_000_000;
 /// Numeric keys clients choose from here on do not move the key generator (so it never nears
 /// u64::MAX); the write path's read still keeps a generated key from overwriting them.
 const TRACKED_KEY_MAX: u64 = 1 << 62;
+
 /// Blocks from this size on are compressed and submitted with `block_in_place`.
 const BLOCKING_BLOCK_BYTES: usize = 256 << 10;
 

@@ -37,7 +37,6 @@ use serde::{Deserialize, Serialize};
 pub use self::applier::{ApplierOptions, ApplierTotals, StoreApplier};
 pub use self::apply::{ApplyContext, ApplyStats};
 pub use self::filter::{CollectionFilter, Restrict};
-
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 
