@@ -268,6 +268,9 @@ pub struct Applier {
 }
 
 const CONFIG_FILE: &str = "applier-config.json";
+/// Bytes of a leader's blocks received but not yet durable in this server's WAL, at most: four
+/// default chunks, as much as a WAL group takes between two syncs.
+const RECEIVE_AHEAD_BYTES: usize = 16 << 20;
 const STATE_FILE: &str = "applier-state.json";
 
 /// The applier configuration and state saved in `dir` (defaults where nothing is saved).
@@ -667,21 +670,26 @@ impl Applier {
         // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
-        let mut inflight: VecDeque<(Appended, Tick, Option<Instant>)> = VecDeque::new();
+        let mut inflight: VecDeque<(Appended, Tick, usize, Option<Instant>)> = VecDeque::new();
+        // Bytes of the blocks in `inflight`. Past `RECEIVE_AHEAD_BYTES` nothing more is read:
+        // the leader waits on QUIC's flow control, so a follower far behind holds no more
+        // received blocks than one tailing (the WAL's own queue would take 64 MiB).
+        let mut inflight_bytes = 0usize;
         let mut waiting_since = Instant::now();
         loop {
             let synced = async {
                 match inflight.front_mut() {
-                    Some((appended, _, _)) => appended.await,
+                    Some((appended, ..)) => appended.await,
                     None => std::future::pending().await,
                 }
             };
             let frame = tokio::select! {
                 biased;
                 result = synced => {
-                    let Some((_, tick, received)) = inflight.pop_front() else {
+                    let Some((_, tick, bytes, received)) = inflight.pop_front() else {
                         continue;
                     };
+                    inflight_bytes -= bytes;
                     result.map_err(|e| {
                         SessionError::fatal(
                             errors::LEADER_ERROR,
@@ -697,7 +705,7 @@ impl Applier {
                     }
                     continue;
                 }
-                frame = stream.recv(request_timeout) => frame,
+                frame = stream.recv(request_timeout), if inflight_bytes < RECEIVE_AHEAD_BYTES => frame,
             };
             let frame = frame.map_err(|e| {
                 SessionError::connect(format!(
@@ -737,17 +745,19 @@ impl Applier {
                         // the records anyway; here only the record count is needed.
                         events += u64::from(block.record_count());
                         last_stored = block.ticks().last;
+                        let bytes = block.bytes().len();
                         let appended = self.node.wal.submit_block(block).map_err(|e| {
                             SessionError::fatal(
                                 errors::LEADER_ERROR,
                                 format!("cannot store the leader's block: {e}"),
                             )
                         })?;
-                        inflight.push_back((appended, last_stored, None));
+                        inflight.push_back((appended, last_stored, bytes, None));
+                        inflight_bytes += bytes;
                     }
                     if inflight.len() > first_new {
                         if let Some(last) = inflight.back_mut() {
-                            last.2 = Some(received);
+                            last.3 = Some(received);
                         }
                     }
                     let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());

@@ -90,10 +90,17 @@ pub fn parse_header(bytes: [u8; HEADER_BYTES], blocks_max: usize) -> Result<(Kin
 }
 
 /// Incremental decoder: feed bytes as they arrive, take whole frames out.
+///
+/// Every payload gets an allocation of exactly its declared length, filled as its bytes arrive,
+/// so a frame handed out holds no memory of its neighbours: a follower keeps received blocks
+/// until its WAL has them, and slices of one shared, doubling buffer kept several frames' worth
+/// alive per block (measured: ~50 MiB of such buffers while catching up).
 pub struct Decoder {
+    /// Bytes not yet part of a payload: headers, and what arrived past the pending payload.
     buffer: BytesMut,
     blocks_max: usize,
-    pending: Option<(Kind, usize)>,
+    /// The frame whose header was read: its kind, length and the payload received so far.
+    pending: Option<(Kind, usize, BytesMut)>,
 }
 
 impl Decoder {
@@ -105,7 +112,12 @@ impl Decoder {
         }
     }
 
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        if let Some((_, len, payload)) = &mut self.pending {
+            let take = (*len - payload.len()).min(bytes.len());
+            payload.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
@@ -117,18 +129,25 @@ impl Decoder {
             }
             let mut head = [0u8; HEADER_BYTES];
             head.copy_from_slice(&self.buffer[..HEADER_BYTES]);
-            let parsed = parse_header(head, self.blocks_max)?;
+            let (kind, len) = parse_header(head, self.blocks_max)?;
             self.buffer.advance(HEADER_BYTES);
-            self.pending = Some(parsed);
+            // The length is validated above: the allocation is bounded by the kind's limit.
+            let mut payload = BytesMut::with_capacity(len);
+            let take = len.min(self.buffer.len());
+            payload.extend_from_slice(&self.buffer[..take]);
+            self.buffer.advance(take);
+            self.pending = Some((kind, len, payload));
         }
-        let (kind, len) = self.pending.expect("set above");
-        if self.buffer.len() < len {
-            self.buffer.reserve(len - self.buffer.len());
-            return Ok(None);
+        match self.pending.take() {
+            Some((kind, len, payload)) if payload.len() == len => Ok(Some(Frame {
+                kind,
+                payload: payload.freeze(),
+            })),
+            other => {
+                self.pending = other;
+                Ok(None)
+            }
         }
-        self.pending = None;
-        let payload = self.buffer.split_to(len).freeze();
-        Ok(Some(Frame { kind, payload }))
     }
 }
 
