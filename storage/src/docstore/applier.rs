@@ -252,6 +252,9 @@ fn run(
     Ok(())
 }
 
+/// How often the store applier looks whether blob garbage collection is worth running.
+const GC_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// At most this often the store applier hands freed memory back to the kernel.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 
@@ -275,6 +278,7 @@ struct Upkeep {
     persisted: Tick,
     last_flush: Instant,
     last_trim: Instant,
+    last_gc_check: Instant,
 }
 
 impl Upkeep {
@@ -285,6 +289,7 @@ impl Upkeep {
             persisted,
             last_flush: Instant::now(),
             last_trim: Instant::now(),
+            last_gc_check: Instant::now(),
         })
     }
 
@@ -298,6 +303,13 @@ impl Upkeep {
             if self.last_trim.elapsed() >= TRIM_EVERY {
                 release_free_memory();
                 self.last_trim = Instant::now();
+            }
+        }
+        if self.last_gc_check.elapsed() >= GC_CHECK_EVERY {
+            self.last_gc_check = Instant::now();
+            // Tuning only: a failure leaves collection as it was and the store working.
+            if let Err(error) = store.tune_blob_gc() {
+                tracing::warn!("blob garbage collection not tuned: {error}");
             }
         }
         let behind = store.applied_tick().get().saturating_sub(persisted.get());

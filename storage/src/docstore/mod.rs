@@ -25,7 +25,7 @@ mod filter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::{
@@ -214,6 +214,12 @@ pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
 /// Values from this size on go to blob files; smaller documents stay in the LSM tree.
 const MIN_BLOB_SIZE: u64 = 256;
 
+/// Blob garbage collection is switched on once this fraction of the live blob files' bytes is
+/// garbage (documents replaced or removed), and off again below `BLOB_GC_OFF`. PostgreSQL's
+/// autovacuum starts at 20% dead rows too (`autovacuum_vacuum_scale_factor`).
+const BLOB_GC_ON: f64 = 0.2;
+const BLOB_GC_OFF: f64 = 0.1;
+
 /// How documents in blob files are compressed (`--rocksdb.blob-compression-type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BlobCompression {
@@ -267,7 +273,8 @@ pub struct StoreOptions {
     /// Compression of each document in the blob files (`--rocksdb.blob-compression-type`).
     pub blob_compression: BlobCompression,
     /// Whether compactions reclaim the space of replaced and removed documents
-    /// (`--rocksdb.enable-blob-garbage-collection`).
+    /// (`--rocksdb.enable-blob-garbage-collection`). They do it while the blob files hold
+    /// enough garbage to be worth it (see `DocStore::tune_blob_gc`).
     pub blob_gc: bool,
     /// The oldest fraction of blob files whose live documents compactions move to new files
     /// (`--rocksdb.blob-garbage-collection-age-cutoff`, 0..=1).
@@ -316,6 +323,9 @@ pub struct DocStore {
     recorded: AtomicU64,
     /// The collections this store keeps, if not all (a follower's `restrictCollections`).
     filter: RwLock<Option<Arc<CollectionFilter>>>,
+    /// Whether blob garbage collection may run (`StoreOptions::blob_gc`), and whether it does.
+    blob_gc_allowed: bool,
+    blob_gc_on: AtomicBool,
 }
 
 impl DocStore {
@@ -369,7 +379,11 @@ impl DocStore {
         docs.set_min_blob_size(MIN_BLOB_SIZE);
         docs.set_blob_file_size(256 << 20);
         docs.set_blob_compression_type(store_options.blob_compression.rocksdb());
-        docs.set_enable_blob_gc(store_options.blob_gc);
+        // Off until `tune_blob_gc` finds garbage: RocksDB's collection moves every live
+        // document of the oldest blob files whenever a compaction meets them, garbage or not,
+        // which under inserts alone rewrote documents for nothing (a fifth of a follower's
+        // catch-up time).
+        docs.set_enable_blob_gc(false);
         docs.set_blob_gc_age_cutoff(store_options.blob_gc_age_cutoff.clamp(0.0, 1.0));
         docs.set_compression_type(DBCompressionType::Lz4);
         docs.set_bottommost_compression_type(DBCompressionType::Zstd);
@@ -388,8 +402,11 @@ impl DocStore {
             applied: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             filter: RwLock::new(None),
+            blob_gc_allowed: store_options.blob_gc,
+            blob_gc_on: AtomicBool::new(false),
         };
         store.load()?;
+        store.tune_blob_gc()?;
         Ok(store)
     }
 
@@ -607,6 +624,51 @@ impl DocStore {
         *self.filter.write().unwrap_or_else(|p| p.into_inner()) = filter;
     }
 
+    /// Switches blob garbage collection on while at least `BLOB_GC_ON` of the live blob files'
+    /// bytes is garbage, and off below `BLOB_GC_OFF`; returns whether it is on. Compactions
+    /// account the garbage either way (a document replaced or removed leaves its old blob
+    /// behind), so the ratio is known without collecting. Cheap: two integer properties.
+    pub fn tune_blob_gc(&self) -> Result<bool> {
+        if !self.blob_gc_allowed {
+            return Ok(false);
+        }
+        let docs = self.docs();
+        let property = |name: &str| -> Result<u64> {
+            Ok(self
+                .db
+                .property_int_value_cf(docs, name)
+                .map_err(|e| store_error("read blob file sizes", e))?
+                .unwrap_or(0))
+        };
+        let live = property("rocksdb.live-blob-file-size")?;
+        let garbage = property("rocksdb.live-blob-file-garbage-size")?;
+        let ratio = if live == 0 {
+            0.0
+        } else {
+            garbage as f64 / live as f64
+        };
+        let on = self.blob_gc_on.load(Ordering::Acquire);
+        let want = if on {
+            ratio >= BLOB_GC_OFF
+        } else {
+            ratio >= BLOB_GC_ON
+        };
+        if want != on {
+            let value = if want { "true" } else { "false" };
+            self.db
+                .set_options_cf(docs, &[("enable_blob_garbage_collection", value)])
+                .map_err(|e| store_error("switch blob garbage collection", e))?;
+            self.blob_gc_on.store(want, Ordering::Release);
+            tracing::info!(
+                garbage,
+                live,
+                "blob garbage collection {}",
+                if want { "on" } else { "off" }
+            );
+        }
+        Ok(want)
+    }
+
     /// What RocksDB holds in memory now.
     pub fn memory(&self) -> StoreMemory {
         let sum = |property: &str| -> u64 {
@@ -702,5 +764,78 @@ mod tests {
             br#"{"_rev":"17","_key":"a","v":1}"#
         );
         assert_eq!(with_rev(b"{}", Tick::new(3)), br#"{"_rev":"3"}"#);
+    }
+
+    // Goal: blob garbage collection stays off under inserts alone, comes on once compactions
+    // have found enough replaced documents, moves the live ones out of the old blob file, and
+    // goes off again; with the flag off it never comes on.
+    #[test]
+    fn blob_gc_runs_only_while_there_is_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions {
+            blob_gc_age_cutoff: 1.0,
+            ..StoreOptions::default()
+        };
+        let store = DocStore::open_with(dir.path().join("store"), &options).expect("open");
+        let value = |round: u8| vec![b'a' + round; 4096];
+        let put = |keys: std::ops::Range<u32>, round: u8| {
+            for key in keys {
+                store
+                    .db
+                    .put_cf(store.docs(), format!("k{key:05}"), value(round))
+                    .expect("put");
+            }
+            store.db.flush_cf(store.docs()).expect("flush");
+        };
+        let compact = || {
+            let mut options = rocksdb::CompactOptions::default();
+            options.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+            store
+                .db
+                .compact_range_cf_opt(store.docs(), None::<&[u8]>, None::<&[u8]>, &options)
+        };
+        let garbage = || {
+            store
+                .db
+                .property_int_value_cf(store.docs(), "rocksdb.live-blob-file-garbage-size")
+                .expect("property")
+                .unwrap_or(0)
+        };
+        put(0..200, 0);
+        compact();
+        assert!(!store.tune_blob_gc().expect("tune"), "inserts alone leave no garbage");
+        // Half of the documents replaced: the first blob file is half garbage once compacted.
+        put(0..100, 1);
+        compact();
+        assert!(garbage() > 0, "compaction accounts replaced documents as garbage");
+        assert!(store.tune_blob_gc().expect("tune"), "a third of the blob bytes are garbage");
+        // With collection on, a compaction moves the live documents out of the old file.
+        compact();
+        assert_eq!(garbage(), 0, "collection reclaimed the old blob file");
+        assert!(!store.tune_blob_gc().expect("tune"), "nothing left to collect");
+        for key in [0u32, 150] {
+            let got = store.db.get_cf(store.docs(), format!("k{key:05}")).expect("get");
+            assert_eq!(got, Some(value(u8::from(key < 100))), "documents survive collection");
+        }
+        drop(store);
+
+        let off = StoreOptions {
+            blob_gc: false,
+            ..options
+        };
+        let store = DocStore::open_with(dir.path().join("off"), &off).expect("open");
+        for round in 0..2 {
+            for key in 0..100u32 {
+                store
+                    .db
+                    .put_cf(store.docs(), format!("k{key:05}"), value(round))
+                    .expect("put");
+            }
+            store.db.flush_cf(store.docs()).expect("flush");
+        }
+        store
+            .db
+            .compact_range_cf(store.docs(), None::<&[u8]>, None::<&[u8]>);
+        assert!(!store.tune_blob_gc().expect("tune"), "the flag keeps it off");
     }
 }
