@@ -118,6 +118,18 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.blob-garbage-collection-age-cutoff", default_value_t = 0.25, value_parser = fraction)]
     pub rocksdb_blob_garbage_collection_age_cutoff: f64,
 
+    /// Level-0 files of the document store (one per memtable flush) that start a compaction.
+    #[arg(long = "rocksdb.level0-compaction-trigger", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub rocksdb_level0_compaction_trigger: u32,
+
+    /// Level-0 files past which writes to the document store are slowed down.
+    #[arg(long = "rocksdb.level0-slowdown-trigger", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub rocksdb_level0_slowdown_trigger: u32,
+
+    /// Level-0 files past which writes to the document store wait for compaction.
+    #[arg(long = "rocksdb.level0-stop-trigger", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub rocksdb_level0_stop_trigger: u32,
+
     /// Threads that apply WAL blocks to the document store (received from the leader, or
     /// replayed at start), partitioned by collection and key. 0 = one per core.
     #[arg(long = "replication.applier-threads", default_value_t = 0)]
@@ -228,5 +240,42 @@ mod tests {
             "1.5"
         ])
         .is_err());
+    }
+
+    // Goal: the level-0 triggers take ArangoDB's spellings, default to the store's defaults and
+    // refuse 0.
+    #[test]
+    fn level0_flags() {
+        let args = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        let defaults = tickship_storage::docstore::StoreOptions::default();
+        assert_eq!(
+            (
+                args.rocksdb_level0_compaction_trigger,
+                args.rocksdb_level0_slowdown_trigger,
+                args.rocksdb_level0_stop_trigger
+            ),
+            (
+                defaults.level0_compaction_trigger,
+                defaults.level0_slowdown_trigger,
+                defaults.level0_stop_trigger
+            )
+        );
+        let args = DaemonArgs::try_parse_from([
+            "tickshipd",
+            "--rocksdb.level0-compaction-trigger",
+            "2",
+            "--rocksdb.level0-slowdown-trigger",
+            "16",
+            "--rocksdb.level0-stop-trigger",
+            "256",
+        ])
+        .expect("flags");
+        assert_eq!(args.rocksdb_level0_compaction_trigger, 2);
+        assert_eq!(args.rocksdb_level0_slowdown_trigger, 16);
+        assert_eq!(args.rocksdb_level0_stop_trigger, 256);
+        assert!(
+            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.level0-compaction-trigger", "0"])
+                .is_err()
+        );
     }
 }

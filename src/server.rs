@@ -105,6 +105,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         blob_compression: args.rocksdb_blob_compression_type,
         blob_gc: args.rocksdb_enable_blob_garbage_collection,
         blob_gc_age_cutoff: args.rocksdb_blob_garbage_collection_age_cutoff,
+        level0_compaction_trigger: args.rocksdb_level0_compaction_trigger,
+        level0_slowdown_trigger: args.rocksdb_level0_slowdown_trigger,
+        level0_stop_trigger: args.rocksdb_level0_stop_trigger,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)

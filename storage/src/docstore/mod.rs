@@ -279,6 +279,16 @@ pub struct StoreOptions {
     /// The oldest fraction of blob files whose live documents compactions move to new files
     /// (`--rocksdb.blob-garbage-collection-age-cutoff`, 0..=1).
     pub blob_gc_age_cutoff: f64,
+    /// Level-0 files (one per flush) that start a compaction into the next level
+    /// (`--rocksdb.level0-compaction-trigger`). Each such compaction rewrites the keys of the
+    /// level below: at RocksDB's 4, compaction was a sixth of a follower's catch-up CPU; at 8 it
+    /// is a third of that (1M documents: 0.91 → 0.27 s), and a lookup checks 8 more bloom
+    /// filters at most.
+    pub level0_compaction_trigger: u32,
+    /// Level-0 files past which writes are slowed down (`--rocksdb.level0-slowdown-trigger`).
+    pub level0_slowdown_trigger: u32,
+    /// Level-0 files past which writes wait for compaction (`--rocksdb.level0-stop-trigger`).
+    pub level0_stop_trigger: u32,
 }
 
 impl Default for StoreOptions {
@@ -291,6 +301,9 @@ impl Default for StoreOptions {
             blob_compression: BlobCompression::None,
             blob_gc: true,
             blob_gc_age_cutoff: 0.25,
+            level0_compaction_trigger: 8,
+            level0_slowdown_trigger: 40,
+            level0_stop_trigger: 64,
         }
     }
 }
@@ -356,8 +369,14 @@ impl DocStore {
             );
             options.set_write_buffer_manager(&manager);
         }
-        options.set_level_zero_slowdown_writes_trigger(40);
-        options.set_level_zero_stop_writes_trigger(64);
+        let trigger = |n: u32| n.clamp(1, 1 << 16) as i32;
+        options.set_level_zero_file_num_compaction_trigger(trigger(
+            store_options.level0_compaction_trigger,
+        ));
+        options.set_level_zero_slowdown_writes_trigger(trigger(
+            store_options.level0_slowdown_trigger,
+        ));
+        options.set_level_zero_stop_writes_trigger(trigger(store_options.level0_stop_trigger));
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_block_cache(&cache);
