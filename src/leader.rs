@@ -34,6 +34,9 @@ const KEYGEN_STEP: u64 = 1_000_000;
 /// Numeric keys clients choose from here on do not move the key generator (so it never nears
 /// u64::MAX); the write path's read still keeps a generated key from overwriting them.
 const TRACKED_KEY_MAX: u64 = 1 << 62;
+/// Reads of a request's generated keys that may find them taken before it answers 1210: with
+/// gaps doubling, 40 tries cross 2^40 taken keys.
+const GENERATED_KEY_TRIES: u32 = 40;
 
 /// Blocks from this size on are compressed and submitted with `block_in_place`.
 const BLOCKING_BLOCK_BYTES: usize = 256 << 10;
@@ -205,6 +208,12 @@ impl KeyGen {
         }
         state.0 += 1;
         Ok(state.0)
+    }
+
+    /// Moves `gap` past a generated key found taken (a document replicated from a leader, or a
+    /// numeric key a client chose while this server was not tracking).
+    fn skip_past(&self, key: u64, gap: u64) {
+        self.track(key.saturating_add(gap.max(1) - 1).min(TRACKED_KEY_MAX - 1));
     }
 
     /// Moves past a numeric key a client chose, so generated keys do not run into it (as
@@ -555,15 +564,47 @@ impl Node {
         for input in inputs {
             planned.push(self.plan(collection, kind, input));
         }
-        // Generated keys are locked and read too: a client may have chosen the same numeric key
-        // before, or this server may have been a follower whose leader generated it.
+        // 2. Locks, then the current documents. Generated keys are locked and read too: a
+        // client may have chosen the same numeric key, or this server may have been a follower
+        // whose leader generated it. A generated key found taken is replaced by a later one
+        // (the generator moving past it by a gap that doubles with each try, so that a range of
+        // replicated keys is crossed in a few reads) before anything is decided.
+        let mut tries = 0u32;
+        let (_guard, current) = loop {
+            let keys: Vec<&str> = planned
+                .iter()
+                .filter_map(|p| p.as_ref().ok().map(|(k, _, _)| k.as_str()))
+                .collect();
+            let guard = self.locks.lock(collection.id, &keys).await;
+            let current = self.store.get_many(collection.id, &keys)?;
+            // `current` follows `keys`: one entry per planned input that has a key.
+            let mut taken = Vec::new();
+            let mut at = 0;
+            for (i, plan) in planned.iter().enumerate() {
+                if let Ok((_, _, generated)) = plan {
+                    if *generated && current.get(at).is_some_and(Option::is_some) {
+                        taken.push(i);
+                    }
+                    at += 1;
+                }
+            }
+            drop(keys);
+            if taken.is_empty() || tries >= GENERATED_KEY_TRIES {
+                break (guard, current);
+            }
+            drop(guard);
+            for i in taken {
+                if let Ok((key, _, _)) = &mut planned[i] {
+                    self.keygen.skip_past(key.parse().unwrap_or(0), 1 << tries);
+                    *key = self.keygen.next()?.to_string();
+                }
+            }
+            tries += 1;
+        };
         let keys: Vec<&str> = planned
             .iter()
             .filter_map(|p| p.as_ref().ok().map(|(k, _, _)| k.as_str()))
             .collect();
-        // 2. Locks, then the current documents.
-        let _guard = self.locks.lock(collection.id, &keys).await;
-        let current = self.store.get_many(collection.id, &keys)?;
         let mut state: HashMap<String, Option<StoredDocument>> = HashMap::with_capacity(keys.len());
         for (key, doc) in keys.iter().zip(current) {
             state.insert(key.to_string(), doc);
