@@ -262,16 +262,18 @@ pub struct Applier {
     config: Mutex<ApplierConfig>,
     persisted: Mutex<PersistedState>,
     runtime: Mutex<Runtime>,
+    /// Woken when the leader's last tick or what was received changes, or the applier stops.
+    runtime_changed: Notify,
     /// The running task and the signal that stops it (one per start, so that a stop can never
     /// leak into the next run).
     task: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>>,
 }
 
 const CONFIG_FILE: &str = "applier-config.json";
+const STATE_FILE: &str = "applier-state.json";
 /// Bytes of a leader's blocks received but not yet durable in this server's WAL, at most: four
 /// default chunks, as much as a WAL group takes between two syncs.
 const RECEIVE_AHEAD_BYTES: usize = 16 << 20;
-const STATE_FILE: &str = "applier-state.json";
 
 /// The applier configuration and state saved in `dir` (defaults where nothing is saved).
 pub fn load_saved(dir: &std::path::Path) -> anyhow::Result<(ApplierConfig, PersistedState)> {
@@ -326,6 +328,7 @@ impl Applier {
             config: Mutex::new(config),
             persisted: Mutex::new(persisted.clone()),
             runtime: Mutex::new(runtime),
+            runtime_changed: Notify::new(),
             task: Mutex::new(None),
         });
         if is_following(&persisted) {
@@ -492,6 +495,8 @@ impl Applier {
             }
             None => runtime.progress_message = "applier shut down".into(),
         }
+        drop(runtime);
+        self.runtime_changed.notify_waiters();
     }
 
     fn progress(&self, message: String) {
@@ -768,6 +773,8 @@ impl Applier {
                     runtime.fetch_batches += 1;
                     runtime.apply_batches += 1;
                     runtime.total_requests += 1;
+                    drop(runtime);
+                    self.runtime_changed.notify_waiters();
                 }
                 Kind::Idle => {
                     let idle = Idle::from_frame(&frame)
@@ -776,6 +783,7 @@ impl Applier {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .last_available = Some(idle.last_tick);
+                    self.runtime_changed.notify_waiters();
                     self.ack(&mut stream, self.node.wal.durable_tick()).await?;
                 }
                 Kind::Close => {
@@ -906,8 +914,13 @@ impl Applier {
         *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
         let from = self.node.wal.last_tick().get();
         self.start(Some(from))?;
-        let deadline = Instant::now() + Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs_f64(config.initial_sync_max_wait_time);
         loop {
+            // Registered before looking, so that a change in between is not missed.
+            let changed = self.runtime_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let (running, available, processed) = {
                 let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 (
@@ -918,10 +931,20 @@ impl Applier {
             };
             let applied = self.node.applier.applied_tick().get();
             let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
-            if !running || caught_up || Instant::now() >= deadline {
+            if !running || caught_up || tokio::time::Instant::now() >= deadline {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Wait for news from the session, for the store to apply what was received, or
+            // for the deadline.
+            tokio::select! {
+                _ = changed => {}
+                applied = self.node.applier.applied(Tick::new(processed)), if applied < processed => {
+                    if applied.is_err() {
+                        break; // the store applier stopped: its error is in the state
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
         }
         Ok(self.state_json())
     }
