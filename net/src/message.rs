@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use crate::frame::{self, Frame, Kind};
 use crate::{Error, Result};
 
-/// Protocol version spoken here. A leader refuses other versions with error 1403.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version spoken here. A leader refuses other versions with error 1403, so that
+/// servers of different versions tell each other at the handshake rather than in the middle
+/// of the log. 2: blocks may hold `DocumentInsert` records (WAL type 2301).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Follower → leader, first frame: who it is and the SCRAM client-first message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
