@@ -53,6 +53,10 @@ struct Args {
     /// Requests per second per client (0: as fast as acknowledged).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// With --follower: also write every lag sample to this file, one line each:
+    /// `seconds_since_start lag_us client` (to see when the slow ones happen).
+    #[arg(long)]
+    lag_samples: Option<std::path::PathBuf>,
 }
 
 fn basic(username: &str, password: &str) -> String {
@@ -133,6 +137,7 @@ fn main() -> Result<()> {
         600_000_000,
         3,
     )?));
+    let samples = Arc::new(std::sync::Mutex::new(Vec::<(f64, u64, usize)>::new()));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.seconds);
@@ -146,14 +151,23 @@ fn main() -> Result<()> {
                 done.clone(),
             );
             let (follower, lags, rate) = (follower.clone(), lags.clone(), args.rate);
-            let batch = args.batch;
+            let samples = samples.clone();
+            let (batch, clients) = (args.batch, args.clients);
             std::thread::spawn(move || -> Result<Histogram<u64>> {
                 let agent = new_agent();
                 let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
                 let mut sent = 0u64;
                 let mut body = String::with_capacity(batch * 1100);
                 let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-                let paced_from = Instant::now();
+                // Paced clients start a fraction of a period apart, so that together they make
+                // an even stream instead of all sending at the same instants.
+                let paced_from = Instant::now()
+                    + if rate > 0.0 {
+                        Duration::from_secs_f64(client as f64 / (rate * clients as f64))
+                    } else {
+                        Duration::ZERO
+                    };
+                let mut mine = Vec::new();
                 let mut requests = 0u64;
                 while Instant::now() < deadline && sent < per_client {
                     if rate > 0.0 {
@@ -207,12 +221,22 @@ fn main() -> Result<()> {
                                 bail!("document {key} not visible on the follower after 60 s");
                             }
                         }
-                        lag.record(acknowledged.elapsed().as_micros().max(1) as u64)?;
+                        let micros = acknowledged.elapsed().as_micros().max(1) as u64;
+                        lag.record(micros)?;
+                        mine.push((
+                            acknowledged.duration_since(started).as_secs_f64(),
+                            micros,
+                            client,
+                        ));
                     }
                     sent += batch as u64;
                     done.fetch_add(batch as u64, Ordering::Relaxed);
                 }
                 lags.lock().unwrap_or_else(|p| p.into_inner()).add(&lag)?;
+                samples
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(mine);
                 Ok(latency)
             })
         })
@@ -245,6 +269,16 @@ fn main() -> Result<()> {
         latency.max(),
         latency.len()
     );
+    if let Some(path) = &args.lag_samples {
+        let mut samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+        samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let text: String = samples
+            .iter()
+            .map(|(at, lag, client)| format!("{at:.4} {lag} {client}\n"))
+            .collect();
+        std::fs::write(path, text)
+            .with_context(|| format!("write lag samples to {}", path.display()))?;
+    }
     let lags = lags.lock().unwrap_or_else(|p| p.into_inner());
     if !lags.is_empty() {
         println!(
