@@ -196,6 +196,15 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
             tracing::warn!("cannot enlarge the UDP {what} buffer: {e}");
         }
     }
+    // Linux reports twice what it grants (its bookkeeping), capped by the sysctl.
+    if let Ok(granted) = socket.recv_buffer_size() {
+        if granted < UDP_BUFFER_BYTES {
+            tracing::warn!(
+                "UDP receive buffer is {granted} bytes, not {UDP_BUFFER_BYTES}: raise \
+                 net.core.rmem_max, or bursts of blocks may be dropped and resent"
+            );
+        }
+    }
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
