@@ -273,9 +273,11 @@ mod tests {
         assert_eq!(args.rocksdb_level0_compaction_trigger, 2);
         assert_eq!(args.rocksdb_level0_slowdown_trigger, 16);
         assert_eq!(args.rocksdb_level0_stop_trigger, 256);
-        assert!(
-            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.level0-compaction-trigger", "0"])
-                .is_err()
-        );
+        assert!(DaemonArgs::try_parse_from([
+            "tickshipd",
+            "--rocksdb.level0-compaction-trigger",
+            "0"
+        ])
+        .is_err());
     }
 }

@@ -275,6 +275,16 @@ const STATE_FILE: &str = "applier-state.json";
 /// default chunks, as much as a WAL group takes between two syncs.
 const RECEIVE_AHEAD_BYTES: usize = 16 << 20;
 
+/// A leader's block stored in this server's WAL and not yet durable there.
+struct Inflight {
+    appended: Appended,
+    /// Its last tick.
+    tick: Tick,
+    bytes: usize,
+    /// Set on the last block of a frame: when the frame arrived.
+    received: Option<Instant>,
+}
+
 /// The applier configuration and state saved in `dir` (defaults where nothing is saved).
 pub fn load_saved(dir: &std::path::Path) -> anyhow::Result<(ApplierConfig, PersistedState)> {
     let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
@@ -675,7 +685,7 @@ impl Applier {
         // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
-        let mut inflight: VecDeque<(Appended, Tick, usize, Option<Instant>)> = VecDeque::new();
+        let mut inflight: VecDeque<Inflight> = VecDeque::new();
         // Bytes of the blocks in `inflight`. Past `RECEIVE_AHEAD_BYTES` nothing more is read:
         // the leader waits on QUIC's flow control, so a follower far behind holds no more
         // received blocks than one tailing (the WAL's own queue would take 64 MiB).
@@ -684,14 +694,14 @@ impl Applier {
         loop {
             let synced = async {
                 match inflight.front_mut() {
-                    Some((appended, ..)) => appended.await,
+                    Some(block) => (&mut block.appended).await,
                     None => std::future::pending().await,
                 }
             };
             let frame = tokio::select! {
                 biased;
                 result = synced => {
-                    let Some((_, tick, bytes, received)) = inflight.pop_front() else {
+                    let Some(Inflight { tick, bytes, received, .. }) = inflight.pop_front() else {
                         continue;
                     };
                     inflight_bytes -= bytes;
@@ -757,12 +767,17 @@ impl Applier {
                                 format!("cannot store the leader's block: {e}"),
                             )
                         })?;
-                        inflight.push_back((appended, last_stored, bytes, None));
+                        inflight.push_back(Inflight {
+                            appended,
+                            tick: last_stored,
+                            bytes,
+                            received: None,
+                        });
                         inflight_bytes += bytes;
                     }
                     if inflight.len() > first_new {
                         if let Some(last) = inflight.back_mut() {
-                            last.3 = Some(received);
+                            last.received = Some(received);
                         }
                     }
                     let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());

@@ -228,6 +228,14 @@ impl KeyGen {
     }
 }
 
+/// The keys of the planned inputs that have one, in order (what `get_many` answers for).
+fn planned_keys<'p>(planned: &'p [Result<(String, Item<'_>, bool), ApiError>]) -> Vec<&'p str> {
+    planned
+        .iter()
+        .filter_map(|p| p.as_ref().ok().map(|(key, _, _)| key.as_str()))
+        .collect()
+}
+
 /// ArangoDB's answer to an insert of a key that exists (1210).
 fn key_taken(key: &str) -> ApiError {
     ApiError::new(
@@ -571,10 +579,7 @@ impl Node {
         // replicated keys is crossed in a few reads) before anything is decided.
         let mut tries = 0u32;
         let (_guard, current) = loop {
-            let keys: Vec<&str> = planned
-                .iter()
-                .filter_map(|p| p.as_ref().ok().map(|(k, _, _)| k.as_str()))
-                .collect();
+            let keys = planned_keys(&planned);
             let guard = self.locks.lock(collection.id, &keys).await;
             let current = self.store.get_many(collection.id, &keys)?;
             // `current` follows `keys`: one entry per planned input that has a key.
@@ -601,10 +606,7 @@ impl Node {
             }
             tries += 1;
         };
-        let keys: Vec<&str> = planned
-            .iter()
-            .filter_map(|p| p.as_ref().ok().map(|(k, _, _)| k.as_str()))
-            .collect();
+        let keys = planned_keys(&planned);
         let mut state: HashMap<String, Option<StoredDocument>> = HashMap::with_capacity(keys.len());
         for (key, doc) in keys.iter().zip(current) {
             state.insert(key.to_string(), doc);

@@ -185,7 +185,10 @@ fn generated_keys_never_overwrite_chosen_ones() {
     let daemon = Daemon::start(dir.path(), &[]);
     let http = daemon.http();
     let after = generated(&http);
-    assert!(after > reserved + 300, "generated {after} inside the run of chosen keys");
+    assert!(
+        after > reserved + 300,
+        "generated {after} inside the run of chosen keys"
+    );
     assert_eq!(generated(&http), after + 1);
     for key in [near, far].into_iter().chain(run) {
         let doc = http.get(&format!("/_api/document/c/{key}")).json();

@@ -164,14 +164,17 @@ pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config());
-    let socket = udp_socket(addr).map_err(|e| transport_error(&format!("listen on udp {addr}"), e))?;
+    endpoint(addr, Some(config)).map_err(|e| transport_error(&format!("listen on udp {addr}"), e))
+}
+
+/// A QUIC endpoint on a UDP socket bound to `addr` with large kernel buffers.
+fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<Endpoint> {
     Endpoint::new(
         quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
+        server,
+        udp_socket(addr)?,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(|e| transport_error(&format!("listen on udp {addr}"), e))
 }
 
 /// Bytes of the UDP sockets' kernel buffers asked for (the kernel caps them at
@@ -287,14 +290,7 @@ pub fn client_endpoint(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config());
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
-    let socket = udp_socket(bind).map_err(|e| transport_error("bind a UDP socket", e))?;
-    let endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|e| transport_error("bind a UDP socket", e))?;
+    let endpoint = endpoint(bind, None).map_err(|e| transport_error("bind a UDP socket", e))?;
     Ok((endpoint, config))
 }
 

@@ -452,7 +452,6 @@ impl Applying<'_> {
                 self.catalog_changed = true;
             }
             RecordType::CollectionDrop | RecordType::CollectionTruncate => {
-                let id = collection_id(record)?;
                 batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
                 self.emptied(id);
                 if record.kind == RecordType::CollectionDrop {
@@ -466,7 +465,6 @@ impl Applying<'_> {
                 }
             }
             RecordType::CollectionRename | RecordType::CollectionChange => {
-                let id = collection_id(record)?;
                 let Some(current) = self.catalog.collection_by_id(id) else {
                     stats.skipped += 1;
                     return Ok(());
@@ -544,8 +542,9 @@ impl Applying<'_> {
 /// (both little-endian), then the records, each self-delimiting (`db/write_batch.cc`).
 const BATCH_HEADER_BYTES: usize = 12;
 
-/// Bytes a put adds to a batch besides its key and value: type, column family, two lengths
-/// (varints) and the 8-byte revision before the value.
+/// Bytes a put adds to a batch besides the record's key and document: type, then column family
+/// and two lengths (varint32s of up to 5 bytes), the 8-byte collection id before the key and
+/// the 8-byte revision before the value.
 const BATCH_RECORD_OVERHEAD: usize = 1 + 5 + 5 + 5 + 8 + 8;
 
 /// Joins batches into one whose records are theirs, in order.

@@ -379,9 +379,8 @@ impl DocStore {
         options.set_level_zero_file_num_compaction_trigger(trigger(
             store_options.level0_compaction_trigger,
         ));
-        options.set_level_zero_slowdown_writes_trigger(trigger(
-            store_options.level0_slowdown_trigger,
-        ));
+        options
+            .set_level_zero_slowdown_writes_trigger(trigger(store_options.level0_slowdown_trigger));
         options.set_level_zero_stop_writes_trigger(trigger(store_options.level0_stop_trigger));
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
@@ -658,15 +657,8 @@ impl DocStore {
             return Ok(false);
         }
         let docs = self.docs();
-        let property = |name: &str| -> Result<u64> {
-            Ok(self
-                .db
-                .property_int_value_cf(docs, name)
-                .map_err(|e| store_error("read blob file sizes", e))?
-                .unwrap_or(0))
-        };
-        let live = property("rocksdb.live-blob-file-size")?;
-        let garbage = property("rocksdb.live-blob-file-garbage-size")?;
+        let live = self.int_property(docs, "rocksdb.live-blob-file-size")?;
+        let garbage = self.int_property(docs, "rocksdb.live-blob-file-garbage-size")?;
         let ratio = if live == 0 {
             0.0
         } else {
@@ -694,12 +686,21 @@ impl DocStore {
         Ok(want)
     }
 
+    /// An integer property of a column family (0 when RocksDB has no value for it).
+    fn int_property(&self, cf: &rocksdb::ColumnFamily, name: &str) -> Result<u64> {
+        Ok(self
+            .db
+            .property_int_value_cf(cf, name)
+            .map_err(|e| store_error("read a property", e))?
+            .unwrap_or(0))
+    }
+
     /// What RocksDB holds in memory now.
     pub fn memory(&self) -> StoreMemory {
         let sum = |property: &str| -> u64 {
             [self.docs(), self.meta()]
                 .into_iter()
-                .filter_map(|cf| self.db.property_int_value_cf(cf, property).ok().flatten())
+                .filter_map(|cf| self.int_property(cf, property).ok())
                 .sum()
         };
         StoreMemory {
@@ -828,19 +829,38 @@ mod tests {
         };
         put(0..200, 0);
         compact();
-        assert!(!store.tune_blob_gc().expect("tune"), "inserts alone leave no garbage");
+        assert!(
+            !store.tune_blob_gc().expect("tune"),
+            "inserts alone leave no garbage"
+        );
         // Half of the documents replaced: the first blob file is half garbage once compacted.
         put(0..100, 1);
         compact();
-        assert!(garbage() > 0, "compaction accounts replaced documents as garbage");
-        assert!(store.tune_blob_gc().expect("tune"), "a third of the blob bytes are garbage");
+        assert!(
+            garbage() > 0,
+            "compaction accounts replaced documents as garbage"
+        );
+        assert!(
+            store.tune_blob_gc().expect("tune"),
+            "a third of the blob bytes are garbage"
+        );
         // With collection on, a compaction moves the live documents out of the old file.
         compact();
         assert_eq!(garbage(), 0, "collection reclaimed the old blob file");
-        assert!(!store.tune_blob_gc().expect("tune"), "nothing left to collect");
+        assert!(
+            !store.tune_blob_gc().expect("tune"),
+            "nothing left to collect"
+        );
         for key in [0u32, 150] {
-            let got = store.db.get_cf(store.docs(), format!("k{key:05}")).expect("get");
-            assert_eq!(got, Some(value(u8::from(key < 100))), "documents survive collection");
+            let got = store
+                .db
+                .get_cf(store.docs(), format!("k{key:05}"))
+                .expect("get");
+            assert_eq!(
+                got,
+                Some(value(u8::from(key < 100))),
+                "documents survive collection"
+            );
         }
         drop(store);
 
@@ -861,6 +881,9 @@ mod tests {
         store
             .db
             .compact_range_cf(store.docs(), None::<&[u8]>, None::<&[u8]>);
-        assert!(!store.tune_blob_gc().expect("tune"), "the flag keeps it off");
+        assert!(
+            !store.tune_blob_gc().expect("tune"),
+            "the flag keeps it off"
+        );
     }
 }

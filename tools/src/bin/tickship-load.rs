@@ -151,7 +151,7 @@ fn main() -> Result<()> {
                 done.clone(),
             );
             let (follower, lags, rate) = (follower.clone(), lags.clone(), args.rate);
-            let samples = samples.clone();
+            let samples = args.lag_samples.is_some().then(|| samples.clone());
             let (batch, clients) = (args.batch, args.clients);
             std::thread::spawn(move || -> Result<Histogram<u64>> {
                 let agent = new_agent();
@@ -223,20 +223,24 @@ fn main() -> Result<()> {
                         }
                         let micros = acknowledged.elapsed().as_micros().max(1) as u64;
                         lag.record(micros)?;
-                        mine.push((
-                            acknowledged.duration_since(started).as_secs_f64(),
-                            micros,
-                            client,
-                        ));
+                        if samples.is_some() {
+                            mine.push((
+                                acknowledged.duration_since(started).as_secs_f64(),
+                                micros,
+                                client,
+                            ));
+                        }
                     }
                     sent += batch as u64;
                     done.fetch_add(batch as u64, Ordering::Relaxed);
                 }
                 lags.lock().unwrap_or_else(|p| p.into_inner()).add(&lag)?;
-                samples
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(mine);
+                if let Some(samples) = samples {
+                    samples
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(mine);
+                }
                 Ok(latency)
             })
         })
