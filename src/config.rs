@@ -91,6 +91,13 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.write-buffer-size", default_value_t = 64 << 20)]
     pub rocksdb_write_buffer_size: usize,
 
+    /// Bytes of one memtable while this server follows a leader and is less than ~8k ticks
+    /// behind it (0: --rocksdb.write-buffer-size always). Smaller memtables flush in shorter
+    /// bursts, which keeps the follower's lag low; more than 64k ticks behind, the follower
+    /// switches to --rocksdb.write-buffer-size, which catches up faster.
+    #[arg(long = "replication.tailing-write-buffer-size", default_value_t = 16 << 20)]
+    pub replication_tailing_write_buffer_size: usize,
+
     /// Memtables per column family: the active one and those waiting to be flushed (2..64).
     #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4)]
     pub rocksdb_max_write_buffer_number: usize,

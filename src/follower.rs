@@ -275,6 +275,24 @@ const STATE_FILE: &str = "applier-state.json";
 /// default chunks, as much as a WAL group takes between two syncs.
 const RECEIVE_AHEAD_BYTES: usize = 16 << 20;
 
+/// Ticks behind the leader past which a tailing follower switches to its catch-up memtables
+/// (`DocStore::set_tailing`), and below which it switches back. Apart, so that a follower near
+/// either one does not switch at every frame.
+const FAR_BEHIND_TICKS: u64 = 64 << 10;
+const CAUGHT_UP_TICKS: u64 = 8 << 10;
+
+/// Whether a follower `behind` ticks behind its leader should have tailing memtables (`None`:
+/// keep what it has).
+fn tailing_at(behind: u64) -> Option<bool> {
+    if behind >= FAR_BEHIND_TICKS {
+        Some(false)
+    } else if behind < CAUGHT_UP_TICKS {
+        Some(true)
+    } else {
+        None
+    }
+}
+
 /// A leader's block stored in this server's WAL and not yet durable there.
 struct Inflight {
     appended: Appended,
@@ -576,6 +594,8 @@ impl Applier {
                 _ = tokio::time::sleep(wait) => {}
             }
         };
+        // Not following now: the memtables of a leader (this server may be promoted).
+        self.size_memtables(false, "the applier stopped");
         match &outcome {
             Some((num, message)) => {
                 tracing::warn!("replication applier stopped: {message} (error {num})")
@@ -668,6 +688,7 @@ impl Applier {
             runtime.last_available = Some(welcome.last_tick);
             runtime.last_error = LastError::default();
         }
+        self.track_distance(welcome.last_tick);
         let chunk = config.chunk_size;
         stream
             .send(&Tail {
@@ -790,6 +811,7 @@ impl Applier {
                     runtime.total_requests += 1;
                     drop(runtime);
                     self.runtime_changed.notify_waiters();
+                    self.track_distance(leader_last);
                 }
                 Kind::Idle => {
                     let idle = Idle::from_frame(&frame)
@@ -799,6 +821,7 @@ impl Applier {
                         .unwrap_or_else(|p| p.into_inner())
                         .last_available = Some(idle.last_tick);
                     self.runtime_changed.notify_waiters();
+                    self.track_distance(idle.last_tick);
                     self.ack(&mut stream, self.node.wal.durable_tick()).await?;
                 }
                 Kind::Close => {
@@ -820,6 +843,27 @@ impl Applier {
                     ))
                 }
             }
+        }
+    }
+
+    /// Sizes the memtables by how far the applied tick is behind `leader_last`: small while
+    /// tailing (short flushes, low lag), large far behind (faster catch-up).
+    fn track_distance(&self, leader_last: u64) {
+        let behind = leader_last.saturating_sub(self.node.applier.applied_tick().get());
+        if let Some(tailing) = tailing_at(behind) {
+            self.size_memtables(tailing, &format!("{behind} ticks behind the leader"));
+        }
+    }
+
+    fn size_memtables(&self, tailing: bool, why: &str) {
+        match self.node.store.set_tailing(tailing) {
+            Ok(true) => tracing::info!(
+                "replication: memtables of {} bytes ({why})",
+                self.node.store.write_buffer_bytes()
+            ),
+            Ok(false) => {}
+            // The old size stays; applying goes on.
+            Err(e) => tracing::warn!("replication: cannot resize the memtables: {e}"),
         }
     }
 
@@ -1035,6 +1079,16 @@ mod tests {
             )
             .is_err());
         assert!(base.merged(&json!([1]), "_system").is_err());
+    }
+
+    #[test]
+    fn memtables_switch_with_a_gap_between_far_and_near() {
+        assert_eq!(tailing_at(0), Some(true));
+        assert_eq!(tailing_at(CAUGHT_UP_TICKS - 1), Some(true));
+        assert_eq!(tailing_at(CAUGHT_UP_TICKS), None);
+        assert_eq!(tailing_at(FAR_BEHIND_TICKS - 1), None);
+        assert_eq!(tailing_at(FAR_BEHIND_TICKS), Some(false));
+        assert_eq!(tailing_at(u64::MAX), Some(false));
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         level0_compaction_trigger: args.rocksdb_level0_compaction_trigger,
         level0_slowdown_trigger: args.rocksdb_level0_slowdown_trigger,
         level0_stop_trigger: args.rocksdb_level0_stop_trigger,
+        tailing_write_buffer_bytes: args.replication_tailing_write_buffer_size,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)

@@ -70,6 +70,16 @@ fn converge(leader: &Http, follower: &Http, collection: &str) {
     });
 }
 
+/// The memtable size a server has in force (`tickship_store_write_buffer_bytes`).
+fn write_buffer_bytes(http: &Http) -> u64 {
+    let answer = http.get("/_admin/metrics/v2");
+    let text = String::from_utf8_lossy(&answer.body).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tickship_store_write_buffer_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tickship_store_write_buffer_bytes in {text}"))
+}
+
 fn state(follower: &Http) -> Value {
     follower.get("/_api/replication/applier-state").json()["state"].clone()
 }
@@ -194,11 +204,19 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     assert!(config.get("password").is_none(), "{config}");
     assert_eq!(config["autoStart"], json!(true));
 
+    // Caught up: the follower's memtables are the small tailing ones; the leader's and a
+    // stopped follower's are --rocksdb.write-buffer-size.
+    wait_until("the follower sizes its memtables for tailing", || {
+        write_buffer_bytes(&fh) == 16 << 20
+    });
+    assert_eq!(write_buffer_bytes(&lh), 64 << 20);
+
     // Stop, write, start again without `from`: resumes from safeResumeTick.
     let stopped = fh
         .send("PUT", "/_api/replication/applier-stop", &json!({}))
         .json();
     assert_eq!(stopped["state"]["running"], json!(false));
+    assert_eq!(write_buffer_bytes(&fh), 64 << 20);
     insert(&lh, "c", "b", 300);
     let resume = stopped["state"]["safeResumeTick"]
         .as_str()

@@ -148,7 +148,7 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     let ranges = wal.tick_ranges();
     let relaxed = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     let memory = tokio::task::block_in_place(|| node.store.memory());
-    let gauges_and_counters: [(&str, &str, &str, u64); 20] = [
+    let gauges_and_counters: [(&str, &str, &str, u64); 21] = [
         (
             "tickship_wal_last_tick",
             "gauge",
@@ -250,6 +250,12 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
             "gauge",
             "Bytes of the document store's memtables (active, immutable and pinned).",
             memory.memtables,
+        ),
+        (
+            "tickship_store_write_buffer_bytes",
+            "gauge",
+            "Bytes of one document memtable now (smaller while following a leader closely).",
+            node.store.write_buffer_bytes(),
         ),
         (
             "rocksdb_block_cache_usage",
