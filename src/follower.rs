@@ -595,7 +595,7 @@ impl Applier {
             }
         };
         // Not following now: the memtables of a leader (this server may be promoted).
-        self.size_memtables(false, "the applier stopped");
+        self.size_memtables(false, || "the applier stopped".into());
         match &outcome {
             Some((num, message)) => {
                 tracing::warn!("replication applier stopped: {message} (error {num})")
@@ -851,15 +851,17 @@ impl Applier {
     fn track_distance(&self, leader_last: u64) {
         let behind = leader_last.saturating_sub(self.node.applier.applied_tick().get());
         if let Some(tailing) = tailing_at(behind) {
-            self.size_memtables(tailing, &format!("{behind} ticks behind the leader"));
+            self.size_memtables(tailing, || format!("{behind} ticks behind the leader"));
         }
     }
 
-    fn size_memtables(&self, tailing: bool, why: &str) {
+    /// `why` is called only when the size changes (this runs for every frame).
+    fn size_memtables(&self, tailing: bool, why: impl FnOnce() -> String) {
         match self.node.store.set_tailing(tailing) {
             Ok(true) => tracing::info!(
-                "replication: memtables of {} bytes ({why})",
-                self.node.store.write_buffer_bytes()
+                "replication: memtables of {} bytes ({})",
+                self.node.store.write_buffer_bytes(),
+                why()
             ),
             Ok(false) => {}
             // The old size stays; applying goes on.

@@ -219,10 +219,7 @@ fn sigterm_stops_cleanly_and_restart_serves_the_same_data() {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
     }
     // The 200 documents are in the store's memtables (nothing flushed them yet).
-    let memtables: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("rocksdb_size_all_mem_tables "))
-        .and_then(|v| v.trim().parse().ok())
+    let memtables = common::metric_value(&metrics, "rocksdb_size_all_mem_tables")
         .expect("rocksdb_size_all_mem_tables");
     assert!(memtables > 200 * 8, "memtables hold {memtables} bytes");
     assert!(metrics.contains("rocksdb_block_cache_usage "), "{metrics}");

@@ -13,6 +13,8 @@ use common::{Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
+/// The memtable size a server has in force.
+const WRITE_BUFFER_BYTES: &str = "tickship_store_write_buffer_bytes";
 
 /// Waits until `check` holds, or fails at the deadline. The conditions are other processes'
 /// state read over HTTP (no server pushes them), so this re-reads them every 25 ms.
@@ -68,16 +70,6 @@ fn converge(leader: &Http, follower: &Http, collection: &str) {
     wait_until("the follower has the leader's documents", || {
         fingerprint(follower, collection).as_ref() == Some(&expected)
     });
-}
-
-/// The memtable size a server has in force (`tickship_store_write_buffer_bytes`).
-fn write_buffer_bytes(http: &Http) -> u64 {
-    let answer = http.get("/_admin/metrics/v2");
-    let text = String::from_utf8_lossy(&answer.body).into_owned();
-    text.lines()
-        .find_map(|l| l.strip_prefix("tickship_store_write_buffer_bytes "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no tickship_store_write_buffer_bytes in {text}"))
 }
 
 fn state(follower: &Http) -> Value {
@@ -207,16 +199,16 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     // Caught up: the follower's memtables are the small tailing ones; the leader's and a
     // stopped follower's are --rocksdb.write-buffer-size.
     wait_until("the follower sizes its memtables for tailing", || {
-        write_buffer_bytes(&fh) == 16 << 20
+        fh.metric(WRITE_BUFFER_BYTES) == 16 << 20
     });
-    assert_eq!(write_buffer_bytes(&lh), 64 << 20);
+    assert_eq!(lh.metric(WRITE_BUFFER_BYTES), 64 << 20);
 
     // Stop, write, start again without `from`: resumes from safeResumeTick.
     let stopped = fh
         .send("PUT", "/_api/replication/applier-stop", &json!({}))
         .json();
     assert_eq!(stopped["state"]["running"], json!(false));
-    assert_eq!(write_buffer_bytes(&fh), 64 << 20);
+    assert_eq!(fh.metric(WRITE_BUFFER_BYTES), 64 << 20);
     insert(&lh, "c", "b", 300);
     let resume = stopped["state"]["safeResumeTick"]
         .as_str()

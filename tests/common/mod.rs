@@ -282,6 +282,19 @@ impl Http {
     pub fn send(&self, method: &str, path: &str, body: &serde_json::Value) -> Answer {
         self.call(method, path, Some(body.to_string().as_bytes()), None)
     }
+
+    /// The server's unlabelled metric `name` from `/_admin/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = String::from_utf8_lossy(&self.get("/_admin/metrics").body).into_owned();
+        metric_value(&text, name).unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+}
+
+/// The value of the unlabelled metric `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 pub fn base64_encode(bytes: &[u8]) -> String {

@@ -719,11 +719,7 @@ impl DocStore {
         if self.tailing.load(Ordering::Acquire) == tailing {
             return Ok(false);
         }
-        let bytes = if tailing {
-            self.tailing_write_buffer_bytes
-        } else {
-            self.write_buffer_bytes
-        };
+        let bytes = self.memtable_bytes(tailing);
         self.db
             .set_options_cf(self.docs(), &[("write_buffer_size", &bytes.to_string())])
             .map_err(|e| store_error("resize the memtables", e))?;
@@ -734,10 +730,14 @@ impl DocStore {
 
     /// The size of the document memtables now in force (`set_tailing`).
     pub fn write_buffer_bytes(&self) -> u64 {
-        if self.tailing.load(Ordering::Acquire) {
-            self.tailing_write_buffer_bytes as u64
+        self.memtable_bytes(self.tailing.load(Ordering::Acquire)) as u64
+    }
+
+    fn memtable_bytes(&self, tailing: bool) -> usize {
+        if tailing {
+            self.tailing_write_buffer_bytes
         } else {
-            self.write_buffer_bytes as u64
+            self.write_buffer_bytes
         }
     }
 
@@ -860,10 +860,8 @@ mod tests {
         let store = DocStore::open_with(dir.path().join("store"), &options).expect("open");
         let active = || {
             store
-                .db
-                .property_int_value_cf(store.docs(), "rocksdb.cur-size-active-mem-table")
+                .int_property(store.docs(), "rocksdb.cur-size-active-mem-table")
                 .expect("property")
-                .unwrap_or(0)
         };
         let put = |round: u8| {
             for key in 0..1024 {
@@ -929,10 +927,8 @@ mod tests {
         };
         let garbage = || {
             store
-                .db
-                .property_int_value_cf(store.docs(), "rocksdb.live-blob-file-garbage-size")
+                .int_property(store.docs(), "rocksdb.live-blob-file-garbage-size")
                 .expect("property")
-                .unwrap_or(0)
         };
         put(0..200, 0);
         compact();
