@@ -108,6 +108,14 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.total-write-buffer-size", default_value_t = 128 << 20)]
     pub rocksdb_total_write_buffer_size: usize,
 
+    /// Files (SSTs and blob files) the document store keeps open at most; the least recently
+    /// used one is closed to open another. 0: derived from the process's descriptor limit
+    /// (raised to its hard limit at start), leaving half of it, at most 4096, to the rest of the
+    /// server. -1: every file stays open, as RocksDB's default, which fails reads with "Too many
+    /// open files" once the store has more files than the limit allows.
+    #[arg(long = "rocksdb.max-open-files", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..))]
+    pub rocksdb_max_open_files: i32,
+
     /// Bytes of the document store's block cache (index, filter and data blocks).
     #[arg(long = "rocksdb.block-cache-size", default_value_t = 256 << 20)]
     pub rocksdb_block_cache_size: usize,
@@ -286,5 +294,19 @@ mod tests {
             "0"
         ])
         .is_err());
+    }
+
+    #[test]
+    fn max_open_files_takes_auto_unlimited_or_a_count() {
+        let parse = |value: &str| {
+            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.max-open-files", value])
+                .map(|args| args.rocksdb_max_open_files)
+        };
+        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        assert_eq!(defaults.rocksdb_max_open_files, 0);
+        assert_eq!(parse("-1").expect("-1"), -1);
+        assert_eq!(parse("5000").expect("5000"), 5000);
+        assert!(parse("-2").is_err());
+        assert!(parse("many").is_err());
     }
 }

@@ -53,6 +53,41 @@ fn wal_options(args: &DaemonArgs) -> Result<WalOptions> {
     })
 }
 
+/// Raises the descriptor limit and returns the files the store may keep open
+/// (`--rocksdb.max-open-files`; 0: from the limit), saying both in the log.
+fn store_open_files(flag: i32) -> i32 {
+    let limit = match crate::util::raise_descriptor_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!("file descriptors: soft limit raised from {before} to {after}");
+            }
+            Some(after)
+        }
+        Err(e) => {
+            tracing::warn!("file descriptors: cannot read or raise the limit: {e}");
+            None
+        }
+    };
+    let files = match (flag, limit) {
+        (0, Some(limit)) => crate::util::store_file_budget(limit),
+        // Unknown limit: RocksDB's usual 1024 minus the same reserve.
+        (0, None) => crate::util::store_file_budget(1024),
+        (files, _) => files,
+    };
+    match (files, limit) {
+        (-1, Some(limit)) => tracing::warn!(
+            "--rocksdb.max-open-files -1: the store keeps every file open; reads fail once it has \
+             more files than the descriptor limit ({limit}) allows"
+        ),
+        (files, Some(limit)) if files as u64 >= limit => tracing::warn!(
+            "--rocksdb.max-open-files {files} is not below the descriptor limit ({limit}): reads \
+             fail with \"Too many open files\" once the store holds that many files"
+        ),
+        (files, _) => tracing::info!("document store: at most {files} files open"),
+    }
+    files
+}
+
 /// The server id, created on first start.
 fn server_id(dir: &Path) -> Result<String> {
     let path = dir.join("SERVER_ID");
@@ -90,6 +125,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     if !args.authentication {
         tracing::warn!("authentication is off (--server.authentication false): anyone who can connect can read and write");
     }
+    let max_open_files = store_open_files(args.rocksdb_max_open_files);
     let wal = Arc::new(
         Wal::open(dir.join("wal"), wal_options(&args)?).context("open the write-ahead log")?,
     );
@@ -109,6 +145,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         level0_slowdown_trigger: args.rocksdb_level0_slowdown_trigger,
         level0_stop_trigger: args.rocksdb_level0_stop_trigger,
         tailing_write_buffer_bytes: args.replication_tailing_write_buffer_size,
+        max_open_files,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)

@@ -90,6 +90,46 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The process's limit on open file descriptors: the soft limit is raised to the hard one (or to
+/// the kernel's `fs.nr_open` if the hard one is unlimited), as a database holding many files
+/// needs; returns the soft limit before and after.
+pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let wanted = limit.rlim_max.min(ceiling);
+    if wanted > limit.rlim_cur {
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit.rlim_cur = wanted;
+    }
+    Ok((before, limit.rlim_cur))
+}
+
+/// Files the document store may keep open under a descriptor limit of `limit`: what is left
+/// after half of the limit, at most 4096, for the rest of the server (WAL segments while they are
+/// mapped, clients' and followers' sockets, the runtime's own); at least 20, RocksDB's minimum.
+pub fn store_file_budget(limit: u64) -> i32 {
+    let reserve = (limit / 2).min(4096);
+    limit.saturating_sub(reserve).clamp(20, i32::MAX as u64) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,5 +170,42 @@ mod tests {
         assert!(!query_bool(Some("0"), true));
         assert!(query_bool(Some("undefined"), true));
         assert!(!query_bool(None, false));
+    }
+
+    #[test]
+    fn store_file_budget_leaves_the_server_its_share() {
+        // The usual soft limit: half for the store.
+        assert_eq!(store_file_budget(1024), 512);
+        // A raised limit: all but 4096.
+        assert_eq!(store_file_budget(1 << 20), (1 << 20) - 4096);
+        assert_eq!(store_file_budget(20_000), 20_000 - 4096);
+        // Tiny limits still give RocksDB its minimum.
+        assert_eq!(store_file_budget(30), 20);
+        assert_eq!(store_file_budget(0), 20);
+        // Past i32: capped.
+        assert_eq!(store_file_budget(u64::MAX), i32::MAX);
+    }
+
+    #[test]
+    fn descriptor_limit_is_raised_to_the_hard_one() {
+        let (before, after) = raise_descriptor_limit().expect("rlimit");
+        assert!(after >= before);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!(limit.rlim_cur, after);
+        // Raised as far as the hard limit and the kernel allow.
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .expect("nr_open")
+            .trim()
+            .parse()
+            .expect("number");
+        assert_eq!(after, limit.rlim_max.min(nr_open));
     }
 }

@@ -25,6 +25,16 @@ impl Daemon {
 
     /// Starts `tickshipd` on `dir` listening on 127.0.0.1:`port` (0: any free port).
     pub fn start_on(dir: &Path, port: u16, extra: &[&str]) -> Daemon {
+        Daemon::spawn(dir, port, extra, None)
+    }
+
+    /// Starts `tickshipd` on `dir` with at most `files` descriptors (soft and hard limit, so the
+    /// daemon cannot raise it).
+    pub fn start_with_descriptor_limit(dir: &Path, files: u64, extra: &[&str]) -> Daemon {
+        Daemon::spawn(dir, 0, extra, Some(files))
+    }
+
+    fn spawn(dir: &Path, port: u16, extra: &[&str], descriptors: Option<u64>) -> Daemon {
         std::fs::create_dir_all(dir).expect("data dir");
         let log = dir.join(format!("tickshipd-{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -32,7 +42,24 @@ impl Daemon {
             .append(true)
             .open(&log)
             .expect("log file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tickshipd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tickshipd"));
+        if let Some(files) = descriptors {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: files,
+                rlim_max: files,
+            };
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .arg("--server.endpoint")
             .arg(format!("tcp://127.0.0.1:{port}"))
             .arg("--database.directory")

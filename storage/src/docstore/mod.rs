@@ -293,6 +293,10 @@ pub struct StoreOptions {
     /// (`--replication.tailing-write-buffer-size`; 0: `write_buffer_bytes` always). See
     /// `DocStore::set_tailing`.
     pub tailing_write_buffer_bytes: usize,
+    /// Files (SSTs and blob files) kept open at most, the least recently used closed first; -1
+    /// keeps every file open (RocksDB's default). A store grows a blob file per flush, so under
+    /// the usual soft limit of 1024 descriptors "every file" fails reads at ~60 GB of documents.
+    pub max_open_files: i32,
 }
 
 impl Default for StoreOptions {
@@ -309,6 +313,7 @@ impl Default for StoreOptions {
             level0_slowdown_trigger: 40,
             level0_stop_trigger: 64,
             tailing_write_buffer_bytes: 16 << 20,
+            max_open_files: -1,
         }
     }
 }
@@ -325,6 +330,18 @@ pub struct StoreMemory {
     pub block_cache_pinned: u64,
     /// Table readers outside the block cache (`rocksdb_estimate_table_readers_mem`).
     pub table_readers: u64,
+}
+
+/// Shards of RocksDB's cache of open files for at most `max_open_files` of them (-1: no limit).
+/// Each shard keeps at least one file open, so RocksDB's 64 shards would hold up to 64 files
+/// under a budget of 32 (measured: "Too many open files" under a limit of 64 descriptors); a
+/// shard per 64 files keeps the budget.
+fn table_cache_shard_bits(max_open_files: i32) -> i32 {
+    if max_open_files < 0 {
+        return 6;
+    }
+    let shards = (max_open_files as u32 / 64).max(1);
+    (31 - shards.leading_zeros()).min(6) as i32
 }
 
 /// The document store.
@@ -373,6 +390,9 @@ impl DocStore {
         // against 3.70–4.05 s in one sitting, no difference in a later A/B; kept for the
         // steadier writeback.
         options.set_bytes_per_sync(1 << 20);
+        options.set_max_open_files(store_options.max_open_files.max(-1));
+        options
+            .set_table_cache_num_shard_bits(table_cache_shard_bits(store_options.max_open_files));
         let write_buffer_bytes = store_options.write_buffer_bytes.max(1 << 20);
         options.set_write_buffer_size(write_buffer_bytes);
         options.set_max_write_buffer_number(store_options.write_buffers_max.clamp(2, 64) as i32);
@@ -850,6 +870,21 @@ mod tests {
     // Goal: `set_tailing` switches RocksDB's memtable size both ways, and only on a change:
     // 4 MiB written stay in one memtable at the large size and are flushed on the way at the
     // tailing size.
+    #[test]
+    fn open_files_keep_their_budget_across_shards() {
+        // Small budgets: one shard, so the budget is the bound, not the shard count.
+        assert_eq!(table_cache_shard_bits(20), 0);
+        assert_eq!(table_cache_shard_bits(32), 0);
+        assert_eq!(table_cache_shard_bits(127), 0);
+        // A shard per 64 files.
+        assert_eq!(table_cache_shard_bits(128), 1);
+        assert_eq!(table_cache_shard_bits(512), 3);
+        // RocksDB's 64 shards for large budgets and for no limit.
+        assert_eq!(table_cache_shard_bits(15_904), 6);
+        assert_eq!(table_cache_shard_bits(i32::MAX), 6);
+        assert_eq!(table_cache_shard_bits(-1), 6);
+    }
+
     #[test]
     fn tailing_memtables_are_smaller() {
         let dir = tempfile::tempdir().expect("tempdir");
