@@ -83,6 +83,9 @@ fn store_open_files(flag: i32) -> i32 {
             "--rocksdb.max-open-files {files} is not below the descriptor limit ({limit}): reads \
              fail with \"Too many open files\" once the store holds that many files"
         ),
+        (-1, None) => {
+            tracing::warn!("--rocksdb.max-open-files -1: the store keeps every file open")
+        }
         (files, _) => tracing::info!("document store: at most {files} files open"),
     }
     files
