@@ -75,17 +75,15 @@ fn store_open_files(flag: i32) -> i32 {
         (files, _) => files,
     };
     match (files, limit) {
-        (-1, Some(limit)) => tracing::warn!(
+        (-1, _) => tracing::warn!(
             "--rocksdb.max-open-files -1: the store keeps every file open; reads fail once it has \
-             more files than the descriptor limit ({limit}) allows"
+             more files than the descriptor limit ({}) allows",
+            limit.map_or("unknown".to_string(), |limit| limit.to_string())
         ),
         (files, Some(limit)) if files as u64 >= limit => tracing::warn!(
             "--rocksdb.max-open-files {files} is not below the descriptor limit ({limit}): reads \
              fail with \"Too many open files\" once the store holds that many files"
         ),
-        (-1, None) => {
-            tracing::warn!("--rocksdb.max-open-files -1: the store keeps every file open")
-        }
         (files, _) => tracing::info!("document store: at most {files} files open"),
     }
     files

@@ -29,7 +29,7 @@ fn virtualenv() -> PathBuf {
         .open(&lock_path)
         .expect("lock file");
     // SAFETY: flock(2) on an open descriptor.
-    let locked = unsafe { flock(std::os::fd::AsRawFd::as_raw_fd(&lock), 2) };
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
     assert_eq!(locked, 0, "lock {}", lock_path.display());
     if !ready.exists() {
         let run = |cmd: &mut Command, what: &str| {
@@ -58,10 +58,6 @@ fn virtualenv() -> PathBuf {
         std::fs::write(&ready, DRIVER).expect("mark ready");
     }
     python
-}
-
-extern "C" {
-    fn flock(fd: i32, operation: i32) -> i32;
 }
 
 #[test]

@@ -301,7 +301,7 @@ impl Server {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: a graceful stop.
-            unsafe { kill(child.id() as i32, 15) };
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -320,10 +320,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-extern "C" {
-    fn kill(pid: i32, signal: i32) -> i32;
 }
 
 fn tick(value: &Value) -> u64 {

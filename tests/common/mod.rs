@@ -124,7 +124,7 @@ impl Daemon {
         let mut child = self.child.take().expect("running");
         let pid = child.id() as i32;
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc_kill(pid, 15) };
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let (sender, exited) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = sender.send(child.wait());
@@ -133,7 +133,7 @@ impl Daemon {
             Ok(status) => status.expect("wait"),
             Err(_) => {
                 // SAFETY: as above; the waiting thread then reaps it.
-                unsafe { libc_kill(pid, 9) };
+                unsafe { libc::kill(pid, libc::SIGKILL) };
                 panic!("tickshipd did not stop after SIGTERM; log:\n{}", self.log());
             }
         }
@@ -158,11 +158,6 @@ impl Daemon {
             agent: agent(),
         }
     }
-}
-
-extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, signal: i32) -> i32;
 }
 
 impl Drop for Daemon {

@@ -867,9 +867,7 @@ mod tests {
         assert_eq!(with_rev(b"{}", Tick::new(3)), br#"{"_rev":"3"}"#);
     }
 
-    // Goal: `set_tailing` switches RocksDB's memtable size both ways, and only on a change:
-    // 4 MiB written stay in one memtable at the large size and are flushed on the way at the
-    // tailing size.
+    // Goal: a small open-file budget is not exceeded by RocksDB's shards each keeping a file.
     #[test]
     fn open_files_keep_their_budget_across_shards() {
         // Small budgets: one shard, so the budget is the bound, not the shard count.
@@ -885,6 +883,9 @@ mod tests {
         assert_eq!(table_cache_shard_bits(-1), 6);
     }
 
+    // Goal: `set_tailing` switches RocksDB's memtable size both ways, and only on a change:
+    // 4 MiB written stay in one memtable at the large size and are flushed on the way at the
+    // tailing size.
     #[test]
     fn tailing_memtables_are_smaller() {
         let dir = tempfile::tempdir().expect("tempdir");
