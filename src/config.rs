@@ -137,6 +137,13 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.level0-compaction-trigger", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub rocksdb_level0_compaction_trigger: u32,
 
+    /// Bytes of the document store's first level below level 0 (its tables hold keys and
+    /// blob references, ~10 bytes a document); each level below is ten times larger. A level-0
+    /// compaction rewrites up to this much, so RocksDB's 256 MiB made each one rewrite every
+    /// key of a store of up to ~28M documents.
+    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    pub rocksdb_max_bytes_for_level_base: u64,
+
     /// Level-0 files past which writes to the document store are slowed down.
     #[arg(long = "rocksdb.level0-slowdown-trigger", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub rocksdb_level0_slowdown_trigger: u32,
@@ -308,5 +315,23 @@ mod tests {
         assert_eq!(parse("5000").expect("5000"), 5000);
         assert!(parse("-2").is_err());
         assert!(parse("many").is_err());
+    }
+
+    // Goal: the level base takes ArangoDB's spelling, defaults to the store's default and
+    // refuses levels too small to hold a table file.
+    #[test]
+    fn level_base_flag() {
+        let parse = |value: &str| {
+            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.max-bytes-for-level-base", value])
+                .map(|args| args.rocksdb_max_bytes_for_level_base)
+        };
+        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        assert_eq!(
+            defaults.rocksdb_max_bytes_for_level_base,
+            tickship_storage::docstore::StoreOptions::default().max_bytes_for_level_base
+        );
+        assert_eq!(parse("268435456").expect("256 MiB"), 256 << 20);
+        assert!(parse("1024").is_err());
+        assert!(parse("big").is_err());
     }
 }

@@ -143,6 +143,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         blob_gc: args.rocksdb_enable_blob_garbage_collection,
         blob_gc_age_cutoff: args.rocksdb_blob_garbage_collection_age_cutoff,
         level0_compaction_trigger: args.rocksdb_level0_compaction_trigger,
+        max_bytes_for_level_base: args.rocksdb_max_bytes_for_level_base,
         level0_slowdown_trigger: args.rocksdb_level0_slowdown_trigger,
         level0_stop_trigger: args.rocksdb_level0_stop_trigger,
         tailing_write_buffer_bytes: args.replication_tailing_write_buffer_size,
