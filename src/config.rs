@@ -141,7 +141,7 @@ pub struct DaemonArgs {
     /// blob references, ~10 bytes a document); each level below is ten times larger. A level-0
     /// compaction rewrites up to this much, so RocksDB's 256 MiB made each one rewrite every
     /// key of a store of up to ~28M documents.
-    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 4 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
     pub rocksdb_max_bytes_for_level_base: u64,
 
     /// Level-0 files past which writes to the document store are slowed down.

@@ -287,13 +287,15 @@ pub struct StoreOptions {
     pub level0_compaction_trigger: u32,
     /// Bytes of compressed keys in the first level below level 0, each level below ten times
     /// the one above it (`--rocksdb.max-bytes-for-level-base`). A level-0 compaction rewrites
-    /// up to that much, every `level0_compaction_trigger` flushes. The store's tables hold keys
-    /// and blob references only, about 10 bytes a document compressed, so RocksDB's 256 MiB
-    /// left every document's key in one level up to ~28M documents, all of them rewritten by
-    /// every level-0 compaction: a follower tailing 36k documents/s spent 12.3–13.8 s of CPU on
-    /// compaction in 60 s (one compaction of 2M keys took 1.25–1.74 s), growing with the store.
-    /// At 4 MiB: 4.5–4.8 s in the same 60 s, the largest compaction 0.29–0.31 s, and the
-    /// follower's lag p99 8.7–11.6 ms against 12.7–17.0 ms.
+    /// up to that much. The store's tables hold keys and blob references only, about 10 bytes a
+    /// document compressed, so RocksDB's 256 MiB left every key in one level up to ~28M
+    /// documents, all of them rewritten by every level-0 compaction: a follower tailing 36k
+    /// documents/s spent 12.3–13.8 s of CPU on compaction in 60 s (one compaction of 2M keys
+    /// took 1.25–1.74 s), growing with the store. 8 MiB is the level-0 files that start a
+    /// compaction (8) times the keys of one 64 MiB memtable (~1 MiB); below that, level 0's size
+    /// starts compactions before its file count does (4 MiB: a 1M catch-up compacted 3× as many
+    /// keys). At 8 MiB: 5.4–5.7 s in the same 60 s, the largest compaction 0.61–0.65 s, and a
+    /// 1M catch-up unchanged.
     pub max_bytes_for_level_base: u64,
     /// Level-0 files past which writes are slowed down (`--rocksdb.level0-slowdown-trigger`).
     pub level0_slowdown_trigger: u32,
@@ -320,7 +322,7 @@ impl Default for StoreOptions {
             blob_gc: true,
             blob_gc_age_cutoff: 0.25,
             level0_compaction_trigger: 8,
-            max_bytes_for_level_base: 4 << 20,
+            max_bytes_for_level_base: 8 << 20,
             level0_slowdown_trigger: 40,
             level0_stop_trigger: 64,
             tailing_write_buffer_bytes: 16 << 20,
