@@ -1,6 +1,7 @@
 //! Claim: readers and tick watchers wake when a block becomes visible (no polling delay), time
 //! out when nothing comes, and are released when the WAL closes; the relaxed sync policies
 //! acknowledge without an fdatasync per group and still keep the data across a clean close.
+//! A reader that starts at the end while the writer opens a segment reads that segment's blocks.
 
 mod common;
 
@@ -145,4 +146,103 @@ fn relaxed_sync_policies_acknowledge_and_keep_data() {
             assert_eq!(read_all(&wal, Tick::ZERO).len(), 200, "{policy:?}");
         }
     }
+}
+
+/// Appends `record` on another thread and, while the writer is inside its write (it has opened
+/// the block's segment, readers do not see the block yet), opens a reader at the end of the
+/// WAL; returns the first block that reader gets.
+#[cfg(feature = "failpoints")]
+fn reader_opened_during_write(
+    wal: &Arc<Wal>,
+    record: Record<'static>,
+) -> Option<tickship_storage::wal::Block> {
+    use std::sync::{Condvar, Mutex};
+    // 0: not armed, 1: armed, 2: the writer is held in its write, 3: released.
+    let gate = Arc::new((Mutex::new(1u8), Condvar::new()));
+    let held = gate.clone();
+    fail::cfg_callback("wal::segment::write::err", move || {
+        if std::thread::current().name() != Some("wal-writer") {
+            return;
+        }
+        let (phase, changed) = &*held;
+        let mut phase = phase.lock().expect("gate");
+        if *phase == 1 {
+            *phase = 2;
+            changed.notify_all();
+            while *phase != 3 {
+                phase = changed.wait(phase).expect("gate");
+            }
+        }
+    })
+    .expect("failpoint");
+    let appender = {
+        let wal = wal.clone();
+        std::thread::spawn(move || wal.append(&[record]).expect("append"))
+    };
+    let (phase, changed) = &*gate;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reached = phase.lock().expect("gate");
+    while *reached != 2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the writer never reached its write");
+        reached = changed.wait_timeout(reached, left).expect("gate").0;
+    }
+    drop(reached);
+    let mut reader = wal.reader_after(wal.last_tick()).expect("reader");
+    *phase.lock().expect("gate") = 3;
+    changed.notify_all();
+    let ticks = appender.join().expect("appender");
+    fail::remove("wal::segment::write::err");
+    let block = reader.wait_next(Duration::from_secs(5)).expect("wait");
+    if let Some(block) = &block {
+        assert_eq!(block.ticks(), ticks, "the reader gets the appended block");
+    }
+    block
+}
+
+// Goal: a reader opened at the end of the WAL while the writer has just opened a segment (the
+// first one, then one after a rotation), before that segment's first block is visible, gets
+// that block: it used to start in the segment after it, waiting forever or, once that one
+// opened, skipping a whole segment of the log.
+#[cfg(feature = "failpoints")]
+#[test]
+fn reader_opened_while_a_segment_opens_reads_it() {
+    let _scenario = fail::FailScenario::setup();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(
+        Wal::open(dir.path(), options(tickship_storage::wal::IoEngine::Sync)).expect("open"),
+    );
+    // Records of 40 KB that lz4 cannot shrink: one fills a 64 KiB segment, so every append
+    // opens a new one.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut incompressible = || -> &'static [u8] {
+        let text: String = (0..40_000)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b"0123456789abcdef"[(state % 16) as usize])
+            })
+            .collect();
+        Box::leak(
+            format!(r#"{{"v":"{text}"}}"#)
+                .into_bytes()
+                .into_boxed_slice(),
+        )
+    };
+    for round in 0..3 {
+        let record = Record::put("_system", "c", "k", incompressible());
+        assert!(
+            reader_opened_during_write(&wal, record).is_some(),
+            "round {round}: the reader missed the segment being opened"
+        );
+    }
+    let segments = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        })
+        .count();
+    assert!(segments >= 3, "each round opened a segment: {segments}");
 }

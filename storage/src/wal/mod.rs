@@ -249,7 +249,9 @@ pub(crate) struct State {
     pub active: Option<ActiveSegment>,
     /// The last tick readers may see.
     pub tick_last: Tick,
-    /// The id the next segment created gets.
+    /// The id of the segment after the last one readers see (sealed or active): where a reader
+    /// waiting at the end starts. The writer may have opened that segment already; it becomes
+    /// the active one, and this moves past it, when its first block is published.
     pub next_segment_id: SegmentId,
     pub failed: Option<String>,
     pub closed: bool,

@@ -116,6 +116,9 @@ pub(crate) struct Writer {
     verbatim_only: bool,
     /// `tick_written` at the last hand-off: once readers see it, everything handed is visible.
     tick_handed: Tick,
+    /// The id the next segment opened gets. Readers learn it (`State::next_segment_id`) only
+    /// once that segment's first block is published.
+    next_segment_id: SegmentId,
     failed: Option<String>,
 }
 
@@ -127,7 +130,10 @@ impl Writer {
         syncer: Sender<SyncJob>,
         active: Option<RecoveredActive>,
     ) -> Result<Writer> {
-        let tick_written = shared.lock().tick_last;
+        let (tick_written, next_segment_id) = {
+            let state = shared.lock();
+            (state.tick_last, state.next_segment_id)
+        };
         let mut writer = Writer {
             shared,
             engine,
@@ -142,6 +148,7 @@ impl Writer {
             pending: Vec::new(),
             verbatim_only: true,
             tick_handed: tick_written,
+            next_segment_id,
             failed: None,
         };
         if let Some(active) = active {
@@ -442,7 +449,7 @@ impl Writer {
             self.drain().map_err(Failure::Fatal)?;
             self.seal().map_err(Failure::Fatal)?;
         }
-        let id = self.shared.lock().next_segment_id;
+        let id = self.next_segment_id;
         let path = self.shared.dir.join(segment::file_name(id, tick_first));
         if let Err(e) = std::fs::rename(&spare, &path) {
             let _ = std::fs::remove_file(&spare);
@@ -455,7 +462,7 @@ impl Writer {
         // Without this, a crash could leave the data of acknowledged appends in a file still
         // named as a spare, which recovery removes.
         fs::fsync_dir(&self.shared.dir).map_err(Failure::Fatal)?;
-        self.shared.lock().next_segment_id = id.next();
+        self.next_segment_id = id.next();
         let file = fs::open_rw(&path, self.engine.direct()).map_err(Failure::Fatal)?;
         let capacity = self.shared.options.segment_bytes;
         let map = fs::map(&file, &path, capacity).map_err(Failure::Fatal)?;
@@ -726,6 +733,9 @@ fn publish(
                 );
                 let mut entries = TickIndex::new();
                 entries.extend_from(index);
+                // Only now: a reader starting at the end before this takes the segment after
+                // the last one it sees, which must be this one, not the one after it.
+                state.next_segment_id = segment.id.next();
                 *other = Some(ActiveSegment {
                     id: segment.id,
                     path: segment.path.clone(),
