@@ -141,7 +141,7 @@ pub struct DaemonArgs {
     /// blob references, ~10 bytes a document); each level below is ten times larger. A level-0
     /// compaction rewrites up to this much, so RocksDB's 256 MiB made each one rewrite every
     /// key of a store of up to ~28M documents.
-    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(65536..))]
+    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(tickship_storage::docstore::MIN_TABLE_FILE_BYTES..))]
     pub rocksdb_max_bytes_for_level_base: u64,
 
     /// Level-0 files past which writes to the document store are slowed down.
@@ -303,11 +303,21 @@ mod tests {
         .is_err());
     }
 
+    /// `flag` set to `value`, as `pick` reads it from the parsed arguments.
+    fn parse_flag<T>(
+        flag: &str,
+        value: &str,
+        pick: impl Fn(DaemonArgs) -> T,
+    ) -> Result<T, clap::Error> {
+        DaemonArgs::try_parse_from(["tickshipd", flag, value]).map(pick)
+    }
+
     #[test]
     fn max_open_files_takes_auto_unlimited_or_a_count() {
         let parse = |value: &str| {
-            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.max-open-files", value])
-                .map(|args| args.rocksdb_max_open_files)
+            parse_flag("--rocksdb.max-open-files", value, |a| {
+                a.rocksdb_max_open_files
+            })
         };
         let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
         assert_eq!(defaults.rocksdb_max_open_files, 0);
@@ -322,8 +332,9 @@ mod tests {
     #[test]
     fn level_base_flag() {
         let parse = |value: &str| {
-            DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.max-bytes-for-level-base", value])
-                .map(|args| args.rocksdb_max_bytes_for_level_base)
+            parse_flag("--rocksdb.max-bytes-for-level-base", value, |a| {
+                a.rocksdb_max_bytes_for_level_base
+            })
         };
         let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
         assert_eq!(

@@ -214,6 +214,10 @@ pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
 /// Values from this size on go to blob files; smaller documents stay in the LSM tree.
 const MIN_BLOB_SIZE: u64 = 256;
 
+/// The smallest table file, and so level, the document store makes
+/// (`StoreOptions::max_bytes_for_level_base`).
+pub const MIN_TABLE_FILE_BYTES: u64 = 64 << 10;
+
 /// Blob garbage collection is switched on once this fraction of the live blob files' bytes is
 /// garbage (documents replaced or removed), and off again below `BLOB_GC_OFF`. PostgreSQL's
 /// autovacuum starts at 20% dead rows too (`autovacuum_vacuum_scale_factor`).
@@ -457,9 +461,11 @@ impl DocStore {
         // Small levels of small files (`StoreOptions::max_bytes_for_level_base`); files twice as
         // large a level down, so that a store of 1G documents (~10 GB of keys) has about a
         // thousand of them rather than ten thousand.
-        let level_base = store_options.max_bytes_for_level_base.max(64 << 10);
+        let level_base = store_options
+            .max_bytes_for_level_base
+            .max(MIN_TABLE_FILE_BYTES);
         docs.set_max_bytes_for_level_base(level_base);
-        docs.set_target_file_size_base((level_base / 4).max(64 << 10));
+        docs.set_target_file_size_base((level_base / 4).max(MIN_TABLE_FILE_BYTES));
         docs.set_target_file_size_multiplier(2);
         docs.set_bottommost_compression_type(DBCompressionType::Zstd);
         let families = [
