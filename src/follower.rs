@@ -18,7 +18,7 @@ use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
 use tickship_storage::docstore::{ApplierTotals, CollectionFilter, Restrict};
 use tickship_storage::wal::{Appended, Block};
-use tickship_storage::Tick;
+use tickship_storage::{Tick, TickRange};
 use tokio::sync::Notify;
 
 use crate::api::{ApiError, ApiResult};
@@ -703,6 +703,9 @@ impl Applier {
         ));
         let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
+        // The tick the next new block must continue from: a gap would be changes this follower
+        // silently never has.
+        let mut continues_after = last_stored.max(from);
         // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
@@ -765,18 +768,12 @@ impl Applier {
                                 format!("invalid block from the leader: {e}"),
                             )
                         })?;
-                        if block.ticks().first <= last_stored {
-                            if block.ticks().last <= last_stored {
-                                continue; // already stored (a resent block)
-                            }
-                            return Err(SessionError::fatal(
-                                num::INVALID_RESPONSE,
-                                format!(
-                                    "block {}..{} from the leader overlaps this server's log ending at {last_stored}",
-                                    block.ticks().first, block.ticks().last
-                                ),
-                            ));
+                        if !place_block(block.ticks(), last_stored, continues_after)
+                            .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?
+                        {
+                            continue; // already stored (a resent block)
                         }
+                        continues_after = block.ticks().last;
                         // Documents and removals are counted by the store applier, which decodes
                         // the records anyway; here only the record count is needed.
                         events += u64::from(block.record_count());
@@ -1011,6 +1008,30 @@ impl Applier {
     }
 }
 
+/// Where a block received from the leader goes: `Ok(false)` if this server's log holds it
+/// already (the leader resends from the tick asked for) or it ends at or before a `from`
+/// asked for, `Ok(true)` if it is the next one.
+/// The leader's log has no gaps, so a new block holds the tick after `continues_after` (the
+/// last tick stored, or asked for with `from`): it may start before a `from` past this
+/// server's log, as the block holding `from + 1` does, but never inside what is stored.
+fn place_block(ticks: TickRange, last_stored: Tick, continues_after: Tick) -> Result<bool, String> {
+    if ticks.last <= last_stored.max(continues_after) {
+        return Ok(false);
+    }
+    if ticks.first <= last_stored {
+        return Err(format!(
+            "block {ticks} from the leader overlaps this server's log ending at {last_stored}"
+        ));
+    }
+    let expected = continues_after.get().saturating_add(1);
+    if ticks.first.get() > expected {
+        return Err(format!(
+            "block {ticks} from the leader does not continue the log from tick {continues_after}"
+        ));
+    }
+    Ok(true)
+}
+
 fn running() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::BAD_REQUEST,
@@ -1091,6 +1112,32 @@ mod tests {
         assert_eq!(tailing_at(FAR_BEHIND_TICKS - 1), None);
         assert_eq!(tailing_at(FAR_BEHIND_TICKS), Some(false));
         assert_eq!(tailing_at(u64::MAX), Some(false));
+    }
+
+    #[test]
+    fn received_blocks_continue_the_log_without_gaps() {
+        let range = |a, b| TickRange::new(Tick::new(a), Tick::new(b));
+        let t = Tick::new;
+        // Resent blocks are skipped; the next one is taken.
+        assert_eq!(place_block(range(1, 10), t(10), t(10)), Ok(false));
+        assert_eq!(place_block(range(11, 12), t(10), t(10)), Ok(true));
+        // Straddling what is stored, or leaving ticks out: refused, naming the ticks.
+        let overlap = place_block(range(5, 12), t(10), t(10)).unwrap_err();
+        assert!(
+            overlap.contains("5..=12") && overlap.contains("ending at 10"),
+            "{overlap}"
+        );
+        let gap = place_block(range(12, 15), t(10), t(10)).unwrap_err();
+        assert!(
+            gap.contains("12..=15") && gap.contains("from tick 10"),
+            "{gap}"
+        );
+        // Started with `from` past this server's log: the block holding `from + 1` is taken,
+        // even if it starts earlier; one after it is a gap, one ending at `from` is not wanted.
+        assert_eq!(place_block(range(15, 30), t(10), t(20)), Ok(true));
+        assert_eq!(place_block(range(21, 30), t(10), t(20)), Ok(true));
+        assert!(place_block(range(22, 30), t(10), t(20)).is_err());
+        assert_eq!(place_block(range(15, 20), t(10), t(20)), Ok(false));
     }
 
     #[test]
