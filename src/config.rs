@@ -152,6 +152,11 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.level0-stop-trigger", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub rocksdb_level0_stop_trigger: u32,
 
+    /// Run the document store's compactions at the lowest CPU priority (nice 19), so that they
+    /// take what receiving, logging and applying writes leave on a busy machine.
+    #[arg(long = "rocksdb.low-priority-compactions", default_value_t = true, action = ArgAction::Set)]
+    pub rocksdb_low_priority_compactions: bool,
+
     /// Threads that apply WAL blocks to the document store (received from the leader, or
     /// replayed at start), partitioned by collection and key. 0 = one per core.
     #[arg(long = "replication.applier-threads", default_value_t = 0)]
@@ -344,5 +349,22 @@ mod tests {
         assert_eq!(parse("268435456").expect("256 MiB"), 256 << 20);
         assert!(parse("1024").is_err());
         assert!(parse("big").is_err());
+    }
+
+    #[test]
+    fn low_priority_compactions_flag() {
+        let parse = |value: &str| {
+            parse_flag("--rocksdb.low-priority-compactions", value, |a| {
+                a.rocksdb_low_priority_compactions
+            })
+        };
+        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        assert_eq!(
+            defaults.rocksdb_low_priority_compactions,
+            tickship_storage::docstore::StoreOptions::default().low_priority_compactions
+        );
+        assert!(!parse("false").expect("false"));
+        assert!(parse("true").expect("true"));
+        assert!(parse("maybe").is_err());
     }
 }

@@ -148,6 +148,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         level0_stop_trigger: args.rocksdb_level0_stop_trigger,
         tailing_write_buffer_bytes: args.replication_tailing_write_buffer_size,
         max_open_files,
+        low_priority_compactions: args.rocksdb_low_priority_compactions,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)
