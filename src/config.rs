@@ -359,10 +359,7 @@ mod tests {
             })
         };
         let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
-        assert_eq!(
-            defaults.rocksdb_low_priority_compactions,
-            tickship_storage::docstore::StoreOptions::default().low_priority_compactions
-        );
+        assert!(defaults.rocksdb_low_priority_compactions);
         assert!(!parse("false").expect("false"));
         assert!(parse("true").expect("true"));
         assert!(parse("maybe").is_err());
