@@ -157,6 +157,13 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.low-priority-compactions", default_value_t = true, action = ArgAction::Set)]
     pub rocksdb_low_priority_compactions: bool,
 
+    /// Nice value of the threads between a logged change and its visibility: the replication
+    /// thread (shipping the log to followers, receiving it from a leader) and the store applier.
+    /// They take the CPU before request handling, flushes and compactions; best effort (needs
+    /// root or CAP_SYS_NICE); 0 leaves them as they are.
+    #[arg(long = "replication.thread-nice", default_value_t = -5, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
+    pub replication_thread_nice: i32,
+
     /// Threads that apply WAL blocks to the document store (received from the leader, or
     /// replayed at start), partitioned by collection and key. 0 = one per core.
     #[arg(long = "replication.applier-threads", default_value_t = 0)]
@@ -363,5 +370,21 @@ mod tests {
         assert!(!parse("false").expect("false"));
         assert!(parse("true").expect("true"));
         assert!(parse("maybe").is_err());
+    }
+
+    #[test]
+    fn replication_thread_nice_flag() {
+        let parse = |value: &str| {
+            parse_flag("--replication.thread-nice", value, |a| {
+                a.replication_thread_nice
+            })
+        };
+        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        assert_eq!(defaults.replication_thread_nice, -5);
+        assert_eq!(parse("0").expect("0"), 0);
+        assert_eq!(parse("-20").expect("-20"), -20);
+        assert_eq!(parse("19").expect("19"), 19);
+        assert!(parse("-21").is_err());
+        assert!(parse("20").is_err());
     }
 }

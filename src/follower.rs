@@ -267,6 +267,8 @@ pub struct Applier {
     /// The running task and the signal that stops it (one per start, so that a stop can never
     /// leak into the next run).
     task: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>>,
+    /// Where the applier's task (its QUIC connection, receiving, storing) runs.
+    tasks: tokio::runtime::Handle,
 }
 
 const CONFIG_FILE: &str = "applier-config.json";
@@ -342,6 +344,7 @@ impl Applier {
         dir: PathBuf,
         pinned_fingerprint: Option<String>,
         (config, persisted): (ApplierConfig, PersistedState),
+        tasks: tokio::runtime::Handle,
     ) -> anyhow::Result<Arc<Applier>> {
         let runtime = Runtime {
             phase: "inactive",
@@ -358,6 +361,7 @@ impl Applier {
             runtime: Mutex::new(runtime),
             runtime_changed: Notify::new(),
             task: Mutex::new(None),
+            tasks,
         });
         if is_following(&persisted) {
             applier.follow(&applier.config());
@@ -490,7 +494,8 @@ impl Applier {
         let stop = Arc::new(Notify::new());
         let signal = stop.clone();
         *task = Some((
-            tokio::spawn(async move { applier.run(config, Tick::new(from), signal).await }),
+            self.tasks
+                .spawn(async move { applier.run(config, Tick::new(from), signal).await }),
             stop,
         ));
         Ok(())

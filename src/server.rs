@@ -177,6 +177,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n.min(1024),
         },
+        thread_nice: args.replication_thread_nice,
         ..ApplierOptions::default()
     };
     let applier = StoreApplier::start(wal.clone(), store.clone(), applier_options)
@@ -223,13 +224,15 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         clients: clients.clone(),
         endpoint: format!("tcp://{local}"),
     });
-    let quic = crate::shipper::listen(quic_addr, &identity, shipping)
+    let replication = ReplicationRuntime::start(args.replication_thread_nice)?;
+    let quic = crate::shipper::listen(quic_addr, &identity, shipping, replication.handle())
         .context("listen for followers (QUIC)")?;
     let applier = crate::follower::Applier::open(
         node.clone(),
         dir.to_path_buf(),
         args.leader_fingerprint.clone(),
         saved,
+        replication.handle().clone(),
     )?;
     let state = Arc::new(AppState {
         node: node.clone(),
@@ -278,6 +281,44 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     store.flush().context("flush the document store")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The thread that ships the log to followers and receives it from a leader, apart from the
+/// HTTP workers: a shipper waiting for a worker busy parsing a 1 MB batch waits for it to finish.
+struct ReplicationRuntime(Option<tokio::runtime::Runtime>);
+
+impl ReplicationRuntime {
+    /// `nice`: the thread's nice value (`--replication.thread-nice`), 0 to leave it.
+    fn start(nice: i32) -> anyhow::Result<ReplicationRuntime> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("replication")
+            .on_thread_start(move || {
+                if nice != 0 {
+                    tickship_storage::fs::set_thread_nice_or_say(nice);
+                }
+            })
+            .enable_all()
+            .build()
+            .context("start the replication runtime")?;
+        Ok(ReplicationRuntime(Some(runtime)))
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map(tokio::runtime::Runtime::handle)
+            .expect("the runtime lives until dropped")
+    }
+}
+
+impl Drop for ReplicationRuntime {
+    /// Without waiting: dropping a runtime blocks, which the server's own runtime forbids.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 async fn shutdown_signal() {

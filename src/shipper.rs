@@ -74,10 +74,15 @@ pub fn listen(
     addr: SocketAddr,
     identity: &Identity,
     shipping: Arc<Shipping>,
+    runtime: &tokio::runtime::Handle,
 ) -> Result<tickship_net::quinn::Endpoint> {
-    let endpoint = server_endpoint(addr, identity)?;
+    // The endpoint's driver and every session run on `runtime`.
+    let endpoint = {
+        let _entered = runtime.enter();
+        server_endpoint(addr, identity)?
+    };
     let accepting = endpoint.clone();
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         while let Some(incoming) = accepting.accept().await {
             let shipping = shipping.clone();
             tokio::spawn(async move {

@@ -218,6 +218,18 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
     }
 }
 
+/// Sets the calling thread's nice value, best effort: a refusal is logged, and the thread runs
+/// at the priority it has.
+pub fn set_thread_nice_or_say(nice: i32) {
+    if let Err(e) = set_thread_nice(nice) {
+        tracing::info!(
+            "could not set the nice value of the {} thread to {nice} ({e}); it runs at normal \
+             priority (raising it needs root or CAP_SYS_NICE)",
+            std::thread::current().name().unwrap_or("unnamed")
+        );
+    }
+}
+
 /// An exclusive advisory lock on a file, held until dropped, so that two processes never write
 /// the same WAL.
 pub struct DirLock {

@@ -30,6 +30,9 @@ pub struct ApplierOptions {
     /// Threads that apply a group (`--replication.applier-threads`); 1 applies on the store
     /// applier's own thread.
     pub threads: usize,
+    /// Nice value of the store applier's thread, which makes logged changes visible; 0 leaves
+    /// it as it is. Best effort: lowering it needs root or CAP_SYS_NICE.
+    pub thread_nice: i32,
 }
 
 impl Default for ApplierOptions {
@@ -39,6 +42,7 @@ impl Default for ApplierOptions {
             flush_interval: Duration::from_secs(30),
             group_bytes_max: 4 << 20,
             threads: 1,
+            thread_nice: 0,
         }
     }
 }
@@ -108,6 +112,9 @@ impl StoreApplier {
         let thread = std::thread::Builder::new()
             .name("store-applier".into())
             .spawn(move || {
+                if options.thread_nice != 0 {
+                    crate::fs::set_thread_nice_or_say(options.thread_nice);
+                }
                 if let Err(error) = run(&wal, &store, &mut reader, &mut context, &worker, &options)
                 {
                     let reason = crate::wal::error_chain(&error);

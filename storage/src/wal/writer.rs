@@ -625,15 +625,8 @@ pub(crate) fn run_syncer(shared: Arc<Shared>, jobs: Receiver<SyncJob>) {
 /// Applies `io_thread_nice` to the calling thread, best effort.
 fn raise_priority(shared: &Shared) {
     let nice = shared.options.io_thread_nice;
-    if nice == 0 {
-        return;
-    }
-    if let Err(e) = fs::set_thread_nice(nice) {
-        tracing::info!(
-            "wal: could not set the nice value of the {} thread to {nice} ({e}); it runs at normal \
-             priority (raising it needs root or CAP_SYS_NICE)",
-            std::thread::current().name().unwrap_or("wal")
-        );
+    if nice != 0 {
+        fs::set_thread_nice_or_say(nice);
     }
 }
 
