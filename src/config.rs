@@ -243,7 +243,7 @@ mod tests {
     // Goal: the blob flags take ArangoDB's spellings and refuse anything else with a reason.
     #[test]
     fn blob_flags() {
-        let args = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        let args = defaults();
         assert_eq!(args.rocksdb_blob_compression_type, BlobCompression::None);
         assert!(args.rocksdb_enable_blob_garbage_collection);
         let args = DaemonArgs::try_parse_from([
@@ -280,7 +280,7 @@ mod tests {
     // refuse 0.
     #[test]
     fn level0_flags() {
-        let args = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        let args = defaults();
         let defaults = tickship_storage::docstore::StoreOptions::default();
         assert_eq!(
             (
@@ -315,6 +315,11 @@ mod tests {
         .is_err());
     }
 
+    /// The arguments with every flag at its default.
+    fn defaults() -> DaemonArgs {
+        DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults")
+    }
+
     /// `flag` set to `value`, as `pick` reads it from the parsed arguments.
     fn parse_flag<T>(
         flag: &str,
@@ -331,8 +336,8 @@ mod tests {
                 a.rocksdb_max_open_files
             })
         };
-        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
-        assert_eq!(defaults.rocksdb_max_open_files, 0);
+        let args = defaults();
+        assert_eq!(args.rocksdb_max_open_files, 0);
         assert_eq!(parse("-1").expect("-1"), -1);
         assert_eq!(parse("5000").expect("5000"), 5000);
         assert!(parse("-2").is_err());
@@ -348,9 +353,9 @@ mod tests {
                 a.rocksdb_max_bytes_for_level_base
             })
         };
-        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
+        let args = defaults();
         assert_eq!(
-            defaults.rocksdb_max_bytes_for_level_base,
+            args.rocksdb_max_bytes_for_level_base,
             tickship_storage::docstore::StoreOptions::default().max_bytes_for_level_base
         );
         assert_eq!(parse("268435456").expect("256 MiB"), 256 << 20);
@@ -365,8 +370,8 @@ mod tests {
                 a.rocksdb_low_priority_compactions
             })
         };
-        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
-        assert!(defaults.rocksdb_low_priority_compactions);
+        let args = defaults();
+        assert!(args.rocksdb_low_priority_compactions);
         assert!(!parse("false").expect("false"));
         assert!(parse("true").expect("true"));
         assert!(parse("maybe").is_err());
@@ -379,8 +384,8 @@ mod tests {
                 a.replication_thread_nice
             })
         };
-        let defaults = DaemonArgs::try_parse_from(["tickshipd"]).expect("defaults");
-        assert_eq!(defaults.replication_thread_nice, -5);
+        let args = defaults();
+        assert_eq!(args.replication_thread_nice, -5);
         assert_eq!(parse("0").expect("0"), 0);
         assert_eq!(parse("-20").expect("-20"), -20);
         assert_eq!(parse("19").expect("19"), 19);

@@ -708,9 +708,6 @@ impl Applier {
         ));
         let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
-        // The tick the next new block must continue from: a gap would be changes this follower
-        // silently never has.
-        let mut continues_after = last_stored.max(from);
         // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
@@ -773,12 +770,11 @@ impl Applier {
                                 format!("invalid block from the leader: {e}"),
                             )
                         })?;
-                        if !place_block(block.ticks(), last_stored, continues_after)
+                        if !place_block(block.ticks(), last_stored, from)
                             .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?
                         {
                             continue; // already stored (a resent block)
                         }
-                        continues_after = block.ticks().last;
                         // Documents and removals are counted by the store applier, which decodes
                         // the records anyway; here only the record count is needed.
                         events += u64::from(block.record_count());
@@ -1014,13 +1010,15 @@ impl Applier {
 }
 
 /// Where a block received from the leader goes: `Ok(false)` if this server's log holds it
-/// already (the leader resends from the tick asked for) or it ends at or before a `from`
+/// already (the leader resends from the tick asked for) or it ends at or before the `from`
 /// asked for, `Ok(true)` if it is the next one.
-/// The leader's log has no gaps, so a new block holds the tick after `continues_after` (the
-/// last tick stored, or asked for with `from`): it may start before a `from` past this
-/// server's log, as the block holding `from + 1` does, but never inside what is stored.
-fn place_block(ticks: TickRange, last_stored: Tick, continues_after: Tick) -> Result<bool, String> {
-    if ticks.last <= last_stored.max(continues_after) {
+/// The leader's log has no gaps, so a new block holds the tick after the last one stored, or
+/// after `from` while that is past this server's log (a gap would be changes this follower
+/// silently never has): it may start before such a `from`, as the block holding `from + 1`
+/// does, but never inside what is stored.
+fn place_block(ticks: TickRange, last_stored: Tick, from: Tick) -> Result<bool, String> {
+    let continues_after = last_stored.max(from);
+    if ticks.last <= continues_after {
         return Ok(false);
     }
     if ticks.first <= last_stored {

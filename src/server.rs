@@ -293,11 +293,7 @@ impl ReplicationRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("replication")
-            .on_thread_start(move || {
-                if nice != 0 {
-                    tickship_storage::fs::set_thread_nice_or_say(nice);
-                }
-            })
+            .on_thread_start(move || tickship_storage::fs::set_thread_nice_or_say(nice))
             .enable_all()
             .build()
             .context("start the replication runtime")?;

@@ -219,8 +219,11 @@ pub fn set_thread_nice(nice: i32) -> io::Result<()> {
 }
 
 /// Sets the calling thread's nice value, best effort: a refusal is logged, and the thread runs
-/// at the priority it has.
+/// at the priority it has. 0 leaves the thread as it is.
 pub fn set_thread_nice_or_say(nice: i32) {
+    if nice == 0 {
+        return;
+    }
     if let Err(e) = set_thread_nice(nice) {
         tracing::info!(
             "could not set the nice value of the {} thread to {nice} ({e}); it runs at normal \

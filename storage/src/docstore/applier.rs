@@ -112,9 +112,7 @@ impl StoreApplier {
         let thread = std::thread::Builder::new()
             .name("store-applier".into())
             .spawn(move || {
-                if options.thread_nice != 0 {
-                    crate::fs::set_thread_nice_or_say(options.thread_nice);
-                }
+                crate::fs::set_thread_nice_or_say(options.thread_nice);
                 if let Err(error) = run(&wal, &store, &mut reader, &mut context, &worker, &options)
                 {
                     let reason = crate::wal::error_chain(&error);

@@ -624,10 +624,7 @@ pub(crate) fn run_syncer(shared: Arc<Shared>, jobs: Receiver<SyncJob>) {
 
 /// Applies `io_thread_nice` to the calling thread, best effort.
 fn raise_priority(shared: &Shared) {
-    let nice = shared.options.io_thread_nice;
-    if nice != 0 {
-        fs::set_thread_nice_or_say(nice);
-    }
+    fs::set_thread_nice_or_say(shared.options.io_thread_nice);
 }
 
 /// fdatasync of `file`; a failure stops the WAL for good.
