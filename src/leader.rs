@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tickship_storage::docstore::{
     CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreApplier, StoredDocument,
 };
-use tickship_storage::wal::{block, Record, RecordType};
+use tickship_storage::wal::{Record, RecordType};
 use tickship_storage::{Tick, TickRange, Wal};
 
 use crate::api::{num, ApiError, ApiResult};
@@ -332,9 +332,9 @@ impl Node {
         // single-document insert, measured), so they run in place.
         let raw_bytes: usize = records.iter().map(Record::encoded_bytes).sum();
         let appended = if raw_bytes >= BLOCKING_BLOCK_BYTES {
-            tokio::task::block_in_place(|| self.wal.submit(block::prepare(records)?))?
+            tokio::task::block_in_place(|| self.wal.submit(self.wal.prepare(records)?))?
         } else {
-            self.wal.submit(block::prepare(records)?)?
+            self.wal.submit(self.wal.prepare(records)?)?
         };
         let ticks = appended.await?;
         self.applier.applied(ticks.last).await?;

@@ -101,6 +101,11 @@ pub struct WalOptions {
     /// and half the median latency with 64 appenders on 2 cores). Best effort: it needs root or
     /// CAP_SYS_NICE, and without them the threads stay at normal priority. 0 leaves them alone.
     pub io_thread_nice: i32,
+    /// Blocks built by `append` (and by `prepare`) are compressed in frames of this many raw
+    /// bytes, so a record can be read back by its tick decompressing one frame (`block_at`,
+    /// `Block::record_at`); 0 compresses each block as a whole. Default 0; a WAL that holds the
+    /// document store's documents uses `block::FRAME_RAW_BYTES`.
+    pub frame_bytes: usize,
 }
 
 impl Default for WalOptions {
@@ -117,6 +122,7 @@ impl Default for WalOptions {
             retention_interval: Some(Duration::from_secs(1)),
             verify_on_open: false,
             io_thread_nice: -10,
+            frame_bytes: 0,
         }
     }
 }
@@ -598,7 +604,12 @@ impl Wal {
 
     /// Appends `records` as one block and waits until they are durable; returns their ticks.
     pub fn append(&self, records: &[Record<'_>]) -> Result<TickRange> {
-        self.submit(block::prepare(records)?)?.wait()
+        self.submit(self.prepare(records)?)?.wait()
+    }
+
+    /// Builds a block of `records` for `submit`, in the WAL's frames (`WalOptions::frame_bytes`).
+    pub fn prepare(&self, records: &[Record<'_>]) -> Result<PreparedBlock> {
+        block::prepare_framed(records, self.shared.options.frame_bytes)
     }
 
     /// Queues a prepared block (waiting only while the queue is full) and returns its pending
@@ -713,6 +724,17 @@ impl Wal {
     /// `TickCompacted` if retention already removed ticks after `after`.
     pub fn reader_after(&self, after: Tick) -> Result<Reader> {
         Reader::new(self.shared.clone(), after)
+    }
+
+    /// The visible block holding `tick`, verified, or `None` if `tick` is not visible yet (or is
+    /// zero). Fails with `TickCompacted` if retention removed it. With `Block::record_at` this
+    /// reads one record back by its tick, decompressing one frame of the block.
+    pub fn block_at(&self, tick: Tick) -> Result<Option<Block>> {
+        if tick == Tick::ZERO {
+            return Ok(None);
+        }
+        let block = self.reader_after(tick.saturating_prev())?.next_block()?;
+        Ok(block.filter(|block| block.ticks().contains(tick)))
     }
 
     /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
