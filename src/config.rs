@@ -157,6 +157,13 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.low-priority-compactions", default_value_t = true, action = ArgAction::Set)]
     pub rocksdb_low_priority_compactions: bool,
 
+    /// Keep each document only in the WAL: the document store maps a key to the tick of its
+    /// last write and reads the document from the WAL (compressed in 64 KiB frames), instead of
+    /// storing it a second time. Sticky once used. Experimental: until live documents can be
+    /// moved out of old WAL segments, no segment is ever deleted.
+    #[arg(long = "rocksdb.documents-in-wal", default_value_t = false, action = ArgAction::Set)]
+    pub rocksdb_documents_in_wal: bool,
+
     /// Nice value of the threads between a logged change and its visibility: the replication
     /// thread (shipping the log to followers, receiving it from a leader) and the store applier.
     /// They take the CPU before request handling, flushes and compactions; best effort (needs
@@ -361,6 +368,20 @@ mod tests {
         assert_eq!(parse("268435456").expect("256 MiB"), 256 << 20);
         assert!(parse("1024").is_err());
         assert!(parse("big").is_err());
+    }
+
+    #[test]
+    fn documents_in_wal_flag() {
+        let args = defaults();
+        assert!(!args.rocksdb_documents_in_wal);
+        let parse = |value: &str| {
+            parse_flag("--rocksdb.documents-in-wal", value, |a| {
+                a.rocksdb_documents_in_wal
+            })
+        };
+        assert!(parse("true").expect("true"));
+        assert!(!parse("false").expect("false"));
+        assert!(parse("yes please").is_err());
     }
 
     #[test]

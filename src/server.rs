@@ -127,13 +127,6 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         tracing::warn!("authentication is off (--server.authentication false): anyone who can connect can read and write");
     }
     let max_open_files = store_open_files(args.rocksdb_max_open_files);
-    let wal = Arc::new(
-        Wal::open(dir.join("wal"), wal_options(&args)?).context("open the write-ahead log")?,
-    );
-    let report = wal.recovery_report();
-    if let Some(torn) = &report.torn_tail {
-        tracing::warn!(?torn, "recovery cut a torn tail");
-    }
     let store_options = StoreOptions {
         write_buffer_bytes: args.rocksdb_write_buffer_size,
         write_buffers_max: args.rocksdb_max_write_buffer_number,
@@ -149,11 +142,24 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         tailing_write_buffer_bytes: args.replication_tailing_write_buffer_size,
         max_open_files,
         low_priority_compactions: args.rocksdb_low_priority_compactions,
+        documents_in_wal: args.rocksdb_documents_in_wal,
     };
     let store = Arc::new(
         DocStore::open_with(dir.join("store"), &store_options)
             .context("open the document store")?,
     );
+    // A store that keeps its documents in the WAL reads them one frame at a time.
+    let mut wal_options = wal_options(&args)?;
+    if store.documents_in_wal() {
+        wal_options.frame_bytes = tickship_storage::wal::block::FRAME_RAW_BYTES;
+    }
+    let wal =
+        Arc::new(Wal::open(dir.join("wal"), wal_options).context("open the write-ahead log")?);
+    let report = wal.recovery_report();
+    if let Some(torn) = &report.torn_tail {
+        tracing::warn!(?torn, "recovery cut a torn tail");
+    }
+    store.attach_wal(wal.clone());
     let started = std::time::Instant::now();
     let replay_from = store.applied_tick();
     if replay_from > wal.last_tick() {

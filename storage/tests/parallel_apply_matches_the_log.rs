@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use common::{blocks_after, collection_definition, options};
 use tickship_storage::docstore::{
-    ApplierOptions, ApplyContext, CollectionInfo, DocStore, StoreApplier,
+    ApplierOptions, ApplyContext, CollectionInfo, DocStore, StoreApplier, StoreOptions,
 };
 use tickship_storage::wal::{IoEngine, Record, RecordType};
-use tickship_storage::{Tick, Wal};
+use tickship_storage::{Tick, Wal, WalOptions};
 
 /// A small deterministic generator (the test must not depend on a seed it cannot print).
 struct Lcg(u64);
@@ -352,9 +352,30 @@ fn parallel_apply_in_any_grouping_equals_the_log() {
 /// Runs a store applier with `threads` and groups of at most `group_bytes_max` over the mixed
 /// log of `seed`, written while it runs or before it starts, and checks the store against it.
 fn store_applier_follows(seed: u64, threads: usize, group_bytes_max: usize, log_first: bool) {
+    store_applier_follows_with(seed, threads, group_bytes_max, log_first, false);
+}
+
+/// `store_applier_follows`, with the store keeping its documents in the WAL if `in_wal`.
+fn store_applier_follows_with(
+    seed: u64,
+    threads: usize,
+    group_bytes_max: usize,
+    log_first: bool,
+    in_wal: bool,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Arc::new(Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal"));
-    let store = Arc::new(DocStore::open(dir.path().join("store")).expect("store"));
+    let wal_options = WalOptions {
+        frame_bytes: if in_wal { 4 << 10 } else { 0 },
+        ..options(IoEngine::Sync)
+    };
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
+    let store_options = StoreOptions {
+        documents_in_wal: in_wal,
+        ..StoreOptions::default()
+    };
+    let store =
+        Arc::new(DocStore::open_with(dir.path().join("store"), &store_options).expect("store"));
+    store.attach_wal(wal.clone());
     let start = || {
         StoreApplier::start(
             wal.clone(),
@@ -377,8 +398,10 @@ fn store_applier_follows(seed: u64, threads: usize, group_bytes_max: usize, log_
     applier
         .wait_applied(wal.last_tick(), Duration::from_secs(60))
         .expect("applied");
-    let what =
-        format!("store applier, seed {seed}, {threads} threads, groups of {group_bytes_max} bytes");
+    let what = format!(
+        "store applier, seed {seed}, {threads} threads, groups of {group_bytes_max} bytes, \
+         documents in the WAL: {in_wal}"
+    );
     assert_matches(&store, &model, 3000..3100, &what);
     let documents = applier.totals().documents;
     assert!(documents > 0);
@@ -389,6 +412,16 @@ fn store_applier_follows(seed: u64, threads: usize, group_bytes_max: usize, log_
 #[test]
 fn store_applier_with_threads_follows_the_wal() {
     store_applier_follows(5, 3, ApplierOptions::default().group_bytes_max, false);
+}
+
+// Goal: a store keeping its documents in the WAL (in small frames, so blocks have several)
+// equals the log too: documents, revisions, counts and catalog, through truncates, drops,
+// aborted transactions and keys changed again and again.
+#[test]
+fn store_applier_with_documents_in_the_wal_follows_the_wal() {
+    for (seed, threads, group_bytes_max) in [(5, 3, 4 << 20), (11, 2, 1)] {
+        store_applier_follows_with(seed, threads, group_bytes_max, true, true);
+    }
 }
 
 // Goal: with one block per group, each group is prepared while the one before is still being

@@ -253,8 +253,19 @@ fn run(
     // durable in the WAL).
     store.record_applied(wal.durable_tick())?;
     store.flush()?;
-    wal.set_store_tick(store.persisted_tick()?);
+    report_store_tick(wal, store, store.persisted_tick()?);
     Ok(())
+}
+
+/// Tells the WAL how far the store is persisted, so retention keeps what a restart replays.
+/// A store that keeps its documents in the WAL needs every segment that holds a live one, which
+/// nothing tracks yet: it reports tick 0, and retention deletes no segment.
+fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
+    wal.set_store_tick(if store.documents_in_wal() {
+        Tick::ZERO
+    } else {
+        persisted
+    });
 }
 
 /// How often the store applier looks whether blob garbage collection is worth running.
@@ -289,7 +300,7 @@ struct Upkeep {
 impl Upkeep {
     fn new(wal: &Wal, store: &DocStore) -> Result<Upkeep> {
         let persisted = store.persisted_tick()?;
-        wal.set_store_tick(persisted);
+        report_store_tick(wal, store, persisted);
         Ok(Upkeep {
             persisted,
             last_flush: Instant::now(),
@@ -303,7 +314,7 @@ impl Upkeep {
         let persisted = store.persisted_tick()?;
         if persisted != self.persisted {
             self.persisted = persisted;
-            wal.set_store_tick(persisted);
+            report_store_tick(wal, store, persisted);
             // A flush finished and freed its memtables.
             if self.last_trim.elapsed() >= TRIM_EVERY {
                 release_free_memory();

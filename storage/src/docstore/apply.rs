@@ -240,6 +240,7 @@ impl Partition {
             }
         }
         let mut value = Vec::new();
+        let in_wal = store.documents_in_wal();
         for ((tick, record), key) in items.iter().map(|item| (&item.0, &item.1)).zip(keys) {
             let (id, key) = match key {
                 Target::Key(id, key) => (id, key),
@@ -266,7 +267,10 @@ impl Partition {
                 }
                 value.clear();
                 value.extend_from_slice(&tick.get().to_le_bytes());
-                value.extend_from_slice(record.data);
+                // Kept in the WAL, a document is its tick alone (see `decode_document`).
+                if !in_wal {
+                    value.extend_from_slice(record.data);
+                }
                 out.batch.put_cf(docs, &key, &value);
                 if !existed {
                     *out.deltas.entry(id).or_default() += 1;

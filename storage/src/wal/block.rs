@@ -503,7 +503,11 @@ impl PreparedBlock {
             .ok()
             .flatten()
             .expect("a freshly stamped header decodes");
-        Block { bytes, header }
+        Block {
+            bytes,
+            header,
+            checked: true,
+        }
     }
 }
 
@@ -538,6 +542,9 @@ pub(crate) fn encode_seal(ticks: TickRange, entries: &[(Tick, u64)]) -> Vec<u8> 
 pub struct Block {
     bytes: Bytes,
     header: BlockHeader,
+    /// Whether the block's checksum was verified; if not, what reads it checks its parts first
+    /// (`from_unchecked`).
+    checked: bool,
 }
 
 impl Block {
@@ -550,13 +557,43 @@ impl Block {
             return Err(Error::InvalidBlock("seal blocks are not data"));
         }
         header.verify_crc(&bytes).map_err(Error::InvalidBlock)?;
-        Ok(Block { bytes, header })
+        Ok(Block {
+            bytes,
+            header,
+            checked: true,
+        })
     }
 
     /// A block whose header and checksum the caller has already verified.
     pub(crate) fn from_verified(bytes: Bytes, header: BlockHeader) -> Block {
         debug_assert_eq!(bytes.len(), header.block_bytes());
-        Block { bytes, header }
+        Block {
+            bytes,
+            header,
+            checked: true,
+        }
+    }
+
+    /// A block whose header the caller has decoded but whose checksum it has not verified:
+    /// `record_at` then checks the frame table and the frame it reads (a framed block) or the
+    /// whole block (the others), and `records` the whole block.
+    pub(crate) fn from_unchecked(bytes: Bytes, header: BlockHeader) -> Block {
+        debug_assert_eq!(bytes.len(), header.block_bytes());
+        Block {
+            bytes,
+            header,
+            checked: false,
+        }
+    }
+
+    /// Verifies the whole block's checksum unless that was done.
+    fn check(&self) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        self.header
+            .verify_crc(&self.bytes)
+            .map_err(Error::InvalidBlock)
     }
 
     pub fn header(&self) -> &BlockHeader {
@@ -582,6 +619,7 @@ impl Block {
 
     /// Decompresses the payload (into `scratch` if compressed) and iterates its records.
     pub fn records<'a>(&'a self, scratch: &'a mut Vec<u8>) -> Result<Records<'a>> {
+        self.check()?;
         let stored = &self.bytes[BLOCK_HEADER_BYTES..];
         let raw_bytes = self.header.raw_bytes as usize;
         let raw: &[u8] = match self.header.compression {
@@ -614,10 +652,32 @@ impl Block {
     /// it: a point read of a document by its tick. The frame's checksum is checked and it must
     /// hold exactly the records its table entry claims.
     pub fn record_at<'a>(&'a self, tick: Tick, scratch: &'a mut Vec<u8>) -> Result<Record<'a>> {
+        let mut wanted = None;
+        for item in self.frame_records(tick, scratch)? {
+            let (at, record) = item.map_err(Error::InvalidBlock)?;
+            if at == tick {
+                wanted = Some(record);
+            }
+        }
+        wanted.ok_or(Error::InvalidBlock("frame does not hold the record"))
+    }
+
+    /// The records of the frame holding `tick` (which the block must hold), with their ticks,
+    /// decompressing that frame only (the whole payload of a block without frames). The frame's
+    /// checksum is checked; the iterator fails unless the frame holds exactly the records its
+    /// table entry claims. For reading many records of the same frames (a scan in tick order).
+    pub fn frame_records<'a>(
+        &'a self,
+        tick: Tick,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<Records<'a>> {
         if !self.ticks().contains(tick) {
             return Err(Error::InvalidBlock("tick outside the block"));
         }
         let index = (tick.get() - self.header.tick_first.get()) as u32;
+        if self.header.compression != Compression::Lz4Frames {
+            self.check()?;
+        }
         let stored = &self.bytes[BLOCK_HEADER_BYTES..];
         let (raw, first, count): (&[u8], u32, u32) = match self.header.compression {
             Compression::None => (stored, 0, self.header.record_count),
@@ -642,14 +702,7 @@ impl Block {
             }
         };
         let first_tick = Tick::new(self.header.tick_first.get() + u64::from(first));
-        let mut wanted = None;
-        for (i, item) in Records::new(raw, first_tick, count).enumerate() {
-            let (_, record) = item.map_err(Error::InvalidBlock)?;
-            if first + i as u32 == index {
-                wanted = Some(record);
-            }
-        }
-        wanted.ok_or(Error::InvalidBlock("frame does not hold the record"))
+        Ok(Records::new(raw, first_tick, count))
     }
 }
 

@@ -726,14 +726,18 @@ impl Wal {
         Reader::new(self.shared.clone(), after)
     }
 
-    /// The visible block holding `tick`, verified, or `None` if `tick` is not visible yet (or is
-    /// zero). Fails with `TickCompacted` if retention removed it. With `Block::record_at` this
+    /// The visible block holding `tick`, or `None` if `tick` is not visible yet (or is zero). Its
+    /// header is checked; its checksum is checked in parts by what reads it (a framed block's
+    /// `record_at` checks the one frame it decompresses). Fails with `TickCompacted` if retention removed it. With `Block::record_at` this
     /// reads one record back by its tick, decompressing one frame of the block.
     pub fn block_at(&self, tick: Tick) -> Result<Option<Block>> {
         if tick == Tick::ZERO {
             return Ok(None);
         }
-        let block = self.reader_after(tick.saturating_prev())?.next_block()?;
+        let block = self
+            .reader_after(tick.saturating_prev())?
+            .for_point_reads()
+            .next_block()?;
         Ok(block.filter(|block| block.ticks().contains(tick)))
     }
 

@@ -1,0 +1,212 @@
+//! Claim: a store that keeps its documents in the WAL (`StoreOptions::documents_in_wal`) reads
+//! back exactly what a store keeping them itself reads (get, get_many, scan, counts), across
+//! updates, removals and a reopen that no longer asks for it; a damaged frame is an error, not a
+//! wrong document; and retention deletes none of the segments its documents live in.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::{collection_definition, options, record};
+use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier, StoreOptions};
+use tickship_storage::wal::block::FRAME_RAW_BYTES;
+use tickship_storage::wal::{IoEngine, Record, RecordType, RetentionPolicy};
+use tickship_storage::{Wal, WalOptions};
+
+/// Small segments, retention that deletes whatever the store does not need, frames.
+fn wal_options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 256 << 10,
+        frame_bytes: FRAME_RAW_BYTES,
+        retention: RetentionPolicy {
+            historic_count: 0,
+            file_timeout: Duration::ZERO,
+            file_timeout_initial: Duration::ZERO,
+            archive_bytes_max: 0,
+        },
+        ..options(IoEngine::Sync)
+    }
+}
+
+fn store_options(documents_in_wal: bool) -> StoreOptions {
+    StoreOptions {
+        documents_in_wal,
+        ..StoreOptions::default()
+    }
+}
+
+/// Writes 3,000 documents in blocks of 250 (several frames each), then replaces every 7th and removes every 11th;
+/// returns what the collection holds.
+fn write(wal: &Wal) -> BTreeMap<String, Vec<u8>> {
+    let users = collection_definition(1001, "users");
+    wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
+        .expect("create");
+    let mut expected = BTreeMap::new();
+    for round in 0..12 {
+        let docs: Vec<(String, Vec<u8>)> = (round * 250..(round + 1) * 250)
+            .map(|i| (format!("k{i}"), common::document(1, i, 1000)))
+            .collect();
+        let records: Vec<Record<'_>> = docs
+            .iter()
+            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
+            .collect();
+        wal.append(&records).expect("append");
+        expected.extend(docs);
+    }
+    let changed: Vec<(String, Vec<u8>)> = (0..3000u64)
+        .step_by(7)
+        .map(|i| (format!("k{i}"), common::document(2, i, 500)))
+        .collect();
+    let records: Vec<Record<'_>> = changed
+        .iter()
+        .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
+        .collect();
+    wal.append(&records).expect("replace");
+    expected.extend(changed);
+    let removed: Vec<String> = (0..3000).step_by(11).map(|i| format!("k{i}")).collect();
+    let records: Vec<Record<'_>> = removed
+        .iter()
+        .map(|key| record(RecordType::DocumentRemove, "1001", key, b""))
+        .collect();
+    wal.append(&records).expect("remove");
+    for key in &removed {
+        expected.remove(key);
+    }
+    expected
+}
+
+/// Everything the store shows of collection 1001, through all three read paths.
+fn contents(store: &DocStore) -> BTreeMap<String, Vec<u8>> {
+    let mut scanned = BTreeMap::new();
+    store
+        .scan(1001, |key, document| {
+            assert!(scanned.insert(key.to_owned(), document.json).is_none());
+            true
+        })
+        .expect("scan");
+    for (key, json) in &scanned {
+        let document = store.get(1001, key).expect("get").expect("present");
+        assert_eq!(&document.json, json, "get {key}");
+    }
+    let keys: Vec<&str> = scanned.keys().map(String::as_str).collect();
+    let many = store.get_many(1001, &keys).expect("get_many");
+    for (key, document) in keys.iter().zip(many) {
+        assert_eq!(
+            document.map(|d| d.json).as_ref(),
+            scanned.get(*key),
+            "get_many {key}"
+        );
+    }
+    assert_eq!(store.count(1001), scanned.len() as u64);
+    scanned
+}
+
+fn apply_all(wal: &Arc<Wal>, store: &Arc<DocStore>) {
+    let applier = StoreApplier::start(wal.clone(), store.clone(), ApplierOptions::default())
+        .expect("applier");
+    applier
+        .wait_applied(wal.last_tick(), Duration::from_secs(30))
+        .expect("applied");
+    applier.stop();
+}
+
+#[test]
+fn documents_kept_in_the_wal_read_back_like_stored_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let expected = write(&wal);
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
+    );
+    assert!(store.documents_in_wal());
+    store.attach_wal(wal.clone());
+    apply_all(&wal, &store);
+    assert_eq!(contents(&store), expected);
+    assert!(store.get(1001, "k11").expect("get").is_none(), "removed");
+
+    // Reopened without asking, the store still reads its documents from the WAL.
+    drop(store);
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(false)).expect("reopen"),
+    );
+    assert!(store.documents_in_wal(), "sticky");
+    assert!(
+        store.get(1001, "k1").is_err(),
+        "without its WAL a store cannot read a document kept there"
+    );
+    store.attach_wal(wal.clone());
+    assert_eq!(contents(&store), expected);
+
+    // Retention deletes nothing: every segment may hold live documents.
+    let segments = wal.tick_ranges().len();
+    assert!(segments >= 3, "{segments} segments");
+    for _ in 0..2 {
+        let report = wal.run_retention(SystemTime::now()).expect("retention");
+        assert!(report.deleted.is_empty(), "{report:?}");
+    }
+    assert_eq!(wal.tick_ranges().len(), segments);
+    assert_eq!(contents(&store), expected);
+}
+
+// The control for the retention claim above: the same log under a store keeping its documents
+// itself loses its old segments to the same retention.
+#[test]
+fn a_store_keeping_documents_itself_lets_retention_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let expected = write(&wal);
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(false)).expect("store"),
+    );
+    store.attach_wal(wal.clone());
+    apply_all(&wal, &store);
+    let segments = wal.tick_ranges().len();
+    let deleted: usize = (0..2)
+        .map(|_| {
+            wal.run_retention(SystemTime::now())
+                .expect("retention")
+                .deleted
+                .len()
+        })
+        .sum();
+    assert!(deleted > 0 && wal.tick_ranges().len() < segments);
+    assert_eq!(contents(&store), expected);
+}
+
+#[test]
+fn a_damaged_frame_is_an_error_not_a_document() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let expected = write(&wal);
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
+    );
+    store.attach_wal(wal.clone());
+    apply_all(&wal, &store);
+    // Flip one byte in the middle of the first sealed segment's data: inside a frame of some
+    // early documents. In place: the WAL maps the file.
+    let first = &wal.tick_ranges()[0];
+    assert!(first.sealed);
+    let length = std::fs::metadata(&first.path).expect("stat").len();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&first.path)
+        .expect("open");
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, length / 2).expect("read");
+    byte[0] ^= 0x5a;
+    std::os::unix::fs::FileExt::write_all_at(&file, &byte, length / 2).expect("write");
+    let mut failed = 0;
+    for i in 0..3000 {
+        let key = format!("k{i}");
+        match store.get(1001, &key) {
+            Ok(document) => assert_eq!(document.map(|d| d.json).as_ref(), expected.get(&key)),
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(failed > 0, "a damaged frame went unnoticed");
+    assert!(failed < 100, "one damaged frame failed {failed} reads");
+}
