@@ -419,3 +419,60 @@ fn restricted_follower_keeps_only_the_listed_collections() {
     converge(&lh, &follower.http(), "kept");
     assert_eq!(fingerprint(&follower.http(), "left"), None);
 }
+
+// Goal: leader and follower keeping their documents only in their WALs
+// (`--rocksdb.documents-in-wal`) replicate like the others: the follower converges, reads single
+// documents, survives `kill -9` during apply, and both read every document back after a
+// restart that no longer passes the flag (it is sticky).
+#[test]
+fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--rocksdb.documents-in-wal", "true"];
+    let mut leader = Daemon::start(&dir.path().join("leader"), &flags);
+    let mut follower = Daemon::start(&dir.path().join("follower"), &flags);
+    let (lh, fh) = (leader.http(), follower.http());
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
+    insert(&lh, "c", "a", 1500);
+    assert_eq!(
+        lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true}))
+            .status,
+        202
+    );
+    assert_eq!(
+        lh.call("DELETE", "/_api/document/c/a-2", None, None).status,
+        202
+    );
+    make_follower(&fh, &leader, json!({}));
+    converge(&lh, &fh, "c");
+    let patched = fh.get("/_api/document/c/a-1").json();
+    assert_eq!(patched["patched"], json!(true), "{patched}");
+    assert_eq!(
+        patched["_rev"],
+        lh.get("/_api/document/c/a-1").json()["_rev"]
+    );
+    assert_eq!(fh.get("/_api/document/c/a-2").status, 404);
+
+    kill9_while_writing(&mut follower, &leader, 200, |http, batch| {
+        insert(http, "c", &format!("k-{batch}"), 100);
+    });
+    converge(&lh, &follower.http(), "c");
+
+    // Restarted without the flag, both still read their documents from their WALs.
+    let expected = fingerprint(&lh, "c");
+    let leader_dir = dir.path().join("leader");
+    let follower_dir = dir.path().join("follower");
+    assert!(leader.terminate().success());
+    assert!(follower.terminate().success());
+    let leader = Daemon::start_on(&leader_dir, leader.port(), &[]);
+    let follower = Daemon::start(&follower_dir, &[]);
+    assert_eq!(fingerprint(&leader.http(), "c"), expected);
+    assert_eq!(fingerprint(&follower.http(), "c"), expected);
+    assert_eq!(
+        follower.http().get("/_api/document/c/a-1").json()["patched"],
+        json!(true)
+    );
+}
