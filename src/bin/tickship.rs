@@ -102,6 +102,10 @@ struct DemoArgs {
     /// the figures then include the catch-up rate.
     #[arg(long)]
     catch_up: bool,
+    /// Start both servers with `--rocksdb.documents-in-wal true`: each keeps its documents only
+    /// in its WAL (experimental; see the README).
+    #[arg(long)]
+    documents_in_wal: bool,
 }
 
 fn main() {
@@ -251,7 +255,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(name: &'static str, binary: &Path, dir: &Path, password: &str) -> Result<Server> {
+    fn start(
+        name: &'static str,
+        binary: &Path,
+        dir: &Path,
+        password: &str,
+        extra: &[&str],
+    ) -> Result<Server> {
         std::fs::create_dir_all(dir)?;
         let log = std::fs::File::create(dir.join("tickshipd.log"))?;
         let mut child = Command::new(binary)
@@ -262,6 +272,7 @@ impl Server {
             ])
             .arg(dir)
             .args(["--server.password", password])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -350,8 +361,13 @@ fn demo(args: DemoArgs) -> Result<()> {
         "== tickship demo: a leader and a follower on this machine (data in {})",
         dir.display()
     );
-    let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password)?;
-    let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password)?;
+    let extra: &[&str] = if args.documents_in_wal {
+        &["--rocksdb.documents-in-wal", "true"]
+    } else {
+        &[]
+    };
+    let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password, extra)?;
+    let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password, extra)?;
     let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;
     let fc = Client::new(&follower.endpoint, "_system", "root", &password)?;
     lc.call("POST", "/_api/collection", Some(json!({"name": "demo"})))?;
