@@ -129,3 +129,93 @@ fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     store.flush().expect("flush");
     assert_eq!(store.persisted_tick().expect("persisted"), wal.last_tick());
 }
+
+// Goal: a store keeping its documents in the WAL applies a leader's block before it is durable
+// here (visible at once), but writes nothing more until the ticks it applied are durable: RocksDB
+// may persist a memtable at any write, and a persisted value must not name a tick that a crash
+// could take out of the WAL. `wait_durable` says when.
+#[test]
+fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
+    use std::sync::Arc;
+    use tickship_storage::docstore::{ApplierOptions, StoreApplier, StoreOptions};
+
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
+    let definition = collection_definition(7, "c");
+    leader
+        .append(&[Record {
+            kind: RecordType::CollectionCreate,
+            tid: 0,
+            db: "_system",
+            collection: "7",
+            key: "",
+            data: &definition,
+        }])
+        .expect("create");
+    for i in 0..2 {
+        let doc = format!(r#"{{"_key":"k{i}"}}"#);
+        leader
+            .append(&[Record::put(
+                "_system",
+                "7",
+                &format!("k{i}"),
+                doc.as_bytes(),
+            )])
+            .expect("put");
+    }
+    let blocks = blocks_after(&leader, Tick::ZERO);
+    let follower =
+        Arc::new(Wal::open(follower_dir.path().join("wal"), options(IoEngine::Sync)).expect("wal"));
+    follower
+        .submit_block(blocks[0].clone())
+        .expect("submit")
+        .wait()
+        .expect("durable");
+    let store = Arc::new(
+        DocStore::open_with(
+            follower_dir.path().join("store"),
+            &StoreOptions {
+                documents_in_wal: true,
+                ..StoreOptions::default()
+            },
+        )
+        .expect("store"),
+    );
+    store.attach_wal(follower.clone());
+    let applier = StoreApplier::start(follower.clone(), store.clone(), ApplierOptions::default())
+        .expect("applier");
+    applier
+        .wait_applied(blocks[0].ticks().last, Duration::from_secs(30))
+        .expect("applied");
+
+    let scenario = FailScenario::setup();
+    fail::cfg("wal::segment::sync::err", "pause").expect("fail point");
+    let first = follower.submit_block(blocks[1].clone()).expect("submit");
+    applier
+        .wait_applied(blocks[1].ticks().last, Duration::from_secs(30))
+        .expect("a leader's block is applied before it is durable here");
+    assert!(!follower.wait_durable(blocks[1].ticks().last, Duration::from_millis(50)));
+    let second = follower.submit_block(blocks[2].clone()).expect("submit");
+    assert!(
+        applier
+            .wait_applied(blocks[2].ticks().last, Duration::from_millis(300))
+            .is_err(),
+        "nothing more is written while applied ticks are not durable"
+    );
+    assert_eq!(store.applied_tick(), blocks[1].ticks().last);
+
+    fail::remove("wal::segment::sync::err");
+    first.wait().expect("durable");
+    second.wait().expect("durable");
+    assert!(follower.wait_durable(blocks[2].ticks().last, Duration::from_secs(30)));
+    applier
+        .wait_applied(blocks[2].ticks().last, Duration::from_secs(30))
+        .expect("applied once durable");
+    assert_eq!(
+        store.get(7, "k1").expect("get").map(|d| d.json),
+        Some(br#"{"_key":"k1"}"#.to_vec())
+    );
+    applier.stop();
+    scenario.teardown();
+}

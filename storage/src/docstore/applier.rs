@@ -218,6 +218,7 @@ fn run(
                 if shared.stop.load(Ordering::Acquire) && wal.last_tick() <= store.applied_tick() {
                     break;
                 }
+                settle_before_write(wal, store)?;
                 store.record_applied(wal.durable_tick())?;
                 upkeep.run(wal, store, options)?;
                 continue;
@@ -234,6 +235,7 @@ fn run(
                 None => break,
             }
         }
+        settle_before_write(wal, store)?;
         let stats = store.apply_with(&group, context, wal.durable_tick())?;
         shared
             .documents
@@ -251,10 +253,35 @@ fn run(
     }
     // Closing: persist the store so the next start replays nothing (or only what is not yet
     // durable in the WAL).
+    settle_before_write(wal, store)?;
     store.record_applied(wal.durable_tick())?;
     store.flush()?;
     report_store_tick(wal, store, store.persisted_tick()?);
     Ok(())
+}
+
+/// How long the store applier waits for its WAL to make applied ticks durable before it fails.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// For a store keeping its documents in the WAL: waits until every tick already applied is
+/// durable in the WAL. A follower applies its leader's blocks before they are durable here, and
+/// RocksDB may persist a memtable at the start of any write (a full memtable, the shared memory
+/// budget) or at a flush: persisted, a value naming a tick that a crash then takes out of the
+/// WAL would name nothing. Waiting before each write (and flush) keeps persisted values to
+/// durable ticks. A store keeping documents itself needs no wait: a restart replays from its
+/// recorded tick, which never passes the durable one.
+fn settle_before_write(wal: &Wal, store: &DocStore) -> Result<()> {
+    if !store.documents_in_wal() || wal.wait_durable(store.applied_tick(), DURABLE_WAIT_MAX) {
+        return Ok(());
+    }
+    Err(Error::Store {
+        op: "wait for the WAL",
+        reason: format!(
+            "tick {} was not durable after {} s, so the store cannot persist it",
+            store.applied_tick(),
+            DURABLE_WAIT_MAX.as_secs()
+        ),
+    })
 }
 
 /// Tells the WAL how far the store is persisted, so retention keeps what a restart replays.
@@ -333,6 +360,7 @@ impl Upkeep {
             && (behind >= options.flush_ticks_max
                 || self.last_flush.elapsed() >= options.flush_interval)
         {
+            settle_before_write(wal, store)?;
             store.start_flush()?;
             self.last_flush = Instant::now();
         }

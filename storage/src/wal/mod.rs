@@ -306,6 +306,26 @@ impl Shared {
 
     /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
     /// `deadline` passes; returns the last visible tick then.
+    pub fn wait_durable(&self, tick: Tick, deadline: Instant) -> bool {
+        let mut state = self.lock();
+        loop {
+            if self.tick_durable.load(Ordering::Acquire) >= tick.get() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline || state.closed || state.failed.is_some() {
+                return false;
+            }
+            // The syncer raises the durable tick, then takes this lock and notifies: a raise
+            // between the check above and this wait is not missed.
+            state = self
+                .visible
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
     pub fn wait_after(&self, after: Tick, deadline: Instant) -> Tick {
         let mut state = self.lock();
         while state.tick_last <= after && !state.closed && state.failed.is_none() {
@@ -677,6 +697,12 @@ impl Wal {
     /// from a leader (`submit_block`), which readers see once written (see `durable_tick`).
     pub fn last_tick(&self) -> Tick {
         self.shared.lock().tick_last
+    }
+
+    /// Waits until every tick up to `tick` is durable (per the sync policy), the WAL closes or
+    /// fails, or `timeout` passes; returns whether it is durable. Wakes on change, never polls.
+    pub fn wait_durable(&self, tick: Tick, timeout: Duration) -> bool {
+        self.shared.wait_durable(tick, Instant::now() + timeout)
     }
 
     /// The last tick whose append has completed, durable per the sync policy: what a restart
