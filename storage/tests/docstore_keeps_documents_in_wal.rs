@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::{collection_definition, options, record};
-use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier, StoreOptions};
+use tickship_storage::docstore::{
+    collect_wal_segment, ApplierOptions, DocStore, StoreApplier, StoreOptions,
+};
 use tickship_storage::wal::block::FRAME_RAW_BYTES;
 use tickship_storage::wal::{IoEngine, Record, RecordType, RetentionPolicy};
 use tickship_storage::{Wal, WalOptions};
@@ -139,7 +141,7 @@ fn documents_kept_in_the_wal_read_back_like_stored_ones() {
     store.attach_wal(wal.clone());
     assert_eq!(contents(&store), expected);
 
-    // Retention deletes nothing: every segment may hold live documents.
+    // Retention deletes nothing before the live documents of a segment are moved out of it.
     let segments = wal.tick_ranges().len();
     assert!(segments >= 3, "{segments} segments");
     for _ in 0..2 {
@@ -209,4 +211,112 @@ fn a_damaged_frame_is_an_error_not_a_document() {
     }
     assert!(failed > 0, "a damaged frame went unnoticed");
     assert!(failed < 100, "one damaged frame failed {failed} reads");
+}
+
+// Goal: segments retention lets go leave their live documents in value files: the WAL loses
+// segments, every document still reads back (get, get_many, scan) with its revision, also after
+// both are reopened, and collection goes on where it stopped.
+#[test]
+fn collected_segments_leave_their_live_documents_in_value_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let mut expected = write(&wal);
+    // Replace half the documents again: the oldest segments are mostly dead now (their live
+    // documents are copied), the newer ones mostly live (they become value files as they are).
+    let again: Vec<(String, Vec<u8>)> = (0..3000u64)
+        .step_by(2)
+        .filter(|i| i % 11 != 0)
+        .map(|i| (format!("k{i}"), common::document(3, i, 700)))
+        .collect();
+    for chunk in again.chunks(250) {
+        let records: Vec<Record<'_>> = chunk
+            .iter()
+            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
+            .collect();
+        wal.append(&records).expect("replace again");
+    }
+    expected.extend(again);
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
+    );
+    store.attach_wal(wal.clone());
+    apply_all(&wal, &store);
+    let revisions: BTreeMap<String, u64> = expected
+        .keys()
+        .map(|k| {
+            (
+                k.clone(),
+                store.get(1001, k).expect("get").expect("present").rev.get(),
+            )
+        })
+        .collect();
+    let segments = wal.tick_ranges().len();
+
+    // What the store applier does between groups: collect, persist, let retention go on.
+    let collect = |store: &DocStore, wal: &Wal| {
+        let mut collected = 0;
+        loop {
+            let did = collect_wal_segment(wal, store, SystemTime::now()).expect("collect");
+            store.flush().expect("flush");
+            let persisted = store.persisted_tick().expect("persisted");
+            store.settle_collection(persisted);
+            wal.set_store_tick(persisted.min(store.collected_through()));
+            wal.run_retention(SystemTime::now()).expect("retention");
+            if !did && !store.collection_pending() {
+                break;
+            }
+            collected += usize::from(did);
+        }
+        collected
+    };
+    let collected = collect(&store, &wal);
+    assert!(collected >= 2, "{collected} segments collected");
+    assert!(
+        wal.tick_ranges().len() < segments,
+        "retention deleted collected segments: {} of {segments} left",
+        wal.tick_ranges().len()
+    );
+    let (files, bytes) = store.value_files().expect("value files");
+    assert!(files >= 1 && bytes > 0);
+    assert_eq!(contents(&store), expected);
+    for (key, rev) in &revisions {
+        assert_eq!(
+            store
+                .get(1001, key)
+                .expect("get")
+                .expect("present")
+                .rev
+                .get(),
+            *rev
+        );
+    }
+
+    // Both reopened: the value files and how far they go are found again.
+    let through = store.collected_through();
+    drop(store);
+    drop(wal);
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let store = Arc::new(
+        DocStore::open_with(dir.path().join("store"), &store_options(false)).expect("store"),
+    );
+    store.attach_wal(wal.clone());
+    assert_eq!(store.collected_through(), through);
+    assert_eq!(store.value_files().expect("value files").0, files);
+    assert_eq!(contents(&store), expected);
+    // More writes, more collection, still equal.
+    let more: Vec<(String, Vec<u8>)> = (3000..4000u64)
+        .map(|i| (format!("k{i}"), common::document(4, i, 900)))
+        .collect();
+    for chunk in more.chunks(250) {
+        let records: Vec<Record<'_>> = chunk
+            .iter()
+            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
+            .collect();
+        wal.append(&records).expect("more");
+    }
+    expected.extend(more);
+    apply_all(&wal, &store);
+    collect(&store, &wal);
+    assert!(store.collected_through() > through);
+    assert_eq!(contents(&store), expected);
 }

@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::{ApplyContext, DocStore};
 use crate::error::{Error, Result};
@@ -285,14 +285,42 @@ fn settle_before_write(wal: &Wal, store: &DocStore) -> Result<()> {
 }
 
 /// Tells the WAL how far the store is persisted, so retention keeps what a restart replays.
-/// A store that keeps its documents in the WAL needs every segment that holds a live one, which
-/// nothing tracks yet: it reports tick 0, and retention deletes no segment.
+/// A store that keeps its documents in the WAL also needs every segment that may hold a live
+/// one: only those whose live documents were moved to value files may go.
 fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
     wal.set_store_tick(if store.documents_in_wal() {
-        Tick::ZERO
+        persisted.min(store.collected_through())
     } else {
         persisted
     });
+}
+
+/// For a store keeping its documents in the WAL: once the last collection is persisted, moves
+/// the live documents of the oldest WAL segment retention would otherwise delete into a value
+/// file (`DocStore::collect_segment`) and starts a flush; the segment is let go once that is
+/// persisted (`DocStore::settle_collection`, `report_store_tick`). Skipped while a scan runs:
+/// its snapshot may name a tick this would drop. Returns whether it collected a segment. The
+/// store applier calls it between groups; anyone else only while no store applier runs.
+pub fn collect_wal_segment(wal: &Wal, store: &DocStore, now: SystemTime) -> Result<bool> {
+    let persisted = store.persisted_tick()?;
+    if store.settle_collection(persisted) || store.scans_running() {
+        return Ok(false);
+    }
+    let Some(segment) = wal.next_collectable(persisted, store.collected_through(), now) else {
+        return Ok(false);
+    };
+    let started = Instant::now();
+    settle_before_write(wal, store)?;
+    let moved = store.collect_segment(wal, &segment)?;
+    store.record_applied(wal.durable_tick())?;
+    store.start_flush()?;
+    tracing::debug!(
+        segment = %segment.path.display(),
+        moved,
+        seconds = started.elapsed().as_secs_f64(),
+        "moved the live documents of a WAL segment to the value files"
+    );
+    Ok(true)
 }
 
 /// How often the store applier looks whether blob garbage collection is worth running.
@@ -353,6 +381,10 @@ impl Upkeep {
             // Tuning only: a failure leaves collection as it was and the store working.
             if let Err(error) = store.tune_blob_gc() {
                 tracing::warn!("blob garbage collection not tuned: {error}");
+            }
+            if store.documents_in_wal() {
+                collect_wal_segment(wal, store, SystemTime::now())?;
+                report_store_tick(wal, store, store.persisted_tick()?);
             }
         }
         let behind = store.applied_tick().get().saturating_sub(persisted.get());

@@ -25,7 +25,7 @@ mod filter;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use rocksdb::{
@@ -34,12 +34,13 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use self::applier::{ApplierOptions, ApplierTotals, StoreApplier};
+pub use self::applier::{collect_wal_segment, ApplierOptions, ApplierTotals, StoreApplier};
 pub use self::apply::{ApplyContext, ApplyStats};
 pub use self::filter::{CollectionFilter, Restrict};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
-use crate::wal::Wal;
+use crate::wal::values::ValueFiles;
+use crate::wal::{Block, Wal};
 
 const CF_DOCS: &str = "docs";
 const CF_META: &str = "meta";
@@ -47,6 +48,9 @@ const APPLIED_TICK: &[u8] = b"applied_tick";
 /// Present once the store keeps documents in the WAL (`StoreOptions::documents_in_wal`): from
 /// then on it always does, whatever later options say, since its values name WAL ticks.
 const DOCUMENTS_IN_WAL: &[u8] = b"documents_in_wal";
+/// The last tick of the newest WAL segment whose live documents were moved to the value files
+/// (`DocStore::collected_through`).
+const COLLECTED_THROUGH: &[u8] = b"values_collected_through";
 /// `_system` always exists, with this id.
 pub const SYSTEM_DATABASE: &str = "_system";
 
@@ -412,6 +416,14 @@ pub struct DocStore {
     documents_in_wal: bool,
     /// The WAL that documents kept in it are read from (`attach_wal`).
     wal: OnceLock<Arc<Wal>>,
+    /// Where the live documents of WAL segments retention let go are kept (documents in the
+    /// WAL only), and through which tick the WAL's segments were collected into them.
+    values: Option<ValueFiles>,
+    collected_through: AtomicU64,
+    /// Scans running: their snapshots may name ticks a collection would drop.
+    active_scans: AtomicUsize,
+    /// A collection written but not yet persisted: (WAL collected through, applied tick then).
+    pending_collection: Mutex<Option<(Tick, Tick)>>,
 }
 
 /// When level-0 files start a compaction, slow writes down and stop them.
@@ -560,9 +572,30 @@ impl DocStore {
             level0_triggers,
             documents_in_wal: store_options.documents_in_wal,
             wal: OnceLock::new(),
+            values: None,
+            collected_through: AtomicU64::new(0),
+            active_scans: AtomicUsize::new(0),
+            pending_collection: Mutex::new(None),
         };
         let mut store = store;
         store.documents_in_wal = store.keep_documents_in_wal(store_options.documents_in_wal)?;
+        if store.documents_in_wal {
+            let name = store
+                .path
+                .file_name()
+                .map_or_else(|| "store".into(), |n| n.to_string_lossy().into_owned());
+            store.values = Some(ValueFiles::open(
+                store.path.with_file_name(format!("{name}-values")),
+            )?);
+            let collected = store
+                .db
+                .get_cf(store.meta(), COLLECTED_THROUGH)
+                .map_err(|e| store_error("read options", e))?
+                .map(|v| decode_u64(&v).ok_or_else(|| corrupt("collected tick")))
+                .transpose()?
+                .unwrap_or(0);
+            store.collected_through.store(collected, Ordering::Release);
+        }
         store.load()?;
         store.tune_blob_gc()?;
         Ok(store)
@@ -595,6 +628,173 @@ impl DocStore {
     /// Whether documents written from now on are kept in the WAL only.
     pub fn documents_in_wal(&self) -> bool {
         self.documents_in_wal
+    }
+
+    /// The last tick of the newest WAL segment whose live documents were moved to the value
+    /// files, as persisted: retention may delete the segments up to it.
+    pub fn collected_through(&self) -> Tick {
+        Tick::new(self.collected_through.load(Ordering::Acquire))
+    }
+
+    /// Value files and their bytes (documents kept in the WAL only).
+    pub fn value_files(&self) -> Option<(usize, u64)> {
+        self.values.as_ref().map(ValueFiles::stats)
+    }
+
+    /// Whether a scan is running (its snapshot may name ticks a collection would drop).
+    pub fn scans_running(&self) -> bool {
+        self.active_scans.load(Ordering::Acquire) > 0
+    }
+
+    /// Moves the documents of WAL segment `segment` that are live now into a value file, and
+    /// writes (unflushed) that the WAL is collected through its last tick. A segment whose
+    /// sampled documents are mostly live becomes a value file as it is (a second name for the
+    /// file, nothing copied); otherwise its live documents are copied, at their ticks. Only the
+    /// store applier's thread calls it, between groups, so nothing changes the store meanwhile.
+    /// The collection counts once persisted (`settle_collection`): the replacements and removals
+    /// that made the rest dead must survive a crash before the segment may go. Returns the
+    /// documents copied (0 when linked).
+    pub fn collect_segment(&self, wal: &Wal, segment: &crate::wal::SegmentRange) -> Result<u64> {
+        let values = self.values.as_ref().ok_or_else(|| Error::Store {
+            op: "collect",
+            reason: "the store keeps its documents itself".into(),
+        })?;
+        // Every sixteenth block says how much of the segment is live.
+        let (mut sampled, mut live) = (0usize, 0usize);
+        self.for_live_records(wal, segment, 16, |_, all, alive| {
+            sampled += all;
+            live += alive.len();
+            Ok(())
+        })?;
+        let moved = if live * 2 >= sampled {
+            values.link(&segment.path, segment.id, segment.tick_min)?;
+            0
+        } else {
+            let frame_bytes = match wal.options().frame_bytes {
+                0 => crate::wal::block::FRAME_RAW_BYTES,
+                bytes => bytes,
+            };
+            let mut writer = values.writer(segment.id)?;
+            let mut moved = 0u64;
+            self.for_live_records(wal, segment, 1, |records, _, alive| {
+                // Runs of consecutive ticks, at most 1 MiB of records each, become blocks.
+                let mut run: Vec<crate::wal::Record<'_>> = Vec::new();
+                let mut run_first = Tick::ZERO;
+                let mut run_bytes = 0usize;
+                let mut cut = |run: &mut Vec<crate::wal::Record<'_>>, first: Tick| -> Result<()> {
+                    if !run.is_empty() {
+                        let block = crate::wal::block::prepare_framed(run, frame_bytes)?;
+                        writer.push(&block.to_block(first))?;
+                        run.clear();
+                    }
+                    Ok(())
+                };
+                for &i in alive {
+                    let (tick, record) = records[i];
+                    let continues = !run.is_empty()
+                        && run_first.get() + run.len() as u64 == tick.get()
+                        && run_bytes + record.encoded_bytes() <= 1 << 20;
+                    if !continues {
+                        cut(&mut run, run_first)?;
+                        run_first = tick;
+                        run_bytes = 0;
+                    }
+                    run_bytes += record.encoded_bytes();
+                    run.push(record);
+                    moved += 1;
+                }
+                cut(&mut run, run_first)
+            })?;
+            writer.finish(segment.tick_max)?;
+            moved
+        };
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.meta(),
+            COLLECTED_THROUGH,
+            segment.tick_max.get().to_le_bytes(),
+        );
+        self.write(batch)?;
+        *self
+            .pending_collection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((segment.tick_max, self.applied_tick()));
+        Ok(moved)
+    }
+
+    /// Calls `visit(records, puts, live)` for every `every`-th block of `segment`: its records,
+    /// how many are document puts, and the indexes of those whose key still names their tick.
+    fn for_live_records(
+        &self,
+        wal: &Wal,
+        segment: &crate::wal::SegmentRange,
+        every: usize,
+        mut visit: impl FnMut(&[(Tick, crate::wal::Record<'_>)], usize, &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        let mut reader = wal.reader_after(segment.tick_min.saturating_prev())?;
+        let mut scratch = Vec::new();
+        let mut index = 0usize;
+        while let Some(block) = reader.next_block()? {
+            if block.ticks().first > segment.tick_max {
+                break;
+            }
+            index += 1;
+            if (index - 1) % every != 0 {
+                continue;
+            }
+            let records: Vec<(Tick, crate::wal::Record<'_>)> = block
+                .records(&mut scratch)?
+                .collect::<std::result::Result<_, _>>()
+                .map_err(Error::InvalidBlock)?;
+            let puts: Vec<(usize, Vec<u8>)> = records
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, r))| r.kind.is_put())
+                .filter_map(|(i, (_, r))| {
+                    let id = r.collection.parse::<u64>().ok()?;
+                    Some((i, doc_key(id, r.key)))
+                })
+                .collect();
+            let found =
+                self.db
+                    .batched_multi_get_cf(self.docs(), puts.iter().map(|(_, k)| k), false);
+            let mut live = Vec::new();
+            for ((i, _), value) in puts.iter().zip(found) {
+                let value = value.map_err(|e| store_error("read before collect", e))?;
+                if value.is_some_and(|v| v.as_ref() == records[*i].0.get().to_le_bytes()) {
+                    live.push(*i);
+                }
+            }
+            visit(&records, puts.len(), &live)?;
+        }
+        Ok(())
+    }
+
+    /// Whether a collection waits to be persisted (`settle_collection`).
+    pub fn collection_pending(&self) -> bool {
+        self.pending_collection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Counts the last collection once the store has persisted the tick it was decided at:
+    /// retention may then delete the segments up to it. Returns whether one was pending still.
+    pub fn settle_collection(&self, persisted: Tick) -> bool {
+        let mut pending = self
+            .pending_collection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match *pending {
+            Some((through, decided)) if persisted >= decided => {
+                self.collected_through
+                    .fetch_max(through.get(), Ordering::AcqRel);
+                *pending = None;
+                false
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// The WAL this store applies, which reads take documents kept in it from. Attach it before
@@ -740,11 +940,19 @@ impl DocStore {
 
     /// Document `key` of collection `collection`.
     pub fn get(&self, collection: u64, key: &str) -> Result<Option<StoredDocument>> {
-        let value = self.db.get_pinned_cf(self.docs(), doc_key(collection, key));
-        value
-            .map_err(|e| store_error("read document", e))?
-            .map(|v| self.decode_document(collection, key, &v))
-            .transpose()
+        let read = || {
+            let value = self.db.get_pinned_cf(self.docs(), doc_key(collection, key));
+            value
+                .map_err(|e| store_error("read document", e))?
+                .map(|v| self.decode_document(collection, key, &v))
+                .transpose()
+        };
+        match read() {
+            // The document was replaced between reading its tick and reading it, and its old
+            // record collected meanwhile: its key now names a newer tick.
+            Err(_) if self.values.is_some() => read(),
+            other => other,
+        }
     }
 
     /// Documents `keys` of collection `collection`, in order.
@@ -777,6 +985,7 @@ impl DocStore {
         let mut options = rocksdb::ReadOptions::default();
         options.set_iterate_lower_bound(prefix.to_vec());
         options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
+        let _scanning = ScanGuard::new(&self.active_scans);
         let iterator = self
             .db
             .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
@@ -815,7 +1024,6 @@ impl DocStore {
             return Ok(true);
         }
         documents.sort_unstable_by_key(|(tick, _)| *tick);
-        let wal = self.attached_wal()?;
         let id = collection.to_string();
         let mut block: Option<crate::wal::Block> = None;
         // The records of the frame read last: (tick, put?, collection, key, document).
@@ -826,7 +1034,7 @@ impl DocStore {
             let last = frame.last().map_or(Tick::ZERO, |r| r.0);
             if frame.is_empty() || tick < first || tick > last {
                 if !block.as_ref().is_some_and(|b| b.ticks().contains(tick)) {
-                    block = wal.block_at(tick)?;
+                    block = self.kept_block_at(tick)?;
                 }
                 let Some(holding) = &block else {
                     return Err(missing_in_wal(
@@ -1070,11 +1278,10 @@ impl DocStore {
                 json: value[8..].to_vec(),
             });
         }
-        let wal = self.attached_wal()?;
         let missing = |why: &str| missing_in_wal(collection, key, rev, why);
-        let block = wal
-            .block_at(rev)?
-            .ok_or_else(|| missing("the WAL does not hold its"))?;
+        let block = self
+            .kept_block_at(rev)?
+            .ok_or_else(|| missing("neither the WAL nor a value file holds its"))?;
         WAL_SCRATCH.with(|scratch| {
             let scratch = &mut scratch.borrow_mut();
             let record = block.record_at(rev, scratch)?;
@@ -1091,11 +1298,42 @@ impl DocStore {
     }
 }
 
+impl DocStore {
+    /// The block holding `tick`: in the WAL, or below its first tick in the value files.
+    fn kept_block_at(&self, tick: Tick) -> Result<Option<Block>> {
+        match self.attached_wal()?.block_at(tick) {
+            Ok(Some(block)) => return Ok(Some(block)),
+            Ok(None) | Err(Error::TickCompacted(_)) => {}
+            Err(error) => return Err(error),
+        }
+        match &self.values {
+            Some(values) => values.block_at(tick),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A document kept in the WAL that is not where its tick says.
 fn missing_in_wal(collection: u64, key: &str, tick: Tick, why: &str) -> Error {
     Error::Store {
         op: "read document",
         reason: format!("document {key:?} of collection {collection}: {why} tick {tick}"),
+    }
+}
+
+/// Counts a scan as running while it lives.
+struct ScanGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ScanGuard<'a> {
+    fn new(count: &'a AtomicUsize) -> ScanGuard<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        ScanGuard(count)
+    }
+}
+
+impl Drop for ScanGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -28,6 +28,7 @@ pub mod retention;
 pub mod segment;
 pub mod stats;
 pub mod tick_index;
+pub mod values;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -850,6 +851,53 @@ impl Wal {
     /// segments ending at or before it. Until this is called, retention deletes nothing.
     pub fn set_store_tick(&self, tick: Tick) {
         self.shared.lock().retention.store_tick = Some(tick);
+    }
+
+    /// The oldest sealed segment ending after `after` that retention would delete as of `now`
+    /// if the store were persisted through `store_tick` and unneeded segments had no time to
+    /// wait (`--wal.file-timeout`): the next segment whose live documents a store keeping them
+    /// in the WAL moves to its value files. Retention itself still deletes it only when every
+    /// rule holds, timers included.
+    pub fn next_collectable(
+        &self,
+        store_tick: Tick,
+        after: Tick,
+        now: SystemTime,
+    ) -> Option<SegmentRange> {
+        let state = self.shared.lock();
+        let mut facts: Vec<SegmentFacts> = state
+            .sealed
+            .iter()
+            .map(|s| SegmentFacts {
+                id: s.id,
+                tick_last: s.ticks.last,
+                file_bytes: s.file_bytes,
+            })
+            .collect();
+        if state.active.is_none() {
+            facts.pop();
+        }
+        let mut retention = state.retention.clone();
+        retention.store_tick = Some(store_tick);
+        retention.unneeded_since.clear();
+        let policy = RetentionPolicy {
+            file_timeout: Duration::ZERO,
+            ..self.shared.options.retention.clone()
+        };
+        let plan = retention.plan(&policy, &facts, self.shared.opened_at, now);
+        let segment = state
+            .sealed
+            .iter()
+            .take_while(|s| plan.delete.contains(&s.id))
+            .find(|s| s.ticks.last > after)?;
+        Some(SegmentRange {
+            id: segment.id,
+            path: segment.path.clone(),
+            sealed: true,
+            tick_min: segment.ticks.first,
+            tick_max: segment.ticks.last,
+            file_bytes: segment.file_bytes,
+        })
     }
 
     /// Runs one retention pass as of `now` and deletes what it allows.

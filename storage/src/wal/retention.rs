@@ -94,7 +94,7 @@ pub struct Plan {
 }
 
 /// The retention state that persists between passes.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RetentionState {
     pub barriers: BTreeMap<String, Barrier>,
     pub store_tick: Option<Tick>,

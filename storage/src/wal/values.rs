@@ -1,0 +1,292 @@
+//! Value files: the documents of WAL segments that were still live when retention let the
+//! segments go, kept at their ticks for a document store that keeps its documents in the WAL
+//! (see FORMAT.md, "Documents kept in the WAL").
+//!
+//! A value file is a sealed segment in the WAL's format whose blocks may skip ticks (each block
+//! holds a run of consecutive live ticks): `{source segment id:016x}-{first live tick:016x}.val`,
+//! its seal block covering the first live tick to the source segment's last tick, so the files
+//! say how far the log was collected. Files are written whole under a temporary name, synced,
+//! renamed and the directory synced; a temporary file found at open is what a crash interrupted
+//! and is removed. Reads check what they use as WAL reads do (`Block::record_at`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::block::{Block, BlockHeader, BLOCK_ALIGN};
+use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
+use super::tick_index::SealedIndex;
+use crate::error::{Error, Result};
+use crate::tick::{SegmentId, Tick, TickRange};
+
+const SUFFIX: &str = ".val";
+const TEMPORARY_SUFFIX: &str = ".val.tmp";
+
+/// The value files of one document store, ordered by tick.
+pub struct ValueFiles {
+    dir: PathBuf,
+    files: RwLock<Vec<Arc<SealedSegment>>>,
+}
+
+impl ValueFiles {
+    /// Opens (creating) the directory: removes interrupted temporary files, checks every value
+    /// file's header, locator and seal block, and that their tick ranges do not overlap.
+    pub fn open(dir: impl AsRef<Path>) -> Result<ValueFiles> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let mut files = Vec::new();
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let path = entry.path();
+            if name.ends_with(TEMPORARY_SUFFIX) {
+                std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                continue;
+            }
+            let parsed = name.strip_suffix(SUFFIX).and_then(|stem| {
+                segment::parse_file_name(&format!("{stem}{}", segment::SEGMENT_SUFFIX))
+            });
+            let Some((id, tick_first)) = parsed else {
+                return Err(Error::Directory {
+                    dir: dir.clone(),
+                    reason: format!("unexpected file {name:?} among the value files"),
+                });
+            };
+            let file =
+                SealedSegment::open(&path, id, tick_first)?.ok_or_else(|| Error::Corruption {
+                    segment_id: id,
+                    path: path.clone(),
+                    offset: 0,
+                    reason: "value file without a valid seal".into(),
+                })?;
+            files.push(Arc::new(file));
+        }
+        files.sort_by_key(|f| f.ticks.first);
+        for pair in files.windows(2) {
+            if pair[1].ticks.first <= pair[0].ticks.last {
+                return Err(Error::Directory {
+                    dir: dir.clone(),
+                    reason: format!(
+                        "value files {} and {} overlap",
+                        pair[0].path.display(),
+                        pair[1].path.display()
+                    ),
+                });
+            }
+        }
+        Ok(ValueFiles {
+            dir,
+            files: RwLock::new(files),
+        })
+    }
+
+    /// Value files and their bytes.
+    pub fn stats(&self) -> (usize, u64) {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+        (files.len(), files.iter().map(|f| f.file_bytes).sum())
+    }
+
+    /// The block holding `tick`, header checked (its parts are checked by what reads them), or
+    /// `None` if no value file holds it.
+    pub fn block_at(&self, tick: Tick) -> Result<Option<Block>> {
+        let file = {
+            let files = self.files.read().unwrap_or_else(|p| p.into_inner());
+            let after = files.partition_point(|f| f.ticks.first <= tick);
+            match after.checked_sub(1).map(|i| &files[i]) {
+                Some(file) if file.ticks.contains(tick) => file.clone(),
+                _ => return Ok(None),
+            }
+        };
+        let corrupt = |offset: u64, reason: &str| Error::Corruption {
+            segment_id: file.id,
+            path: file.path.clone(),
+            offset,
+            reason: reason.into(),
+        };
+        let map = file.map()?;
+        let Some((_, offset)) = SealedIndex::new(file.index()?).floor(tick) else {
+            return Ok(None);
+        };
+        let data = map
+            .get(offset as usize..file.data_end as usize)
+            .ok_or_else(|| corrupt(offset, "index points outside the data"))?;
+        let header = match BlockHeader::decode(data) {
+            Ok(Some(header)) if !header.is_seal() => header,
+            Ok(_) => return Err(corrupt(offset, "no data block at this position")),
+            Err(reason) => return Err(corrupt(offset, reason)),
+        };
+        if header.segment_bytes() > data.len() {
+            return Err(corrupt(offset, "block extends past the data"));
+        }
+        let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+        let block = Block::from_unchecked(bytes, header);
+        Ok(block.ticks().contains(tick).then_some(block))
+    }
+
+    /// Makes the sealed WAL segment at `path` (segment `source` from `tick_first`) a value file
+    /// as it is, by a second name for the same file: for a segment whose documents are mostly
+    /// live, copying costs as much as the segment and saves little. Its dead records stay until
+    /// the value file is collected in turn.
+    pub fn link(&self, path: &Path, source: SegmentId, tick_first: Tick) -> Result<()> {
+        self.forget(source)?;
+        let target = self
+            .dir
+            .join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
+        std::fs::hard_link(path, &target).map_err(|e| Error::io("link", &target, e))?;
+        crate::fs::fsync_dir(&self.dir)?;
+        let opened =
+            SealedSegment::open(&target, source, tick_first)?.ok_or_else(|| Error::Corruption {
+                segment_id: source,
+                path: target.clone(),
+                offset: 0,
+                reason: "linked value file has no valid seal".into(),
+            })?;
+        opened.map()?;
+        self.insert(opened)
+    }
+
+    /// Removes the value file made from segment `source`, if any: a collection a crash kept
+    /// from being recorded is done again, from the store's state then.
+    pub fn forget(&self, source: SegmentId) -> Result<()> {
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = files.iter().position(|f| f.id == source) {
+            let file = files.remove(i);
+            std::fs::remove_file(&file.path).map_err(|e| Error::io("remove", &file.path, e))?;
+            crate::fs::fsync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn insert(&self, file: SealedSegment) -> Result<()> {
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        let at = files.partition_point(|f| f.ticks.first < file.ticks.first);
+        let overlaps = files
+            .get(at)
+            .is_some_and(|next| next.ticks.first <= file.ticks.last)
+            || at
+                .checked_sub(1)
+                .is_some_and(|i| files[i].ticks.last >= file.ticks.first);
+        if overlaps {
+            return Err(Error::Directory {
+                dir: self.dir.clone(),
+                reason: format!("value file {} overlaps another", file.path.display()),
+            });
+        }
+        files.insert(at, Arc::new(file));
+        Ok(())
+    }
+
+    /// Starts a value file for the live blocks of segment `source`; `ValueFileWriter::finish`
+    /// makes it durable and readable.
+    pub fn writer(&self, source: SegmentId) -> Result<ValueFileWriter<'_>> {
+        self.forget(source)?;
+        Ok(ValueFileWriter {
+            files: self,
+            source,
+            file: None,
+            entries: Vec::new(),
+            written: 0,
+            last_tick: None,
+        })
+    }
+}
+
+/// A value file being written: blocks go to a temporary file as they come.
+pub struct ValueFileWriter<'a> {
+    files: &'a ValueFiles,
+    source: SegmentId,
+    /// The temporary file, its path and the first tick, once a block came.
+    file: Option<(std::io::BufWriter<std::fs::File>, PathBuf, Tick)>,
+    /// (first tick, offset) of each block.
+    entries: Vec<(Tick, u64)>,
+    written: u64,
+    last_tick: Option<Tick>,
+}
+
+impl ValueFileWriter<'_> {
+    /// Appends `block`, whose ticks must follow the previous block's and every value file's.
+    pub fn push(&mut self, block: &Block) -> Result<()> {
+        let ticks = block.ticks();
+        if self.last_tick.is_some_and(|last| ticks.first <= last) {
+            return Err(Error::TickOrder {
+                tick_first: ticks.first,
+                tick_last: self.last_tick.unwrap_or(Tick::ZERO),
+            });
+        }
+        if self.file.is_none() {
+            let stem = value_stem(self.source, ticks.first);
+            let path = self.files.dir.join(format!("{stem}{TEMPORARY_SUFFIX}"));
+            let file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+            let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
+            let created = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            file.write_all(&segment::encode_header(self.source, ticks.first, created))
+                .map_err(|e| Error::io("write", &path, e))?;
+            self.written = SEGMENT_HEADER_BYTES as u64;
+            self.file = Some((file, path, ticks.first));
+        }
+        let (file, path, _) = self.file.as_mut().expect("opened above");
+        self.entries.push((ticks.first, self.written));
+        let padded = block.bytes().len().next_multiple_of(BLOCK_ALIGN);
+        file.write_all(block.bytes())
+            .and_then(|()| file.write_all(&[0; BLOCK_ALIGN][..padded - block.bytes().len()]))
+            .map_err(|e| Error::io("write", &*path, e))?;
+        self.written += padded as u64;
+        self.last_tick = Some(ticks.last);
+        Ok(())
+    }
+
+    /// Seals the file as covering its first tick to `last` (the source segment's last tick),
+    /// syncs it, renames it into place, syncs the directory and makes it readable. Nothing is
+    /// written if no block came.
+    pub fn finish(self, last: Tick) -> Result<()> {
+        let Some((mut file, temporary, tick_first)) = self.file else {
+            return Ok(());
+        };
+        if self.last_tick.is_some_and(|l| l > last) {
+            return Err(Error::TickOrder {
+                tick_first,
+                tick_last: last,
+            });
+        }
+        let tail = segment::seal_tail(
+            TickRange::new(tick_first, last),
+            &self.entries,
+            self.written,
+        );
+        file.write_all(&tail)
+            .map_err(|e| Error::io("write", &temporary, e))?;
+        let file = file
+            .into_inner()
+            .map_err(|e| Error::io("write", &temporary, e.into_error()))?;
+        crate::fs::fsync(&file, &temporary)?;
+        drop(file);
+        let path = self
+            .files
+            .dir
+            .join(format!("{}{SUFFIX}", value_stem(self.source, tick_first)));
+        std::fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
+        crate::fs::fsync_dir(&self.files.dir)?;
+        let opened = SealedSegment::open(&path, self.source, tick_first)?.ok_or_else(|| {
+            Error::Corruption {
+                segment_id: self.source,
+                path: path.clone(),
+                offset: 0,
+                reason: "value file just written has no valid seal".into(),
+            }
+        })?;
+        opened.map()?;
+        self.files.insert(opened)
+    }
+}
+
+/// `{source segment id:016x}-{first tick:016x}`.
+fn value_stem(source: SegmentId, tick_first: Tick) -> String {
+    segment::file_name(source, tick_first)
+        .trim_end_matches(segment::SEGMENT_SUFFIX)
+        .to_string()
+}
