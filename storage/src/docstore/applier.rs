@@ -383,7 +383,11 @@ impl Upkeep {
                 tracing::warn!("blob garbage collection not tuned: {error}");
             }
             if store.documents_in_wal() {
-                collect_wal_segment(wal, store, SystemTime::now())?;
+                // Upkeep: a failure (a full disk, say) keeps the segment in the WAL, where its
+                // documents are read from, and is tried again a second later.
+                if let Err(error) = collect_wal_segment(wal, store, SystemTime::now()) {
+                    tracing::warn!("moving live documents out of a WAL segment failed: {error}");
+                }
                 report_store_tick(wal, store, store.persisted_tick()?);
             }
         }
