@@ -303,11 +303,22 @@ fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
 /// store applier calls it between groups; anyone else only while no store applier runs.
 pub fn collect_wal_segment(wal: &Wal, store: &DocStore, now: SystemTime) -> Result<bool> {
     let persisted = store.persisted_tick()?;
-    if store.settle_collection(persisted) || store.scans_running() {
+    if store.settle_collection(persisted)? || store.scans_running() {
         return Ok(false);
     }
     let Some(segment) = wal.next_collectable(persisted, store.collected_through(), now) else {
-        return Ok(false);
+        // No segment to collect: look at a value file instead.
+        settle_before_write(wal, store)?;
+        let frame_bytes = match wal.options().frame_bytes {
+            0 => crate::wal::block::FRAME_RAW_BYTES,
+            bytes => bytes,
+        };
+        if !store.collect_value_file(frame_bytes)? {
+            return Ok(false);
+        }
+        store.record_applied(wal.durable_tick())?;
+        store.start_flush()?;
+        return Ok(true);
     };
     let started = Instant::now();
     settle_before_write(wal, store)?;

@@ -424,7 +424,18 @@ pub struct DocStore {
     active_scans: AtomicUsize,
     /// A collection written but not yet persisted: (WAL collected through, applied tick then).
     pending_collection: Mutex<Option<(Tick, Tick)>>,
+    /// A value file rewritten but not yet in place: (the file, its rewrite or none if nothing
+    /// was live, applied tick then).
+    pending_rewrite: Mutex<PendingRewrite>,
+    /// The value file `collect_value_file` looks at next.
+    value_cursor: AtomicUsize,
 }
+
+type PendingRewrite = Option<(
+    Arc<crate::wal::segment::SealedSegment>,
+    Option<PathBuf>,
+    Tick,
+)>;
 
 /// When level-0 files start a compaction, slow writes down and stop them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -576,6 +587,8 @@ impl DocStore {
             collected_through: AtomicU64::new(0),
             active_scans: AtomicUsize::new(0),
             pending_collection: Mutex::new(None),
+            pending_rewrite: Mutex::new(None),
+            value_cursor: AtomicUsize::new(0),
         };
         let mut store = store;
         store.documents_in_wal = store.keep_documents_in_wal(store_options.documents_in_wal)?;
@@ -677,33 +690,8 @@ impl DocStore {
             let mut writer = values.writer(segment.id)?;
             let mut moved = 0u64;
             self.for_live_records(wal, segment, 1, |records, _, alive| {
-                // Runs of consecutive ticks, at most 1 MiB of records each, become blocks.
-                let mut run: Vec<crate::wal::Record<'_>> = Vec::new();
-                let mut run_first = Tick::ZERO;
-                let mut run_bytes = 0usize;
-                let mut cut = |run: &mut Vec<crate::wal::Record<'_>>, first: Tick| -> Result<()> {
-                    if !run.is_empty() {
-                        let block = crate::wal::block::prepare_framed(run, frame_bytes)?;
-                        writer.push(&block.to_block(first))?;
-                        run.clear();
-                    }
-                    Ok(())
-                };
-                for &i in alive {
-                    let (tick, record) = records[i];
-                    let continues = !run.is_empty()
-                        && run_first.get() + run.len() as u64 == tick.get()
-                        && run_bytes + record.encoded_bytes() <= 1 << 20;
-                    if !continues {
-                        cut(&mut run, run_first)?;
-                        run_first = tick;
-                        run_bytes = 0;
-                    }
-                    run_bytes += record.encoded_bytes();
-                    run.push(record);
-                    moved += 1;
-                }
-                cut(&mut run, run_first)
+                moved += alive.len() as u64;
+                write_runs(&mut writer, records, alive, frame_bytes)
             })?;
             writer.finish(segment.tick_max)?;
             moved
@@ -742,45 +730,122 @@ impl DocStore {
             if (index - 1) % every != 0 {
                 continue;
             }
-            let records: Vec<(Tick, crate::wal::Record<'_>)> = block
-                .records(&mut scratch)?
-                .collect::<std::result::Result<_, _>>()
-                .map_err(Error::InvalidBlock)?;
-            let puts: Vec<(usize, Vec<u8>)> = records
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, r))| r.kind.is_put())
-                .filter_map(|(i, (_, r))| {
-                    let id = r.collection.parse::<u64>().ok()?;
-                    Some((i, doc_key(id, r.key)))
-                })
-                .collect();
-            let found =
-                self.db
-                    .batched_multi_get_cf(self.docs(), puts.iter().map(|(_, k)| k), false);
-            let mut live = Vec::new();
-            for ((i, _), value) in puts.iter().zip(found) {
-                let value = value.map_err(|e| store_error("read before collect", e))?;
-                if value.is_some_and(|v| v.as_ref() == records[*i].0.get().to_le_bytes()) {
-                    live.push(*i);
-                }
-            }
-            visit(&records, puts.len(), &live)?;
+            let (records, puts, live) = self.live_records(&block, &mut scratch)?;
+            visit(&records, puts, &live)?;
         }
         Ok(())
     }
 
-    /// Whether a collection waits to be persisted (`settle_collection`).
+    /// The records of `block`, how many are document puts, and the indexes of the puts whose
+    /// key still names their tick (live).
+    #[allow(clippy::type_complexity)]
+    fn live_records<'a>(
+        &self,
+        block: &'a Block,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<(Vec<(Tick, crate::wal::Record<'a>)>, usize, Vec<usize>)> {
+        let records: Vec<(Tick, crate::wal::Record<'_>)> = block
+            .records(scratch)?
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::InvalidBlock)?;
+        let puts: Vec<(usize, Vec<u8>)> = records
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, r))| r.kind.is_put())
+            .filter_map(|(i, (_, r))| {
+                let id = r.collection.parse::<u64>().ok()?;
+                Some((i, doc_key(id, r.key)))
+            })
+            .collect();
+        let found = self
+            .db
+            .batched_multi_get_cf(self.docs(), puts.iter().map(|(_, k)| k), false);
+        let mut live = Vec::new();
+        for ((i, _), value) in puts.iter().zip(found) {
+            let value = value.map_err(|e| store_error("read before collect", e))?;
+            if value.is_some_and(|v| v.as_ref() == records[*i].0.get().to_le_bytes()) {
+                live.push(*i);
+            }
+        }
+        Ok((records, puts.len(), live))
+    }
+
+    /// Looks at the next value file in turn (one per call) and, if less than half of its
+    /// sampled documents are live, rewrites it with its live records only. The rewrite replaces
+    /// the file once the store has persisted the state it was decided at
+    /// (`settle_collection`). Only the store applier's thread calls it, between groups; not
+    /// while a collection is pending or a scan runs. Returns whether it rewrote one.
+    pub fn collect_value_file(&self, frame_bytes: usize) -> Result<bool> {
+        let Some(values) = &self.values else {
+            return Ok(false);
+        };
+        if self.collection_pending() || self.scans_running() {
+            return Ok(false);
+        }
+        let files = values.files();
+        if files.is_empty() {
+            return Ok(false);
+        }
+        let file = files[self.value_cursor.fetch_add(1, Ordering::Relaxed) % files.len()].clone();
+        let blocks = values.blocks(&file)?;
+        let mut scratch = Vec::new();
+        let (mut sampled, mut live) = (0usize, 0usize);
+        for block in blocks.iter().step_by(16) {
+            let (_, puts, alive) = self.live_records(block, &mut scratch)?;
+            sampled += puts;
+            live += alive.len();
+        }
+        if live * 2 >= sampled && sampled > 0 {
+            return Ok(false);
+        }
+        let mut writer = values.rewriter(&file);
+        for block in &blocks {
+            let (records, _, alive) = self.live_records(block, &mut scratch)?;
+            write_runs(&mut writer, &records, &alive, frame_bytes)?;
+        }
+        let next = writer.finish_next(file.ticks.last)?;
+        *self
+            .pending_rewrite
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((file, next, self.applied_tick()));
+        Ok(true)
+    }
+
+    /// Whether a collection or a value file's rewrite waits to be persisted
+    /// (`settle_collection`).
     pub fn collection_pending(&self) -> bool {
         self.pending_collection
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+            || self
+                .pending_rewrite
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
     }
 
     /// Counts the last collection once the store has persisted the tick it was decided at:
     /// retention may then delete the segments up to it. Returns whether one was pending still.
-    pub fn settle_collection(&self, persisted: Tick) -> bool {
+    pub fn settle_collection(&self, persisted: Tick) -> Result<bool> {
+        {
+            let mut rewrite = self
+                .pending_rewrite
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match rewrite.take() {
+                Some((old, next, decided)) if persisted >= decided => {
+                    if let Some(values) = &self.values {
+                        values.replace(&old, next)?;
+                    }
+                }
+                Some(waiting) => {
+                    *rewrite = Some(waiting);
+                    return Ok(true);
+                }
+                None => {}
+            }
+        }
         let mut pending = self
             .pending_collection
             .lock()
@@ -790,10 +855,10 @@ impl DocStore {
                 self.collected_through
                     .fetch_max(through.get(), Ordering::AcqRel);
                 *pending = None;
-                false
+                Ok(false)
             }
-            Some(_) => true,
-            None => false,
+            Some(_) => Ok(true),
+            None => Ok(false),
         }
     }
 
@@ -1311,6 +1376,41 @@ impl DocStore {
             None => Ok(None),
         }
     }
+}
+
+/// Writes the `live` records of `records` to `writer`: each run of consecutive ticks, at most
+/// 1 MiB of records, as one block in frames of `frame_bytes`.
+fn write_runs(
+    writer: &mut crate::wal::values::ValueFileWriter<'_>,
+    records: &[(Tick, crate::wal::Record<'_>)],
+    live: &[usize],
+    frame_bytes: usize,
+) -> Result<()> {
+    let mut run: Vec<crate::wal::Record<'_>> = Vec::new();
+    let mut run_first = Tick::ZERO;
+    let mut run_bytes = 0usize;
+    let mut cut = |run: &mut Vec<crate::wal::Record<'_>>, first: Tick| -> Result<()> {
+        if !run.is_empty() {
+            let block = crate::wal::block::prepare_framed(run, frame_bytes)?;
+            writer.push(&block.to_block(first))?;
+            run.clear();
+        }
+        Ok(())
+    };
+    for &i in live {
+        let (tick, record) = records[i];
+        let continues = !run.is_empty()
+            && run_first.get() + run.len() as u64 == tick.get()
+            && run_bytes + record.encoded_bytes() <= 1 << 20;
+        if !continues {
+            cut(&mut run, run_first)?;
+            run_first = tick;
+            run_bytes = 0;
+        }
+        run_bytes += record.encoded_bytes();
+        run.push(record);
+    }
+    cut(&mut run, run_first)
 }
 
 /// A document kept in the WAL that is not where its tick says.

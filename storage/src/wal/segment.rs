@@ -225,6 +225,9 @@ pub struct SealedSegment {
     pub data_end: u64,
     pub block_count: u32,
     pub file_bytes: u64,
+    /// A value file (`values`): its blocks may skip ticks, and the first may start after the
+    /// tick its name and seal block give.
+    sparse: bool,
     /// The whole file, mapped, with the seal block's checksum verified.
     map: OnceLock<Bytes>,
 }
@@ -251,8 +254,23 @@ impl SealedSegment {
             data_end,
             block_count,
             file_bytes,
+            sparse: false,
             map: lock,
         }
+    }
+
+    /// `open` for a value file, whose blocks may skip ticks (see `values`).
+    pub(crate) fn open_sparse(
+        path: &Path,
+        id: SegmentId,
+        tick_first: Tick,
+    ) -> Result<Option<SealedSegment>> {
+        Ok(
+            SealedSegment::open(path, id, tick_first)?.map(|mut segment| {
+                segment.sparse = true;
+                segment
+            }),
+        )
     }
 
     /// Reads what a sealed file says about itself: header, locator and seal block header, a few
@@ -371,10 +389,18 @@ impl SealedSegment {
         let mut previous: Option<(u64, u64)> = None;
         for (tick, offset) in index_entries(&seal[BLOCK_HEADER_BYTES..]) {
             let ordered = match previous {
-                None => tick == self.ticks.first.get() && offset == SEGMENT_HEADER_BYTES as u64,
+                None => {
+                    let first = if self.sparse {
+                        tick >= self.ticks.first.get()
+                    } else {
+                        tick == self.ticks.first.get()
+                    };
+                    first && offset == SEGMENT_HEADER_BYTES as u64
+                }
                 Some((t, o)) => tick > t && offset > o,
             };
-            if !ordered || offset >= self.data_end || offset % BLOCK_ALIGN as u64 != 0 {
+            let inside = !self.sparse || tick <= self.ticks.last.get();
+            if !ordered || !inside || offset >= self.data_end || offset % BLOCK_ALIGN as u64 != 0 {
                 return Err(self.corrupt(self.data_end, "seal index out of order"));
             }
             previous = Some((tick, offset));

@@ -22,6 +22,9 @@ use crate::tick::{SegmentId, Tick, TickRange};
 
 const SUFFIX: &str = ".val";
 const TEMPORARY_SUFFIX: &str = ".val.tmp";
+/// Rewritten value files wait here until the store has persisted what made the dropped records
+/// dead (`ValueFiles::replace`); found at open, they were never confirmed and are removed.
+const NEXT_DIR: &str = "next";
 
 /// The value files of one document store, ordered by tick.
 pub struct ValueFiles {
@@ -34,7 +37,12 @@ impl ValueFiles {
     /// file's header, locator and seal block, and that their tick ranges do not overlap.
     pub fn open(dir: impl AsRef<Path>) -> Result<ValueFiles> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let next = dir.join(NEXT_DIR);
+        std::fs::create_dir_all(&next).map_err(|e| Error::io("create", &next, e))?;
+        for entry in std::fs::read_dir(&next).map_err(|e| Error::io("list", &next, e))? {
+            let path = entry.map_err(|e| Error::io("list", &next, e))?.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+        }
         let mut files = Vec::new();
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
         for entry in entries {
@@ -42,6 +50,9 @@ impl ValueFiles {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let path = entry.path();
+            if name == NEXT_DIR {
+                continue;
+            }
             if name.ends_with(TEMPORARY_SUFFIX) {
                 std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
                 continue;
@@ -55,13 +66,14 @@ impl ValueFiles {
                     reason: format!("unexpected file {name:?} among the value files"),
                 });
             };
-            let file =
-                SealedSegment::open(&path, id, tick_first)?.ok_or_else(|| Error::Corruption {
+            let file = SealedSegment::open_sparse(&path, id, tick_first)?.ok_or_else(|| {
+                Error::Corruption {
                     segment_id: id,
                     path: path.clone(),
                     offset: 0,
                     reason: "value file without a valid seal".into(),
-                })?;
+                }
+            })?;
             files.push(Arc::new(file));
         }
         files.sort_by_key(|f| f.ticks.first);
@@ -100,29 +112,11 @@ impl ValueFiles {
                 _ => return Ok(None),
             }
         };
-        let corrupt = |offset: u64, reason: &str| Error::Corruption {
-            segment_id: file.id,
-            path: file.path.clone(),
-            offset,
-            reason: reason.into(),
-        };
         let map = file.map()?;
         let Some((_, offset)) = SealedIndex::new(file.index()?).floor(tick) else {
             return Ok(None);
         };
-        let data = map
-            .get(offset as usize..file.data_end as usize)
-            .ok_or_else(|| corrupt(offset, "index points outside the data"))?;
-        let header = match BlockHeader::decode(data) {
-            Ok(Some(header)) if !header.is_seal() => header,
-            Ok(_) => return Err(corrupt(offset, "no data block at this position")),
-            Err(reason) => return Err(corrupt(offset, reason)),
-        };
-        if header.segment_bytes() > data.len() {
-            return Err(corrupt(offset, "block extends past the data"));
-        }
-        let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
-        let block = Block::from_unchecked(bytes, header);
+        let block = read_block(&file, map, offset)?;
         Ok(block.ticks().contains(tick).then_some(block))
     }
 
@@ -137,13 +131,14 @@ impl ValueFiles {
             .join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
         std::fs::hard_link(path, &target).map_err(|e| Error::io("link", &target, e))?;
         crate::fs::fsync_dir(&self.dir)?;
-        let opened =
-            SealedSegment::open(&target, source, tick_first)?.ok_or_else(|| Error::Corruption {
+        let opened = SealedSegment::open_sparse(&target, source, tick_first)?.ok_or_else(|| {
+            Error::Corruption {
                 segment_id: source,
                 path: target.clone(),
                 offset: 0,
                 reason: "linked value file has no valid seal".into(),
-            })?;
+            }
+        })?;
         opened.map()?;
         self.insert(opened)
     }
@@ -186,18 +181,110 @@ impl ValueFiles {
         Ok(ValueFileWriter {
             files: self,
             source,
+            name_tick: None,
             file: None,
             entries: Vec::new(),
             written: 0,
             last_tick: None,
         })
     }
+
+    /// The value files, oldest first.
+    pub fn files(&self) -> Vec<Arc<SealedSegment>> {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The blocks of value file `file`, in order, headers checked (slices of its mapping).
+    pub fn blocks(&self, file: &SealedSegment) -> Result<Vec<Block>> {
+        let map = file.map()?;
+        let index = SealedIndex::new(file.index()?);
+        let mut blocks = Vec::with_capacity(index.len());
+        for i in 0..index.len() {
+            let (_, offset) = index.get(i);
+            blocks.push(read_block(file, map, offset)?);
+        }
+        Ok(blocks)
+    }
+
+    /// Starts the rewrite of value file `file` with fewer records: the same name and range, in
+    /// the `next` directory until `replace` puts it in place.
+    pub fn rewriter(&self, file: &SealedSegment) -> ValueFileWriter<'_> {
+        ValueFileWriter {
+            files: self,
+            source: file.id,
+            name_tick: Some(file.ticks.first),
+            file: None,
+            entries: Vec::new(),
+            written: 0,
+            last_tick: None,
+        }
+    }
+
+    /// Puts the rewrite of `old` in its place (`next` from `ValueFileWriter::finish_next`), or,
+    /// with no rewrite (no record was live), removes `old`. Readers holding `old` keep reading
+    /// it.
+    pub fn replace(&self, old: &Arc<SealedSegment>, next: Option<PathBuf>) -> Result<()> {
+        let mut files = self.files.write().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = files.iter().position(|f| Arc::ptr_eq(f, old)) else {
+            return Err(Error::Directory {
+                dir: self.dir.clone(),
+                reason: format!("value file {} is no longer there", old.path.display()),
+            });
+        };
+        match next {
+            Some(next) => {
+                std::fs::rename(&next, &old.path).map_err(|e| Error::io("rename", &old.path, e))?;
+                crate::fs::fsync_dir(&self.dir)?;
+                crate::fs::fsync_dir(&self.dir.join(NEXT_DIR))?;
+                let opened = SealedSegment::open_sparse(&old.path, old.id, old.ticks.first)?
+                    .ok_or_else(|| Error::Corruption {
+                        segment_id: old.id,
+                        path: old.path.clone(),
+                        offset: 0,
+                        reason: "rewritten value file has no valid seal".into(),
+                    })?;
+                opened.map()?;
+                files[at] = Arc::new(opened);
+            }
+            None => {
+                std::fs::remove_file(&old.path).map_err(|e| Error::io("remove", &old.path, e))?;
+                crate::fs::fsync_dir(&self.dir)?;
+                files.remove(at);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The block at `offset` of value file `file` (mapped as `map`), its header checked.
+fn read_block(file: &SealedSegment, map: &bytes::Bytes, offset: u64) -> Result<Block> {
+    let corrupt = |reason: &str| Error::Corruption {
+        segment_id: file.id,
+        path: file.path.clone(),
+        offset,
+        reason: reason.into(),
+    };
+    let data = map
+        .get(offset as usize..file.data_end as usize)
+        .ok_or_else(|| corrupt("index points outside the data"))?;
+    let header = match BlockHeader::decode(data) {
+        Ok(Some(header)) if !header.is_seal() => header,
+        Ok(_) => return Err(corrupt("no data block at this position")),
+        Err(reason) => return Err(corrupt(reason)),
+    };
+    if header.segment_bytes() > data.len() {
+        return Err(corrupt("block extends past the data"));
+    }
+    let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+    Ok(Block::from_unchecked(bytes, header))
 }
 
 /// A value file being written: blocks go to a temporary file as they come.
 pub struct ValueFileWriter<'a> {
     files: &'a ValueFiles,
     source: SegmentId,
+    /// The tick the file is named after (a rewrite keeps its file's), else its first block's.
+    name_tick: Option<Tick>,
     /// The temporary file, its path and the first tick, once a block came.
     file: Option<(std::io::BufWriter<std::fs::File>, PathBuf, Tick)>,
     /// (first tick, offset) of each block.
@@ -217,17 +304,24 @@ impl ValueFileWriter<'_> {
             });
         }
         if self.file.is_none() {
-            let stem = value_stem(self.source, ticks.first);
+            let named = self.name_tick.unwrap_or(ticks.first);
+            if named > ticks.first {
+                return Err(Error::TickOrder {
+                    tick_first: ticks.first,
+                    tick_last: named,
+                });
+            }
+            let stem = value_stem(self.source, named);
             let path = self.files.dir.join(format!("{stem}{TEMPORARY_SUFFIX}"));
             let file = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
             let mut file = std::io::BufWriter::with_capacity(1 << 20, file);
             let created = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            file.write_all(&segment::encode_header(self.source, ticks.first, created))
+            file.write_all(&segment::encode_header(self.source, named, created))
                 .map_err(|e| Error::io("write", &path, e))?;
             self.written = SEGMENT_HEADER_BYTES as u64;
-            self.file = Some((file, path, ticks.first));
+            self.file = Some((file, path, named));
         }
         let (file, path, _) = self.file.as_mut().expect("opened above");
         self.entries.push((ticks.first, self.written));
@@ -244,8 +338,49 @@ impl ValueFileWriter<'_> {
     /// syncs it, renames it into place, syncs the directory and makes it readable. Nothing is
     /// written if no block came.
     pub fn finish(self, last: Tick) -> Result<()> {
-        let Some((mut file, temporary, tick_first)) = self.file else {
+        let files = self.files;
+        let source = self.source;
+        let Some((temporary, tick_first)) = self.seal(last)? else {
             return Ok(());
+        };
+        let path = files
+            .dir
+            .join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
+        std::fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
+        crate::fs::fsync_dir(&files.dir)?;
+        let opened = SealedSegment::open_sparse(&path, source, tick_first)?.ok_or_else(|| {
+            Error::Corruption {
+                segment_id: source,
+                path: path.clone(),
+                offset: 0,
+                reason: "value file just written has no valid seal".into(),
+            }
+        })?;
+        opened.map()?;
+        files.insert(opened)
+    }
+
+    /// Like `finish` for a rewrite (`ValueFiles::rewriter`): the file goes to the `next`
+    /// directory, durably, for `ValueFiles::replace`. `None` if no block came.
+    pub fn finish_next(self, last: Tick) -> Result<Option<PathBuf>> {
+        let files = self.files;
+        let source = self.source;
+        let Some((temporary, tick_first)) = self.seal(last)? else {
+            return Ok(None);
+        };
+        let next = files.dir.join(NEXT_DIR);
+        let path = next.join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
+        std::fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
+        crate::fs::fsync_dir(&next)?;
+        crate::fs::fsync_dir(&files.dir)?;
+        Ok(Some(path))
+    }
+
+    /// Writes the seal block and locator, syncs the temporary file; returns its path and first
+    /// tick, or `None` if no block came.
+    fn seal(self, last: Tick) -> Result<Option<(PathBuf, Tick)>> {
+        let Some((mut file, temporary, tick_first)) = self.file else {
+            return Ok(None);
         };
         if self.last_tick.is_some_and(|l| l > last) {
             return Err(Error::TickOrder {
@@ -264,23 +399,7 @@ impl ValueFileWriter<'_> {
             .into_inner()
             .map_err(|e| Error::io("write", &temporary, e.into_error()))?;
         crate::fs::fsync(&file, &temporary)?;
-        drop(file);
-        let path = self
-            .files
-            .dir
-            .join(format!("{}{SUFFIX}", value_stem(self.source, tick_first)));
-        std::fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
-        crate::fs::fsync_dir(&self.files.dir)?;
-        let opened = SealedSegment::open(&path, self.source, tick_first)?.ok_or_else(|| {
-            Error::Corruption {
-                segment_id: self.source,
-                path: path.clone(),
-                offset: 0,
-                reason: "value file just written has no valid seal".into(),
-            }
-        })?;
-        opened.map()?;
-        self.files.insert(opened)
+        Ok(Some((temporary, tick_first)))
     }
 }
 
