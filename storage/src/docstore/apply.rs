@@ -49,6 +49,9 @@ pub struct ApplyStats {
     pub documents: u64,
     /// Document removals applied.
     pub removals: u64,
+    /// Document puts that replaced a document (with `removals`, what makes stored documents
+    /// dead).
+    pub replaced: u64,
     /// Records skipped (their collection is gone, or their transaction aborted).
     pub skipped: u64,
     /// Records left out by the store's collection filter (ArangoDB's `totalOperationsExcluded`).
@@ -158,6 +161,7 @@ struct PartitionBatch {
     deltas: FxHashMap<u64, i64>,
     documents: u64,
     removals: u64,
+    replaced: u64,
     skipped: u64,
     excluded: u64,
 }
@@ -191,6 +195,7 @@ impl Partition {
             deltas: FxHashMap::default(),
             documents: 0,
             removals: 0,
+            replaced: 0,
             skipped: 0,
             excluded: 0,
         };
@@ -272,7 +277,9 @@ impl Partition {
                     value.extend_from_slice(record.data);
                 }
                 out.batch.put_cf(docs, &key, &value);
-                if !existed {
+                if existed {
+                    out.replaced += 1;
+                } else {
                     *out.deltas.entry(id).or_default() += 1;
                 }
                 out.documents += 1;
@@ -361,6 +368,7 @@ impl Applying<'_> {
             }
             stats.documents += part.documents;
             stats.removals += part.removals;
+            stats.replaced += part.replaced;
             stats.skipped += part.skipped;
             stats.excluded += part.excluded;
             if !part.batch.is_empty() {

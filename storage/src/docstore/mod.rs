@@ -429,6 +429,9 @@ pub struct DocStore {
     pending_rewrite: Mutex<PendingRewrite>,
     /// The value file `collect_value_file` looks at next.
     value_cursor: AtomicUsize,
+    /// Replacements and removals applied since `collect_value_file` last looked: without
+    /// them no value file gained dead documents.
+    dead_since_look: AtomicU64,
 }
 
 type PendingRewrite = Option<(
@@ -589,6 +592,7 @@ impl DocStore {
             pending_collection: Mutex::new(None),
             pending_rewrite: Mutex::new(None),
             value_cursor: AtomicUsize::new(0),
+            dead_since_look: AtomicU64::new(0),
         };
         let mut store = store;
         store.documents_in_wal = store.keep_documents_in_wal(store_options.documents_in_wal)?;
@@ -786,7 +790,14 @@ impl DocStore {
         if files.is_empty() {
             return Ok(false);
         }
-        let file = files[self.value_cursor.fetch_add(1, Ordering::Relaxed) % files.len()].clone();
+        // A round over the files starts only if documents were replaced or removed since the
+        // last one started: an insert-only load costs no sampling.
+        let at = self.value_cursor.load(Ordering::Relaxed) % files.len();
+        if at == 0 && self.dead_since_look.swap(0, Ordering::AcqRel) == 0 {
+            return Ok(false);
+        }
+        self.value_cursor.store(at + 1, Ordering::Relaxed);
+        let file = files[at].clone();
         let blocks = values.blocks(&file)?;
         let mut scratch = Vec::new();
         let (mut sampled, mut live) = (0usize, 0usize);
@@ -1172,7 +1183,12 @@ impl DocStore {
         context: &mut ApplyContext,
         durable: Tick,
     ) -> Result<ApplyStats> {
-        apply::apply(self, blocks, context, durable)
+        let stats = apply::apply(self, blocks, context, durable)?;
+        if stats.removals + stats.replaced > 0 {
+            self.dead_since_look
+                .fetch_add(stats.removals + stats.replaced, Ordering::AcqRel);
+        }
+        Ok(stats)
     }
 
     /// From the next applied group on, applies only the records of collections `filter`
