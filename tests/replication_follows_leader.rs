@@ -427,7 +427,20 @@ fn restricted_follower_keeps_only_the_listed_collections() {
 #[test]
 fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let flags = ["--rocksdb.documents-in-wal", "true"];
+    // Segments (4 MiB in tests) that retention lets go at once: their live documents move to
+    // value files while the test runs.
+    let flags = [
+        "--rocksdb.documents-in-wal",
+        "true",
+        "--wal.historic-logfiles",
+        "1",
+        "--wal.file-timeout",
+        "0",
+        "--wal.file-timeout-initial",
+        "0",
+        "--store.flush-interval",
+        "1",
+    ];
     let mut leader = Daemon::start(&dir.path().join("leader"), &flags);
     let mut follower = Daemon::start(&dir.path().join("follower"), &flags);
     let (lh, fh) = (leader.http(), follower.http());
@@ -460,6 +473,40 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
         insert(http, "c", &format!("k-{batch}"), 100);
     });
     converge(&lh, &follower.http(), "c");
+
+    // Enough for a few segments (documents that compress little); they go, and their live
+    // documents are in value files.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for batch in 0..60 {
+        let docs: Vec<Value> = (0..100)
+            .map(|i| {
+                let text: String = (0..256)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        format!("{:016x}", state)
+                    })
+                    .collect();
+                json!({"_key": format!("big-{batch}-{i}"), "text": text})
+            })
+            .collect();
+        assert_eq!(
+            lh.send("POST", "/_api/document/c", &json!(docs)).status,
+            202
+        );
+    }
+    converge(&lh, &follower.http(), "c");
+    wait_until("the leader moves live documents to value files", || {
+        std::fs::read_dir(dir.path().join("leader").join("store-values"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".val"))
+            })
+            .unwrap_or(false)
+    });
+    assert_eq!(fingerprint(&lh, "c"), fingerprint(&follower.http(), "c"));
 
     // Restarted without the flag, both still read their documents from their WALs.
     let expected = fingerprint(&lh, "c");
