@@ -159,8 +159,8 @@ pub struct DaemonArgs {
 
     /// Keep each document only in the WAL: the document store maps a key to the tick of its
     /// last write and reads the document from the WAL (compressed in 64 KiB frames), instead of
-    /// storing it a second time. Sticky once used. Experimental: until live documents can be
-    /// moved out of old WAL segments, no segment is ever deleted.
+    /// storing it a second time. Sticky once used. Before retention deletes a WAL segment, its
+    /// live documents move to value files next to the store. Experimental.
     #[arg(long = "rocksdb.documents-in-wal", default_value_t = false, action = ArgAction::Set)]
     pub rocksdb_documents_in_wal: bool,
 

@@ -285,6 +285,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     node.applier.stop();
     wal.close().context("close the write-ahead log")?;
     store.flush().context("flush the document store")?;
+    store.stop_background_work();
     tracing::info!("stopped");
     Ok(())
 }

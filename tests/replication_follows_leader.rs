@@ -72,6 +72,25 @@ fn converge(leader: &Http, follower: &Http, collection: &str) {
     });
 }
 
+/// `converge`, showing the follower's applier state and log if it does not.
+fn converge_daemons(leader: &Daemon, follower: &Daemon, collection: &str) {
+    let (lh, fh) = (leader.http(), follower.http());
+    let expected = fingerprint(&lh, collection).expect("leader has the collection");
+    let deadline = Instant::now() + DEADLINE;
+    while fingerprint(&fh, collection).as_ref() != Some(&expected) {
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not get the leader's documents: {:?} against {expected:?}; \
+             applier state {}\nfollower log:\n{}\nleader log:\n{}",
+            fingerprint(&fh, collection),
+            state(&fh),
+            follower.log(),
+            leader.log()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 fn state(follower: &Http) -> Value {
     follower.get("/_api/replication/applier-state").json()["state"].clone()
 }
@@ -460,7 +479,7 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
         202
     );
     make_follower(&fh, &leader, json!({}));
-    converge(&lh, &fh, "c");
+    converge_daemons(&leader, &follower, "c");
     let patched = fh.get("/_api/document/c/a-1").json();
     assert_eq!(patched["patched"], json!(true), "{patched}");
     assert_eq!(
@@ -472,7 +491,7 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     kill9_while_writing(&mut follower, &leader, 200, |http, batch| {
         insert(http, "c", &format!("k-{batch}"), 100);
     });
-    converge(&lh, &follower.http(), "c");
+    converge_daemons(&leader, &follower, "c");
 
     // Enough for a few segments (documents that compress little); they go, and their live
     // documents are in value files.
@@ -496,7 +515,7 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
             202
         );
     }
-    converge(&lh, &follower.http(), "c");
+    converge_daemons(&leader, &follower, "c");
     wait_until("the leader moves live documents to value files", || {
         std::fs::read_dir(dir.path().join("leader").join("store-values"))
             .map(|entries| {
@@ -512,9 +531,10 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     let expected = fingerprint(&lh, "c");
     let leader_dir = dir.path().join("leader");
     let follower_dir = dir.path().join("follower");
-    assert!(leader.terminate().success());
-    assert!(follower.terminate().success());
-    let leader = Daemon::start_on(&leader_dir, leader.port(), &[]);
+    assert!(leader.terminate().success(), "{}", leader.log());
+    assert!(follower.terminate().success(), "{}", follower.log());
+    // Any port: this checks what each reads back, not that they find each other again.
+    let leader = Daemon::start(&leader_dir, &[]);
     let follower = Daemon::start(&follower_dir, &[]);
     assert_eq!(fingerprint(&leader.http(), "c"), expected);
     assert_eq!(fingerprint(&follower.http(), "c"), expected);

@@ -642,6 +642,14 @@ impl DocStore {
         Ok(asked || recorded)
     }
 
+    /// Stops RocksDB's background work (flushes, compactions) and waits for what runs. For the
+    /// end of a process: the store may outlive it in a thread that never returns, and RocksDB's
+    /// background threads running while the process exits abort it ("pthread lock: Invalid
+    /// argument", seen when a compaction started by the last flush was still running).
+    pub fn stop_background_work(&self) {
+        self.db.cancel_all_background_work(true);
+    }
+
     /// Whether documents written from now on are kept in the WAL only.
     pub fn documents_in_wal(&self) -> bool {
         self.documents_in_wal
