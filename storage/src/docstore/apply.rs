@@ -26,7 +26,8 @@ use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::{
-    doc_key, Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_TICK,
+    doc_key, Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_MAX,
+    APPLIED_TICK,
 };
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};
@@ -205,7 +206,10 @@ impl Partition {
         // Where each record goes, and which keys are not known yet and must be looked up.
         let mut keys: Vec<Target> = Vec::with_capacity(items.len());
         let mut lookup: Vec<usize> = Vec::new();
-        for (_, record) in items {
+        // Inserts up to here may have been applied and persisted already, past the recorded
+        // applied tick (see `DocStore::applied_max`): a replay looks them up too.
+        let persisted_max = store.applied_max();
+        for (tick, record) in items {
             let id = collection_id(record)?;
             if excluded.contains(&id) {
                 keys.push(Target::Excluded);
@@ -219,8 +223,10 @@ impl Partition {
             if !self.exists.contains_key(&key) {
                 self.exists.insert(key.clone(), false);
                 // An insert's key did not exist at its tick (the leader read it under its
-                // lock); the state here is that of the tick before, so it is not looked up.
-                if !self.emptied.contains(&id) && record.kind != RecordType::DocumentInsert {
+                // lock); the state here is that of the tick before, so it is not looked up,
+                // unless the store may hold it already.
+                let insert = record.kind == RecordType::DocumentInsert && *tick > persisted_max;
+                if !self.emptied.contains(&id) && !insert {
                     lookup.push(keys.len());
                 }
             }
@@ -691,6 +697,9 @@ pub(super) fn apply(
         .min(durable)
         .max(Tick::new(store.recorded.load(Ordering::Acquire)));
     tail.put_cf(meta, APPLIED_TICK, recorded.get().to_le_bytes());
+    // What this batch holds, which a flush may persist with it even though the recorded tick
+    // stays at the durable one: a replay up to here looks its inserts up.
+    tail.put_cf(meta, APPLIED_MAX, tick_last.get().to_le_bytes());
     pieces.push(tail);
     store.write(join(pieces)?)?;
     store.recorded.fetch_max(recorded.get(), Ordering::AcqRel);

@@ -45,6 +45,9 @@ use crate::wal::{Block, Wal};
 const CF_DOCS: &str = "docs";
 const CF_META: &str = "meta";
 const APPLIED_TICK: &[u8] = b"applied_tick";
+/// The last tick of the last batch applied, written with it: data a flush may have persisted
+/// past `APPLIED_TICK` (a follower applies blocks before they are durable).
+const APPLIED_MAX: &[u8] = b"applied_max";
 /// Present once the store keeps documents in the WAL (`StoreOptions::documents_in_wal`): from
 /// then on it always does, whatever later options say, since its values name WAL ticks.
 const DOCUMENTS_IN_WAL: &[u8] = b"documents_in_wal";
@@ -399,6 +402,8 @@ pub struct DocStore {
     /// tick, so a restart replays from a tick its WAL still has. Below `applied` while blocks from
     /// a leader are applied before they are durable here; replaying them again is harmless.
     recorded: AtomicU64,
+    /// `APPLIED_MAX` as loaded: a replay looks up inserts up to it, which the store may hold.
+    applied_max: AtomicU64,
     /// The collections this store keeps, if not all (a follower's `restrictCollections`).
     filter: RwLock<Option<Arc<CollectionFilter>>>,
     /// Whether blob garbage collection may run (`StoreOptions::blob_gc`), and whether it does.
@@ -574,6 +579,7 @@ impl DocStore {
             counts: Mutex::new(HashMap::new()),
             applied: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
+            applied_max: AtomicU64::new(0),
             filter: RwLock::new(None),
             blob_gc_allowed: store_options.blob_gc,
             blob_gc_on: AtomicBool::new(false),
@@ -900,6 +906,14 @@ impl DocStore {
         };
         self.applied.store(applied, Ordering::Release);
         self.recorded.store(applied, Ordering::Release);
+        let applied_max = self
+            .db
+            .get_cf(meta, APPLIED_MAX)
+            .map_err(|e| store_error("read applied tick", e))?
+            .map(|v| decode_u64(&v).ok_or_else(|| corrupt("applied tick")))
+            .transpose()?
+            .unwrap_or(0);
+        self.applied_max.store(applied_max, Ordering::Release);
         let mut catalog = Catalog::default();
         catalog.databases.insert(
             SYSTEM_DATABASE.into(),
@@ -950,6 +964,12 @@ impl DocStore {
         self.db
             .cf_handle(CF_META)
             .expect("meta column family exists")
+    }
+
+    /// The last tick the store may hold data of from before it was opened (`APPLIED_MAX`): a
+    /// replay up to it looks up the keys of inserts, which it otherwise takes as new.
+    pub fn applied_max(&self) -> Tick {
+        Tick::new(self.applied_max.load(Ordering::Acquire))
     }
 
     /// The last tick applied (visible to reads, not necessarily persisted by RocksDB).
