@@ -1067,10 +1067,15 @@ impl DocStore {
             .into_iter()
             .zip(keys)
             .map(|(value, key)| {
-                value
+                let decoded = value
                     .map_err(|e| store_error("read documents", e))?
                     .map(|v| self.decode_document(collection, key, &v))
-                    .transpose()
+                    .transpose();
+                match decoded {
+                    // Replaced and its old record collected between the two reads (see `get`).
+                    Err(_) if self.values.is_some() => self.get(collection, key),
+                    other => other,
+                }
             })
             .collect()
     }
