@@ -706,6 +706,28 @@ impl Block {
     }
 }
 
+/// The data block at `offset` of a segment mapped as `map` whose data ends at `data_end`: its
+/// checked header and its bytes (a slice of the mapping), or why there is none. Its checksum
+/// is left to the caller.
+pub(crate) fn slice_data_block(
+    map: &Bytes,
+    offset: u64,
+    data_end: u64,
+) -> std::result::Result<(BlockHeader, Bytes), &'static str> {
+    let data = map
+        .get(offset as usize..data_end as usize)
+        .ok_or("position outside the data")?;
+    let header = match BlockHeader::decode(data)? {
+        Some(header) if !header.is_seal() => header,
+        _ => return Err("no data block at this position"),
+    };
+    if header.segment_bytes() > data.len() {
+        return Err("block extends past the data");
+    }
+    let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+    Ok((header, bytes))
+}
+
 /// Decompresses a whole-payload lz4 block of `raw_bytes` into `scratch`.
 fn decompress<'a>(stored: &[u8], raw_bytes: usize, scratch: &'a mut Vec<u8>) -> Result<&'a [u8]> {
     // Only growth is zeroed: decompression overwrites the first `raw_bytes`, and only those are

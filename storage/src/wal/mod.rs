@@ -308,6 +308,10 @@ impl Shared {
     /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
     /// `deadline` passes; returns the last visible tick then.
     pub fn wait_durable(&self, tick: Tick, deadline: Instant) -> bool {
+        // The store applier asks before every group; it is nearly always durable already.
+        if self.tick_durable.load(Ordering::Acquire) >= tick.get() {
+            return true;
+        }
         let mut state = self.lock();
         loop {
             if self.tick_durable.load(Ordering::Acquire) >= tick.get() {
@@ -865,18 +869,7 @@ impl Wal {
         now: SystemTime,
     ) -> Option<SegmentRange> {
         let state = self.shared.lock();
-        let mut facts: Vec<SegmentFacts> = state
-            .sealed
-            .iter()
-            .map(|s| SegmentFacts {
-                id: s.id,
-                tick_last: s.ticks.last,
-                file_bytes: s.file_bytes,
-            })
-            .collect();
-        if state.active.is_none() {
-            facts.pop();
-        }
+        let facts = retention_facts(&state);
         let mut retention = state.retention.clone();
         retention.store_tick = Some(store_tick);
         retention.unneeded_since.clear();
@@ -954,22 +947,28 @@ fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
     }
 }
 
+/// What retention plans over: the sealed segments it may delete. The newest segment carries
+/// the last tick across restarts: it is never deleted.
+fn retention_facts(state: &State) -> Vec<SegmentFacts> {
+    let mut facts: Vec<SegmentFacts> = state
+        .sealed
+        .iter()
+        .map(|s| SegmentFacts {
+            id: s.id,
+            tick_last: s.ticks.last,
+            file_bytes: s.file_bytes,
+        })
+        .collect();
+    if state.active.is_none() {
+        facts.pop();
+    }
+    facts
+}
+
 fn run_retention(shared: &Shared, now: SystemTime) -> Result<RetentionReport> {
     let (plan, doomed) = {
         let mut state = shared.lock();
-        let mut facts: Vec<SegmentFacts> = state
-            .sealed
-            .iter()
-            .map(|s| SegmentFacts {
-                id: s.id,
-                tick_last: s.ticks.last,
-                file_bytes: s.file_bytes,
-            })
-            .collect();
-        // The newest segment carries the last tick across restarts: it is never deleted.
-        if state.active.is_none() {
-            facts.pop();
-        }
+        let facts = retention_facts(&state);
         let plan = state
             .retention
             .plan(&shared.options.retention, &facts, shared.opened_at, now);

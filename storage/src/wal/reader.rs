@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::block::{Block, BlockHeader};
+use super::block::{slice_data_block, Block};
 use super::segment::{SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::SealedIndex;
 use super::{Shared, State};
@@ -223,18 +223,7 @@ impl Reader {
             offset,
             reason: reason.into(),
         };
-        let data = map
-            .get(offset as usize..data_end as usize)
-            .ok_or_else(|| corrupt("position outside the data"))?;
-        let header = match BlockHeader::decode(data) {
-            Ok(Some(header)) if !header.is_seal() => header,
-            Ok(_) => return Err(corrupt("no data block at this position")),
-            Err(reason) => return Err(corrupt(reason)),
-        };
-        if header.segment_bytes() > data.len() {
-            return Err(corrupt("block extends past the data"));
-        }
-        let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+        let (header, bytes) = slice_data_block(map, offset, data_end).map_err(corrupt)?;
         if self.check_blocks {
             header.verify_crc(&bytes).map_err(corrupt)?;
         }

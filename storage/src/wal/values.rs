@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::block::{Block, BlockHeader, BLOCK_ALIGN};
+use super::block::{slice_data_block, Block, BLOCK_ALIGN};
 use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::SealedIndex;
 use crate::error::{Error, Result};
@@ -66,14 +66,7 @@ impl ValueFiles {
                     reason: format!("unexpected file {name:?} among the value files"),
                 });
             };
-            let file = SealedSegment::open_sparse(&path, id, tick_first)?.ok_or_else(|| {
-                Error::Corruption {
-                    segment_id: id,
-                    path: path.clone(),
-                    offset: 0,
-                    reason: "value file without a valid seal".into(),
-                }
-            })?;
+            let file = open_value_file(&path, id, tick_first, "value file")?;
             files.push(Arc::new(file));
         }
         files.sort_by_key(|f| f.ticks.first);
@@ -131,14 +124,7 @@ impl ValueFiles {
             .join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
         std::fs::hard_link(path, &target).map_err(|e| Error::io("link", &target, e))?;
         crate::fs::fsync_dir(&self.dir)?;
-        let opened = SealedSegment::open_sparse(&target, source, tick_first)?.ok_or_else(|| {
-            Error::Corruption {
-                segment_id: source,
-                path: target.clone(),
-                offset: 0,
-                reason: "linked value file has no valid seal".into(),
-            }
-        })?;
+        let opened = open_value_file(&target, source, tick_first, "linked value file")?;
         opened.map()?;
         self.insert(opened)
     }
@@ -236,13 +222,8 @@ impl ValueFiles {
                 std::fs::rename(&next, &old.path).map_err(|e| Error::io("rename", &old.path, e))?;
                 crate::fs::fsync_dir(&self.dir)?;
                 crate::fs::fsync_dir(&self.dir.join(NEXT_DIR))?;
-                let opened = SealedSegment::open_sparse(&old.path, old.id, old.ticks.first)?
-                    .ok_or_else(|| Error::Corruption {
-                        segment_id: old.id,
-                        path: old.path.clone(),
-                        offset: 0,
-                        reason: "rewritten value file has no valid seal".into(),
-                    })?;
+                let opened =
+                    open_value_file(&old.path, old.id, old.ticks.first, "rewritten value file")?;
                 opened.map()?;
                 files[at] = Arc::new(opened);
             }
@@ -258,25 +239,30 @@ impl ValueFiles {
 
 /// The block at `offset` of value file `file` (mapped as `map`), its header checked.
 fn read_block(file: &SealedSegment, map: &bytes::Bytes, offset: u64) -> Result<Block> {
-    let corrupt = |reason: &str| Error::Corruption {
-        segment_id: file.id,
-        path: file.path.clone(),
-        offset,
-        reason: reason.into(),
-    };
-    let data = map
-        .get(offset as usize..file.data_end as usize)
-        .ok_or_else(|| corrupt("index points outside the data"))?;
-    let header = match BlockHeader::decode(data) {
-        Ok(Some(header)) if !header.is_seal() => header,
-        Ok(_) => return Err(corrupt("no data block at this position")),
-        Err(reason) => return Err(corrupt(reason)),
-    };
-    if header.segment_bytes() > data.len() {
-        return Err(corrupt("block extends past the data"));
-    }
-    let bytes = map.slice(offset as usize..offset as usize + header.block_bytes());
+    let (header, bytes) =
+        slice_data_block(map, offset, file.data_end).map_err(|reason| Error::Corruption {
+            segment_id: file.id,
+            path: file.path.clone(),
+            offset,
+            reason: reason.into(),
+        })?;
     Ok(Block::from_unchecked(bytes, header))
+}
+
+/// Opens the value file at `path` (made from segment `id`, named after `tick_first`), which
+/// must be sealed; `what` says which kind, for the error.
+fn open_value_file(
+    path: &Path,
+    id: SegmentId,
+    tick_first: Tick,
+    what: &str,
+) -> Result<SealedSegment> {
+    SealedSegment::open_sparse(path, id, tick_first)?.ok_or_else(|| Error::Corruption {
+        segment_id: id,
+        path: path.to_path_buf(),
+        offset: 0,
+        reason: format!("{what} has no valid seal"),
+    })
 }
 
 /// A value file being written: blocks go to a temporary file as they come.
@@ -348,14 +334,7 @@ impl ValueFileWriter<'_> {
             .join(format!("{}{SUFFIX}", value_stem(source, tick_first)));
         std::fs::rename(&temporary, &path).map_err(|e| Error::io("rename", &path, e))?;
         crate::fs::fsync_dir(&files.dir)?;
-        let opened = SealedSegment::open_sparse(&path, source, tick_first)?.ok_or_else(|| {
-            Error::Corruption {
-                segment_id: source,
-                path: path.clone(),
-                offset: 0,
-                reason: "value file just written has no valid seal".into(),
-            }
-        })?;
+        let opened = open_value_file(&path, source, tick_first, "value file just written")?;
         opened.map()?;
         files.insert(opened)
     }
