@@ -18,12 +18,40 @@ const WRITE_BUFFER_BYTES: &str = "tickship_store_write_buffer_bytes";
 
 /// Waits until `check` holds, or fails at the deadline. The conditions are other processes'
 /// state read over HTTP (no server pushes them), so this re-reads them every 25 ms.
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_until_or(what, check, String::new);
+}
+
+/// `wait_until`, adding what `describe` says to the failure.
+fn wait_until_or(what: &str, mut check: impl FnMut() -> bool, describe: impl Fn() -> String) {
     let deadline = Instant::now() + DEADLINE;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until {what}{}",
+            describe()
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Collection `c` with 1,500 documents, `a-1` updated and `a-2` removed.
+fn seed(lh: &Http) {
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
+    insert(lh, "c", "a", 1500);
+    assert_eq!(
+        lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true}))
+            .status,
+        202
+    );
+    assert_eq!(
+        lh.call("DELETE", "/_api/document/c/a-2", None, None).status,
+        202
+    );
 }
 
 fn insert(http: &Http, collection: &str, prefix: &str, count: usize) {
@@ -72,23 +100,23 @@ fn converge(leader: &Http, follower: &Http, collection: &str) {
     });
 }
 
-/// `converge`, showing the follower's applier state and log if it does not.
+/// `converge`, showing the follower's applier state and both logs if it does not.
 fn converge_daemons(leader: &Daemon, follower: &Daemon, collection: &str) {
     let (lh, fh) = (leader.http(), follower.http());
     let expected = fingerprint(&lh, collection).expect("leader has the collection");
-    let deadline = Instant::now() + DEADLINE;
-    while fingerprint(&fh, collection).as_ref() != Some(&expected) {
-        assert!(
-            Instant::now() < deadline,
-            "the follower did not get the leader's documents: {:?} against {expected:?}; \
-             applier state {}\nfollower log:\n{}\nleader log:\n{}",
-            fingerprint(&fh, collection),
-            state(&fh),
-            follower.log(),
-            leader.log()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_until_or(
+        "the follower has the leader's documents",
+        || fingerprint(&fh, collection).as_ref() == Some(&expected),
+        || {
+            format!(
+                ": {:?} against {expected:?}; applier state {}\nfollower log:\n{}\nleader log:\n{}",
+                fingerprint(&fh, collection),
+                state(&fh),
+                follower.log(),
+                leader.log()
+            )
+        },
+    );
 }
 
 fn state(follower: &Http) -> Value {
@@ -170,22 +198,8 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     let leader = Daemon::start(&dir.path().join("leader"), &[]);
     let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
     let (lh, fh) = (leader.http(), follower.http());
-    assert_eq!(
-        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
-            .status,
-        200
-    );
-    insert(&lh, "c", "a", 1500);
     // Updates and removals travel too.
-    assert_eq!(
-        lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true}))
-            .status,
-        202
-    );
-    assert_eq!(
-        lh.call("DELETE", "/_api/document/c/a-2", None, None).status,
-        202
-    );
+    seed(&lh);
 
     // make-follower from an empty follower: the leader's whole log.
     let doc = make_follower(&fh, &leader, json!({}));
@@ -463,21 +477,7 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     let mut leader = Daemon::start(&dir.path().join("leader"), &flags);
     let mut follower = Daemon::start(&dir.path().join("follower"), &flags);
     let (lh, fh) = (leader.http(), follower.http());
-    assert_eq!(
-        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
-            .status,
-        200
-    );
-    insert(&lh, "c", "a", 1500);
-    assert_eq!(
-        lh.send("PATCH", "/_api/document/c/a-1", &json!({"patched": true}))
-            .status,
-        202
-    );
-    assert_eq!(
-        lh.call("DELETE", "/_api/document/c/a-2", None, None).status,
-        202
-    );
+    seed(&lh);
     make_follower(&fh, &leader, json!({}));
     converge_daemons(&leader, &follower, "c");
     let patched = fh.get("/_api/document/c/a-1").json();

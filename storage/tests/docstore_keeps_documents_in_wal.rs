@@ -39,6 +39,17 @@ fn store_options(documents_in_wal: bool) -> StoreOptions {
     }
 }
 
+/// Puts `docs` into collection 1001, `per_block` to a block.
+fn put_all(wal: &Wal, docs: &[(String, Vec<u8>)], per_block: usize) {
+    for chunk in docs.chunks(per_block) {
+        let records: Vec<Record<'_>> = chunk
+            .iter()
+            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
+            .collect();
+        wal.append(&records).expect("put");
+    }
+}
+
 /// Writes 3,000 documents in blocks of 250 (several frames each), then replaces every 7th and removes every 11th;
 /// returns what the collection holds.
 fn write(wal: &Wal) -> BTreeMap<String, Vec<u8>> {
@@ -50,22 +61,14 @@ fn write(wal: &Wal) -> BTreeMap<String, Vec<u8>> {
         let docs: Vec<(String, Vec<u8>)> = (round * 250..(round + 1) * 250)
             .map(|i| (format!("k{i}"), common::document(1, i, 1000)))
             .collect();
-        let records: Vec<Record<'_>> = docs
-            .iter()
-            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
-            .collect();
-        wal.append(&records).expect("append");
+        put_all(wal, &docs, docs.len());
         expected.extend(docs);
     }
     let changed: Vec<(String, Vec<u8>)> = (0..3000u64)
         .step_by(7)
         .map(|i| (format!("k{i}"), common::document(2, i, 500)))
         .collect();
-    let records: Vec<Record<'_>> = changed
-        .iter()
-        .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
-        .collect();
-    wal.append(&records).expect("replace");
+    put_all(wal, &changed, changed.len());
     expected.extend(changed);
     let removed: Vec<String> = (0..3000).step_by(11).map(|i| format!("k{i}")).collect();
     let records: Vec<Record<'_>> = removed
@@ -228,13 +231,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
         .filter(|i| i % 11 != 0)
         .map(|i| (format!("k{i}"), common::document(3, i, 700)))
         .collect();
-    for chunk in again.chunks(250) {
-        let records: Vec<Record<'_>> = chunk
-            .iter()
-            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
-            .collect();
-        wal.append(&records).expect("replace again");
-    }
+    put_all(&wal, &again, 250);
     expected.extend(again);
     let store = Arc::new(
         DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
@@ -311,13 +308,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     let more: Vec<(String, Vec<u8>)> = (3000..4000u64)
         .map(|i| (format!("k{i}"), common::document(4, i, 900)))
         .collect();
-    for chunk in more.chunks(250) {
-        let records: Vec<Record<'_>> = chunk
-            .iter()
-            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
-            .collect();
-        wal.append(&records).expect("more");
-    }
+    put_all(&wal, &more, 250);
     expected.extend(more);
     apply_all(&wal, &store);
     collect(&store, &wal);
@@ -331,13 +322,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
         .filter(|i| i % 10 != 0 && i % 11 != 0)
         .map(|i| (format!("k{i}"), common::document(5, i, 300)))
         .collect();
-    for chunk in replaced.chunks(500) {
-        let records: Vec<Record<'_>> = chunk
-            .iter()
-            .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
-            .collect();
-        wal.append(&records).expect("replace");
-    }
+    put_all(&wal, &replaced, 500);
     expected.extend(replaced);
     apply_all(&wal, &store);
     collect(&store, &wal);

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{append_documents, blocks_after, collection_definition, options};
+use common::{append_documents, blocks_after, collection_definition, options, record};
 use fail::FailScenario;
 use tickship_storage::docstore::{ApplyContext, DocStore};
 use tickship_storage::wal::{self, IoEngine, Record, RecordType};
@@ -84,15 +84,8 @@ fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
     let definition = collection_definition(7, "c");
-    wal.append(&[Record {
-        kind: RecordType::CollectionCreate,
-        tid: 0,
-        db: "_system",
-        collection: "7",
-        key: "",
-        data: &definition,
-    }])
-    .expect("create");
+    wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
+        .expect("create");
     let docs: Vec<Vec<u8>> = (0..20)
         .map(|i| format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes())
         .collect();
@@ -144,14 +137,7 @@ fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
     let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
     let definition = collection_definition(7, "c");
     leader
-        .append(&[Record {
-            kind: RecordType::CollectionCreate,
-            tid: 0,
-            db: "_system",
-            collection: "7",
-            key: "",
-            data: &definition,
-        }])
+        .append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
         .expect("create");
     for i in 0..2 {
         let doc = format!(r#"{{"_key":"k{i}"}}"#);
@@ -229,27 +215,18 @@ fn a_replay_over_persisted_inserts_counts_them_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
     let definition = collection_definition(7, "c");
-    wal.append(&[Record {
-        kind: RecordType::CollectionCreate,
-        tid: 0,
-        db: "_system",
-        collection: "7",
-        key: "",
-        data: &definition,
-    }])
-    .expect("create");
+    wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
+        .expect("create");
     let docs: Vec<Vec<u8>> = (0..20)
         .map(|i| format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes())
         .collect();
     for (i, doc) in docs.iter().enumerate() {
-        wal.append(&[Record {
-            kind: RecordType::DocumentInsert,
-            tid: 0,
-            db: "_system",
-            collection: "7",
-            key: &format!("k{i}"),
-            data: doc,
-        }])
+        wal.append(&[record(
+            RecordType::DocumentInsert,
+            "7",
+            &format!("k{i}"),
+            doc,
+        )])
         .expect("insert");
     }
     let all = blocks_after(&wal, Tick::ZERO);
