@@ -31,6 +31,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};
+use crate::wal::block::Compression;
 use crate::wal::{Block, Record, RecordType};
 
 /// Below this many records a call is applied on the calling thread alone: handing work to other
@@ -106,7 +107,26 @@ fn collection_id(record: &Record<'_>) -> Result<u64> {
         .map_err(|_| invalid("record names an invalid collection id"))
 }
 
-type Item<'a> = (Tick, Record<'a>);
+/// A record to apply, at its tick.
+struct Item<'a> {
+    tick: Tick,
+    record: Record<'a>,
+    /// Whether a document it puts may be kept in the WAL only (`DocStore::documents_in_wal`):
+    /// not when its block is one large lz4 payload, as a leader keeping documents itself writes
+    /// them, since every later read of the document would decompress the whole block.
+    in_wal: bool,
+}
+
+/// Largest raw payload of a block compressed as a whole whose documents a store may still keep
+/// in the WAL only: a read decompresses at most twice a frame (`FRAME_RAW_BYTES`).
+const WHOLE_BLOCK_IN_WAL_MAX: u32 = 2 * crate::wal::block::FRAME_RAW_BYTES as u32;
+
+/// Whether the documents of `block` may be kept in the WAL only (see `Item::in_wal`).
+fn keeps_in_wal(store: &DocStore, block: &Block) -> bool {
+    let header = block.header();
+    store.documents_in_wal()
+        && (header.compression != Compression::Lz4 || header.raw_bytes <= WHOLE_BLOCK_IN_WAL_MAX)
+}
 
 /// The records of `block` after `applied`, without those of transactions aborted in the block;
 /// and how many were left out that way.
@@ -114,6 +134,7 @@ fn decode<'a>(
     block: &'a Block,
     scratch: &'a mut Vec<u8>,
     applied: Tick,
+    in_wal: bool,
 ) -> Result<(Vec<Item<'a>>, u64)> {
     let mut items = Vec::with_capacity(block.record_count() as usize);
     let mut aborted = FxHashSet::default();
@@ -123,12 +144,16 @@ fn decode<'a>(
             aborted.insert(record.tid);
         }
         if tick > applied {
-            items.push((tick, record));
+            items.push(Item {
+                tick,
+                record,
+                in_wal,
+            });
         }
     }
     let before = items.len();
     if !aborted.is_empty() {
-        items.retain(|(_, r)| r.tid == 0 || !aborted.contains(&r.tid));
+        items.retain(|i| i.record.tid == 0 || !aborted.contains(&i.record.tid));
     }
     let skipped = (before - items.len()) as u64;
     Ok((items, skipped))
@@ -186,10 +211,14 @@ impl Partition {
         items: &[&Item<'_>],
     ) -> Result<PartitionBatch> {
         // Sized up front: a batch grown by doubling holds up to twice its bytes, and this one is
-        // as large as the partition's share of the group.
+        // as large as the partition's share of the group (without the documents kept in the WAL,
+        // which the batch does not hold).
         let bytes: usize = items
             .iter()
-            .map(|(_, r)| r.data.len() + r.key.len() + BATCH_RECORD_OVERHEAD)
+            .map(|i| {
+                let data = if i.in_wal { 0 } else { i.record.data.len() };
+                data + i.record.key.len() + BATCH_RECORD_OVERHEAD
+            })
             .sum();
         let mut out = PartitionBatch {
             batch: WriteBatch::with_capacity_bytes(BATCH_HEADER_BYTES + bytes),
@@ -209,7 +238,7 @@ impl Partition {
         // Inserts up to here may have been applied and persisted already, past the recorded
         // applied tick (see `DocStore::applied_max`): a replay looks them up too.
         let persisted_max = store.applied_max();
-        for (tick, record) in items {
+        for Item { tick, record, .. } in items {
             let id = collection_id(record)?;
             if excluded.contains(&id) {
                 keys.push(Target::Excluded);
@@ -251,8 +280,8 @@ impl Partition {
             }
         }
         let mut value = Vec::new();
-        let in_wal = store.documents_in_wal();
-        for ((tick, record), key) in items.iter().map(|item| (&item.0, &item.1)).zip(keys) {
+        for (item, key) in items.iter().zip(keys) {
+            let (tick, record) = (&item.tick, &item.record);
             let (id, key) = match key {
                 Target::Key(id, key) => (id, key),
                 Target::Gone => {
@@ -279,7 +308,7 @@ impl Partition {
                 value.clear();
                 value.extend_from_slice(&tick.get().to_le_bytes());
                 // Kept in the WAL, a document is its tick alone (see `decode_document`).
-                if !in_wal {
+                if !item.in_wal {
                     value.extend_from_slice(record.data);
                 }
                 out.batch.put_cf(docs, &key, &value);
@@ -629,13 +658,13 @@ pub(super) fn apply(
         Some(pool) if todo.len() > 1 => pool.install(|| {
             todo.par_iter()
                 .zip(scratch.par_iter_mut())
-                .map(|(block, scratch)| decode(block, scratch, applied))
+                .map(|(block, scratch)| decode(block, scratch, applied, keeps_in_wal(store, block)))
                 .collect::<Result<Vec<_>>>()
         })?,
         _ => todo
             .iter()
             .zip(scratch.iter_mut())
-            .map(|(block, scratch)| decode(block, scratch, applied))
+            .map(|(block, scratch)| decode(block, scratch, applied, keeps_in_wal(store, block)))
             .collect::<Result<Vec<_>>>()?,
     };
     let records = decoded.iter().map(|(items, _)| items.len()).sum::<usize>();
@@ -659,9 +688,9 @@ pub(super) fn apply(
     let mut gathered: Vec<Vec<&Item<'_>>> = vec![Vec::new(); parts];
     for item in decoded.iter().flat_map(|(items, _)| items) {
         stats.records += 1;
-        match item.1.kind {
+        match item.record.kind {
             RecordType::DocumentPut | RecordType::DocumentInsert | RecordType::DocumentRemove => {
-                gathered[partition_of(&item.1, parts)].push(item);
+                gathered[partition_of(&item.record, parts)].push(item);
             }
             RecordType::IndexCreate
             | RecordType::IndexDrop
@@ -670,7 +699,7 @@ pub(super) fn apply(
             | RecordType::TransactionAbort => {}
             _ => {
                 applying.run(&mut gathered, pool, &mut stats)?;
-                applying.barrier(&item.1, &mut stats)?;
+                applying.barrier(&item.record, &mut stats)?;
             }
         }
     }
