@@ -159,9 +159,11 @@ pub struct DaemonArgs {
 
     /// Keep each document only in the WAL: the document store maps a key to the tick of its
     /// last write and reads the document from the WAL (compressed in 64 KiB frames), instead of
-    /// storing it a second time. Sticky once used. Before retention deletes a WAL segment, its
-    /// live documents move to value files next to the store. Experimental.
-    #[arg(long = "rocksdb.documents-in-wal", default_value_t = false, action = ArgAction::Set)]
+    /// storing it a second time. Before retention deletes a WAL segment, its live documents move
+    /// to value files next to the store. Sticky once used: a store that kept documents in the
+    /// WAL goes on doing so. `false` on a new data directory stores every document in the store
+    /// (RocksDB blob files) as well.
+    #[arg(long = "rocksdb.documents-in-wal", default_value_t = true, action = ArgAction::Set)]
     pub rocksdb_documents_in_wal: bool,
 
     /// Nice value of the threads between a logged change and its visibility: the replication
@@ -373,7 +375,7 @@ mod tests {
     #[test]
     fn documents_in_wal_flag() {
         let args = defaults();
-        assert!(!args.rocksdb_documents_in_wal);
+        assert!(args.rocksdb_documents_in_wal);
         let parse = |value: &str| {
             parse_flag("--rocksdb.documents-in-wal", value, |a| {
                 a.rocksdb_documents_in_wal

@@ -284,11 +284,15 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     assert_eq!(st["ticksBehind"], json!(0), "{st}");
 }
 
+// Also a follower storing its documents itself behind a leader keeping them in its WAL.
 #[test]
 fn applier_stops_after_max_connect_retries_and_resumes_when_the_leader_is_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = Daemon::start(&dir.path().join("leader"), &[]);
-    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let follower = Daemon::start(
+        &dir.path().join("follower"),
+        &["--rocksdb.documents-in-wal", "false"],
+    );
     let (lh, fh) = (leader.http(), follower.http());
     assert_eq!(
         lh.send("POST", "/_api/collection", &json!({"name": "c"}))
@@ -408,10 +412,16 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     answer.assert_error(400, 1410);
 }
 
+// Also a follower keeping its documents in the WAL (the default) behind a leader that stores
+// them itself: the leader's blocks are compressed whole, and the follower keeps their
+// documents in its store.
 #[test]
 fn restricted_follower_keeps_only_the_listed_collections() {
     let dir = tempfile::tempdir().unwrap();
-    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let leader = Daemon::start(
+        &dir.path().join("leader"),
+        &["--rocksdb.documents-in-wal", "false"],
+    );
     let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
     let lh = leader.http();
     for name in ["kept", "left"] {
@@ -454,9 +464,9 @@ fn restricted_follower_keeps_only_the_listed_collections() {
 }
 
 // Goal: leader and follower keeping their documents only in their WALs
-// (`--rocksdb.documents-in-wal`) replicate like the others: the follower converges, reads single
-// documents, survives `kill -9` during apply, and both read every document back after a
-// restart that no longer passes the flag (it is sticky).
+// (`--rocksdb.documents-in-wal`, the default) replicate with value files being made while they
+// run: the follower converges, reads single documents, survives `kill -9` during apply, and
+// both read every document back after a restart that turns the flag off (it is sticky).
 #[test]
 fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
@@ -527,15 +537,16 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     });
     assert_eq!(fingerprint(&lh, "c"), fingerprint(&follower.http(), "c"));
 
-    // Restarted without the flag, both still read their documents from their WALs.
+    // Restarted with the flag off, both still read their documents from their WALs.
     let expected = fingerprint(&lh, "c");
     let leader_dir = dir.path().join("leader");
     let follower_dir = dir.path().join("follower");
     assert!(leader.terminate().success(), "{}", leader.log());
     assert!(follower.terminate().success(), "{}", follower.log());
     // Any port: this checks what each reads back, not that they find each other again.
-    let leader = Daemon::start(&leader_dir, &[]);
-    let follower = Daemon::start(&follower_dir, &[]);
+    let off = ["--rocksdb.documents-in-wal", "false"];
+    let leader = Daemon::start(&leader_dir, &off);
+    let follower = Daemon::start(&follower_dir, &off);
     assert_eq!(fingerprint(&leader.http(), "c"), expected);
     assert_eq!(fingerprint(&follower.http(), "c"), expected);
     assert_eq!(

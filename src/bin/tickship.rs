@@ -102,9 +102,9 @@ struct DemoArgs {
     /// the figures then include the catch-up rate.
     #[arg(long)]
     catch_up: bool,
-    /// Start both servers with `--rocksdb.documents-in-wal true`: each keeps its documents only
-    /// in its WAL (experimental; see the README).
-    #[arg(long)]
+    /// `--rocksdb.documents-in-wal` of both servers: `true` (their default) keeps each document
+    /// only in the WAL, `false` stores it in the document store as well.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     documents_in_wal: bool,
 }
 
@@ -361,11 +361,10 @@ fn demo(args: DemoArgs) -> Result<()> {
         "== tickship demo: a leader and a follower on this machine (data in {})",
         dir.display()
     );
-    let extra: &[&str] = if args.documents_in_wal {
-        &["--rocksdb.documents-in-wal", "true"]
-    } else {
-        &[]
-    };
+    let extra: &[&str] = &[
+        "--rocksdb.documents-in-wal",
+        if args.documents_in_wal { "true" } else { "false" },
+    ];
     let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password, extra)?;
     let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password, extra)?;
     let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;

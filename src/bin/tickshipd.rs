@@ -5,6 +5,7 @@ use tickship::config::DaemonArgs;
 
 // Request handling allocates many small JSON values from several threads; glibc's malloc spent
 // a fifth of the server's CPU on them under batch inserts (perf), mimalloc much less.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
