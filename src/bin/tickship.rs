@@ -361,10 +361,8 @@ fn demo(args: DemoArgs) -> Result<()> {
         "== tickship demo: a leader and a follower on this machine (data in {})",
         dir.display()
     );
-    let extra: &[&str] = &[
-        "--rocksdb.documents-in-wal",
-        if args.documents_in_wal { "true" } else { "false" },
-    ];
+    let documents_in_wal = args.documents_in_wal.to_string();
+    let extra = &["--rocksdb.documents-in-wal", documents_in_wal.as_str()];
     let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password, extra)?;
     let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password, extra)?;
     let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;

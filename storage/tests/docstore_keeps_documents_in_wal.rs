@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -130,6 +131,14 @@ fn collect_all(store: &DocStore, wal: &Wal) -> usize {
     collected
 }
 
+/// The store under `dir` (`documents_in_wal` asked or not), reading from `wal`.
+fn open_store(dir: &Path, documents_in_wal: bool, wal: &Arc<Wal>) -> Arc<DocStore> {
+    let store =
+        DocStore::open_with(dir.join("store"), &store_options(documents_in_wal)).expect("store");
+    store.attach_wal(wal.clone());
+    Arc::new(store)
+}
+
 fn apply_all(wal: &Arc<Wal>, store: &Arc<DocStore>) {
     let applier = StoreApplier::start(wal.clone(), store.clone(), ApplierOptions::default())
         .expect("applier");
@@ -144,11 +153,8 @@ fn documents_kept_in_the_wal_read_back_like_stored_ones() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
     let expected = write(&wal);
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
-    );
+    let store = open_store(dir.path(), true, &wal);
     assert!(store.documents_in_wal());
-    store.attach_wal(wal.clone());
     apply_all(&wal, &store);
     assert_eq!(contents(&store), expected);
     assert!(store.get(1001, "k11").expect("get").is_none(), "removed");
@@ -184,10 +190,7 @@ fn a_store_keeping_documents_itself_lets_retention_delete() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
     let expected = write(&wal);
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(false)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), false, &wal);
     apply_all(&wal, &store);
     let segments = wal.tick_ranges().len();
     let deleted: usize = (0..2)
@@ -207,10 +210,7 @@ fn a_damaged_frame_is_an_error_not_a_document() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
     let expected = write(&wal);
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), true, &wal);
     apply_all(&wal, &store);
     // Flip one byte in the middle of the first sealed segment's data: inside a frame of some
     // early documents. In place: the WAL maps the file.
@@ -255,10 +255,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
         .collect();
     put_all(&wal, &again, 250);
     expected.extend(again);
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), true, &wal);
     apply_all(&wal, &store);
     let revisions: BTreeMap<String, u64> = expected
         .keys()
@@ -298,10 +295,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     drop(store);
     drop(wal);
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(false)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), false, &wal);
     assert_eq!(store.collected_through(), through);
     assert_eq!(store.value_files().expect("value files").0, files);
     assert_eq!(contents(&store), expected);
@@ -344,10 +338,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     drop(store);
     drop(wal);
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), true, &wal);
     assert_eq!(std::fs::read_dir(&next).expect("list").count(), 0);
     assert_eq!(contents(&store), expected);
 }
@@ -371,10 +362,7 @@ fn documents_of_large_whole_blocks_stay_in_the_store() {
         .collect();
     put_all(&wal, &small, 10);
     expected.extend(small);
-    let store = Arc::new(
-        DocStore::open_with(dir.path().join("store"), &store_options(true)).expect("store"),
-    );
-    store.attach_wal(wal.clone());
+    let store = open_store(dir.path(), true, &wal);
     apply_all(&wal, &store);
     assert_eq!(contents(&store), expected);
     let segments = wal.tick_ranges().len();

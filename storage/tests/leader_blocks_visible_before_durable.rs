@@ -77,22 +77,27 @@ fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
     scenario.teardown();
 }
 
+/// A WAL under `dir` creating collection 7, then writing k0..k19 into it with records of
+/// `kind`, one block each.
+fn twenty_documents(dir: &std::path::Path, kind: RecordType) -> Wal {
+    let wal = Wal::open(dir.join("wal"), options(IoEngine::Sync)).expect("wal");
+    let definition = collection_definition(7, "c");
+    wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
+        .expect("create");
+    for i in 0..20 {
+        let doc = format!(r#"{{"_key":"k{i}","v":{i}}}"#);
+        wal.append(&[record(kind, "7", &format!("k{i}"), doc.as_bytes())])
+            .expect("document");
+    }
+    wal
+}
+
 #[test]
 fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     // No fail point here, but holding a scenario keeps the other test's from pausing this one.
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
-    let definition = collection_definition(7, "c");
-    wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
-        .expect("create");
-    let docs: Vec<Vec<u8>> = (0..20)
-        .map(|i| format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes())
-        .collect();
-    for (i, doc) in docs.iter().enumerate() {
-        wal.append(&[Record::put("_system", "7", &format!("k{i}"), doc)])
-            .expect("put");
-    }
+    let wal = twenty_documents(dir.path(), RecordType::DocumentPut);
     let all = blocks_after(&wal, Tick::ZERO);
     let middle = all[10].ticks().last;
     {
@@ -111,12 +116,15 @@ fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     store.apply(&all).expect("replay");
     assert_eq!(store.applied_tick(), wal.last_tick());
     assert_eq!(store.count(7), 20);
-    for (i, doc) in docs.iter().enumerate() {
+    for i in 0..20 {
         let stored = store
             .get(7, &format!("k{i}"))
             .expect("get")
             .expect("present");
-        assert_eq!(&stored.json, doc);
+        assert_eq!(
+            stored.json,
+            format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes()
+        );
     }
     store.record_applied(wal.durable_tick()).expect("record");
     store.flush().expect("flush");
@@ -213,22 +221,7 @@ fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
 fn a_replay_over_persisted_inserts_counts_them_once() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = Wal::open(dir.path().join("wal"), options(IoEngine::Sync)).expect("wal");
-    let definition = collection_definition(7, "c");
-    wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
-        .expect("create");
-    let docs: Vec<Vec<u8>> = (0..20)
-        .map(|i| format!(r#"{{"_key":"k{i}","v":{i}}}"#).into_bytes())
-        .collect();
-    for (i, doc) in docs.iter().enumerate() {
-        wal.append(&[record(
-            RecordType::DocumentInsert,
-            "7",
-            &format!("k{i}"),
-            doc,
-        )])
-        .expect("insert");
-    }
+    let wal = twenty_documents(dir.path(), RecordType::DocumentInsert);
     let all = blocks_after(&wal, Tick::ZERO);
     let middle = all[10].ticks().last;
     {
