@@ -94,9 +94,11 @@ pub struct DaemonArgs {
     /// Bytes of one memtable while this server follows a leader and is less than ~8k ticks
     /// behind it (0: --rocksdb.write-buffer-size always). Smaller memtables flush in shorter
     /// bursts, which keeps the follower's lag low; more than 64k ticks behind, the follower
-    /// switches to --rocksdb.write-buffer-size, which catches up faster.
-    #[arg(long = "replication.tailing-write-buffer-size", default_value_t = 16 << 20)]
-    pub replication_tailing_write_buffer_size: usize,
+    /// switches to --rocksdb.write-buffer-size, which catches up faster. A store keeping its
+    /// documents in the WAL keeps these memtables however far behind (they hold keys only).
+    /// Default: 4 MiB with documents in the WAL, 16 MiB without.
+    #[arg(long = "replication.tailing-write-buffer-size")]
+    pub replication_tailing_write_buffer_size: Option<usize>,
 
     /// Memtables per column family: the active one and those waiting to be flushed (2..64).
     #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4)]
@@ -191,6 +193,14 @@ pub struct DaemonArgs {
     /// as the leader prints it at start).
     #[arg(long = "replication.leader-fingerprint")]
     pub leader_fingerprint: Option<String>,
+
+    /// As a follower: bytes of the leader's log held in memory at most, twice over: in QUIC's
+    /// stream window (sent by the leader, not yet read) and read but not yet durable in this
+    /// server's WAL. A follower far behind fills both however far behind it is, so this bounds
+    /// its memory. The window must cover the link's bandwidth-delay product: 4 MiB is
+    /// 335 Mbit/s at 100 ms of round trip.
+    #[arg(long = "replication.receive-buffer-size", default_value_t = 4 << 20, value_parser = clap::value_parser!(u32).range(i64::from(tickship_net::transport::STREAM_WINDOW_MIN)..=(1 << 30)))]
+    pub replication_receive_buffer_size: u32,
 
     /// PEM certificate (chain) for replication's TLS; default: one generated into DIR/tls/.
     #[arg(long = "ssl.certfile")]

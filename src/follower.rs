@@ -258,7 +258,7 @@ struct Runtime {
 pub struct Applier {
     node: Arc<Node>,
     dir: PathBuf,
-    pinned_fingerprint: Option<String>,
+    receiving: Receiving,
     config: Mutex<ApplierConfig>,
     persisted: Mutex<PersistedState>,
     runtime: Mutex<Runtime>,
@@ -273,15 +273,35 @@ pub struct Applier {
 
 const CONFIG_FILE: &str = "applier-config.json";
 const STATE_FILE: &str = "applier-state.json";
-/// Bytes of a leader's blocks received but not yet durable in this server's WAL, at most: four
-/// default chunks, as much as a WAL group takes between two syncs.
-const RECEIVE_AHEAD_BYTES: usize = 16 << 20;
+
+/// How this server receives a leader's log (its command-line flags).
+#[derive(Clone, Debug, Default)]
+pub struct Receiving {
+    /// Accept only a leader whose certificate has this SHA-256 fingerprint
+    /// (`--replication.leader-fingerprint`).
+    pub leader_fingerprint: Option<String>,
+    /// Bytes of the leader's log held in memory at most, twice: QUIC's stream window (sent,
+    /// not yet read) and the blocks read but not yet durable in this server's WAL
+    /// (`--replication.receive-buffer-size`). A follower far behind fills both, one close
+    /// behind does not; so this is what separates their memory.
+    pub buffer_bytes: u32,
+}
 
 /// Ticks behind the leader past which a tailing follower switches to its catch-up memtables
 /// (`DocStore::set_tailing`), and below which it switches back. Apart, so that a follower near
 /// either one does not switch at every frame.
 const FAR_BEHIND_TICKS: u64 = 64 << 10;
 const CAUGHT_UP_TICKS: u64 = 8 << 10;
+
+/// The frame size a follower asks for: its applier's chunkSize, or without one (0) a quarter
+/// of its receive buffer, from 64 KiB to the leader's default of 4 MiB. A frame is allocated
+/// whole once its header arrives, besides what is buffered, so a smaller one adds less to it.
+fn chunk_bytes(chunk_size: u64, buffer_bytes: u32) -> u64 {
+    match chunk_size {
+        0 => u64::from(buffer_bytes / 4).clamp(64 << 10, 4 << 20),
+        bytes => bytes,
+    }
+}
 
 /// Whether a follower `behind` ticks behind its leader should have tailing memtables (`None`:
 /// keep what it has).
@@ -342,7 +362,7 @@ impl Applier {
     pub fn open(
         node: Arc<Node>,
         dir: PathBuf,
-        pinned_fingerprint: Option<String>,
+        receiving: Receiving,
         (config, persisted): (ApplierConfig, PersistedState),
         tasks: tokio::runtime::Handle,
     ) -> anyhow::Result<Arc<Applier>> {
@@ -355,7 +375,7 @@ impl Applier {
         let applier = Arc::new(Applier {
             node: node.clone(),
             dir,
-            pinned_fingerprint,
+            receiving,
             config: Mutex::new(config),
             persisted: Mutex::new(persisted.clone()),
             runtime: Mutex::new(runtime),
@@ -633,8 +653,11 @@ impl Applier {
                 config.endpoint
             ))
         };
-        let (endpoint, client) =
-            client_endpoint(self.pinned_fingerprint.as_deref()).map_err(connect_failed)?;
+        let (endpoint, client) = client_endpoint(
+            self.receiving.leader_fingerprint.as_deref(),
+            self.receiving.buffer_bytes,
+        )
+        .map_err(connect_failed)?;
         let timeout = Duration::from_secs_f64(config.connect_timeout.max(0.1));
         self.runtime
             .lock()
@@ -694,7 +717,7 @@ impl Applier {
             runtime.last_error = LastError::default();
         }
         self.track_distance(welcome.last_tick);
-        let chunk = config.chunk_size;
+        let chunk = chunk_bytes(config.chunk_size, self.receiving.buffer_bytes);
         stream
             .send(&Tail {
                 from: from.get(),
@@ -712,9 +735,10 @@ impl Applier {
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
-        // Bytes of the blocks in `inflight`. Past `RECEIVE_AHEAD_BYTES` nothing more is read:
-        // the leader waits on QUIC's flow control, so a follower far behind holds no more
-        // received blocks than one tailing (the WAL's own queue would take 64 MiB).
+        // Bytes of the blocks in `inflight`. Past `receive_ahead` nothing more is read: the
+        // leader waits on QUIC's flow control, so a follower far behind holds no more received
+        // blocks than one tailing (the WAL's own queue would take 64 MiB).
+        let receive_ahead = self.receiving.buffer_bytes as usize;
         let mut inflight_bytes = 0usize;
         let mut waiting_since = Instant::now();
         loop {
@@ -746,7 +770,7 @@ impl Applier {
                     }
                     continue;
                 }
-                frame = stream.recv(request_timeout), if inflight_bytes < RECEIVE_AHEAD_BYTES => frame,
+                frame = stream.recv(request_timeout), if inflight_bytes < receive_ahead => frame,
             };
             let frame = frame.map_err(|e| {
                 SessionError::connect(format!(
@@ -847,8 +871,9 @@ impl Applier {
     /// Sizes the memtables by how far the applied tick is behind `leader_last`: small while
     /// tailing (short flushes, low lag), large far behind (faster catch-up). A store keeping its
     /// documents in the WAL keeps the small ones: its memtables hold keys only, and catching up
-    /// with 16 MiB ones was as fast (1M behind, 3 runs alternating: 1.92–2.22 s against
-    /// 1.78–2.19 s) for 21 MiB of memtable at the peak instead of 55 MiB (heaptrack).
+    /// with 16 MiB ones was as fast as with 64 MiB (1M behind, 3 runs alternating: 1.92–2.22 s
+    /// against 1.78–2.19 s) for 21 MiB of memtable at the peak instead of 55 MiB (heaptrack);
+    /// with 4 MiB ones (`TAILING_MEMTABLE_BYTES_KEYS_ONLY`) as fast again.
     fn track_distance(&self, leader_last: u64) {
         let behind = leader_last.saturating_sub(self.node.applier.applied_tick().get());
         let tailing = if self.node.store.documents_in_wal() {
@@ -1123,6 +1148,16 @@ mod tests {
         assert_eq!(tailing_at(FAR_BEHIND_TICKS - 1), None);
         assert_eq!(tailing_at(FAR_BEHIND_TICKS), Some(false));
         assert_eq!(tailing_at(u64::MAX), Some(false));
+    }
+
+    // Goal: without a chunkSize a follower asks for frames a quarter of its receive buffer,
+    // within 64 KiB..4 MiB; a chunkSize of its own is kept as it is (the leader caps it).
+    #[test]
+    fn chunk_follows_the_receive_buffer() {
+        assert_eq!(chunk_bytes(0, 4 << 20), 1 << 20);
+        assert_eq!(chunk_bytes(0, 64 << 10), 64 << 10);
+        assert_eq!(chunk_bytes(0, 1 << 30), 4 << 20);
+        assert_eq!(chunk_bytes(300_000, 64 << 10), 300_000);
     }
 
     #[test]

@@ -236,7 +236,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let applier = crate::follower::Applier::open(
         node.clone(),
         dir.to_path_buf(),
-        args.leader_fingerprint.clone(),
+        crate::follower::Receiving {
+            leader_fingerprint: args.leader_fingerprint.clone(),
+            buffer_bytes: args.replication_receive_buffer_size,
+        },
         saved,
         replication.handle().clone(),
     )?;

@@ -131,14 +131,23 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport_config() -> Arc<TransportConfig> {
+/// The stream window of a leader, which receives only a follower's small control messages.
+const SERVER_STREAM_WINDOW: u32 = 16 << 20;
+
+/// Least stream window a follower may ask for.
+pub const STREAM_WINDOW_MIN: u32 = 64 << 10;
+
+fn transport_config(stream_window: u32) -> Arc<TransportConfig> {
     let mut config = TransportConfig::default();
     // One stream carries the whole log. Its window is what a receiver buffers when it reads
-    // slower than the peer sends (a follower far behind): 16 MiB covers 1.3 Gbit/s at 100 ms of
-    // round trip, and at 64 MiB a follower catching up held the whole window besides its own
-    // receive-ahead (heaptrack).
-    config.stream_receive_window(VarInt::from_u32(16 << 20));
-    config.receive_window(VarInt::from_u32(32 << 20));
+    // slower than the peer sends (a follower far behind, whose WAL takes less than the network
+    // brings): a follower catching up holds all of it (heaptrack), however far behind it is.
+    // It must cover the bandwidth-delay product: 4 MiB is 335 Mbit/s at 100 ms of round trip.
+    let stream_window = stream_window.max(STREAM_WINDOW_MIN);
+    config.stream_receive_window(VarInt::from_u32(stream_window));
+    config.receive_window(
+        VarInt::from_u64(2 * u64::from(stream_window)).expect("2 × u32 fits a VarInt"),
+    );
     config.send_window(32 << 20);
     config.max_concurrent_bidi_streams(VarInt::from_u32(4));
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -163,7 +172,7 @@ pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(SERVER_STREAM_WINDOW));
     endpoint(addr, Some(config)).map_err(|e| transport_error(&format!("listen on udp {addr}"), e))
 }
 
@@ -271,9 +280,11 @@ impl ServerCertVerifier for PinnedCertificate {
 }
 
 /// A client endpoint and the configuration to reach a leader (optionally pinning its
-/// certificate's SHA-256 fingerprint, hex).
+/// certificate's SHA-256 fingerprint, hex), receiving at most `stream_window` bytes ahead of
+/// what it has read (at least `STREAM_WINDOW_MIN`).
 pub fn client_endpoint(
     pinned_fingerprint: Option<&str>,
+    stream_window: u32,
 ) -> Result<(Endpoint, quinn::ClientConfig)> {
     let verifier = PinnedCertificate {
         pinned: pinned_fingerprint.map(|f| f.to_ascii_lowercase().replace(':', "")),
@@ -288,7 +299,7 @@ pub fn client_endpoint(
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(transport_config());
+    config.transport_config(transport_config(stream_window));
     let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
     let endpoint = endpoint(bind, None).map_err(|e| transport_error("bind a UDP socket", e))?;
     Ok((endpoint, config))
@@ -373,13 +384,19 @@ async fn write(send: &mut SendStream, bytes: Bytes) -> Result<()> {
         .map_err(|e| transport_error("send", e))
 }
 
+/// Bytes taken from QUIC at a time. Its chunks can be as large as the stream window (it merges
+/// small ones), and whatever follows a frame's end waits in the decoder's buffer, which keeps
+/// its largest size: unbounded reads held a 4 MiB buffer for good (heaptrack). Smaller reads
+/// split QUIC's chunks without copying them.
+const READ_CHUNK_MAX: usize = 64 << 10;
+
 async fn recv(recv: &mut RecvStream, decoder: &mut Decoder, timeout: Duration) -> Result<Frame> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(frame) = decoder.next_frame()? {
             return Ok(frame);
         }
-        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(usize::MAX, true))
+        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(READ_CHUNK_MAX, true))
             .await
             .map_err(|_| Error::Transport(format!("no message within {timeout:?}")))?
             .map_err(|e| transport_error("receive", e))?;

@@ -70,7 +70,7 @@ async fn pair(
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let leader = tokio::spawn(leader(endpoint));
     let follower = async {
-        let (client, config) = client_endpoint(Some(&fingerprint))?;
+        let (client, config) = client_endpoint(Some(&fingerprint), 4 << 20)?;
         let connection = connect(&client, &config, addr, T).await?;
         let (send, recv) = connection
             .open_bi()

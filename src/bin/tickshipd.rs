@@ -10,6 +10,8 @@ use tickship::config::DaemonArgs;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // Before anything allocates much: see `no_transparent_huge_pages`.
+    let huge_pages = tickship::util::no_transparent_huge_pages();
     let args = DaemonArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -17,6 +19,9 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Err(e) = huge_pages {
+        tracing::warn!("cannot turn transparent huge pages off, memory use may be higher: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
