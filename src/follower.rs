@@ -275,7 +275,7 @@ const CONFIG_FILE: &str = "applier-config.json";
 const STATE_FILE: &str = "applier-state.json";
 
 /// How this server receives a leader's log (its command-line flags).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Receiving {
     /// Accept only a leader whose certificate has this SHA-256 fingerprint
     /// (`--replication.leader-fingerprint`).

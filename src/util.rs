@@ -130,6 +130,22 @@ pub fn store_file_budget(limit: u64) -> i32 {
     limit.saturating_sub(reserve).clamp(20, i32::MAX as u64) as i32
 }
 
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). mimalloc asks for
+/// them on its arenas (`madvise`), and a huge page is resident in full as soon as one byte of
+/// it is touched, and goes back to the system only whole: a follower catching up 1M documents
+/// peaked at 81–84 MiB of anonymous memory with them and 53–54 MiB without, a follower idle at
+/// 22–24 MiB against 5 MiB. A lone leader's batch ingest was the same (133–148k against
+/// 143–146k docs/s). RocksDB asks for none; the flag affects this process only.
+pub fn no_transparent_huge_pages() -> std::io::Result<()> {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's flag.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,21 +223,5 @@ mod tests {
             .parse()
             .expect("number");
         assert_eq!(after, limit.rlim_max.min(nr_open));
-    }
-}
-
-/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). mimalloc asks for
-/// them on its arenas (`madvise`), and a huge page is resident in full as soon as one byte of
-/// it is touched, and goes back to the system only whole: a follower catching up 1M documents
-/// peaked at 81–84 MiB of anonymous memory with them and 53–54 MiB without, a follower idle at
-/// 22–24 MiB against 5 MiB. A lone leader's batch ingest was the same (133–148k against
-/// 143–146k docs/s). RocksDB asks for none; the flag affects this process only.
-pub fn no_transparent_huge_pages() -> std::io::Result<()> {
-    // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's flag.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }

@@ -9,12 +9,13 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::{append_documents, blocks_after, collection_definition, options, record};
 use fail::FailScenario;
 use tickship_storage::docstore::{ApplyContext, DocStore};
-use tickship_storage::wal::{self, IoEngine, Record, RecordType};
+use tickship_storage::wal::{self, Block, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
 
 #[test]
@@ -79,7 +80,7 @@ fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
 
 /// A WAL under `dir` creating collection 7, then writing k0..k19 into it with records of
 /// `kind`, one block each.
-fn twenty_documents(dir: &std::path::Path, kind: RecordType) -> Wal {
+fn twenty_documents(dir: &Path, kind: RecordType) -> Wal {
     let wal = Wal::open(dir.join("wal"), options(IoEngine::Sync)).expect("wal");
     let definition = collection_definition(7, "c");
     wal.append(&[record(RecordType::CollectionCreate, "7", "", &definition)])
@@ -92,23 +93,30 @@ fn twenty_documents(dir: &std::path::Path, kind: RecordType) -> Wal {
     wal
 }
 
+/// `twenty_documents` applied whole to a new store under `dir` while only the ticks up to the
+/// middle block count as durable: the WAL, its blocks, that middle tick and the store (not yet
+/// flushed).
+fn applied_past_durable(dir: &Path, kind: RecordType) -> (Wal, Vec<Block>, Tick, DocStore) {
+    let wal = twenty_documents(dir, kind);
+    let all = blocks_after(&wal, Tick::ZERO);
+    let middle = all[10].ticks().last;
+    let store = DocStore::open(dir.join("store")).expect("store");
+    store
+        .apply_with(&all, &mut ApplyContext::serial(), middle)
+        .expect("apply");
+    (wal, all, middle, store)
+}
+
 #[test]
 fn the_recorded_applied_tick_stays_at_the_durable_tick() {
     // No fail point here, but holding a scenario keeps the other test's from pausing this one.
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = twenty_documents(dir.path(), RecordType::DocumentPut);
-    let all = blocks_after(&wal, Tick::ZERO);
-    let middle = all[10].ticks().last;
-    {
-        let store = DocStore::open(dir.path().join("store")).expect("store");
-        store
-            .apply_with(&all, &mut ApplyContext::serial(), middle)
-            .expect("apply");
-        assert_eq!(store.applied_tick(), wal.last_tick(), "all visible");
-        store.flush().expect("flush");
-        assert_eq!(store.persisted_tick().expect("persisted"), middle);
-    }
+    let (wal, all, middle, store) = applied_past_durable(dir.path(), RecordType::DocumentPut);
+    assert_eq!(store.applied_tick(), wal.last_tick(), "all visible");
+    store.flush().expect("flush");
+    assert_eq!(store.persisted_tick().expect("persisted"), middle);
+    drop(store);
     // After a restart the store says `middle` (it holds more: replaying that again is harmless).
     let store = DocStore::open(dir.path().join("store")).expect("reopen");
     assert_eq!(store.applied_tick(), middle);
@@ -221,17 +229,10 @@ fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
 fn a_replay_over_persisted_inserts_counts_them_once() {
     let _scenario = FailScenario::setup();
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal = twenty_documents(dir.path(), RecordType::DocumentInsert);
-    let all = blocks_after(&wal, Tick::ZERO);
-    let middle = all[10].ticks().last;
-    {
-        let store = DocStore::open(dir.path().join("store")).expect("store");
-        store
-            .apply_with(&all, &mut ApplyContext::serial(), middle)
-            .expect("apply");
-        assert_eq!(store.count(7), 20);
-        store.flush().expect("flush");
-    }
+    let (wal, all, middle, store) = applied_past_durable(dir.path(), RecordType::DocumentInsert);
+    assert_eq!(store.count(7), 20);
+    store.flush().expect("flush");
+    drop(store);
     let store = DocStore::open(dir.path().join("store")).expect("reopen");
     assert_eq!(store.applied_tick(), middle);
     assert_eq!(store.count(7), 20);
