@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{collection_definition, options, record};
 use tickship_storage::docstore::{
@@ -340,6 +340,50 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
     let store = open_store(dir.path(), true, &wal);
     assert_eq!(std::fs::read_dir(&next).expect("list").count(), 0);
+    assert_eq!(contents(&store), expected);
+}
+
+// Goal: a running store applier collects segments by itself, taking each one's sample on a
+// thread of its own (so that applying never waits for the sample's reads), while it keeps
+// applying new blocks; every document reads back the same.
+#[test]
+fn a_running_applier_collects_segments_while_it_applies() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
+    let mut expected = write(&wal);
+    let segments = wal.tick_ranges().len();
+    assert!(segments >= 4, "{segments} segments");
+    let store = open_store(dir.path(), true, &wal);
+    // Segments become collectable once the store has persisted their ticks.
+    let options = ApplierOptions {
+        flush_interval: Duration::from_millis(200),
+        ..ApplierOptions::default()
+    };
+    let applier = StoreApplier::start(wal.clone(), store.clone(), options).expect("applier");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0u64;
+    // Writes go on while segments are collected: a batch every 50 ms.
+    while store.value_files().expect("value files").0 < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "collected through {} of {segments} segments",
+            store.collected_through()
+        );
+        let batch: Vec<(String, Vec<u8>)> = (0..20u64)
+            .map(|i| (format!("w{round}-{i}"), common::document(6, i, 500)))
+            .collect();
+        put_all(&wal, &batch, 20);
+        expected.extend(batch);
+        round += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    applier
+        .wait_applied(wal.last_tick(), Duration::from_secs(30))
+        .expect("applied");
+    assert!(store.collected_through().get() > 0);
+    assert_eq!(contents(&store), expected);
+    applier.stop();
+    drop(applier);
     assert_eq!(contents(&store), expected);
 }
 

@@ -384,6 +384,23 @@ impl Default for StoreOptions {
     }
 }
 
+/// What a sample of a WAL segment found (`DocStore::sample_segment`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentSample {
+    /// Document puts in the sampled blocks.
+    pub puts: usize,
+    /// Those whose key still names their tick.
+    pub live: usize,
+}
+
+impl SegmentSample {
+    /// Half or more live: the segment becomes a value file as it is, a second name for the file
+    /// and nothing copied; otherwise its live documents are copied out.
+    pub fn mostly_live(&self) -> bool {
+        self.live * 2 >= self.puts
+    }
+}
+
 /// Memory the store's RocksDB holds, in bytes (ArangoDB's metric names in brackets).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreMemory {
@@ -727,18 +744,40 @@ impl DocStore {
     /// that made the rest dead must survive a crash before the segment may go. Returns the
     /// documents copied (0 when linked).
     pub fn collect_segment(&self, wal: &Wal, segment: &crate::wal::SegmentRange) -> Result<u64> {
+        let sample = self.sample_segment(wal, segment)?;
+        self.collect_sampled_segment(wal, segment, sample)
+    }
+
+    /// How much of WAL segment `segment` is live, from every sixteenth block. It only reads, so
+    /// any thread may take it while the store applier goes on: a document of a segment already
+    /// written can only die, so by the time the sample is used it may overstate what is live,
+    /// never what must be kept (`collect_sampled_segment` looks at every document again).
+    pub fn sample_segment(
+        &self,
+        wal: &Wal,
+        segment: &crate::wal::SegmentRange,
+    ) -> Result<SegmentSample> {
+        let mut sample = SegmentSample::default();
+        self.for_live_records(wal, segment, 16, |_, all, alive| {
+            sample.puts += all;
+            sample.live += alive.len();
+            Ok(())
+        })?;
+        Ok(sample)
+    }
+
+    /// `collect_segment` with the sample taken (`sample_segment`).
+    pub fn collect_sampled_segment(
+        &self,
+        wal: &Wal,
+        segment: &crate::wal::SegmentRange,
+        sample: SegmentSample,
+    ) -> Result<u64> {
         let values = self.values.as_ref().ok_or_else(|| Error::Store {
             op: "collect",
             reason: "the store keeps its documents itself".into(),
         })?;
-        // Every sixteenth block says how much of the segment is live.
-        let (mut sampled, mut live) = (0usize, 0usize);
-        self.for_live_records(wal, segment, 16, |_, all, alive| {
-            sampled += all;
-            live += alive.len();
-            Ok(())
-        })?;
-        let moved = if live * 2 >= sampled {
+        let moved = if sample.mostly_live() {
             values.link(&segment.path, segment.id, segment.tick_min)?;
             0
         } else {
