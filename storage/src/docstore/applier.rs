@@ -13,7 +13,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{ApplyContext, DocStore, SegmentSample};
+use super::{ApplyContext, DocStore, PreparedCollection};
 use crate::error::{Error, Result};
 use crate::tick::{SegmentId, Tick};
 use crate::wal::{SegmentRange, Wal};
@@ -303,28 +303,56 @@ fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
 /// file (`DocStore::collect_segment`) and starts a flush; the segment is let go once that is
 /// persisted (`DocStore::settle_collection`, `report_store_tick`). Skipped while a scan runs:
 /// its snapshot may name a tick this would drop. Returns whether it collected a segment. The
-/// store applier calls it between groups (taking the segment's sample on another thread, see
-/// `Sampler`); anyone else only while no store applier runs.
+/// store applier calls it between groups (reading the segment on another thread, see
+/// `Preparer`); anyone else only while no store applier runs.
 pub fn collect_wal_segment(wal: &Wal, store: &DocStore, now: SystemTime) -> Result<bool> {
-    collect_next(wal, store, now, |segment| {
-        store.sample_segment(wal, segment).map(Some)
-    })
+    collect_next(wal, store, now, &mut AtOnce { wal, store })
 }
 
-/// `collect_wal_segment`, with the sample of the segment to collect from `sample`: `None` if it
-/// is not taken yet, and then nothing is done this time.
+/// How `collect_next` has the segment to collect read.
+trait Prepare {
+    /// The segment read and its value file written (`DocStore::prepare_collection`), or `None`
+    /// if that is not done yet.
+    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>>;
+    /// Whether nothing is being prepared, so that a value file's collection may run; a
+    /// preparation done but no longer wanted is dropped.
+    fn idle(&mut self) -> bool;
+}
+
+/// Reads the segment on the calling thread.
+struct AtOnce<'a> {
+    wal: &'a Wal,
+    store: &'a DocStore,
+}
+
+impl Prepare for AtOnce<'_> {
+    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
+        self.store.prepare_collection(self.wal, segment).map(Some)
+    }
+
+    fn idle(&mut self) -> bool {
+        true
+    }
+}
+
+/// `collect_wal_segment`, with the segment to collect read by `prepare`; nothing is done this
+/// time while that is under way.
 fn collect_next(
     wal: &Wal,
     store: &DocStore,
     now: SystemTime,
-    sample: impl FnOnce(&SegmentRange) -> Result<Option<SegmentSample>>,
+    prepare: &mut dyn Prepare,
 ) -> Result<bool> {
     let persisted = store.persisted_tick()?;
     if store.settle_collection(persisted)? || store.scans_running() {
         return Ok(false);
     }
     let Some(segment) = wal.next_collectable(persisted, store.collected_through(), now) else {
-        // No segment to collect: look at a value file instead.
+        // No segment to collect: look at a value file instead, unless a segment's value file
+        // is being written.
+        if !prepare.idle() {
+            return Ok(false);
+        }
         settle_before_write(wal, store)?;
         let frame_bytes = match wal.options().frame_bytes {
             0 => crate::wal::block::FRAME_RAW_BYTES,
@@ -337,16 +365,18 @@ fn collect_next(
         store.start_flush()?;
         return Ok(true);
     };
-    let Some(found) = sample(&segment)? else {
+    let Some(prepared) = prepare.prepare(&segment)? else {
         return Ok(false);
     };
     let started = Instant::now();
     settle_before_write(wal, store)?;
-    let moved = store.collect_sampled_segment(wal, &segment, found)?;
+    let moved = store.finish_collection(&segment, prepared)?;
     store.record_applied(wal.durable_tick())?;
     store.start_flush()?;
     tracing::debug!(
         segment = %segment.path.display(),
+        sampled = prepared.sample.puts,
+        live = prepared.sample.live,
         moved,
         seconds = started.elapsed().as_secs_f64(),
         "moved the live documents of a WAL segment to the value files"
@@ -354,58 +384,89 @@ fn collect_next(
     Ok(true)
 }
 
-/// Takes the sample of the next WAL segment to collect (`DocStore::sample_segment`) on a thread
-/// of its own, so that the store applier goes on applying meanwhile. On its thread, reading and
-/// looking up every sixteenth block of a 64 MiB segment stopped it for 35–90 ms, during which
-/// nothing became visible: a follower tailing at 55k docs/s had a p99 lag of 17–19 ms while
-/// retention let segments go every 2–3 s, against 6 ms without.
+/// Reads the next WAL segment to collect on a thread of its own (`DocStore::prepare_collection`:
+/// the sample of every sixteenth block, and for a segment mostly dead the copy of its live
+/// documents), so that the store applier goes on applying meanwhile and only records the
+/// result. On the applier's thread, the sample stopped it for 35–90 ms, during which nothing
+/// became visible (a follower tailing at 55k docs/s had a p99 lag of 17–19 ms while retention
+/// let segments go every 2–3 s, against 6 ms without), and a copy under a mixed load for
+/// 0.3–0.8 s.
 #[derive(Default)]
-struct Sampler {
-    running: Option<(SegmentId, JoinHandle<Result<SegmentSample>>)>,
+struct Preparer {
+    running: Option<(SegmentId, JoinHandle<Result<PreparedCollection>>)>,
 }
 
-/// The sampling thread's nice value.
-const SAMPLER_NICE: i32 = 10;
+/// The preparing thread's nice value.
+const PREPARER_NICE: i32 = 10;
 
-impl Sampler {
-    /// The sample of `segment` if it was taken; otherwise starts taking it (once the sample
-    /// under way, if any, is done) and returns `None`.
-    fn sample(
+impl Preparer {
+    /// The preparation of `segment` if it is done; otherwise starts it (once the one under way,
+    /// if any, is done) and returns `None`.
+    fn prepare(
         &mut self,
         wal: &Arc<Wal>,
         store: &Arc<DocStore>,
         segment: &SegmentRange,
-    ) -> Result<Option<SegmentSample>> {
+    ) -> Result<Option<PreparedCollection>> {
         if let Some((id, handle)) = self.running.take() {
             if !handle.is_finished() {
                 self.running = Some((id, handle));
                 return Ok(None);
             }
-            let taken = handle.join().map_err(|_| Error::Store {
-                op: "sample a WAL segment",
-                reason: "the sampling thread panicked".into(),
+            let prepared = handle.join().map_err(|_| Error::Store {
+                op: "read a WAL segment to collect",
+                reason: "its thread panicked".into(),
             })??;
             if id == segment.id {
-                return Ok(Some(taken));
+                return Ok(Some(prepared));
             }
         }
         let (wal, store, target) = (wal.clone(), store.clone(), segment.clone());
         let handle = std::thread::Builder::new()
-            .name("segment-sampler".into())
+            .name("segment-collect".into())
             .spawn(move || {
                 // Below everything that serves writes: created by the store applier, the thread
                 // would otherwise inherit its raised priority.
-                crate::fs::set_thread_nice_or_say(SAMPLER_NICE);
-                store.sample_segment(&wal, &target)
+                crate::fs::set_thread_nice_or_say(PREPARER_NICE);
+                store.prepare_collection(&wal, &target)
             })
-            .map_err(|e| Error::io("spawn a segment sampler", segment.path.clone(), e))?;
+            .map_err(|e| Error::io("spawn a segment collector", segment.path.clone(), e))?;
         self.running = Some((segment.id, handle));
         Ok(None)
     }
 }
 
-impl Drop for Sampler {
-    /// Waits for a sample under way: it holds the store and the WAL open.
+/// The `Preparer` with the WAL and store it reads.
+struct InBackground<'a> {
+    preparer: &'a mut Preparer,
+    wal: &'a Arc<Wal>,
+    store: &'a Arc<DocStore>,
+}
+
+impl Prepare for InBackground<'_> {
+    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
+        self.preparer.prepare(self.wal, self.store, segment)
+    }
+
+    fn idle(&mut self) -> bool {
+        match self.preparer.running.take() {
+            None => true,
+            Some((id, handle)) if handle.is_finished() => {
+                if let Ok(Err(error)) = handle.join() {
+                    tracing::warn!("reading WAL segment {id:?} to collect it failed: {error}");
+                }
+                true
+            }
+            Some(running) => {
+                self.preparer.running = Some(running);
+                false
+            }
+        }
+    }
+}
+
+impl Drop for Preparer {
+    /// Waits for a preparation under way: it holds the store and the WAL open.
     fn drop(&mut self) {
         if let Some((_, handle)) = self.running.take() {
             let _ = handle.join();
@@ -440,7 +501,7 @@ struct Upkeep {
     last_flush: Instant,
     last_trim: Instant,
     last_gc_check: Instant,
-    sampler: Sampler,
+    preparer: Preparer,
 }
 
 impl Upkeep {
@@ -452,7 +513,7 @@ impl Upkeep {
             last_flush: Instant::now(),
             last_trim: Instant::now(),
             last_gc_check: Instant::now(),
-            sampler: Sampler::default(),
+            preparer: Preparer::default(),
         })
     }
 
@@ -482,10 +543,12 @@ impl Upkeep {
             if store.documents_in_wal() {
                 // Upkeep: a failure (a full disk, say) keeps the segment in the WAL, where its
                 // documents are read from, and is tried again a second later.
-                let sampler = &mut self.sampler;
-                let collected = collect_next(wal, store, SystemTime::now(), |segment| {
-                    sampler.sample(wal, store, segment)
-                });
+                let mut prepare = InBackground {
+                    preparer: &mut self.preparer,
+                    wal,
+                    store,
+                };
+                let collected = collect_next(wal, store, SystemTime::now(), &mut prepare);
                 if let Err(error) = collected {
                     tracing::warn!("moving live documents out of a WAL segment failed: {error}");
                 }

@@ -384,7 +384,7 @@ impl Default for StoreOptions {
     }
 }
 
-/// What a sample of a WAL segment found (`DocStore::sample_segment`).
+/// What a sample of a WAL segment found (`DocStore::prepare_collection`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentSample {
     /// Document puts in the sampled blocks.
@@ -399,6 +399,15 @@ impl SegmentSample {
     pub fn mostly_live(&self) -> bool {
         self.live * 2 >= self.puts
     }
+}
+
+/// A collection of a WAL segment read and written, not yet recorded
+/// (`DocStore::prepare_collection`, `DocStore::finish_collection`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PreparedCollection {
+    pub sample: SegmentSample,
+    /// Documents copied into the segment's value file; `None` if it is to become one as it is.
+    pub copied: Option<u64>,
 }
 
 /// Memory the store's RocksDB holds, in bytes (ArangoDB's metric names in brackets).
@@ -738,61 +747,82 @@ impl DocStore {
     /// Moves the documents of WAL segment `segment` that are live now into a value file, and
     /// writes (unflushed) that the WAL is collected through its last tick. A segment whose
     /// sampled documents are mostly live becomes a value file as it is (a second name for the
-    /// file, nothing copied); otherwise its live documents are copied, at their ticks. Only the
-    /// store applier's thread calls it, between groups, so nothing changes the store meanwhile.
-    /// The collection counts once persisted (`settle_collection`): the replacements and removals
+    /// file, nothing copied); otherwise its live documents are copied, at their ticks. Reading
+    /// and copying (`prepare_collection`) may run beside the store applier; recording
+    /// (`finish_collection`) is the store applier's, between groups, or anyone's while no store
+    /// applier runs. The collection counts once persisted (`settle_collection`): the replacements and removals
     /// that made the rest dead must survive a crash before the segment may go. Returns the
     /// documents copied (0 when linked).
     pub fn collect_segment(&self, wal: &Wal, segment: &crate::wal::SegmentRange) -> Result<u64> {
-        let sample = self.sample_segment(wal, segment)?;
-        self.collect_sampled_segment(wal, segment, sample)
+        let prepared = self.prepare_collection(wal, segment)?;
+        self.finish_collection(segment, prepared)
     }
 
-    /// How much of WAL segment `segment` is live, from every sixteenth block. It only reads, so
-    /// any thread may take it while the store applier goes on: a document of a segment already
-    /// written can only die, so by the time the sample is used it may overstate what is live,
-    /// never what must be kept (`collect_sampled_segment` looks at every document again).
-    pub fn sample_segment(
+    /// The part of `collect_segment` that reads the segment, on any thread while the store
+    /// applier goes on: the sample, and for a segment mostly dead the value file of its live
+    /// documents (written and in place, so reads may use it: it holds exact copies). A document
+    /// of a written segment can only die, never come back, so every document still live when
+    /// the collection is finished was live when it was looked at here and is in the file; one
+    /// that died meanwhile is garbage for the value files' own collection. A value file whose
+    /// collection is never finished (a crash) is made again by the next (`ValueFiles::writer`
+    /// and `link` drop it first).
+    pub fn prepare_collection(
         &self,
         wal: &Wal,
         segment: &crate::wal::SegmentRange,
-    ) -> Result<SegmentSample> {
+    ) -> Result<PreparedCollection> {
+        let values = self.values.as_ref().ok_or_else(|| Error::Store {
+            op: "collect",
+            reason: "the store keeps its documents itself".into(),
+        })?;
+        // Every sixteenth block says how much of the segment is live.
         let mut sample = SegmentSample::default();
         self.for_live_records(wal, segment, 16, |_, all, alive| {
             sample.puts += all;
             sample.live += alive.len();
             Ok(())
         })?;
-        Ok(sample)
+        if sample.mostly_live() {
+            return Ok(PreparedCollection {
+                sample,
+                copied: None,
+            });
+        }
+        let frame_bytes = match wal.options().frame_bytes {
+            0 => crate::wal::block::FRAME_RAW_BYTES,
+            bytes => bytes,
+        };
+        let mut writer = values.writer(segment.id)?;
+        let mut copied = 0u64;
+        self.for_live_records(wal, segment, 1, |records, _, alive| {
+            copied += alive.len() as u64;
+            write_runs(&mut writer, records, alive, frame_bytes)
+        })?;
+        writer.finish(segment.tick_max)?;
+        Ok(PreparedCollection {
+            sample,
+            copied: Some(copied),
+        })
     }
 
-    /// `collect_segment` with the sample taken (`sample_segment`).
-    pub fn collect_sampled_segment(
+    /// The rest of `collect_segment`, on the store applier's thread between groups: a segment
+    /// mostly live becomes a value file as it is, and the store writes (unflushed) that the WAL
+    /// is collected through the segment's last tick. Returns the documents copied.
+    pub fn finish_collection(
         &self,
-        wal: &Wal,
         segment: &crate::wal::SegmentRange,
-        sample: SegmentSample,
+        prepared: PreparedCollection,
     ) -> Result<u64> {
         let values = self.values.as_ref().ok_or_else(|| Error::Store {
             op: "collect",
             reason: "the store keeps its documents itself".into(),
         })?;
-        let moved = if sample.mostly_live() {
-            values.link(&segment.path, segment.id, segment.tick_min)?;
-            0
-        } else {
-            let frame_bytes = match wal.options().frame_bytes {
-                0 => crate::wal::block::FRAME_RAW_BYTES,
-                bytes => bytes,
-            };
-            let mut writer = values.writer(segment.id)?;
-            let mut moved = 0u64;
-            self.for_live_records(wal, segment, 1, |records, _, alive| {
-                moved += alive.len() as u64;
-                write_runs(&mut writer, records, alive, frame_bytes)
-            })?;
-            writer.finish(segment.tick_max)?;
-            moved
+        let moved = match prepared.copied {
+            Some(copied) => copied,
+            None => {
+                values.link(&segment.path, segment.id, segment.tick_min)?;
+                0
+            }
         };
         let mut batch = rocksdb::WriteBatch::default();
         batch.put_cf(
