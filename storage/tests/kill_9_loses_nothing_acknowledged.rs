@@ -54,13 +54,17 @@ fn child_appender() {
                         .collect();
                     let ticks = wal.append(&records).expect("child: append");
                     let mut out = stdout.lock().expect("stdout");
-                    writeln!(
+                    let said = writeln!(
                         out,
                         "ACK {} {} {writer} {sequence}",
                         ticks.first, ticks.last
                     )
-                    .expect("print");
-                    out.flush().expect("flush");
+                    .and_then(|()| out.flush());
+                    // The parent stopped reading (it is about to kill this process): nothing
+                    // more can be acknowledged, so stop appending.
+                    if said.is_err() {
+                        return;
+                    }
                 }
             })
         })
