@@ -51,6 +51,23 @@ fn put_all(wal: &Wal, docs: &[(String, Vec<u8>)], per_block: usize) {
     }
 }
 
+/// Puts version `version` (`bytes` long) of documents `k{i}` for each of `keys`, `per_block` to
+/// a block, and adds them to `expected`.
+fn put_versions(
+    wal: &Wal,
+    expected: &mut BTreeMap<String, Vec<u8>>,
+    keys: impl IntoIterator<Item = u64>,
+    (version, bytes): (u32, usize),
+    per_block: usize,
+) {
+    let docs: Vec<(String, Vec<u8>)> = keys
+        .into_iter()
+        .map(|i| (format!("k{i}"), common::document(version, i, bytes)))
+        .collect();
+    put_all(wal, &docs, per_block);
+    expected.extend(docs);
+}
+
 /// Writes 3,000 documents in blocks of 250 (several frames each), then replaces every 7th and removes every 11th;
 /// returns what the collection holds.
 fn write(wal: &Wal) -> BTreeMap<String, Vec<u8>> {
@@ -248,13 +265,8 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     let mut expected = write(&wal);
     // Replace half the documents again: the oldest segments are mostly dead now (their live
     // documents are copied), the newer ones mostly live (they become value files as they are).
-    let again: Vec<(String, Vec<u8>)> = (0..3000u64)
-        .step_by(2)
-        .filter(|i| i % 11 != 0)
-        .map(|i| (format!("k{i}"), common::document(3, i, 700)))
-        .collect();
-    put_all(&wal, &again, 250);
-    expected.extend(again);
+    let again = (0..3000u64).step_by(2).filter(|i| i % 11 != 0);
+    put_versions(&wal, &mut expected, again, (3, 700), 250);
     let store = open_store(dir.path(), true, &wal);
     apply_all(&wal, &store);
     let revisions: BTreeMap<String, u64> = expected
@@ -300,11 +312,7 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     assert_eq!(store.value_files().expect("value files").0, files);
     assert_eq!(contents(&store), expected);
     // More writes, more collection, still equal.
-    let more: Vec<(String, Vec<u8>)> = (3000..4000u64)
-        .map(|i| (format!("k{i}"), common::document(4, i, 900)))
-        .collect();
-    put_all(&wal, &more, 250);
-    expected.extend(more);
+    put_versions(&wal, &mut expected, 3000..4000u64, (4, 900), 250);
     apply_all(&wal, &store);
     collect_all(&store, &wal);
     assert!(store.collected_through() > through);
@@ -313,12 +321,8 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     // Replace or remove nine in ten of the documents: value files that are mostly dead now are
     // rewritten with their live documents only, and every document still reads back.
     let (_, bytes_before) = store.value_files().expect("value files");
-    let replaced: Vec<(String, Vec<u8>)> = (0..4000u64)
-        .filter(|i| i % 10 != 0 && i % 11 != 0)
-        .map(|i| (format!("k{i}"), common::document(5, i, 300)))
-        .collect();
-    put_all(&wal, &replaced, 500);
-    expected.extend(replaced);
+    let replaced = (0..4000u64).filter(|i| i % 10 != 0 && i % 11 != 0);
+    put_versions(&wal, &mut expected, replaced, (5, 300), 500);
     apply_all(&wal, &store);
     collect_all(&store, &wal);
     let (files_after, bytes_after) = store.value_files().expect("value files");
@@ -353,12 +357,8 @@ fn a_running_applier_collects_segments_while_it_applies() {
     let mut expected = write(&wal);
     // Two in three documents replaced: the oldest segments are mostly dead, so their live
     // documents are copied (the newer ones are linked).
-    let again: Vec<(String, Vec<u8>)> = (0..3000u64)
-        .filter(|i| i % 3 != 0 && i % 11 != 0)
-        .map(|i| (format!("k{i}"), common::document(7, i, 600)))
-        .collect();
-    put_all(&wal, &again, 250);
-    expected.extend(again);
+    let again = (0..3000u64).filter(|i| i % 3 != 0 && i % 11 != 0);
+    put_versions(&wal, &mut expected, again, (7, 600), 250);
     let segments = wal.tick_ranges().len();
     assert!(segments >= 4, "{segments} segments");
     let store = open_store(dir.path(), true, &wal);
@@ -370,20 +370,22 @@ fn a_running_applier_collects_segments_while_it_applies() {
     let applier = StoreApplier::start(wal.clone(), store.clone(), options).expect("applier");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0u64;
-    // Writes go on while segments are collected: a batch every 50 ms.
+    // Writes go on while segments are collected, paced by the store: the next batch once the
+    // last one is persisted (a flush every 200 ms).
     while store.value_files().expect("value files").0 < 3 {
         assert!(
             Instant::now() < deadline,
             "collected through {} of {segments} segments",
             store.collected_through()
         );
-        let batch: Vec<(String, Vec<u8>)> = (0..20u64)
-            .map(|i| (format!("w{round}-{i}"), common::document(6, i, 500)))
-            .collect();
-        put_all(&wal, &batch, 20);
-        expected.extend(batch);
+        let keys = 10_000 + round * 20..10_000 + round * 20 + 20;
+        put_versions(&wal, &mut expected, keys, (6, 500), 20);
         round += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        let last = wal.last_tick();
+        while store.persisted_tick().expect("persisted") < last {
+            assert!(Instant::now() < deadline, "tick {last} never persisted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     applier
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
@@ -409,11 +411,7 @@ fn documents_of_large_whole_blocks_stay_in_the_store() {
     let wal = Arc::new(Wal::open(dir.path().join("wal"), whole).expect("wal"));
     // 12 blocks of 250 ~1 KB documents (~250 KB each, compressed whole), then small blocks.
     let mut expected = write(&wal);
-    let small: Vec<(String, Vec<u8>)> = (5000..5200u64)
-        .map(|i| (format!("k{i}"), common::document(6, i, 1000)))
-        .collect();
-    put_all(&wal, &small, 10);
-    expected.extend(small);
+    put_versions(&wal, &mut expected, 5000..5200u64, (6, 1000), 10);
     let store = open_store(dir.path(), true, &wal);
     apply_all(&wal, &store);
     assert_eq!(contents(&store), expected);

@@ -300,7 +300,7 @@ fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
 
 /// For a store keeping its documents in the WAL: once the last collection is persisted, moves
 /// the live documents of the oldest WAL segment retention would otherwise delete into a value
-/// file (`DocStore::collect_segment`) and starts a flush; the segment is let go once that is
+/// file (`DocStore::prepare_collection`, `finish_collection`) and starts a flush; the segment is let go once that is
 /// persisted (`DocStore::settle_collection`, `report_store_tick`). Skipped while a scan runs:
 /// its snapshot may name a tick this would drop. Returns whether it collected a segment. The
 /// store applier calls it between groups (reading the segment on another thread, see
@@ -391,8 +391,9 @@ fn collect_next(
 /// became visible (a follower tailing at 55k docs/s had a p99 lag of 17–19 ms while retention
 /// let segments go every 2–3 s, against 6 ms without), and a copy under a mixed load for
 /// 0.3–0.8 s.
-#[derive(Default)]
 struct Preparer {
+    wal: Arc<Wal>,
+    store: Arc<DocStore>,
     running: Option<(SegmentId, JoinHandle<Result<PreparedCollection>>)>,
 }
 
@@ -400,28 +401,41 @@ struct Preparer {
 const PREPARER_NICE: i32 = 10;
 
 impl Preparer {
-    /// The preparation of `segment` if it is done; otherwise starts it (once the one under way,
-    /// if any, is done) and returns `None`.
-    fn prepare(
-        &mut self,
-        wal: &Arc<Wal>,
-        store: &Arc<DocStore>,
-        segment: &SegmentRange,
-    ) -> Result<Option<PreparedCollection>> {
-        if let Some((id, handle)) = self.running.take() {
-            if !handle.is_finished() {
-                self.running = Some((id, handle));
-                return Ok(None);
-            }
-            let prepared = handle.join().map_err(|_| Error::Store {
+    fn new(wal: &Arc<Wal>, store: &Arc<DocStore>) -> Preparer {
+        Preparer {
+            wal: wal.clone(),
+            store: store.clone(),
+            running: None,
+        }
+    }
+
+    /// The preparation that has ended, with its segment; `None` if none is under way or it is
+    /// still running.
+    fn take_ended(&mut self) -> Option<(SegmentId, Result<PreparedCollection>)> {
+        let (id, handle) = self.running.take_if(|(_, handle)| handle.is_finished())?;
+        let prepared = handle.join().unwrap_or_else(|_| {
+            Err(Error::Store {
                 op: "read a WAL segment to collect",
                 reason: "its thread panicked".into(),
-            })??;
-            if id == segment.id {
-                return Ok(Some(prepared));
+            })
+        });
+        Some((id, prepared))
+    }
+}
+
+impl Prepare for Preparer {
+    /// The preparation of `segment` if it is done; otherwise starts it (once the one under way,
+    /// if any, is done) and returns `None`.
+    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
+        match self.take_ended() {
+            Some((id, prepared)) if id == segment.id => return prepared.map(Some),
+            Some((_, prepared)) => {
+                prepared?;
             }
+            None if self.running.is_some() => return Ok(None),
+            None => {}
         }
-        let (wal, store, target) = (wal.clone(), store.clone(), segment.clone());
+        let (wal, store, target) = (self.wal.clone(), self.store.clone(), segment.clone());
         let handle = std::thread::Builder::new()
             .name("segment-collect".into())
             .spawn(move || {
@@ -434,34 +448,12 @@ impl Preparer {
         self.running = Some((segment.id, handle));
         Ok(None)
     }
-}
-
-/// The `Preparer` with the WAL and store it reads.
-struct InBackground<'a> {
-    preparer: &'a mut Preparer,
-    wal: &'a Arc<Wal>,
-    store: &'a Arc<DocStore>,
-}
-
-impl Prepare for InBackground<'_> {
-    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
-        self.preparer.prepare(self.wal, self.store, segment)
-    }
 
     fn idle(&mut self) -> bool {
-        match self.preparer.running.take() {
-            None => true,
-            Some((id, handle)) if handle.is_finished() => {
-                if let Ok(Err(error)) = handle.join() {
-                    tracing::warn!("reading WAL segment {id:?} to collect it failed: {error}");
-                }
-                true
-            }
-            Some(running) => {
-                self.preparer.running = Some(running);
-                false
-            }
+        if let Some((id, Err(error))) = self.take_ended() {
+            tracing::warn!("reading WAL segment {id:?} to collect it failed: {error}");
         }
+        self.running.is_none()
     }
 }
 
@@ -505,7 +497,7 @@ struct Upkeep {
 }
 
 impl Upkeep {
-    fn new(wal: &Wal, store: &DocStore) -> Result<Upkeep> {
+    fn new(wal: &Arc<Wal>, store: &Arc<DocStore>) -> Result<Upkeep> {
         let persisted = store.persisted_tick()?;
         report_store_tick(wal, store, persisted);
         Ok(Upkeep {
@@ -513,7 +505,7 @@ impl Upkeep {
             last_flush: Instant::now(),
             last_trim: Instant::now(),
             last_gc_check: Instant::now(),
-            preparer: Preparer::default(),
+            preparer: Preparer::new(wal, store),
         })
     }
 
@@ -543,12 +535,7 @@ impl Upkeep {
             if store.documents_in_wal() {
                 // Upkeep: a failure (a full disk, say) keeps the segment in the WAL, where its
                 // documents are read from, and is tried again a second later.
-                let mut prepare = InBackground {
-                    preparer: &mut self.preparer,
-                    wal,
-                    store,
-                };
-                let collected = collect_next(wal, store, SystemTime::now(), &mut prepare);
+                let collected = collect_next(wal, store, SystemTime::now(), &mut self.preparer);
                 if let Err(error) = collected {
                     tracing::warn!("moving live documents out of a WAL segment failed: {error}");
                 }

@@ -744,28 +744,16 @@ impl DocStore {
         self.active_scans.load(Ordering::Acquire) > 0
     }
 
-    /// Moves the documents of WAL segment `segment` that are live now into a value file, and
-    /// writes (unflushed) that the WAL is collected through its last tick. A segment whose
-    /// sampled documents are mostly live becomes a value file as it is (a second name for the
-    /// file, nothing copied); otherwise its live documents are copied, at their ticks. Reading
-    /// and copying (`prepare_collection`) may run beside the store applier; recording
-    /// (`finish_collection`) is the store applier's, between groups, or anyone's while no store
-    /// applier runs. The collection counts once persisted (`settle_collection`): the replacements and removals
-    /// that made the rest dead must survive a crash before the segment may go. Returns the
-    /// documents copied (0 when linked).
-    pub fn collect_segment(&self, wal: &Wal, segment: &crate::wal::SegmentRange) -> Result<u64> {
-        let prepared = self.prepare_collection(wal, segment)?;
-        self.finish_collection(segment, prepared)
-    }
-
-    /// The part of `collect_segment` that reads the segment, on any thread while the store
-    /// applier goes on: the sample, and for a segment mostly dead the value file of its live
-    /// documents (written and in place, so reads may use it: it holds exact copies). A document
-    /// of a written segment can only die, never come back, so every document still live when
-    /// the collection is finished was live when it was looked at here and is in the file; one
-    /// that died meanwhile is garbage for the value files' own collection. A value file whose
-    /// collection is never finished (a crash) is made again by the next (`ValueFiles::writer`
-    /// and `link` drop it first).
+    /// The first half of moving the documents of WAL segment `segment` that are live into a
+    /// value file (`finish_collection` is the second): the sample of every sixteenth block, and
+    /// for a segment mostly dead the value file of its live documents, copied at their ticks
+    /// (written and in place, so reads may use it: it holds exact copies). It only reads the
+    /// store, so any thread may run it beside the store applier: a document of a written
+    /// segment can only die, never come back, so every document still live when the collection
+    /// is finished was live when it was looked at here and is in the file; one that died
+    /// meanwhile is garbage for the value files' own collection. A value file whose collection
+    /// is never finished (a crash) is made again by the next (`ValueFiles::writer` and `link`
+    /// drop it first).
     pub fn prepare_collection(
         &self,
         wal: &Wal,
@@ -805,9 +793,13 @@ impl DocStore {
         })
     }
 
-    /// The rest of `collect_segment`, on the store applier's thread between groups: a segment
-    /// mostly live becomes a value file as it is, and the store writes (unflushed) that the WAL
-    /// is collected through the segment's last tick. Returns the documents copied.
+    /// The second half of a segment's collection, on the store applier's thread between groups
+    /// (or any thread while no store applier runs): a segment mostly live becomes a value file
+    /// as it is (a second name for the file, nothing copied), and the store writes (unflushed)
+    /// that the WAL is collected through the segment's last tick. The collection counts once
+    /// persisted (`settle_collection`): the replacements and removals that made the rest dead
+    /// must survive a crash before the segment may go. Returns the documents copied (0 when
+    /// linked).
     pub fn finish_collection(
         &self,
         segment: &crate::wal::SegmentRange,
@@ -1851,8 +1843,7 @@ mod tests {
         store
             .db
             .compact_range_cf(docs, None::<&[u8]>, None::<&[u8]>);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
+        wait_until(|| {
             let files: u64 = (0..7)
                 .map(|level| {
                     store
@@ -1861,15 +1852,12 @@ mod tests {
                 })
                 .sum();
             let after = store.cache.get_usage();
-            if files == 0 && after < before / 8 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{files} files left, cache at {after} bytes, {before} before the compaction"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+            (files > 0 || after >= before / 8).then(|| {
+                format!(
+                    "{files} files left, cache at {after} bytes, {before} before the compaction"
+                )
+            })
+        });
     }
 
     // Goal: table files have their index and filter in partitions, so that building one holds a
@@ -1908,21 +1896,23 @@ mod tests {
 
     /// Waits (up to a minute) until no compaction of the documents runs or waits to run.
     fn wait_for_compactions(store: &DocStore) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
+        wait_until(|| {
             let busy = store
                 .int_property(store.docs(), "rocksdb.compaction-pending")
                 .expect("property")
                 + store
                     .int_property(store.docs(), "rocksdb.num-running-compactions")
                     .expect("property");
-            if busy == 0 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "compactions never settled"
-            );
+            (busy > 0).then(|| "compactions never settled".to_string())
+        });
+    }
+
+    /// Polls `pending` every 10 ms until it says nothing is left; fails with what it said last
+    /// after a minute.
+    fn wait_until(mut pending: impl FnMut() -> Option<String>) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while let Some(left) = pending() {
+            assert!(std::time::Instant::now() < deadline, "{left}");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
