@@ -561,6 +561,8 @@ impl Applier {
     /// The applier task: connect, tail, retry; ends on stop or on an error that retrying cannot
     /// fix.
     async fn run(self: Arc<Self>, config: ApplierConfig, mut from: Tick, stop: Arc<Notify>) {
+        // Freed memory goes back to the system at once while following (see `PurgeAtOnce`).
+        let _purge = crate::util::PurgeAtOnce::new();
         let stopped = stop.notified();
         tokio::pin!(stopped);
         let outcome = loop {
