@@ -12,10 +12,13 @@ use tickship_storage::{Tick, Wal};
 fn version_1_fixture() {
     for engine in engines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        copy_dir(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testdata/v1")),
-            dir.path(),
+        // The package's directory as cargo gives it when it runs the test, not where it was
+        // built: a target directory shared by two checkouts keeps a binary built in the other.
+        let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+            || env!("CARGO_MANIFEST_DIR").into(),
+            std::path::PathBuf::from,
         );
+        copy_dir(&package.join("tests/testdata/v1"), dir.path());
         let wal = Wal::open(dir.path(), options(engine)).expect("open the v1 fixture");
         assert_eq!(wal.recovery_report().torn_tail, None);
         let records = read_all(&wal, Tick::ZERO);
