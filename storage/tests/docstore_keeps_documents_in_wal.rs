@@ -382,10 +382,9 @@ fn a_running_applier_collects_segments_while_it_applies() {
         put_versions(&wal, &mut expected, keys, (6, 500), 20);
         round += 1;
         let last = wal.last_tick();
-        while store.persisted_tick().expect("persisted") < last {
-            assert!(Instant::now() < deadline, "tick {last} never persisted");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        applier
+            .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
     }
     applier
         .wait_applied(wal.last_tick(), Duration::from_secs(30))

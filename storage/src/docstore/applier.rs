@@ -74,6 +74,8 @@ impl ApplierTotals {
 
 struct Shared {
     applied: AtomicU64,
+    /// The store's persisted tick, as the thread last read it.
+    persisted: AtomicU64,
     documents: AtomicU64,
     removals: AtomicU64,
     excluded: AtomicU64,
@@ -82,6 +84,28 @@ struct Shared {
     changed: Condvar,
     lock: Mutex<()>,
     notify: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// Wakes whoever waits for the applier (`wait_until`, `applied`).
+    fn wake(&self) {
+        {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.changed.notify_all();
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// Publishes the persisted tick `upkeep` last read, if it moved.
+    fn publish_persisted(&self, upkeep: &Upkeep) {
+        if self
+            .persisted
+            .swap(upkeep.persisted.get(), Ordering::AcqRel)
+            != upkeep.persisted.get()
+        {
+            self.wake();
+        }
+    }
 }
 
 /// Handle of the store applier thread.
@@ -99,6 +123,7 @@ impl StoreApplier {
     ) -> Result<StoreApplier> {
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(store.applied_tick().get()),
+            persisted: AtomicU64::new(store.persisted_tick()?.get()),
             documents: AtomicU64::new(0),
             removals: AtomicU64::new(0),
             excluded: AtomicU64::new(0),
@@ -123,9 +148,7 @@ impl StoreApplier {
                     *worker.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 }
                 worker.stop.store(true, Ordering::Release);
-                let _guard = worker.lock.lock().unwrap_or_else(|p| p.into_inner());
-                worker.changed.notify_all();
-                worker.notify.notify_waiters();
+                worker.wake();
             })
             .map_err(|e| Error::io("spawn store applier", path, e))?;
         Ok(StoreApplier {
@@ -157,9 +180,24 @@ impl StoreApplier {
 
     /// Waits until `tick` is applied (or the applier stops, or `timeout` passes).
     pub fn wait_applied(&self, tick: Tick, timeout: Duration) -> Result<()> {
+        self.wait_until(
+            |shared| shared.applied.load(Ordering::Acquire) >= tick.get(),
+            timeout,
+        )
+    }
+
+    /// Waits until the store has persisted `tick` (or the applier stops, or `timeout` passes).
+    pub fn wait_persisted(&self, tick: Tick, timeout: Duration) -> Result<()> {
+        self.wait_until(
+            |shared| shared.persisted.load(Ordering::Acquire) >= tick.get(),
+            timeout,
+        )
+    }
+
+    fn wait_until(&self, reached: impl Fn(&Shared) -> bool, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-        while self.applied_tick() < tick {
+        while !reached(&self.shared) {
             self.check()?;
             let now = Instant::now();
             if now >= deadline {
@@ -224,6 +262,7 @@ fn run(
                 settle_before_write(wal, store)?;
                 store.record_applied(wal.durable_tick())?;
                 upkeep.run(wal, store, options)?;
+                shared.publish_persisted(&upkeep);
                 continue;
             }
         };
@@ -247,12 +286,9 @@ fn run(
         shared.excluded.fetch_add(stats.excluded, Ordering::Relaxed);
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);
-        {
-            let _guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-            shared.changed.notify_all();
-        }
-        shared.notify.notify_waiters();
+        shared.wake();
         upkeep.run(wal, store, options)?;
+        shared.publish_persisted(&upkeep);
     }
     // Closing: persist the store so the next start replays nothing (or only what is not yet
     // durable in the WAL).
