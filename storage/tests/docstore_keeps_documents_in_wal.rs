@@ -349,7 +349,8 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
 
 // Goal: a running store applier collects segments by itself, reading each one (sample, copy of
 // the live documents) on a thread of its own so that applying never waits for it, while it
-// keeps applying new blocks; every document reads back the same.
+// keeps applying new blocks, and rewrites value files that became mostly dead the same way;
+// every document reads back the same.
 #[test]
 fn a_running_applier_collects_segments_while_it_applies() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -391,9 +392,52 @@ fn a_running_applier_collects_segments_while_it_applies() {
         .expect("applied");
     assert!(store.collected_through().get() > 0);
     assert_eq!(contents(&store), expected);
+
+    // Nine in ten of the documents replaced: the value files made so far are mostly dead, and
+    // the running applier rewrites them (read and written on the collecting thread) while it
+    // applies more.
+    let before = value_file_sizes(dir.path());
+    let replaced = (0..3000u64).filter(|i| i % 10 != 0);
+    put_versions(&wal, &mut expected, replaced, (8, 300), 250);
+    let shrunk = |now: &BTreeMap<String, u64>| {
+        before
+            .iter()
+            .any(|(name, bytes)| now.get(name).is_some_and(|now| now < bytes))
+    };
+    while !shrunk(&value_file_sizes(dir.path())) {
+        assert!(
+            Instant::now() < deadline,
+            "no value file rewritten: {before:?} -> {:?}",
+            value_file_sizes(dir.path())
+        );
+        let keys = 20_000 + round * 20..20_000 + round * 20 + 20;
+        put_versions(&wal, &mut expected, keys, (9, 500), 20);
+        round += 1;
+        let last = wal.last_tick();
+        applier
+            .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
+    }
+    applier
+        .wait_applied(wal.last_tick(), Duration::from_secs(30))
+        .expect("applied");
+    assert_eq!(contents(&store), expected);
     applier.stop();
     drop(applier);
     assert_eq!(contents(&store), expected);
+}
+
+/// The value files in the store under `dir` and their sizes.
+fn value_file_sizes(dir: &Path) -> BTreeMap<String, u64> {
+    std::fs::read_dir(dir.join("store-values"))
+        .expect("list value files")
+        .filter_map(|entry| {
+            let entry = entry.expect("entry");
+            let name = entry.file_name().into_string().expect("name");
+            let bytes = entry.metadata().expect("metadata").len();
+            name.ends_with(".val").then_some((name, bytes))
+        })
+        .collect()
 }
 
 // Goal: behind a leader that compresses each block as a whole (one keeping its documents

@@ -8,14 +8,16 @@
 //! store (`Wal::set_store_tick`), so retention never deletes what a restart would need, and it
 //! starts a flush when the unpersisted part grows past `flush_ticks_max` or `flush_interval`.
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{ApplyContext, DocStore, PreparedCollection};
+use super::{ApplyContext, DocStore, PreparedCollection, PreparedRewrite};
 use crate::error::{Error, Result};
 use crate::tick::{SegmentId, Tick};
+use crate::wal::segment::SealedSegment;
 use crate::wal::{SegmentRange, Wal};
 
 /// When the applier asks RocksDB to persist the store.
@@ -345,17 +347,22 @@ pub fn collect_wal_segment(wal: &Wal, store: &DocStore, now: SystemTime) -> Resu
     collect_next(wal, store, now, &mut AtOnce { wal, store })
 }
 
-/// How `collect_next` has the segment to collect read.
+/// How `collect_next` has the segment to collect, or the value file to rewrite, read.
 trait Prepare {
     /// The segment read and its value file written (`DocStore::prepare_collection`), or `None`
     /// if that is not done yet.
     fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>>;
-    /// Whether nothing is being prepared, so that a value file's collection may run; a
-    /// preparation done but no longer wanted is dropped.
+    /// The value file's rewrite looked at and written (`DocStore::prepare_rewrite`): `None` if
+    /// that is not done yet, `Some(None)` if it was not worth rewriting.
+    fn rewrite(&mut self, file: &Arc<SealedSegment>) -> Result<Option<Option<PreparedRewrite>>>;
+    /// A value file's rewrite that has ended since it was started, if any.
+    fn ended_rewrite(&mut self) -> Option<Result<Option<PreparedRewrite>>>;
+    /// Whether nothing is being prepared, so that a value file's collection may start; a
+    /// segment's preparation done but no longer wanted is dropped.
     fn idle(&mut self) -> bool;
 }
 
-/// Reads the segment on the calling thread.
+/// Reads on the calling thread.
 struct AtOnce<'a> {
     wal: &'a Wal,
     store: &'a DocStore,
@@ -366,13 +373,31 @@ impl Prepare for AtOnce<'_> {
         self.store.prepare_collection(self.wal, segment).map(Some)
     }
 
+    fn rewrite(&mut self, file: &Arc<SealedSegment>) -> Result<Option<Option<PreparedRewrite>>> {
+        self.store
+            .prepare_rewrite(file, frame_bytes(self.wal))
+            .map(Some)
+    }
+
+    fn ended_rewrite(&mut self) -> Option<Result<Option<PreparedRewrite>>> {
+        None
+    }
+
     fn idle(&mut self) -> bool {
         true
     }
 }
 
-/// `collect_wal_segment`, with the segment to collect read by `prepare`; nothing is done this
-/// time while that is under way.
+/// The bytes a value file's blocks hold at most: the WAL's frame size.
+fn frame_bytes(wal: &Wal) -> usize {
+    match wal.options().frame_bytes {
+        0 => crate::wal::block::FRAME_RAW_BYTES,
+        bytes => bytes,
+    }
+}
+
+/// `collect_wal_segment`, with the segment to collect (or the value file to rewrite) read by
+/// `prepare`; nothing is done this time while that is under way.
 fn collect_next(
     wal: &Wal,
     store: &DocStore,
@@ -380,26 +405,32 @@ fn collect_next(
     prepare: &mut dyn Prepare,
 ) -> Result<bool> {
     let persisted = store.persisted_tick()?;
-    if store.settle_collection(persisted)? || store.scans_running() {
+    if store.settle_collection(persisted)? {
+        return Ok(false);
+    }
+    // A value file's rewrite written meanwhile is recorded first (or dropped if a scan runs).
+    if let Some(prepared) = prepare.ended_rewrite() {
+        return match prepared? {
+            Some(prepared) => finish_rewrite(wal, store, prepared),
+            None => Ok(false),
+        };
+    }
+    if store.scans_running() {
         return Ok(false);
     }
     let Some(segment) = wal.next_collectable(persisted, store.collected_through(), now) else {
-        // No segment to collect: look at a value file instead, unless a segment's value file
-        // is being written.
+        // No segment to collect: look at a value file instead, unless something is being
+        // read already.
         if !prepare.idle() {
             return Ok(false);
         }
-        settle_before_write(wal, store)?;
-        let frame_bytes = match wal.options().frame_bytes {
-            0 => crate::wal::block::FRAME_RAW_BYTES,
-            bytes => bytes,
-        };
-        if !store.collect_value_file(frame_bytes)? {
+        let Some(file) = store.value_file_to_look_at() else {
             return Ok(false);
-        }
-        store.record_applied(wal.durable_tick())?;
-        store.start_flush()?;
-        return Ok(true);
+        };
+        return match prepare.rewrite(&file)? {
+            Some(Some(prepared)) => finish_rewrite(wal, store, prepared),
+            Some(None) | None => Ok(false),
+        };
     };
     let Some(prepared) = prepare.prepare(&segment)? else {
         return Ok(false);
@@ -420,17 +451,48 @@ fn collect_next(
     Ok(true)
 }
 
-/// Reads the next WAL segment to collect on a thread of its own (`DocStore::prepare_collection`:
-/// the sample of every sixteenth block, and for a segment mostly dead the copy of its live
-/// documents), so that the store applier goes on applying meanwhile and only records the
-/// result. On the applier's thread, the sample stopped it for 35–90 ms, during which nothing
-/// became visible (a follower tailing at 55k docs/s had a p99 lag of 17–19 ms while retention
-/// let segments go every 2–3 s, against 6 ms without), and a copy under a mixed load for
-/// 0.3–0.8 s.
+/// Records a value file's rewrite (`DocStore::finish_rewrite`) and starts the flush that
+/// persists the state it was decided at. Returns whether it was recorded.
+fn finish_rewrite(wal: &Wal, store: &DocStore, prepared: PreparedRewrite) -> Result<bool> {
+    let started = Instant::now();
+    settle_before_write(wal, store)?;
+    if !store.finish_rewrite(prepared)? {
+        return Ok(false);
+    }
+    store.record_applied(wal.durable_tick())?;
+    store.start_flush()?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "recorded the rewrite of a value file"
+    );
+    Ok(true)
+}
+
+/// Reads the next WAL segment to collect, or the value file to rewrite, on a thread of its own
+/// (`DocStore::prepare_collection`: the sample of every sixteenth block, and for a segment
+/// mostly dead the copy of its live documents; `DocStore::prepare_rewrite` likewise), so that
+/// the store applier goes on applying meanwhile and only records the result. On the applier's
+/// thread, the sample stopped it for 35–90 ms, during which nothing became visible (a follower
+/// tailing at 55k docs/s had a p99 lag of 17–19 ms while retention let segments go every 2–3
+/// s, against 6 ms without), and a copy under a mixed load for 0.3–0.8 s. One job at a time:
+/// both write value files.
 struct Preparer {
     wal: Arc<Wal>,
     store: Arc<DocStore>,
-    running: Option<(SegmentId, JoinHandle<Result<PreparedCollection>>)>,
+    running: Option<(Job, JoinHandle<Result<Prepared>>)>,
+}
+
+/// What a `Preparer` reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Segment(SegmentId),
+    Rewrite,
+}
+
+/// What it made.
+enum Prepared {
+    Segment(PreparedCollection),
+    Rewrite(Option<PreparedRewrite>),
 }
 
 /// The preparing thread's nice value.
@@ -445,49 +507,96 @@ impl Preparer {
         }
     }
 
-    /// The preparation that has ended, with its segment; `None` if none is under way or it is
-    /// still running.
-    fn take_ended(&mut self) -> Option<(SegmentId, Result<PreparedCollection>)> {
-        let (id, handle) = self.running.take_if(|(_, handle)| handle.is_finished())?;
+    /// The job that has ended, if it is of the kind `wanted` says, with what it made; `None`
+    /// if none is under way, it is still running, or it is of another kind.
+    fn take_ended(&mut self, wanted: impl Fn(Job) -> bool) -> Option<(Job, Result<Prepared>)> {
+        let (job, handle) = self
+            .running
+            .take_if(|(job, handle)| handle.is_finished() && wanted(*job))?;
         let prepared = handle.join().unwrap_or_else(|_| {
             Err(Error::Store {
-                op: "read a WAL segment to collect",
+                op: "read a WAL segment or value file to collect",
                 reason: "its thread panicked".into(),
             })
         });
-        Some((id, prepared))
+        Some((job, prepared))
     }
-}
 
-impl Prepare for Preparer {
-    /// The preparation of `segment` if it is done; otherwise starts it (once the one under way,
-    /// if any, is done) and returns `None`.
-    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
-        match self.take_ended() {
-            Some((id, prepared)) if id == segment.id => return prepared.map(Some),
-            Some((_, prepared)) => {
-                prepared?;
-            }
-            None if self.running.is_some() => return Ok(None),
-            None => {}
-        }
-        let (wal, store, target) = (self.wal.clone(), self.store.clone(), segment.clone());
+    /// Starts `job` on a thread of its own.
+    fn start(
+        &mut self,
+        job: Job,
+        what: &Path,
+        read: impl FnOnce(&Wal, &DocStore) -> Result<Prepared> + Send + 'static,
+    ) -> Result<()> {
+        let (wal, store) = (self.wal.clone(), self.store.clone());
         let handle = std::thread::Builder::new()
             .name("segment-collect".into())
             .spawn(move || {
                 // Below everything that serves writes: created by the store applier, the thread
                 // would otherwise inherit its raised priority.
                 crate::fs::set_thread_nice_or_say(PREPARER_NICE);
-                store.prepare_collection(&wal, &target)
+                read(&wal, &store)
             })
-            .map_err(|e| Error::io("spawn a segment collector", segment.path.clone(), e))?;
-        self.running = Some((segment.id, handle));
+            .map_err(|e| Error::io("spawn a segment collector", what, e))?;
+        self.running = Some((job, handle));
+        Ok(())
+    }
+}
+
+impl Prepare for Preparer {
+    /// The preparation of `segment` if it is done; otherwise starts it (once the job under way,
+    /// if any, is done) and returns `None`.
+    fn prepare(&mut self, segment: &SegmentRange) -> Result<Option<PreparedCollection>> {
+        match self.take_ended(|job| matches!(job, Job::Segment(_))) {
+            Some((Job::Segment(id), Ok(Prepared::Segment(prepared)))) if id == segment.id => {
+                return Ok(Some(prepared))
+            }
+            Some((_, prepared)) => {
+                prepared?;
+            }
+            None if self.running.is_some() => return Ok(None),
+            None => {}
+        }
+        let target = segment.clone();
+        self.start(
+            Job::Segment(segment.id),
+            &segment.path,
+            move |wal, store| {
+                store
+                    .prepare_collection(wal, &target)
+                    .map(Prepared::Segment)
+            },
+        )?;
         Ok(None)
     }
 
+    /// Starts the rewrite of `file` (nothing is under way: `idle` said so) and returns `None`;
+    /// `ended_rewrite` hands over what it made.
+    fn rewrite(&mut self, file: &Arc<SealedSegment>) -> Result<Option<Option<PreparedRewrite>>> {
+        let target = file.clone();
+        self.start(Job::Rewrite, &file.path, move |wal, store| {
+            store
+                .prepare_rewrite(&target, frame_bytes(wal))
+                .map(Prepared::Rewrite)
+        })?;
+        Ok(None)
+    }
+
+    fn ended_rewrite(&mut self) -> Option<Result<Option<PreparedRewrite>>> {
+        let (_, prepared) = self.take_ended(|job| job == Job::Rewrite)?;
+        Some(prepared.and_then(|prepared| match prepared {
+            Prepared::Rewrite(rewrite) => Ok(rewrite),
+            Prepared::Segment(_) => Err(Error::Store {
+                op: "collect a value file",
+                reason: "a segment's collection came back instead".into(),
+            }),
+        }))
+    }
+
     fn idle(&mut self) -> bool {
-        if let Some((id, Err(error))) = self.take_ended() {
-            tracing::warn!("reading WAL segment {id:?} to collect it failed: {error}");
+        if let Some((job, Err(error))) = self.take_ended(|job| matches!(job, Job::Segment(_))) {
+            tracing::warn!("reading {job:?} to collect it failed: {error}");
         }
         self.running.is_none()
     }

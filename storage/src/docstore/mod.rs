@@ -410,6 +410,14 @@ pub struct PreparedCollection {
     pub copied: Option<u64>,
 }
 
+/// A value file's rewrite written and waiting to be recorded (`DocStore::prepare_rewrite`,
+/// `finish_rewrite`).
+pub struct PreparedRewrite {
+    file: Arc<crate::wal::segment::SealedSegment>,
+    /// The rewrite in the `next` directory, or `None` if no record was live.
+    next: Option<PathBuf>,
+}
+
 /// Memory the store's RocksDB holds, in bytes (ArangoDB's metric names in brackets).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreMemory {
@@ -478,9 +486,9 @@ pub struct DocStore {
     /// A value file rewritten but not yet in place: (the file, its rewrite or none if nothing
     /// was live, applied tick then).
     pending_rewrite: Mutex<PendingRewrite>,
-    /// The value file `collect_value_file` looks at next.
+    /// The value file `value_file_to_look_at` names next.
     value_cursor: AtomicUsize,
-    /// Replacements and removals applied since `collect_value_file` last looked: without
+    /// Replacements and removals applied since `value_file_to_look_at` last began a round: without
     /// them no value file gained dead documents.
     dead_since_look: AtomicU64,
 }
@@ -890,31 +898,44 @@ impl DocStore {
         Ok((records, puts.len(), live))
     }
 
-    /// Looks at the next value file in turn (one per call) and, if less than half of its
-    /// sampled documents are live, rewrites it with its live records only. The rewrite replaces
-    /// the file once the store has persisted the state it was decided at
-    /// (`settle_collection`). Only the store applier's thread calls it, between groups; not
-    /// while a collection is pending or a scan runs. Returns whether it rewrote one.
-    pub fn collect_value_file(&self, frame_bytes: usize) -> Result<bool> {
-        let Some(values) = &self.values else {
-            return Ok(false);
-        };
+    /// The value file whose collection is due next, in turn (one per call); `None` if none is:
+    /// documents kept in the store, a collection pending, a scan running (its snapshot may
+    /// name a record the rewrite would drop), or no replacement or removal since the last round
+    /// over the files began (an insert-only load costs no sampling). On the store applier's
+    /// thread (or any while none runs).
+    pub fn value_file_to_look_at(&self) -> Option<Arc<crate::wal::segment::SealedSegment>> {
+        let values = self.values.as_ref()?;
         if self.collection_pending() || self.scans_running() {
-            return Ok(false);
+            return None;
         }
         let files = values.files();
         if files.is_empty() {
-            return Ok(false);
+            return None;
         }
-        // A round over the files starts only if documents were replaced or removed since the
-        // last one started: an insert-only load costs no sampling.
         let at = self.value_cursor.load(Ordering::Relaxed) % files.len();
         if at == 0 && self.dead_since_look.swap(0, Ordering::AcqRel) == 0 {
-            return Ok(false);
+            return None;
         }
         self.value_cursor.store(at + 1, Ordering::Relaxed);
-        let file = files[at].clone();
-        let blocks = values.blocks(&file)?;
+        Some(files[at].clone())
+    }
+
+    /// The first half of a value file's collection (`finish_rewrite` is the second): samples
+    /// every sixteenth block of `file` and, if less than half of the documents sampled are
+    /// live, writes its rewrite with the records live now (`None` if it keeps more than half).
+    /// It only reads the store, so any thread may run it beside the store applier: a record of
+    /// a value file can only die, never come back, so every record still live when the rewrite
+    /// is recorded was live when its block was looked at here and is in the rewrite.
+    pub fn prepare_rewrite(
+        &self,
+        file: &Arc<crate::wal::segment::SealedSegment>,
+        frame_bytes: usize,
+    ) -> Result<Option<PreparedRewrite>> {
+        let Some(values) = &self.values else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let blocks = values.blocks(file)?;
         let mut scratch = Vec::new();
         let (mut sampled, mut live) = (0usize, 0usize);
         for block in blocks.iter().step_by(16) {
@@ -923,18 +944,48 @@ impl DocStore {
             live += alive.len();
         }
         if live * 2 >= sampled && sampled > 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        let mut writer = values.rewriter(&file);
+        let mut writer = values.rewriter(file);
         for block in &blocks {
             let (records, _, alive) = self.live_records(block, &mut scratch)?;
             write_runs(&mut writer, &records, &alive, frame_bytes)?;
         }
         let next = writer.finish_next(file.ticks.last)?;
+        tracing::debug!(
+            file = %file.path.display(),
+            sampled,
+            live,
+            seconds = started.elapsed().as_secs_f64(),
+            "wrote the rewrite of a value file"
+        );
+        Ok(Some(PreparedRewrite {
+            file: file.clone(),
+            next,
+        }))
+    }
+
+    /// The second half of a value file's collection, on the store applier's thread between
+    /// groups (or any thread while none runs): the rewrite waits to replace the file until
+    /// the store has persisted the tick applied now (`settle_collection`), so that the
+    /// replacements and removals that made the dropped records dead survive a crash first.
+    /// Dropped instead if a scan runs: it may have begun while the rewrite was being written
+    /// and name a record that died since. Returns whether the rewrite was kept.
+    pub fn finish_rewrite(&self, prepared: PreparedRewrite) -> Result<bool> {
+        let Some(values) = &self.values else {
+            return Ok(false);
+        };
+        if self.scans_running() || self.collection_pending() {
+            if let Some(next) = &prepared.next {
+                values.discard(next)?;
+            }
+            return Ok(false);
+        }
         *self
             .pending_rewrite
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some((file, next, self.applied_tick()));
+            .unwrap_or_else(|p| p.into_inner()) =
+            Some((prepared.file, prepared.next, self.applied_tick()));
         Ok(true)
     }
 

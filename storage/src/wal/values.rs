@@ -206,6 +206,12 @@ impl ValueFiles {
         }
     }
 
+    /// Drops a rewrite that will not be put in place (`next` from `ValueFileWriter::finish_next`).
+    /// Not synced: one a crash leaves behind is removed at open.
+    pub fn discard(&self, next: &Path) -> Result<()> {
+        std::fs::remove_file(next).map_err(|e| Error::io("remove", next, e))
+    }
+
     /// Puts the rewrite of `old` in its place (`next` from `ValueFileWriter::finish_next`), or,
     /// with no rewrite (no record was live), removes `old`. Readers holding `old` keep reading
     /// it.
