@@ -380,12 +380,8 @@ fn a_running_applier_collects_segments_while_it_applies() {
             store.collected_through()
         );
         let keys = 10_000 + round * 20..10_000 + round * 20 + 20;
-        put_versions(&wal, &mut expected, keys, (6, 500), 20);
+        put_persisted(&wal, &applier, &mut expected, keys, 6, deadline);
         round += 1;
-        let last = wal.last_tick();
-        applier
-            .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
     }
     applier
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
@@ -411,12 +407,8 @@ fn a_running_applier_collects_segments_while_it_applies() {
             value_file_sizes(dir.path())
         );
         let keys = 20_000 + round * 20..20_000 + round * 20 + 20;
-        put_versions(&wal, &mut expected, keys, (9, 500), 20);
+        put_persisted(&wal, &applier, &mut expected, keys, 9, deadline);
         round += 1;
-        let last = wal.last_tick();
-        applier
-            .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
     }
     applier
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
@@ -425,6 +417,23 @@ fn a_running_applier_collects_segments_while_it_applies() {
     applier.stop();
     drop(applier);
     assert_eq!(contents(&store), expected);
+}
+
+/// Puts version `version` (500 bytes) of documents `k{i}` for each of `keys` in one block,
+/// and waits (until `deadline`) for `applier` to have them persisted.
+fn put_persisted(
+    wal: &Wal,
+    applier: &StoreApplier,
+    expected: &mut BTreeMap<String, Vec<u8>>,
+    keys: impl IntoIterator<Item = u64>,
+    version: u32,
+    deadline: Instant,
+) {
+    put_versions(wal, expected, keys, (version, 500), 20);
+    let last = wal.last_tick();
+    applier
+        .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
 }
 
 /// The value files in the store under `dir` and their sizes.

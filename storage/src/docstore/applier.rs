@@ -374,9 +374,7 @@ impl Prepare for AtOnce<'_> {
     }
 
     fn rewrite(&mut self, file: &Arc<SealedSegment>) -> Result<Option<Option<PreparedRewrite>>> {
-        self.store
-            .prepare_rewrite(file, frame_bytes(self.wal))
-            .map(Some)
+        self.store.prepare_rewrite(self.wal, file).map(Some)
     }
 
     fn ended_rewrite(&mut self) -> Option<Result<Option<PreparedRewrite>>> {
@@ -385,14 +383,6 @@ impl Prepare for AtOnce<'_> {
 
     fn idle(&mut self) -> bool {
         true
-    }
-}
-
-/// The bytes a value file's blocks hold at most: the WAL's frame size.
-fn frame_bytes(wal: &Wal) -> usize {
-    match wal.options().frame_bytes {
-        0 => crate::wal::block::FRAME_RAW_BYTES,
-        bytes => bytes,
     }
 }
 
@@ -576,9 +566,7 @@ impl Prepare for Preparer {
     fn rewrite(&mut self, file: &Arc<SealedSegment>) -> Result<Option<Option<PreparedRewrite>>> {
         let target = file.clone();
         self.start(Job::Rewrite, &file.path, move |wal, store| {
-            store
-                .prepare_rewrite(&target, frame_bytes(wal))
-                .map(Prepared::Rewrite)
+            store.prepare_rewrite(wal, &target).map(Prepared::Rewrite)
         })?;
         Ok(None)
     }

@@ -784,10 +784,7 @@ impl DocStore {
                 copied: None,
             });
         }
-        let frame_bytes = match wal.options().frame_bytes {
-            0 => crate::wal::block::FRAME_RAW_BYTES,
-            bytes => bytes,
-        };
+        let frame_bytes = value_frame_bytes(wal);
         let mut writer = values.writer(segment.id)?;
         let mut copied = 0u64;
         self.for_live_records(wal, segment, 1, |records, _, alive| {
@@ -928,8 +925,8 @@ impl DocStore {
     /// is recorded was live when its block was looked at here and is in the rewrite.
     pub fn prepare_rewrite(
         &self,
+        wal: &Wal,
         file: &Arc<crate::wal::segment::SealedSegment>,
-        frame_bytes: usize,
     ) -> Result<Option<PreparedRewrite>> {
         let Some(values) = &self.values else {
             return Ok(None);
@@ -946,6 +943,7 @@ impl DocStore {
         if live * 2 >= sampled && sampled > 0 {
             return Ok(None);
         }
+        let frame_bytes = value_frame_bytes(wal);
         let mut writer = values.rewriter(file);
         for block in &blocks {
             let (records, _, alive) = self.live_records(block, &mut scratch)?;
@@ -1577,6 +1575,15 @@ impl DocStore {
             Some(values) => values.block_at(tick),
             None => Ok(None),
         }
+    }
+}
+
+/// The frame size of the blocks value files are written in: the WAL's, or the default for
+/// documents kept in the WAL if it writes blocks whole.
+fn value_frame_bytes(wal: &Wal) -> usize {
+    match wal.options().frame_bytes {
+        0 => crate::wal::block::FRAME_RAW_BYTES,
+        bytes => bytes,
     }
 }
 
