@@ -235,11 +235,11 @@ fn follower_converges_through_stops_restarts_and_kill_9() {
     assert!(config.get("password").is_none(), "{config}");
     assert_eq!(config["autoStart"], json!(true));
 
-    // Caught up: the follower's memtables are the small tailing ones (4 MiB, as it keeps its
+    // Caught up: the follower's memtables are the small tailing ones (2 MiB, as it keeps its
     // documents in the WAL); the leader's and a stopped follower's are
     // --rocksdb.write-buffer-size.
     wait_until("the follower sizes its memtables for tailing", || {
-        fh.metric(WRITE_BUFFER_BYTES) == 4 << 20
+        fh.metric(WRITE_BUFFER_BYTES) == 2 << 20
     });
     // Neither uses transparent huge pages (`util::no_transparent_huge_pages`).
     for daemon in [&leader, &follower] {

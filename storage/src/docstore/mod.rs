@@ -229,12 +229,15 @@ const MIN_BLOB_SIZE: u64 = 256;
 pub const TAILING_MEMTABLE_BYTES: usize = 16 << 20;
 
 /// The same for a store keeping its documents in the WAL, whose memtables hold keys and ticks
-/// only (~100 bytes a document): 4 MiB hold as many documents of ~1 KB as 64 MiB holding the
-/// documents too. Against 16 MiB, a follower catching up 1M documents peaked at 55–57 MiB of
-/// anonymous memory instead of 58–72, and one following at 55k docs/s at 35–36 instead of
-/// 43–46 MiB, with the same lag (p99 7.0–8.1 ms against 7.2–8.1, 3 runs each alternating) and
-/// catch-up time.
-pub const TAILING_MEMTABLE_BYTES_KEYS_ONLY: usize = 4 << 20;
+/// only (~100 bytes a document): 2 MiB hold as many documents of ~1 KB as 32 MiB holding the
+/// documents too. 4 MiB against 16 MiB: a follower catching up 1M documents peaked at 55–57 MiB
+/// of anonymous memory instead of 58–72, one following at 55k docs/s at 35–36 instead of
+/// 43–46 MiB, with the same lag and catch-up time. 2 MiB against 4 MiB (6 runs each,
+/// alternating, medians): 10M behind 44 against 46 MiB (full memtables mapped 3.1–3.3 against
+/// 7.4–8.2 MiB) in the same time, 10k behind on a store of 10M 41 against 42.5 MiB, following at
+/// 56k docs/s 20.5 against 22 MiB for a lag p99 of 6.2 against 4.6 ms (4 runs): flushes twice
+/// as often.
+pub const TAILING_MEMTABLE_BYTES_KEYS_ONLY: usize = 2 << 20;
 
 /// The smallest table file, and so level, the document store makes
 /// (`StoreOptions::max_bytes_for_level_base`).
