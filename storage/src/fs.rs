@@ -188,14 +188,66 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .ctx("fsync directory", dir)
 }
 
-/// Maps `len` bytes of `file` read-only and returns them as `Bytes`, so that readers hand out
-/// slices of the file without copying. The mapping lives as long as any slice of it.
+/// A whole read-only shared mapping of a file, made by `map`: readers hand out slices of it as
+/// `Bytes` without copying, and hand back the pages they have read past (`release`). The mapping
+/// lives as long as any clone or slice of it.
+#[derive(Clone)]
+pub struct FileMap(Bytes);
+
+impl std::ops::Deref for FileMap {
+    type Target = Bytes;
+
+    fn deref(&self) -> &Bytes {
+        &self.0
+    }
+}
+
+impl FileMap {
+    /// Drops this process's page-table entries for the whole pages inside bytes `from..to`, so
+    /// that a reader that has moved past them stops counting them in its resident set. The pages
+    /// stay in the kernel's page cache, and a later read of them (a slice still held, another
+    /// reader) faults them back in with the same bytes. Best effort: a refusal changes nothing
+    /// but the resident set.
+    pub fn release(&self, from: u64, to: u64) {
+        // SAFETY: sysconf only reads a value.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = u64::try_from(page).unwrap_or(4096).max(1);
+        let to = to.min(self.0.len() as u64);
+        let start = from - from % page;
+        let end = to - to % page;
+        if end <= start {
+            return;
+        }
+        // SAFETY: `self.0` is a whole mapping made by `map` (the only constructor), so the
+        // pointer is page-aligned and `start..end` lies inside it. The mapping is a read-only
+        // shared mapping of a file: MADV_DONTNEED only unmaps its pages from this process, and
+        // any later access maps them again from the file, whose bytes the WAL never changes
+        // below what it published. No Rust reference sees different bytes afterwards.
+        let rc = unsafe {
+            libc::madvise(
+                self.0.as_ptr().add(start as usize) as *mut libc::c_void,
+                (end - start) as usize,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "madvise(MADV_DONTNEED) of {} mapped bytes failed: {}",
+                end - start,
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// Maps `len` bytes of `file` read-only, so that readers hand out slices of the file without
+/// copying.
 ///
 /// Only bytes inside the file may ever be read through the mapping: the WAL reads only up to
 /// the durable end of a segment, which never lies past the end of the file.
-pub fn map(file: &File, path: &Path, len: u64) -> Result<Bytes> {
+pub fn map(file: &File, path: &Path, len: u64) -> Result<FileMap> {
     if len == 0 {
-        return Ok(Bytes::new());
+        return Ok(FileMap(Bytes::new()));
     }
     let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let len = len.ctx("mmap", path)?;
@@ -203,7 +255,7 @@ pub fn map(file: &File, path: &Path, len: u64) -> Result<Bytes> {
     // still read (sealing only cuts the unused preallocated tail), and bytes are only read up
     // to the durable end the writer published after writing them.
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }.ctx("mmap", path)?;
-    Ok(Bytes::from_owner(map))
+    Ok(FileMap(Bytes::from_owner(map)))
 }
 
 /// Sets the nice value of the calling thread (on Linux, nice values are per thread). Lowering

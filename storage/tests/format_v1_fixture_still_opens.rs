@@ -51,15 +51,7 @@ fn version_1_fixture() {
             "{engine}"
         );
         // A block that fits only an empty 64 KiB segment seals this one.
-        let mut state = 7u64;
-        let noise: Vec<u8> = (0..65_250)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let noise = common::noise(&mut 7u64, 65_250);
         let ticks = wal
             .append(&[Record::put("_system", "users", "big", &noise)])
             .expect("append");

@@ -41,7 +41,6 @@ use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use self::block::{Block, BlockBuilder, BlockHeader, Compression, PreparedBlock};
@@ -55,7 +54,7 @@ use self::segment::SealedSegment;
 use self::tick_index::TickIndex;
 pub(crate) use self::writer::error_chain;
 use crate::error::{Error, Result};
-use crate::fs::DirLock;
+use crate::fs::{DirLock, FileMap};
 use crate::tick::{SegmentId, Tick, TickRange};
 
 /// When the writer makes appended data durable (`--wal.sync-policy`).
@@ -244,7 +243,7 @@ pub(crate) struct ActiveSegment {
     pub id: SegmentId,
     pub path: PathBuf,
     /// The whole preallocated file.
-    pub map: Bytes,
+    pub map: FileMap,
     pub data_end: u64,
     pub ticks: TickRange,
     pub index: TickIndex,

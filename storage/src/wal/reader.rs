@@ -5,19 +5,36 @@
 //! segment to the next by id, and verifies every block it returns: header, checksum, and that
 //! ticks increase from one block to the next. A segment deleted by retention under a reader
 //! turns into `TickCompacted`, never into skipped data.
+//!
+//! A sequential reader (the store applier, a shipper, a segment's collection) hands back the
+//! pages of the mapping it has read past, `RELEASE_BEHIND` behind its position: otherwise every
+//! page it ever read stays mapped, and a follower that catches up 10 GB counted ~2 GB of its WAL
+//! in its resident set (page cache, reclaimable, but shown as the process's memory).
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 
 use super::block::{slice_data_block, Block};
 use super::segment::{SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::SealedIndex;
 use super::{Shared, State};
 use crate::error::{Error, Result};
+use crate::fs::FileMap;
 use crate::tick::{SegmentId, Tick};
+
+/// Bytes of a mapping a sequential reader leaves mapped behind its position, for the blocks it
+/// returned and its caller still holds (a shipper's chunk, the blocks being applied); pages
+/// released under a holder are only mapped again from the page cache.
+const RELEASE_BEHIND: u64 = 2 << 20;
+
+/// The least a sequential reader hands back at once.
+const RELEASE_STEP: u64 = 1 << 20;
+
+/// What the kernel maps around a page fault in a file mapping (`fault_around_bytes`, 64 KiB by
+/// default): a reader starting in a mapping hands back from the window of its first block.
+const FAULT_AROUND: u64 = 64 << 10;
 
 /// The smallest `after` a reader may start from: the tick before the first block, or the last
 /// tick when the WAL holds no block.
@@ -38,7 +55,7 @@ struct Position {
 enum Step {
     Sealed(Arc<SealedSegment>),
     Active {
-        map: Bytes,
+        map: FileMap,
         data_end: u64,
         path: PathBuf,
     },
@@ -57,6 +74,22 @@ pub struct Reader {
     tick_last_block: Option<Tick>,
     /// Whether blocks are checked whole before they are returned (see `for_point_reads`).
     check_blocks: bool,
+    /// The mapping this reader reads from, if it reads sequentially.
+    passed: Option<Passed>,
+    /// Mappings it has moved on from, each with the offset from which to hand it back and the
+    /// bytes read when it moved on: handed back once `RELEASE_BEHIND` more bytes are read, for
+    /// the caller still holds their last blocks.
+    left: VecDeque<(FileMap, u64, u64)>,
+    /// Bytes of blocks read in all.
+    read: u64,
+}
+
+/// The mapping a sequential reader reads from, and the offset below which it has handed its
+/// pages back.
+struct Passed {
+    segment: SegmentId,
+    map: FileMap,
+    released: u64,
 }
 
 impl Reader {
@@ -113,6 +146,9 @@ impl Reader {
             tick_read: after,
             tick_last_block: None,
             check_blocks: true,
+            passed: None,
+            left: VecDeque::new(),
+            read: 0,
         })
     }
 
@@ -211,7 +247,7 @@ impl Reader {
     /// Verifies and slices the block at the reader's position, and moves past it.
     fn read_block(
         &mut self,
-        map: &Bytes,
+        map: &FileMap,
         data_end: u64,
         id: SegmentId,
         path: &Path,
@@ -238,7 +274,54 @@ impl Reader {
         if !self.check_blocks {
             return Ok(Block::from_unchecked(bytes, header));
         }
+        self.read += header.segment_bytes() as u64;
+        self.release_behind(map, id, offset);
         Ok(Block::from_verified(bytes, header))
+    }
+
+    /// Hands back the pages read more than `RELEASE_BEHIND` bytes ago: in the mapping read
+    /// now, and in those the reader has moved on from (to the next segment, or to the sealed
+    /// mapping of the segment it read while active). Pages before the fault-around window of the
+    /// first block it read in a mapping are other readers' business.
+    fn release_behind(&mut self, map: &FileMap, id: SegmentId, block_start: u64) {
+        match &mut self.passed {
+            Some(passed) if passed.segment == id && passed.map.as_ptr() == map.as_ptr() => {
+                let behind = self.position.offset.saturating_sub(RELEASE_BEHIND);
+                if behind >= passed.released + RELEASE_STEP {
+                    passed.map.release(passed.released, behind);
+                    passed.released = behind;
+                }
+            }
+            _ => {
+                if let Some(old) = self.passed.take() {
+                    self.left.push_back((old.map, old.released, self.read));
+                }
+                self.passed = Some(Passed {
+                    segment: id,
+                    map: map.clone(),
+                    released: block_start - block_start % FAULT_AROUND,
+                });
+            }
+        }
+        while let Some((map, from, _)) = self
+            .left
+            .front()
+            .filter(|(_, _, when)| self.read - when >= RELEASE_BEHIND)
+        {
+            map.release(*from, map.len() as u64);
+            self.left.pop_front();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        for (map, from, _) in self.left.drain(..) {
+            map.release(from, map.len() as u64);
+        }
+        if let Some(passed) = self.passed.take() {
+            passed.map.release(passed.released, passed.map.len() as u64);
+        }
     }
 }
 
@@ -257,7 +340,7 @@ fn end_position(state: &State) -> Position {
 }
 
 /// A sealed segment's mapping and index; a file retention removed meanwhile is `TickCompacted`.
-fn map_sealed(segment: &SealedSegment, tick: Tick) -> Result<(Bytes, &[u8])> {
+fn map_sealed(segment: &SealedSegment, tick: Tick) -> Result<(FileMap, &[u8])> {
     match segment
         .map()
         .and_then(|map| Ok((map.clone(), segment.index()?)))

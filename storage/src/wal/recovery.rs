@@ -25,14 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 use super::block::{BlockHeader, BLOCK_ALIGN, BLOCK_MAGIC};
 use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::TickIndex;
 use super::{ActiveSegment, WalOptions};
 use crate::error::{Error, IoContext, Result};
-use crate::fs;
+use crate::fs::{self, FileMap};
 use crate::tick::{SegmentId, Tick, TickRange};
 
 /// What recovery found and did.
@@ -71,7 +69,7 @@ pub struct TornTail {
 pub(crate) struct RecoveredActive {
     pub id: SegmentId,
     pub path: PathBuf,
-    pub map: Bytes,
+    pub map: FileMap,
     pub data_end: u64,
     pub ticks: TickRange,
     pub index: TickIndex,
@@ -312,7 +310,7 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
 
 struct OpenScan {
     file: File,
-    map: Bytes,
+    map: FileMap,
     data_end: u64,
     ticks: Option<TickRange>,
     index: TickIndex,
@@ -439,7 +437,7 @@ fn scan(
 
 /// Gives the newest segment back its preallocated length if it lost it (a file cut short), so
 /// the writer's page-aligned writes and the seal stay inside the file; returns the new mapping.
-fn restore_capacity(file: &File, path: &Path, map: Bytes, segment_bytes: u64) -> Result<Bytes> {
+fn restore_capacity(file: &File, path: &Path, map: FileMap, segment_bytes: u64) -> Result<FileMap> {
     let len = map.len() as u64;
     let wanted = len
         .next_multiple_of(fs::DIRECT_ALIGN as u64)
@@ -611,6 +609,8 @@ fn verify_sealed(segment: &SealedSegment, report: &mut RecoveryReport) -> Result
             "blocks do not end at the seal".into(),
         ));
     }
+    // Read once; the segment stays mapped for readers, but not resident for this pass.
+    map.release(0, map.len() as u64);
     Ok(())
 }
 

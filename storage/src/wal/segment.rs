@@ -25,10 +25,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
-use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::fs;
+use crate::fs::{self, FileMap};
 use crate::tick::{SegmentId, Tick, TickRange};
 use crate::wal::block::{BlockHeader, Version, BLOCK_ALIGN, BLOCK_HEADER_BYTES};
 
@@ -229,7 +228,7 @@ pub struct SealedSegment {
     /// tick its name and seal block give.
     sparse: bool,
     /// The whole file, mapped, with the seal block's checksum verified.
-    map: OnceLock<Bytes>,
+    map: OnceLock<FileMap>,
 }
 
 impl SealedSegment {
@@ -241,7 +240,7 @@ impl SealedSegment {
         data_end: u64,
         block_count: u32,
         file_bytes: u64,
-        map: Option<Bytes>,
+        map: Option<FileMap>,
     ) -> SealedSegment {
         let lock = OnceLock::new();
         if let Some(map) = map {
@@ -365,7 +364,7 @@ impl SealedSegment {
     }
 
     /// The file's bytes, mapping the file and verifying its seal block on first use.
-    pub(crate) fn map(&self) -> Result<&Bytes> {
+    pub(crate) fn map(&self) -> Result<&FileMap> {
         if let Some(map) = self.map.get() {
             return Ok(map);
         }

@@ -36,7 +36,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::block::BLOCK_ALIGN;
@@ -45,7 +44,7 @@ use super::recovery::RecoveredActive;
 use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
 use super::{ActiveSegment, CompletionGuard, Payload, Request, Shared, SyncPolicy};
 use crate::error::{Error, Result};
-use crate::fs::{self, DIRECT_ALIGN};
+use crate::fs::{self, FileMap, DIRECT_ALIGN};
 use crate::tick::{SegmentId, Tick, TickRange};
 use crate::wal::tick_index::TickIndex;
 
@@ -57,7 +56,7 @@ pub(crate) struct SegmentFile {
     path: PathBuf,
     file: File,
     /// The whole preallocated file, mapped for readers.
-    map: Bytes,
+    map: FileMap,
     tick_first: Tick,
 }
 

@@ -58,6 +58,18 @@ pub fn document(writer: u32, sequence: u64, size: usize) -> Vec<u8> {
     doc
 }
 
+/// `len` incompressible bytes from a xorshift generator at `state`, which it advances.
+pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
 /// Appends `count` single-record blocks of `size`-byte documents; returns their ticks.
 pub fn append_documents(wal: &Wal, writer: u32, count: u64, size: usize) -> Vec<Tick> {
     (0..count)
