@@ -194,6 +194,12 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
 #[derive(Clone)]
 pub struct FileMap(Bytes);
 
+impl std::fmt::Debug for FileMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FileMap({} bytes)", self.0.len())
+    }
+}
+
 impl std::ops::Deref for FileMap {
     type Target = Bytes;
 

@@ -1,7 +1,8 @@
 //! Claim: a store that keeps its documents in the WAL (`StoreOptions::documents_in_wal`) reads
 //! back exactly what a store keeping them itself reads (get, get_many, scan, counts), across
 //! updates, removals and a reopen that no longer asks for it; a damaged frame is an error, not a
-//! wrong document; and retention deletes none of the segments its documents live in.
+//! wrong document; and retention deletes none of the segments its documents live in. A scan
+//! through all of them leaves none of the WAL it read mapped in the process's resident set.
 
 mod common;
 
@@ -479,4 +480,53 @@ fn documents_of_large_whole_blocks_stay_in_the_store() {
     let (_, bytes) = store.value_files().expect("value files");
     assert!(bytes < 400_000, "{bytes} bytes in value files");
     assert_eq!(contents(&store), expected);
+}
+
+#[test]
+fn a_scan_hands_back_the_wal_pages_it_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_options = WalOptions {
+        segment_bytes: 64 << 20,
+        frame_bytes: FRAME_RAW_BYTES,
+        retention_interval: None,
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    // ~20 MiB of incompressible documents, 500 to a block.
+    let docs: Vec<(String, Vec<u8>)> = (0..20_000)
+        .map(|i| {
+            let mut json = format!(r#"{{"_key":"k{i}","n":""#).into_bytes();
+            json.extend(
+                common::noise(&mut state, 1000)
+                    .iter()
+                    .map(|b| b'a' + b % 26),
+            );
+            json.extend_from_slice(br#""}"#);
+            (format!("k{i}"), json)
+        })
+        .collect();
+    let users = collection_definition(1001, "users");
+    wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
+        .expect("create");
+    put_all(&wal, &docs, 500);
+    let store = open_store(dir.path(), true, &wal);
+    apply_all(&wal, &store);
+    let wal_dir = dir.path().join("wal");
+    let before = common::resident_kib_of_files_in(&wal_dir);
+    let mut seen = 0usize;
+    store
+        .scan(1001, |_, document| {
+            assert!(document.json.len() > 1000);
+            seen += 1;
+            true
+        })
+        .expect("scan");
+    assert_eq!(seen, docs.len());
+    let after = common::resident_kib_of_files_in(&wal_dir);
+    // Without handing pages back, the scan leaves the ~20 MiB it read mapped.
+    assert!(
+        after <= before + 1024,
+        "{after} KiB of the WAL mapped after the scan, {before} KiB before"
+    );
 }

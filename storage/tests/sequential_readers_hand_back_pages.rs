@@ -5,39 +5,12 @@
 
 mod common;
 
-use std::path::Path;
-
 use tickship_storage::wal::Record;
 use tickship_storage::{Tick, Wal, WalOptions};
 
 /// Documents per append and their size: incompressible, so the WAL holds about what is written.
 const BATCH: usize = 500;
 const DOC_BYTES: usize = 1024;
-
-/// KiB of the mappings of files in `dir` resident in this process (`/proc/self/smaps`).
-fn resident_kib_of_files_in(dir: &Path) -> u64 {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
-    let dir = dir.to_str().expect("utf-8 temporary path");
-    let mut inside = false;
-    let mut total = 0;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            // A mapping's header: address range, permissions, offset, device, inode, path.
-            inside = line
-                .split_whitespace()
-                .nth(5)
-                .is_some_and(|p| p.starts_with(dir));
-        } else if inside && first == "Rss:" {
-            total += line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|kib| kib.parse::<u64>().ok())
-                .expect("Rss value");
-        }
-    }
-    total
-}
 
 /// Appends `batches` × `BATCH` documents of random bytes; returns the last tick.
 fn fill(wal: &Wal, batches: usize) -> Tick {
@@ -80,7 +53,7 @@ fn reads_through_and_keeps_little_mapped(segment_bytes: u64) {
     }
     assert_eq!(tick, last, "read every tick");
     assert!(read > 20 << 20, "read {read} bytes");
-    let resident = resident_kib_of_files_in(dir.path());
+    let resident = common::resident_kib_of_files_in(dir.path());
     // What is left: at most RELEASE_BEHIND + RELEASE_STEP (3 MiB) and the block in hand,
     // against the ~24 MiB the reader went through.
     assert!(
@@ -92,7 +65,7 @@ fn reads_through_and_keeps_little_mapped(segment_bytes: u64) {
         "the last blocks read stay mapped ({resident} KiB): smaps is parsed right"
     );
     drop(reader);
-    let left = resident_kib_of_files_in(dir.path());
+    let left = common::resident_kib_of_files_in(dir.path());
     assert!(
         left <= 64,
         "{left} KiB of the WAL still mapped after the reader was dropped"

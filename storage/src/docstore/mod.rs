@@ -1288,7 +1288,8 @@ impl DocStore {
         }
         documents.sort_unstable_by_key(|(tick, _)| *tick);
         let id = collection.to_string();
-        let mut block: Option<crate::wal::Block> = None;
+        // The block read last; its pages go back to the kernel when the scan moves on or ends.
+        let mut block = ScannedBlock(None);
         // The records of the frame read last: (tick, put?, collection, key, document).
         let mut frame: Vec<(Tick, bool, String, String, Vec<u8>)> = Vec::new();
         let mut scratch = Vec::new();
@@ -1296,10 +1297,10 @@ impl DocStore {
             let first = frame.first().map_or(Tick::ZERO, |r| r.0);
             let last = frame.last().map_or(Tick::ZERO, |r| r.0);
             if frame.is_empty() || tick < first || tick > last {
-                if !block.as_ref().is_some_and(|b| b.ticks().contains(tick)) {
-                    block = self.kept_block_at(tick)?;
+                if !block.0.as_ref().is_some_and(|b| b.ticks().contains(tick)) {
+                    block.replace(self.kept_block_at(tick)?);
                 }
-                let Some(holding) = &block else {
+                let Some(holding) = &block.0 else {
                     return Err(missing_in_wal(
                         collection,
                         &key,
@@ -1563,6 +1564,25 @@ impl DocStore {
             }
             Ok(StoredDocument { rev, json })
         })
+    }
+}
+
+/// The block a scan of the documents kept in the WAL reads from. A scan reads each block once,
+/// in tick order: its pages are handed back when the scan moves on or ends, so that a scan of
+/// the whole store does not leave the WAL it read in the process's resident set.
+struct ScannedBlock(Option<crate::wal::Block>);
+
+impl ScannedBlock {
+    fn replace(&mut self, next: Option<crate::wal::Block>) {
+        if let Some(done) = std::mem::replace(&mut self.0, next) {
+            done.release_pages();
+        }
+    }
+}
+
+impl Drop for ScannedBlock {
+    fn drop(&mut self) {
+        self.replace(None);
     }
 }
 

@@ -23,6 +23,7 @@ use bytemuck::{Pod, Zeroable};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
+use crate::fs::FileMap;
 use crate::tick::{Tick, TickRange};
 use crate::wal::record::{Record, Records};
 
@@ -507,6 +508,7 @@ impl PreparedBlock {
             bytes,
             header,
             checked: true,
+            map: None,
         }
     }
 }
@@ -545,6 +547,8 @@ pub struct Block {
     /// Whether the block's checksum was verified; if not, what reads it checks its parts first
     /// (`from_unchecked`).
     checked: bool,
+    /// The mapping `bytes` is a slice of, for a block read back by its tick (`with_map`).
+    map: Option<FileMap>,
 }
 
 impl Block {
@@ -561,6 +565,7 @@ impl Block {
             bytes,
             header,
             checked: true,
+            map: None,
         })
     }
 
@@ -571,6 +576,7 @@ impl Block {
             bytes,
             header,
             checked: true,
+            map: None,
         }
     }
 
@@ -583,6 +589,24 @@ impl Block {
             bytes,
             header,
             checked: false,
+            map: None,
+        }
+    }
+
+    /// Records that the block's bytes are a slice of `map`, so that `release_pages` can hand
+    /// them back.
+    pub(crate) fn with_map(mut self, map: &FileMap) -> Block {
+        self.map = Some(map.clone());
+        self
+    }
+
+    /// Hands the pages holding the block back to the kernel if it was read back from a mapped
+    /// segment (`FileMap::release`): for a reader done with it, such as a scan going through
+    /// the documents kept in the WAL. They stay in the page cache; a later read maps them again.
+    pub fn release_pages(&self) {
+        if let Some(map) = &self.map {
+            let from = (self.bytes.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize) as u64;
+            map.release(from, from + self.bytes.len() as u64);
         }
     }
 

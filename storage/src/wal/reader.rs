@@ -272,7 +272,7 @@ impl Reader {
         self.tick_last_block = Some(header.tick_last);
         self.position.offset = offset + header.segment_bytes() as u64;
         if !self.check_blocks {
-            return Ok(Block::from_unchecked(bytes, header));
+            return Ok(Block::from_unchecked(bytes, header).with_map(map));
         }
         self.read += header.segment_bytes() as u64;
         self.release_behind(map, id, offset);

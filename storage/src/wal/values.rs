@@ -18,6 +18,7 @@ use super::block::{slice_data_block, Block, BLOCK_ALIGN};
 use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::SealedIndex;
 use crate::error::{Error, Result};
+use crate::fs::FileMap;
 use crate::tick::{SegmentId, Tick, TickRange};
 
 const SUFFIX: &str = ".val";
@@ -244,7 +245,7 @@ impl ValueFiles {
 }
 
 /// The block at `offset` of value file `file` (mapped as `map`), its header checked.
-fn read_block(file: &SealedSegment, map: &bytes::Bytes, offset: u64) -> Result<Block> {
+fn read_block(file: &SealedSegment, map: &FileMap, offset: u64) -> Result<Block> {
     let (header, bytes) =
         slice_data_block(map, offset, file.data_end).map_err(|reason| Error::Corruption {
             segment_id: file.id,
@@ -252,7 +253,7 @@ fn read_block(file: &SealedSegment, map: &bytes::Bytes, offset: u64) -> Result<B
             offset,
             reason: reason.into(),
         })?;
-    Ok(Block::from_unchecked(bytes, header))
+    Ok(Block::from_unchecked(bytes, header).with_map(map))
 }
 
 /// Opens the value file at `path` (made from segment `id`, named after `tick_first`), which

@@ -205,3 +205,28 @@ pub fn record<'a>(
         data,
     }
 }
+
+/// KiB of the mappings of files in `dir` resident in this process (`/proc/self/smaps`).
+pub fn resident_kib_of_files_in(dir: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("read /proc/self/smaps");
+    let dir = dir.to_str().expect("utf-8 temporary path");
+    let mut inside = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, permissions, offset, device, inode, path.
+            inside = line
+                .split_whitespace()
+                .nth(5)
+                .is_some_and(|p| p.starts_with(dir));
+        } else if inside && first == "Rss:" {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|kib| kib.parse::<u64>().ok())
+                .expect("Rss value");
+        }
+    }
+    total
+}
