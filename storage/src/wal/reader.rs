@@ -84,10 +84,9 @@ pub struct Reader {
     read: u64,
 }
 
-/// The mapping a sequential reader reads from, and the offset below which it has handed its
-/// pages back.
+/// The mapping a sequential reader reads from (a segment's, or the active segment's before it
+/// was sealed), and the offset below which it has handed its pages back.
 struct Passed {
-    segment: SegmentId,
     map: FileMap,
     released: u64,
 }
@@ -275,7 +274,7 @@ impl Reader {
             return Ok(Block::from_unchecked(bytes, header).with_map(map));
         }
         self.read += header.segment_bytes() as u64;
-        self.release_behind(map, id, offset);
+        self.release_behind(map, offset);
         Ok(Block::from_verified(bytes, header))
     }
 
@@ -283,9 +282,10 @@ impl Reader {
     /// now, and in those the reader has moved on from (to the next segment, or to the sealed
     /// mapping of the segment it read while active). Pages before the fault-around window of the
     /// first block it read in a mapping are other readers' business.
-    fn release_behind(&mut self, map: &FileMap, id: SegmentId, block_start: u64) {
+    fn release_behind(&mut self, map: &FileMap, block_start: u64) {
         match &mut self.passed {
-            Some(passed) if passed.segment == id && passed.map.as_ptr() == map.as_ptr() => {
+            // The same mapping: its address cannot be reused while `passed` holds it.
+            Some(passed) if passed.map.as_ptr() == map.as_ptr() => {
                 let behind = self.position.offset.saturating_sub(RELEASE_BEHIND);
                 if behind >= passed.released + RELEASE_STEP {
                     passed.map.release(passed.released, behind);
@@ -297,7 +297,6 @@ impl Reader {
                     self.left.push_back((old.map, old.released, self.read));
                 }
                 self.passed = Some(Passed {
-                    segment: id,
                     map: map.clone(),
                     released: block_start - block_start % FAULT_AROUND,
                 });
