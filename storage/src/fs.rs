@@ -210,22 +210,28 @@ impl std::ops::Deref for FileMap {
 
 impl FileMap {
     /// Drops this process's page-table entries for the whole pages inside bytes `from..to`, so
-    /// that a reader that has moved past them stops counting them in its resident set. The pages
-    /// stay in the kernel's page cache, and a later read of them (a slice still held, another
-    /// reader) faults them back in with the same bytes. Best effort: a refusal changes nothing
-    /// but the resident set.
+    /// that a reader that has moved past them stops counting them in its resident set; `to` at
+    /// or past the end takes the file's partial last page too (the mapping covers it whole). The
+    /// pages stay in the kernel's page cache, and a later read of them (a slice still held,
+    /// another reader) faults them back in with the same bytes. Best effort: a refusal changes
+    /// nothing but the resident set.
     pub fn release(&self, from: u64, to: u64) {
         // SAFETY: sysconf only reads a value.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = u64::try_from(page).unwrap_or(4096).max(1);
-        let to = to.min(self.0.len() as u64);
+        let len = self.0.len() as u64;
         let start = from - from % page;
-        let end = to - to % page;
-        if end <= start {
+        let end = if to >= len {
+            len.div_ceil(page) * page
+        } else {
+            to - to % page
+        };
+        if start >= len || end <= start {
             return;
         }
         // SAFETY: `self.0` is a whole mapping made by `map` (the only constructor), so the
-        // pointer is page-aligned and `start..end` lies inside it. The mapping is a read-only
+        // pointer is page-aligned, `start` is inside it, and `start..end` lies within its pages
+        // (the kernel maps the partial last page whole). The mapping is a read-only
         // shared mapping of a file: MADV_DONTNEED only unmaps its pages from this process, and
         // any later access maps them again from the file, whose bytes the WAL never changes
         // below what it published. No Rust reference sees different bytes afterwards.

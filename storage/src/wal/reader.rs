@@ -32,9 +32,13 @@ const RELEASE_BEHIND: u64 = 2 << 20;
 /// The least a sequential reader hands back at once.
 const RELEASE_STEP: u64 = 1 << 20;
 
-/// What the kernel maps around a page fault in a file mapping (`fault_around_bytes`, 64 KiB by
-/// default): a reader starting in a mapping hands back from the window of its first block.
-const FAULT_AROUND: u64 = 64 << 10;
+/// What the kernel may map around a reader's first fault in a mapping: the 64 KiB fault-around
+/// window, or a whole large folio of the page cache (up to 2 MiB, the PMD size). A reader
+/// hands a mapping back from there, pages before its first block included: a follower that
+/// caught up 10 GB kept 64–448 KiB before the first block read in the sealed mapping of a dozen
+/// segments, each run starting at a multiple of 512 KiB (Linux 6.18, ext4, 8 MiB readahead).
+/// Another reader's pages there are only mapped again from the page cache.
+const MAPPED_AROUND: u64 = 2 << 20;
 
 /// The smallest `after` a reader may start from: the tick before the first block, or the last
 /// tick when the WAL holds no block.
@@ -280,7 +284,7 @@ impl Reader {
 
     /// Hands back the pages read more than `RELEASE_BEHIND` bytes ago: in the mapping read
     /// now, and in those the reader has moved on from (to the next segment, or to the sealed
-    /// mapping of the segment it read while active). Pages before the fault-around window of the
+    /// mapping of the segment it read while active). Pages more than `MAPPED_AROUND` before the
     /// first block it read in a mapping are other readers' business.
     fn release_behind(&mut self, map: &FileMap, block_start: u64) {
         match &mut self.passed {
@@ -298,7 +302,7 @@ impl Reader {
                 }
                 self.passed = Some(Passed {
                     map: map.clone(),
-                    released: block_start - block_start % FAULT_AROUND,
+                    released: block_start - block_start % MAPPED_AROUND,
                 });
             }
         }
