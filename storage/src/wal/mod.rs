@@ -492,13 +492,15 @@ impl Drop for CompletionGuard {
     }
 }
 
-/// Bounds the number of queued requests; bytes are bounded by `Credits`.
+/// Bounds the number of queued requests; bytes are bounded by `Credits`. The queue holds them
+/// boxed: its slots are allocated and written when it is made, and 16k slots of a whole
+/// `Request` (~150 bytes) were 2.5 MiB of every server's resident memory (heaptrack).
 const QUEUE_REQUESTS_MAX: usize = 16_384;
 
 /// The write-ahead log. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Wal {
     shared: Arc<Shared>,
-    sender: Mutex<Option<Sender<Request>>>,
+    sender: Mutex<Option<Sender<Box<Request>>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stop_background: Mutex<Option<Sender<()>>>,
     recovery: RecoveryReport,
@@ -673,11 +675,11 @@ impl Wal {
             completion: Some(completion.clone()),
             submitted: Instant::now(),
         };
-        let request = Request {
+        let request = Box::new(Request {
             payload,
             completion: guard,
             credit_bytes,
-        };
+        });
         if sender.send(request).is_err() {
             self.shared.credits.release(credit_bytes);
             return Err(Error::Closed);

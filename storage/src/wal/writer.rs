@@ -174,7 +174,7 @@ impl Writer {
         Ok(writer)
     }
 
-    pub fn run(mut self, requests: Receiver<Request>) {
+    pub fn run(mut self, requests: Receiver<Box<Request>>) {
         let _guard = PanicGuard(self.shared.clone());
         raise_priority(&self.shared);
         let group_bytes_max = self.shared.options.group_bytes_max;
@@ -186,12 +186,12 @@ impl Writer {
                 .idle_nanos
                 .fetch_add(waiting.elapsed().as_nanos() as u64, Ordering::Relaxed);
             let mut group_bytes = first.credit_bytes;
-            let mut group = vec![first];
+            let mut group = vec![*first];
             while group_bytes < group_bytes_max {
                 match requests.try_recv() {
                     Ok(request) => {
                         group_bytes += request.credit_bytes;
-                        group.push(request);
+                        group.push(*request);
                     }
                     Err(_) => break,
                 }
