@@ -80,10 +80,10 @@ pub struct Reader {
     check_blocks: bool,
     /// The mapping this reader reads from, if it reads sequentially.
     passed: Option<Passed>,
-    /// Mappings it has moved on from, each with the offset from which to hand it back and the
-    /// bytes read when it moved on: handed back once `RELEASE_BEHIND` more bytes are read, for
-    /// the caller still holds their last blocks.
-    left: VecDeque<(FileMap, u64, u64)>,
+    /// Mappings it has moved on from, oldest first: their last blocks are handed back as the
+    /// reader goes on, `RELEASE_BEHIND` behind it counted across mappings, for the caller still
+    /// holds them.
+    left: VecDeque<Left>,
     /// Bytes of blocks read in all.
     read: u64,
 }
@@ -93,6 +93,17 @@ pub struct Reader {
 struct Passed {
     map: FileMap,
     released: u64,
+    /// The end of the last block read in it.
+    read_to: u64,
+}
+
+/// A mapping a sequential reader has moved on from, and where its last block ended in the
+/// reader's count of bytes read (`Reader::read`).
+struct Left {
+    map: FileMap,
+    released: u64,
+    read_to: u64,
+    read_at: u64,
 }
 
 impl Reader {
@@ -287,10 +298,12 @@ impl Reader {
     /// mapping of the segment it read while active). Pages more than `MAPPED_AROUND` before the
     /// first block it read in a mapping are other readers' business.
     fn release_behind(&mut self, map: &FileMap, block_start: u64) {
+        let block_end = self.position.offset;
         match &mut self.passed {
             // The same mapping: its address cannot be reused while `passed` holds it.
             Some(passed) if passed.map.as_ptr() == map.as_ptr() => {
-                let behind = self.position.offset.saturating_sub(RELEASE_BEHIND);
+                passed.read_to = block_end;
+                let behind = block_end.saturating_sub(RELEASE_BEHIND);
                 if behind >= passed.released + RELEASE_STEP {
                     passed.map.release(passed.released, behind);
                     passed.released = behind;
@@ -298,29 +311,43 @@ impl Reader {
             }
             _ => {
                 if let Some(old) = self.passed.take() {
-                    self.left.push_back((old.map, old.released, self.read));
+                    self.left.push_back(Left {
+                        map: old.map,
+                        released: old.released,
+                        read_to: old.read_to,
+                        read_at: self.read - (block_end - block_start),
+                    });
                 }
                 self.passed = Some(Passed {
                     map: map.clone(),
                     released: block_start - block_start % MAPPED_AROUND,
+                    read_to: block_end,
                 });
             }
         }
-        while let Some((map, from, _)) = self
-            .left
-            .front()
-            .filter(|(_, _, when)| self.read - when >= RELEASE_BEHIND)
-        {
-            map.release(*from, map.len() as u64);
-            self.left.pop_front();
+        // The mappings left behind, as if they and this one were one: only the oldest can be
+        // partly behind, the bytes read after it all being further on.
+        let behind = self.read.saturating_sub(RELEASE_BEHIND);
+        while let Some(left) = self.left.front_mut() {
+            if behind >= left.read_at {
+                left.map.release(left.released, left.map.len() as u64);
+                self.left.pop_front();
+                continue;
+            }
+            let upto = left.read_to.saturating_sub(left.read_at - behind);
+            if upto >= left.released + RELEASE_STEP {
+                left.map.release(left.released, upto);
+                left.released = upto;
+            }
+            break;
         }
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        for (map, from, _) in self.left.drain(..) {
-            map.release(from, map.len() as u64);
+        for left in self.left.drain(..) {
+            left.map.release(left.released, left.map.len() as u64);
         }
         if let Some(passed) = self.passed.take() {
             passed.map.release(passed.released, passed.map.len() as u64);
