@@ -96,7 +96,7 @@ pub struct DaemonArgs {
     /// bursts, which keeps the follower's lag low; more than 64k ticks behind, the follower
     /// switches to --rocksdb.write-buffer-size, which catches up faster. A store keeping its
     /// documents in the WAL keeps these memtables however far behind (they hold keys only).
-    /// Default: 4 MiB with documents in the WAL, 16 MiB without.
+    /// Default: 2 MiB with documents in the WAL, 16 MiB without.
     #[arg(long = "replication.tailing-write-buffer-size")]
     pub replication_tailing_write_buffer_size: Option<usize>,
 

@@ -222,6 +222,9 @@ pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
     out
 }
 
+/// Bytes a file written by a flush or a compaction gathers before each write.
+const WRITABLE_FILE_BUFFER_BYTES: u64 = 256 << 10;
+
 /// Values from this size on go to blob files; smaller documents stay in the LSM tree.
 const MIN_BLOB_SIZE: u64 = 256;
 
@@ -559,6 +562,10 @@ impl DocStore {
         // against 3.70–4.05 s in one sitting, no difference in a later A/B; kept for the
         // steadier writeback.
         options.set_bytes_per_sync(1 << 20);
+        // What a flush or compaction gathers before it writes (RocksDB's 1 MiB by default):
+        // 1.6 MiB of a follower's heap at its peak catching up, a flush and a compaction each
+        // writing (heaptrack). Writes of 256 KiB are as cheap a system call per byte.
+        options.set_writable_file_max_buffer_size(WRITABLE_FILE_BUFFER_BYTES);
         options.set_max_open_files(store_options.max_open_files.max(-1));
         options
             .set_table_cache_num_shard_bits(table_cache_shard_bits(store_options.max_open_files));
@@ -1246,6 +1253,10 @@ impl DocStore {
     ) -> Result<()> {
         let prefix = collection.to_be_bytes();
         let mut options = rocksdb::ReadOptions::default();
+        // A scan reads each data block once: kept out of the block cache, it neither grows the
+        // process by the whole collection's keys (up to the cache's size) nor pushes out the
+        // index and filter blocks that lookups need.
+        options.fill_cache(false);
         options.set_iterate_lower_bound(prefix.to_vec());
         options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
         let _scanning = ScanGuard::new(&self.active_scans);
