@@ -571,3 +571,54 @@ fn a_scan_leaves_the_block_cache_as_it_was() {
         "block cache {after} bytes after the scan, {before} before"
     );
 }
+
+#[test]
+fn reads_of_single_documents_hand_back_their_pages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wal_options = WalOptions {
+        segment_bytes: 4 << 20,
+        frame_bytes: FRAME_RAW_BYTES,
+        retention_interval: None,
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    // ~20 MiB of incompressible documents in ~5 sealed segments.
+    let docs: Vec<(String, Vec<u8>)> = (0..20_000)
+        .map(|i| {
+            let mut json = format!(r#"{{"_key":"k{i}","n":""#).into_bytes();
+            json.extend(
+                common::noise(&mut state, 1000)
+                    .iter()
+                    .map(|b| b'a' + b % 26),
+            );
+            json.extend_from_slice(br#""}"#);
+            (format!("k{i}"), json)
+        })
+        .collect();
+    let users = collection_definition(1001, "users");
+    wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
+        .expect("create");
+    put_all(&wal, &docs, 200);
+    let store = open_store(dir.path(), true, &wal);
+    apply_all(&wal, &store);
+    let wal_dir = dir.path().join("wal");
+    let before = common::resident_kib_of_files_in(&wal_dir);
+    for (key, json) in docs.iter().step_by(10) {
+        let document = store.get(1001, key).expect("get").expect("found");
+        assert_eq!(&document.json, json);
+    }
+    let read = common::resident_kib_of_files_in(&wal_dir);
+    // Each read maps the fault-around window of its frame: over 2,000 reads, most of the log.
+    assert!(
+        read >= before + (8 << 10),
+        "{read} KiB of the WAL mapped after the reads, {before} KiB before"
+    );
+    wal.hand_back_point_reads();
+    let after = common::resident_kib_of_files_in(&wal_dir);
+    // What is left is the active segment's share, at most a segment.
+    assert!(
+        after <= before + (4 << 10),
+        "{after} KiB of the WAL mapped after handing back, {read} KiB before it"
+    );
+}

@@ -630,6 +630,8 @@ struct Upkeep {
     last_flush: Instant,
     last_trim: Instant,
     last_gc_check: Instant,
+    /// When the value files' pages that point reads mapped were last handed back.
+    last_hand_back: Instant,
     preparer: Preparer,
 }
 
@@ -642,6 +644,7 @@ impl Upkeep {
             last_flush: Instant::now(),
             last_trim: Instant::now(),
             last_gc_check: Instant::now(),
+            last_hand_back: Instant::now(),
             preparer: Preparer::new(wal, store),
         })
     }
@@ -662,6 +665,10 @@ impl Upkeep {
                 release_free_memory();
                 self.last_trim = Instant::now();
             }
+        }
+        if self.last_hand_back.elapsed() >= crate::wal::POINT_READS_HANDED_BACK_EVERY {
+            self.last_hand_back = Instant::now();
+            store.hand_back_point_reads();
         }
         if self.last_gc_check.elapsed() >= GC_CHECK_EVERY {
             self.last_gc_check = Instant::now();

@@ -1598,6 +1598,15 @@ impl Drop for ScannedBlock {
 }
 
 impl DocStore {
+    /// Hands back the pages that reads of single documents mapped in the value files since the
+    /// last call (the store applier calls it every `POINT_READS_HANDED_BACK_EVERY`; the WAL
+    /// does the same for its segments).
+    pub fn hand_back_point_reads(&self) {
+        if let Some(values) = &self.values {
+            values.hand_back_point_reads();
+        }
+    }
+
     /// The block holding `tick`: in the WAL, or below its first tick in the value files.
     fn kept_block_at(&self, tick: Tick) -> Result<Option<Block>> {
         match self.attached_wal()?.block_at(tick) {

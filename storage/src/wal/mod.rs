@@ -758,6 +758,14 @@ impl Wal {
         Reader::new(self.shared.clone(), after)
     }
 
+    /// Hands back the pages of sealed segments that point reads (`block_at`) mapped since the
+    /// last call: the retention thread calls it every `POINT_READS_HANDED_BACK_EVERY`, so that a server
+    /// reading single documents all over a large WAL does not keep every page it ever read
+    /// mapped.
+    pub fn hand_back_point_reads(&self) {
+        hand_back_point_reads(&self.shared);
+    }
+
     /// The visible block holding `tick`, or `None` if `tick` is not visible yet (or is zero). Its
     /// header is checked; its checksum is checked in parts by what reads it (a framed block's
     /// `record_at` checks the one frame it decompresses). Fails with `TickCompacted` if retention removed it. With `Block::record_at` this
@@ -936,7 +944,15 @@ impl Drop for Wal {
     }
 }
 
+/// How often the pages that reads of single documents mapped are handed back
+/// (`Wal::hand_back_point_reads`), in the WAL's segments and in the value files. Reads then map
+/// them again from the page cache: random reads of 1M documents over HTTP, handed back every
+/// second, had a p50 of 141–168 µs against 135–142 µs, and kept 24–26 MiB of files mapped
+/// against 468 MiB (4 runs each). Every 10 s, what stays mapped is what was read in 10 s.
+pub const POINT_READS_HANDED_BACK_EVERY: Duration = Duration::from_secs(10);
+
 fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
+    let mut handed_back = Instant::now();
     loop {
         match stop.recv_timeout(interval) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -945,6 +961,18 @@ fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
         if let Err(e) = run_retention(shared, SystemTime::now()) {
             tracing::error!("wal: failed to run retention: {e}");
         }
+        if handed_back.elapsed() >= POINT_READS_HANDED_BACK_EVERY {
+            hand_back_point_reads(shared);
+            handed_back = Instant::now();
+        }
+    }
+}
+
+/// `Wal::hand_back_point_reads`.
+fn hand_back_point_reads(shared: &Shared) {
+    let sealed: Vec<Arc<SealedSegment>> = shared.lock().sealed.iter().cloned().collect();
+    for segment in sealed {
+        segment.hand_back_point_reads();
     }
 }
 

@@ -232,6 +232,9 @@ impl Reader {
                         continue;
                     }
                     let map = map_sealed(&segment, self.tick_read)?.0;
+                    if !self.check_blocks {
+                        segment.note_point_read();
+                    }
                     self.read_block(&map, segment.data_end, segment.id, &segment.path)?
                 }
             };

@@ -22,6 +22,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use bytemuck::{Pod, Zeroable};
@@ -229,6 +230,8 @@ pub struct SealedSegment {
     sparse: bool,
     /// The whole file, mapped, with the seal block's checksum verified.
     map: OnceLock<FileMap>,
+    /// Whether a point read mapped pages of it since `hand_back_point_reads` last ran.
+    point_read: AtomicBool,
 }
 
 impl SealedSegment {
@@ -255,6 +258,27 @@ impl SealedSegment {
             file_bytes,
             sparse: false,
             map: lock,
+            point_read: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes that a point read (one document by its tick) mapped pages of this file.
+    pub(crate) fn note_point_read(&self) {
+        if !self.point_read.load(Ordering::Relaxed) {
+            self.point_read.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands back the pages of the file mapped since the last call, if point reads mapped
+    /// any: reads of single documents take a few pages here and there, and over a large store
+    /// those would stay mapped, the process's resident set growing with what clients ever
+    /// read. Called every second or so; a sequential reader in the file then maps its few
+    /// pages again from the page cache.
+    pub(crate) fn hand_back_point_reads(&self) {
+        if self.point_read.swap(false, Ordering::Relaxed) {
+            if let Some(map) = self.map.get() {
+                map.release(0, map.len() as u64);
+            }
         }
     }
 

@@ -107,11 +107,21 @@ impl ValueFiles {
             }
         };
         let map = file.map()?;
+        file.note_point_read();
         let Some((_, offset)) = SealedIndex::new(file.index()?).floor(tick) else {
             return Ok(None);
         };
         let block = read_block(&file, map, offset)?;
         Ok(block.ticks().contains(tick).then_some(block))
+    }
+
+    /// Hands back the pages point reads mapped in value files since the last call
+    /// (`SealedSegment::hand_back_point_reads`).
+    pub fn hand_back_point_reads(&self) {
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for file in files {
+            file.hand_back_point_reads();
+        }
     }
 
     /// Makes the sealed WAL segment at `path` (segment `source` from `tick_first`) a value file
