@@ -188,6 +188,15 @@ pub fn fsync_dir(dir: &Path) -> Result<()> {
         .ctx("fsync directory", dir)
 }
 
+/// What the kernel may map around a fault in a file mapping: the 64 KiB fault-around
+/// window, or a whole large folio of the page cache (up to 2 MiB, the PMD size). A sequential
+/// reader hands a mapping back from there, pages before its first block included, and a block
+/// read on its own hands back the window around it (`Block::release_pages`): a follower that
+/// caught up 10 GB kept 64–448 KiB before the first block read in the sealed mapping of a dozen
+/// segments, each run starting at a multiple of 512 KiB (Linux 6.18, ext4, 8 MiB readahead).
+/// Another reader's pages there are only mapped again from the page cache.
+pub const MAPPED_AROUND: u64 = 2 << 20;
+
 /// A whole read-only shared mapping of a file, made by `map`: readers hand out slices of it as
 /// `Bytes` without copying, and hand back the pages they have read past (`release`). The mapping
 /// lives as long as any clone or slice of it.

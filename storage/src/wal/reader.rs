@@ -21,7 +21,7 @@ use super::segment::{SealedSegment, SEGMENT_HEADER_BYTES};
 use super::tick_index::SealedIndex;
 use super::{Shared, State};
 use crate::error::{Error, Result};
-use crate::fs::FileMap;
+use crate::fs::{FileMap, MAPPED_AROUND};
 use crate::tick::{SegmentId, Tick};
 
 /// Bytes of a mapping a sequential reader leaves mapped behind its position, for the blocks it
@@ -31,14 +31,6 @@ const RELEASE_BEHIND: u64 = 2 << 20;
 
 /// The least a sequential reader hands back at once.
 const RELEASE_STEP: u64 = 1 << 20;
-
-/// What the kernel may map around a reader's first fault in a mapping: the 64 KiB fault-around
-/// window, or a whole large folio of the page cache (up to 2 MiB, the PMD size). A reader
-/// hands a mapping back from there, pages before its first block included: a follower that
-/// caught up 10 GB kept 64–448 KiB before the first block read in the sealed mapping of a dozen
-/// segments, each run starting at a multiple of 512 KiB (Linux 6.18, ext4, 8 MiB readahead).
-/// Another reader's pages there are only mapped again from the page cache.
-const MAPPED_AROUND: u64 = 2 << 20;
 
 /// The smallest `after` a reader may start from: the tick before the first block, or the last
 /// tick when the WAL holds no block.
