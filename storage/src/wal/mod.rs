@@ -247,6 +247,8 @@ pub(crate) struct ActiveSegment {
     pub data_end: u64,
     pub ticks: TickRange,
     pub index: TickIndex,
+    /// Whether a point read mapped pages of it since `Wal::hand_back_point_reads` last ran.
+    pub point_read: AtomicBool,
 }
 
 pub(crate) struct State {
@@ -970,9 +972,20 @@ fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
 
 /// `Wal::hand_back_point_reads`.
 fn hand_back_point_reads(shared: &Shared) {
-    let sealed: Vec<Arc<SealedSegment>> = shared.lock().sealed.iter().cloned().collect();
+    let (sealed, active): (Vec<Arc<SealedSegment>>, Option<FileMap>) = {
+        let state = shared.lock();
+        let active = state
+            .active
+            .as_ref()
+            .filter(|a| a.point_read.swap(false, Ordering::Relaxed))
+            .map(|a| a.map.clone());
+        (state.sealed.iter().cloned().collect(), active)
+    };
     for segment in sealed {
         segment.hand_back_point_reads();
+    }
+    if let Some(map) = active {
+        map.release(0, map.len() as u64);
     }
 }
 

@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -183,11 +184,16 @@ impl Reader {
                     .map(|s| s.id)
                     .or(state.active.as_ref().map(|a| a.id));
                 match &state.active {
-                    Some(active) if active.id == self.position.segment => Step::Active {
-                        map: active.map.clone(),
-                        data_end: active.data_end,
-                        path: active.path.clone(),
-                    },
+                    Some(active) if active.id == self.position.segment => {
+                        if !self.check_blocks {
+                            active.point_read.store(true, Ordering::Relaxed);
+                        }
+                        Step::Active {
+                            map: active.map.clone(),
+                            data_end: active.data_end,
+                            path: active.path.clone(),
+                        }
+                    }
                     _ => {
                         let sealed = first_id.and_then(|first| {
                             let i = self.position.segment.get().checked_sub(first.get())?;

@@ -84,6 +84,7 @@ impl RecoveredActive {
             data_end: self.data_end,
             ticks: self.ticks,
             index: self.index.clone(),
+            point_read: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
