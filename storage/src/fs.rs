@@ -218,6 +218,11 @@ impl std::ops::Deref for FileMap {
 }
 
 impl FileMap {
+    /// `release` from `from` to the end of the file, its partial last page included.
+    pub fn release_from(&self, from: u64) {
+        self.release(from, u64::MAX);
+    }
+
     /// Drops this process's page-table entries for the whole pages inside bytes `from..to`, so
     /// that a reader that has moved past them stops counting them in its resident set; `to` at
     /// or past the end takes the file's partial last page too (the mapping covers it whole). The

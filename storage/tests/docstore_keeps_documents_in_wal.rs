@@ -482,19 +482,11 @@ fn documents_of_large_whole_blocks_stay_in_the_store() {
     assert_eq!(contents(&store), expected);
 }
 
-#[test]
-fn a_scan_hands_back_the_wal_pages_it_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let wal_options = WalOptions {
-        segment_bytes: 64 << 20,
-        frame_bytes: FRAME_RAW_BYTES,
-        retention_interval: None,
-        ..WalOptions::default()
-    };
-    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
+/// `count` documents `k0`, `k1`, ... of ~1 KB of random letters each: incompressible, so the
+/// WAL holds about what is written.
+fn noise_documents(count: usize) -> Vec<(String, Vec<u8>)> {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    // ~20 MiB of incompressible documents, 500 to a block.
-    let docs: Vec<(String, Vec<u8>)> = (0..20_000)
+    (0..count)
         .map(|i| {
             let mut json = format!(r#"{{"_key":"k{i}","n":""#).into_bytes();
             json.extend(
@@ -505,13 +497,39 @@ fn a_scan_hands_back_the_wal_pages_it_read() {
             json.extend_from_slice(br#""}"#);
             (format!("k{i}"), json)
         })
-        .collect();
+        .collect()
+}
+
+/// A WAL under `dir` in segments of `segment_bytes`, holding collection 1001 and `docs`
+/// (`per_block` to a block), applied by a store that keeps its documents in the WAL.
+fn users_applied(
+    dir: &Path,
+    segment_bytes: u64,
+    docs: &[(String, Vec<u8>)],
+    per_block: usize,
+) -> (Arc<Wal>, Arc<DocStore>) {
+    let wal_options = WalOptions {
+        segment_bytes,
+        frame_bytes: FRAME_RAW_BYTES,
+        retention_interval: None,
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(dir.join("wal"), wal_options).expect("wal"));
     let users = collection_definition(1001, "users");
     wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
         .expect("create");
-    put_all(&wal, &docs, 500);
-    let store = open_store(dir.path(), true, &wal);
+    put_all(&wal, docs, per_block);
+    let store = open_store(dir, true, &wal);
     apply_all(&wal, &store);
+    (wal, store)
+}
+
+#[test]
+fn a_scan_hands_back_the_wal_pages_it_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // ~20 MiB of incompressible documents, 500 to a block.
+    let docs = noise_documents(20_000);
+    let (_wal, store) = users_applied(dir.path(), 64 << 20, &docs, 500);
     let wal_dir = dir.path().join("wal");
     let before = common::resident_kib_of_files_in(&wal_dir);
     let mut seen = 0usize;
@@ -534,12 +552,6 @@ fn a_scan_hands_back_the_wal_pages_it_read() {
 #[test]
 fn a_scan_leaves_the_block_cache_as_it_was() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal_options = WalOptions {
-        frame_bytes: FRAME_RAW_BYTES,
-        retention_interval: None,
-        ..WalOptions::default()
-    };
-    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
     // 100k small documents: ~3 MB of keys and ticks in the store's table files once flushed.
     let docs: Vec<(String, Vec<u8>)> = (0..100_000)
         .map(|i| {
@@ -548,12 +560,7 @@ fn a_scan_leaves_the_block_cache_as_it_was() {
             (key, json)
         })
         .collect();
-    let users = collection_definition(1001, "users");
-    wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
-        .expect("create");
-    put_all(&wal, &docs, 1000);
-    let store = open_store(dir.path(), true, &wal);
-    apply_all(&wal, &store);
+    let (_wal, store) = users_applied(dir.path(), WalOptions::default().segment_bytes, &docs, 1000);
     store.flush().expect("flush");
     let before = store.memory().block_cache;
     let mut seen = 0usize;
@@ -575,33 +582,9 @@ fn a_scan_leaves_the_block_cache_as_it_was() {
 #[test]
 fn reads_of_single_documents_hand_back_their_pages() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let wal_options = WalOptions {
-        segment_bytes: 4 << 20,
-        frame_bytes: FRAME_RAW_BYTES,
-        retention_interval: None,
-        ..WalOptions::default()
-    };
-    let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options).expect("wal"));
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
     // ~20 MiB of incompressible documents in ~5 sealed segments.
-    let docs: Vec<(String, Vec<u8>)> = (0..20_000)
-        .map(|i| {
-            let mut json = format!(r#"{{"_key":"k{i}","n":""#).into_bytes();
-            json.extend(
-                common::noise(&mut state, 1000)
-                    .iter()
-                    .map(|b| b'a' + b % 26),
-            );
-            json.extend_from_slice(br#""}"#);
-            (format!("k{i}"), json)
-        })
-        .collect();
-    let users = collection_definition(1001, "users");
-    wal.append(&[record(RecordType::CollectionCreate, "1001", "", &users)])
-        .expect("create");
-    put_all(&wal, &docs, 200);
-    let store = open_store(dir.path(), true, &wal);
-    apply_all(&wal, &store);
+    let docs = noise_documents(20_000);
+    let (wal, store) = users_applied(dir.path(), 4 << 20, &docs, 200);
     let wal_dir = dir.path().join("wal");
     let before = common::resident_kib_of_files_in(&wal_dir);
     for (key, json) in docs.iter().step_by(10) {

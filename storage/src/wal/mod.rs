@@ -50,7 +50,7 @@ pub use self::record::{Record, RecordType, Records};
 pub use self::recovery::{RecoveryReport, TornTail};
 pub use self::retention::{Barrier, KeepReason, RetentionPolicy};
 use self::retention::{RetentionState, SegmentFacts};
-use self::segment::SealedSegment;
+use self::segment::{PointReads, SealedSegment};
 use self::tick_index::TickIndex;
 pub(crate) use self::writer::error_chain;
 use crate::error::{Error, Result};
@@ -248,7 +248,7 @@ pub(crate) struct ActiveSegment {
     pub ticks: TickRange,
     pub index: TickIndex,
     /// Whether a point read mapped pages of it since `Wal::hand_back_point_reads` last ran.
-    pub point_read: AtomicBool,
+    pub point_reads: PointReads,
 }
 
 pub(crate) struct State {
@@ -760,10 +760,9 @@ impl Wal {
         Reader::new(self.shared.clone(), after)
     }
 
-    /// Hands back the pages of sealed segments that point reads (`block_at`) mapped since the
-    /// last call: the retention thread calls it every `POINT_READS_HANDED_BACK_EVERY`, so that a server
-    /// reading single documents all over a large WAL does not keep every page it ever read
-    /// mapped.
+    /// Hands back the pages of segments, sealed or active, that point reads (`block_at`)
+    /// mapped since the last call (`PointReads`). The retention thread calls it every
+    /// `POINT_READS_HANDED_BACK_EVERY`.
     pub fn hand_back_point_reads(&self) {
         hand_back_point_reads(&self.shared);
     }
@@ -977,7 +976,7 @@ fn hand_back_point_reads(shared: &Shared) {
         let active = state
             .active
             .as_ref()
-            .filter(|a| a.point_read.swap(false, Ordering::Relaxed))
+            .filter(|a| a.point_reads.take())
             .map(|a| a.map.clone());
         (state.sealed.iter().cloned().collect(), active)
     };
@@ -985,7 +984,7 @@ fn hand_back_point_reads(shared: &Shared) {
         segment.hand_back_point_reads();
     }
     if let Some(map) = active {
-        map.release(0, map.len() as u64);
+        map.release_from(0);
     }
 }
 

@@ -13,7 +13,6 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,9 +92,7 @@ struct Passed {
 /// A mapping a sequential reader has moved on from, and where its last block ended in the
 /// reader's count of bytes read (`Reader::read`).
 struct Left {
-    map: FileMap,
-    released: u64,
-    read_to: u64,
+    passed: Passed,
     read_at: u64,
 }
 
@@ -186,7 +183,7 @@ impl Reader {
                 match &state.active {
                     Some(active) if active.id == self.position.segment => {
                         if !self.check_blocks {
-                            active.point_read.store(true, Ordering::Relaxed);
+                            active.point_reads.note();
                         }
                         Step::Active {
                             map: active.map.clone(),
@@ -313,9 +310,7 @@ impl Reader {
             _ => {
                 if let Some(old) = self.passed.take() {
                     self.left.push_back(Left {
-                        map: old.map,
-                        released: old.released,
-                        read_to: old.read_to,
+                        passed: old,
                         read_at: self.read - (block_end - block_start),
                     });
                 }
@@ -329,16 +324,16 @@ impl Reader {
         // The mappings left behind, as if they and this one were one: only the oldest can be
         // partly behind, the bytes read after it all being further on.
         let behind = self.read.saturating_sub(RELEASE_BEHIND);
-        while let Some(left) = self.left.front_mut() {
-            if behind >= left.read_at {
-                left.map.release(left.released, left.map.len() as u64);
+        while let Some(Left { passed, read_at }) = self.left.front_mut() {
+            if behind >= *read_at {
+                passed.map.release_from(passed.released);
                 self.left.pop_front();
                 continue;
             }
-            let upto = left.read_to.saturating_sub(left.read_at - behind);
-            if upto >= left.released + RELEASE_STEP {
-                left.map.release(left.released, upto);
-                left.released = upto;
+            let upto = passed.read_to.saturating_sub(*read_at - behind);
+            if upto >= passed.released + RELEASE_STEP {
+                passed.map.release(passed.released, upto);
+                passed.released = upto;
             }
             break;
         }
@@ -347,11 +342,11 @@ impl Reader {
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        for left in self.left.drain(..) {
-            left.map.release(left.released, left.map.len() as u64);
+        for Left { passed, .. } in self.left.drain(..) {
+            passed.map.release_from(passed.released);
         }
         if let Some(passed) = self.passed.take() {
-            passed.map.release(passed.released, passed.map.len() as u64);
+            passed.map.release_from(passed.released);
         }
     }
 }

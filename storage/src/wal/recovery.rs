@@ -84,7 +84,7 @@ impl RecoveredActive {
             data_end: self.data_end,
             ticks: self.ticks,
             index: self.index.clone(),
-            point_read: std::sync::atomic::AtomicBool::new(false),
+            point_reads: Default::default(),
         }
     }
 }
@@ -611,7 +611,7 @@ fn verify_sealed(segment: &SealedSegment, report: &mut RecoveryReport) -> Result
         ));
     }
     // Read once; the segment stays mapped for readers, but not resident for this pass.
-    map.release(0, map.len() as u64);
+    map.release_from(0);
     Ok(())
 }
 

@@ -231,7 +231,28 @@ pub struct SealedSegment {
     /// The whole file, mapped, with the seal block's checksum verified.
     map: OnceLock<FileMap>,
     /// Whether a point read mapped pages of it since `hand_back_point_reads` last ran.
-    point_read: AtomicBool,
+    point_reads: PointReads,
+}
+
+/// Whether reads of single documents (by tick) mapped pages of a file since the pages were last
+/// handed back (`Wal::hand_back_point_reads`): such reads take a few pages here and there, and
+/// over a large store those would stay mapped, the process's resident set growing with what
+/// clients ever read.
+#[derive(Default)]
+pub(crate) struct PointReads(AtomicBool);
+
+impl PointReads {
+    /// Notes a point read; a load first, so that reads of a file already noted write nothing.
+    pub(crate) fn note(&self) {
+        if !self.0.load(Ordering::Relaxed) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a point read was noted since the last call.
+    pub(crate) fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
+    }
 }
 
 impl SealedSegment {
@@ -258,26 +279,22 @@ impl SealedSegment {
             file_bytes,
             sparse: false,
             map: lock,
-            point_read: AtomicBool::new(false),
+            point_reads: PointReads::default(),
         }
     }
 
     /// Notes that a point read (one document by its tick) mapped pages of this file.
     pub(crate) fn note_point_read(&self) {
-        if !self.point_read.load(Ordering::Relaxed) {
-            self.point_read.store(true, Ordering::Relaxed);
-        }
+        self.point_reads.note();
     }
 
-    /// Hands back the pages of the file mapped since the last call, if point reads mapped
-    /// any: reads of single documents take a few pages here and there, and over a large store
-    /// those would stay mapped, the process's resident set growing with what clients ever
-    /// read. Called every second or so; a sequential reader in the file then maps its few
-    /// pages again from the page cache.
+    /// Hands back the pages of the file, if point reads mapped any since the last call
+    /// (`PointReads`); a sequential reader in the file then maps its few pages again from the
+    /// page cache.
     pub(crate) fn hand_back_point_reads(&self) {
-        if self.point_read.swap(false, Ordering::Relaxed) {
+        if self.point_reads.take() {
             if let Some(map) = self.map.get() {
-                map.release(0, map.len() as u64);
+                map.release_from(0);
             }
         }
     }

@@ -31,7 +31,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -732,7 +732,7 @@ fn publish(
                     data_end,
                     ticks,
                     index: entries,
-                    point_read: AtomicBool::new(false),
+                    point_reads: Default::default(),
                 });
             }
         }
