@@ -524,6 +524,19 @@ fn users_applied(
     (wal, store)
 }
 
+/// Scans collection 1001 whole, handing each document's JSON to `check`; returns how many.
+fn scan_count(store: &DocStore, mut check: impl FnMut(&[u8])) -> usize {
+    let mut seen = 0usize;
+    store
+        .scan(1001, |_, document| {
+            check(&document.json);
+            seen += 1;
+            true
+        })
+        .expect("scan");
+    seen
+}
+
 #[test]
 fn a_scan_hands_back_the_wal_pages_it_read() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -532,14 +545,7 @@ fn a_scan_hands_back_the_wal_pages_it_read() {
     let (_wal, store) = users_applied(dir.path(), 64 << 20, &docs, 500);
     let wal_dir = dir.path().join("wal");
     let before = common::resident_kib_of_files_in(&wal_dir);
-    let mut seen = 0usize;
-    store
-        .scan(1001, |_, document| {
-            assert!(document.json.len() > 1000);
-            seen += 1;
-            true
-        })
-        .expect("scan");
+    let seen = scan_count(&store, |json| assert!(json.len() > 1000));
     assert_eq!(seen, docs.len());
     let after = common::resident_kib_of_files_in(&wal_dir);
     // Without handing pages back, the scan leaves the ~20 MiB it read mapped.
@@ -563,14 +569,7 @@ fn a_scan_leaves_the_block_cache_as_it_was() {
     let (_wal, store) = users_applied(dir.path(), WalOptions::default().segment_bytes, &docs, 1000);
     store.flush().expect("flush");
     let before = store.memory().block_cache;
-    let mut seen = 0usize;
-    store
-        .scan(1001, |_, _| {
-            seen += 1;
-            true
-        })
-        .expect("scan");
-    assert_eq!(seen, docs.len());
+    assert_eq!(scan_count(&store, |_| {}), docs.len());
     let after = store.memory().block_cache;
     // Filling the cache, the scan left every data block it read in it (2.3 MB more).
     assert!(
