@@ -533,6 +533,35 @@ impl Level0Triggers {
             stop: clamp(self.stop.max(compaction.saturating_mul(3))),
         }
     }
+
+    /// For memtables `scale` times smaller that hold keys only (a store keeping its documents
+    /// in the WAL). Their level-0 files are small (~0.5 MB for 2 MiB of keys), so what starts a
+    /// compaction is level 0's size reaching the level base (8 MiB, ~19 files), long before
+    /// `scaled`'s count (256 files), and `scaled`'s stalls (512 and 768 files) never came: a
+    /// follower catching up outran its compactions at nice 19 by up to 80 files, and each
+    /// compaction then rewrote up to 48 MB at once, loading the new files' index and filter
+    /// partitions while the old ones were still cached. So the count that starts a compaction
+    /// stays near where the size does (half the configured slowdown: 20), writes slow down at
+    /// 1.5 times and stop at twice that (30 and 40). A follower keeping up with its leader
+    /// never has more than ~24 files in level 0 (`scripts/catch-up 10010000 follow`), so only
+    /// one catching up waits, for compactions of at most ~40 files.
+    pub fn scaled_keys_only(self, scale: u32) -> Level0Triggers {
+        if scale <= 1 {
+            return self.scaled(1);
+        }
+        let clamp = |n: u32| n.clamp(1, 1 << 16);
+        let compaction = clamp(
+            self.compaction
+                .saturating_mul(scale)
+                .min(self.slowdown / 2)
+                .max(2),
+        );
+        Level0Triggers {
+            compaction,
+            slowdown: clamp(compaction.saturating_mul(3) / 2),
+            stop: clamp(compaction.saturating_mul(2)),
+        }
+    }
 }
 
 impl DocStore {
@@ -1487,11 +1516,17 @@ impl DocStore {
 
     /// The level-0 triggers in force with the memtables of `set_tailing(tailing)`: scaled by how
     /// much smaller the tailing memtables are, so that a compaction starts at as many bytes of
-    /// keys either way (`Level0Triggers::scaled`).
+    /// keys either way (`Level0Triggers::scaled`), or for memtables of keys only near where
+    /// level 0's size starts one, with writes waiting for compactions past twice that
+    /// (`Level0Triggers::scaled_keys_only`).
     pub fn level0_triggers_for(&self, tailing: bool) -> Level0Triggers {
         let scale = self.write_buffer_bytes / self.memtable_bytes(tailing).max(1);
-        self.level0_triggers
-            .scaled(u32::try_from(scale).unwrap_or(u32::MAX))
+        let scale = u32::try_from(scale).unwrap_or(u32::MAX);
+        if self.documents_in_wal {
+            self.level0_triggers.scaled_keys_only(scale)
+        } else {
+            self.level0_triggers.scaled(scale)
+        }
     }
 
     fn memtable_bytes(&self, tailing: bool) -> usize {
@@ -2049,6 +2084,72 @@ mod tests {
             }
         );
         assert_eq!(configured.scaled(u32::MAX).stop, 1 << 16);
+    }
+
+    // Goal: memtables of keys only start a compaction at no more than half the configured
+    // slowdown and stop writes at twice that, whatever the scale, so that a follower catching
+    // up waits for compactions of at most that many files; unscaled they are as configured.
+    #[test]
+    fn level0_triggers_for_keys_only_bound_level0() {
+        let configured = Level0Triggers {
+            compaction: 8,
+            slowdown: 40,
+            stop: 64,
+        };
+        let bounded = Level0Triggers {
+            compaction: 20,
+            slowdown: 30,
+            stop: 40,
+        };
+        assert_eq!(configured.scaled_keys_only(32), bounded);
+        assert_eq!(configured.scaled_keys_only(u32::MAX), bounded);
+        assert_eq!(configured.scaled_keys_only(1), configured);
+        assert_eq!(
+            configured.scaled_keys_only(2),
+            Level0Triggers {
+                compaction: 16,
+                slowdown: 24,
+                stop: 32
+            }
+        );
+        // Always in order, so that a compaction starts before writes wait for one.
+        for slowdown in [0, 1, 2, 3, 7, 1 << 20] {
+            let t = Level0Triggers {
+                compaction: 1,
+                slowdown,
+                stop: 1,
+            }
+            .scaled_keys_only(64);
+            assert!(t.compaction < t.slowdown && t.slowdown < t.stop, "{t:?}");
+        }
+    }
+
+    // Goal: a store keeping its documents in the WAL bounds level 0 while tailing
+    // (`scaled_keys_only`); one keeping them in the store scales its triggers as before.
+    #[test]
+    fn keys_only_store_bounds_level0_while_tailing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let triggers = |path: &str, documents_in_wal: bool| {
+            let options = StoreOptions {
+                documents_in_wal,
+                ..StoreOptions::default()
+            };
+            let store = DocStore::open_with(dir.path().join(path), &options).expect("open");
+            (store.level0_triggers_for(true), store.level0_triggers_for(false))
+        };
+        let configured = StoreOptions::default();
+        let configured = Level0Triggers {
+            compaction: configured.level0_compaction_trigger,
+            slowdown: configured.level0_slowdown_trigger,
+            stop: configured.level0_stop_trigger,
+        };
+        let (tailing, leading) = triggers("in-wal", true);
+        assert_eq!(tailing, configured.scaled_keys_only(32));
+        assert_eq!(tailing.stop, 40);
+        assert_eq!(leading, configured);
+        let (tailing, leading) = triggers("in-store", false);
+        assert_eq!(tailing, configured.scaled(4));
+        assert_eq!(leading, configured);
     }
 
     // Goal: a store whose memtables shrink for tailing lets level 0 grow by as many more files
