@@ -2135,7 +2135,10 @@ mod tests {
                 ..StoreOptions::default()
             };
             let store = DocStore::open_with(dir.path().join(path), &options).expect("open");
-            (store.level0_triggers_for(true), store.level0_triggers_for(false))
+            (
+                store.level0_triggers_for(true),
+                store.level0_triggers_for(false),
+            )
         };
         let configured = StoreOptions::default();
         let configured = Level0Triggers {
