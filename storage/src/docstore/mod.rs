@@ -1861,6 +1861,15 @@ mod tests {
         assert_eq!(store.write_buffer_bytes(), 64 << 20);
     }
 
+    /// A store at `path` with the default options, documents kept in the WAL or in the store.
+    fn open_in_mode(path: &Path, documents_in_wal: bool) -> DocStore {
+        let options = StoreOptions {
+            documents_in_wal,
+            ..StoreOptions::default()
+        };
+        DocStore::open_with(path, &options).expect("open")
+    }
+
     // Goal: without a size of its own, the tailing memtable follows the store's mode: 16 MiB
     // holding documents, 4 MiB holding keys only; a store that kept documents in the WAL keeps
     // the small ones when reopened without asking (the mode is sticky).
@@ -1868,11 +1877,7 @@ mod tests {
     fn tailing_memtables_default_by_mode() {
         let dir = tempfile::tempdir().expect("tempdir");
         let tailing = |path: &str, documents_in_wal: bool| {
-            let options = StoreOptions {
-                documents_in_wal,
-                ..StoreOptions::default()
-            };
-            let store = DocStore::open_with(dir.path().join(path), &options).expect("open");
+            let store = open_in_mode(&dir.path().join(path), documents_in_wal);
             store.set_tailing(true).expect("tailing");
             store.write_buffer_bytes()
         };
@@ -2130,11 +2135,7 @@ mod tests {
     fn keys_only_store_bounds_level0_while_tailing() {
         let dir = tempfile::tempdir().expect("tempdir");
         let triggers = |path: &str, documents_in_wal: bool| {
-            let options = StoreOptions {
-                documents_in_wal,
-                ..StoreOptions::default()
-            };
-            let store = DocStore::open_with(dir.path().join(path), &options).expect("open");
+            let store = open_in_mode(&dir.path().join(path), documents_in_wal);
             (
                 store.level0_triggers_for(true),
                 store.level0_triggers_for(false),
