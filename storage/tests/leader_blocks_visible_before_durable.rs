@@ -246,3 +246,40 @@ fn a_replay_over_persisted_inserts_counts_them_once() {
         .expect("replay");
     assert_eq!(store.count(7), 20, "replayed inserts counted again");
 }
+
+/// Claim: a follower's block is `taken` (copied by the writer, no longer held in the
+/// appender's memory) as soon as it is written, while its fdatasync is still held; what a
+/// follower keeps queued is bounded by that, not by how slow its disk syncs.
+#[test]
+fn a_block_is_taken_once_written_before_it_is_durable() {
+    let leader_dir = tempfile::tempdir().expect("tempdir");
+    let follower_dir = tempfile::tempdir().expect("tempdir");
+    let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
+    append_documents(&leader, 1, 3, 200);
+    let blocks = blocks_after(&leader, Tick::ZERO);
+    let follower = Wal::open(follower_dir.path(), options(IoEngine::Sync)).expect("follower");
+    follower
+        .submit_block(blocks[0].clone())
+        .expect("submit")
+        .wait()
+        .expect("durable");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+
+    let scenario = FailScenario::setup();
+    fail::cfg("wal::segment::sync::err", "pause").expect("fail point");
+    let pending = follower.submit_block(blocks[1].clone()).expect("submit");
+    let taken = pending.taken();
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), taken).await })
+        .expect("taken while its fdatasync is held");
+    assert!(
+        follower.durable_tick() < blocks[1].ticks().last,
+        "taken, not durable"
+    );
+    fail::remove("wal::segment::sync::err");
+    assert_eq!(pending.wait().expect("durable"), blocks[1].ticks());
+    scenario.teardown();
+}

@@ -413,9 +413,17 @@ impl Completion {
 #[must_use = "an append is only acknowledged once its handle resolves"]
 pub struct Appended {
     completion: Arc<Completion>,
+    taken: Arc<Taken>,
 }
 
 impl Appended {
+    /// Resolves once the writer has taken the block from the queue and copied it into its
+    /// buffer, that is once the appender's bytes are no longer held for it (long before they
+    /// are durable). Also resolves if the writer stopped without taking it.
+    pub fn taken(&self) -> TakenFuture {
+        TakenFuture(self.taken.clone())
+    }
+
     pub fn wait(self) -> Result<TickRange> {
         let mut slot = self
             .completion
@@ -465,6 +473,45 @@ pub(crate) struct Request {
     pub payload: Payload,
     pub completion: CompletionGuard,
     pub credit_bytes: usize,
+    /// Declared after `payload`: dropped once the payload is, which is what it signals.
+    pub _taken: TakenSignal,
+}
+
+/// Whether the writer has taken an append from the queue (see `Appended::taken`).
+pub(crate) struct Taken {
+    slot: Mutex<(bool, Option<Waker>)>,
+}
+
+/// Signals `Taken` when dropped: the writer drops a request's payload and this together, once
+/// it has copied the payload, and a request dropped unwritten (a stopped writer) signals too,
+/// so no appender waits forever.
+pub(crate) struct TakenSignal(Arc<Taken>);
+
+impl Drop for TakenSignal {
+    fn drop(&mut self) {
+        let mut slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
+        slot.0 = true;
+        if let Some(waker) = slot.1.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves when its append has been taken by the writer (`Appended::taken`).
+pub struct TakenFuture(Arc<Taken>);
+
+impl Future for TakenFuture {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.0 {
+            Poll::Ready(())
+        } else {
+            slot.1 = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
 }
 
 /// Completes its append exactly once: explicitly, or with an error if dropped unanswered (a
@@ -677,16 +724,20 @@ impl Wal {
             completion: Some(completion.clone()),
             submitted: Instant::now(),
         };
+        let taken = Arc::new(Taken {
+            slot: Mutex::new((false, None)),
+        });
         let request = Box::new(Request {
             payload,
             completion: guard,
             credit_bytes,
+            _taken: TakenSignal(taken.clone()),
         });
         if sender.send(request).is_err() {
             self.shared.credits.release(credit_bytes);
             return Err(Error::Closed);
         }
-        Ok(Appended { completion })
+        Ok(Appended { completion, taken })
     }
 
     fn failure(&self) -> Error {
