@@ -291,8 +291,9 @@ impl Receiving {
     /// Bytes of received blocks queued for the WAL's writer at most: a quarter of the buffer
     /// (the default frame size), so that one frame is queued while the next is read. Blocks
     /// once written are no longer held, so catching up is no slower than when a whole buffer
-    /// of blocks not yet durable was held (10.01M behind, 3 runs alternating: 19.95–21.47 s
-    /// against 20.83–21.61 s; with that gate at a quarter, 25.7–26.8 s).
+    /// of blocks not yet durable was held (10.01M behind, 5 runs alternating: 19.95–27.21 s
+    /// against 20.83–27.37 s; gating blocks not yet durable at a quarter instead: 26.8 s
+    /// against 22.9–23.0 s).
     fn ahead_bytes(&self) -> usize {
         (self.buffer_bytes as usize / 4).max(64 << 10)
     }

@@ -18,21 +18,27 @@ use tickship_storage::docstore::{ApplyContext, DocStore};
 use tickship_storage::wal::{self, Block, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
 
-#[test]
-fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
+/// A leader's three blocks, and a follower WAL that has stored the first one durably. The first
+/// block opens the segment (taking the prepared spare, whose preparation syncs too), so it is
+/// stored before a test holds any sync. The directories live as long as the returned guard.
+fn follower_with_a_durable_first_block() -> ([tempfile::TempDir; 2], Vec<Block>, Wal) {
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let follower_dir = tempfile::tempdir().expect("tempdir");
     let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
     append_documents(&leader, 1, 3, 200);
     let blocks = blocks_after(&leader, Tick::ZERO);
     let follower = Wal::open(follower_dir.path(), options(IoEngine::Sync)).expect("follower");
-    // The first block opens the segment (taking the prepared spare, whose preparation syncs
-    // too): store it before any sync is held.
     follower
         .submit_block(blocks[0].clone())
         .expect("submit")
         .wait()
         .expect("durable");
+    ([leader_dir, follower_dir], blocks, follower)
+}
+
+#[test]
+fn leader_blocks_are_visible_before_the_fdatasync_own_appends_after() {
+    let (_dirs, blocks, follower) = follower_with_a_durable_first_block();
     let mut reader = follower
         .reader_after(blocks[0].ticks().last)
         .expect("reader");
@@ -252,17 +258,7 @@ fn a_replay_over_persisted_inserts_counts_them_once() {
 /// follower keeps queued is bounded by that, not by how slow its disk syncs.
 #[test]
 fn a_block_is_taken_once_written_before_it_is_durable() {
-    let leader_dir = tempfile::tempdir().expect("tempdir");
-    let follower_dir = tempfile::tempdir().expect("tempdir");
-    let leader = Wal::open(leader_dir.path(), options(IoEngine::Sync)).expect("leader");
-    append_documents(&leader, 1, 3, 200);
-    let blocks = blocks_after(&leader, Tick::ZERO);
-    let follower = Wal::open(follower_dir.path(), options(IoEngine::Sync)).expect("follower");
-    follower
-        .submit_block(blocks[0].clone())
-        .expect("submit")
-        .wait()
-        .expect("durable");
+    let (_dirs, blocks, follower) = follower_with_a_durable_first_block();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
