@@ -197,8 +197,9 @@ pub struct DaemonArgs {
     /// As a follower: bytes of the leader's log held in memory at most, once and a quarter: in
     /// QUIC's stream window (sent by the leader, not yet read), and a quarter of it read but
     /// not yet written to this server's WAL. A follower far behind fills both however far
-    /// behind it is, so this bounds its memory. The window must cover the link's bandwidth-delay product: 1 MiB is
-    /// 84 Mbit/s at 100 ms of round trip and 42 Gbit/s at 0.2 ms; raise it for a long link.
+    /// behind it is, so this bounds its memory. The window must cover the link's
+    /// bandwidth-delay product: 1 MiB is 84 Mbit/s at 100 ms of round trip and 42 Gbit/s at
+    /// 0.2 ms; raise it for a long link.
     /// 1 MiB rather than 4: a follower 1M documents behind peaked at 37 MiB instead of 49–59
     /// and caught up no slower (1.97–2.08 s against 1.89–2.45 s), lag the same.
     #[arg(long = "replication.receive-buffer-size", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(i64::from(tickship_net::transport::STREAM_WINDOW_MIN)..=(1 << 30)))]

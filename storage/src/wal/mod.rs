@@ -383,25 +383,38 @@ impl Credits {
     }
 }
 
-/// The result slot of one append, completed by the writer.
+/// The state of one append shared with the writer: whether it has taken the block
+/// (`Appended::taken`), and the result once it completes.
 pub(crate) struct Completion {
-    slot: Mutex<(Option<Result<TickRange>>, Option<Waker>)>,
+    slot: Mutex<Slot>,
     done: Condvar,
+}
+
+#[derive(Default)]
+struct Slot {
+    result: Option<Result<TickRange>>,
+    waker: Option<Waker>,
+    taken: bool,
+    taken_waker: Option<Waker>,
 }
 
 impl Completion {
     fn new() -> Arc<Completion> {
         Arc::new(Completion {
-            slot: Mutex::new((None, None)),
+            slot: Mutex::new(Slot::default()),
             done: Condvar::new(),
         })
     }
 
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn complete(&self, result: Result<TickRange>) {
-        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-        assert!(slot.0.is_none(), "an append completed twice");
-        slot.0 = Some(result);
-        if let Some(waker) = slot.1.take() {
+        let mut slot = self.slot();
+        assert!(slot.result.is_none(), "an append completed twice");
+        slot.result = Some(result);
+        if let Some(waker) = slot.waker.take() {
             waker.wake();
         }
         self.done.notify_all();
@@ -413,7 +426,6 @@ impl Completion {
 #[must_use = "an append is only acknowledged once its handle resolves"]
 pub struct Appended {
     completion: Arc<Completion>,
-    taken: Arc<Taken>,
 }
 
 impl Appended {
@@ -421,17 +433,13 @@ impl Appended {
     /// buffer, that is once the appender's bytes are no longer held for it (long before they
     /// are durable). Also resolves if the writer stopped without taking it.
     pub fn taken(&self) -> TakenFuture {
-        TakenFuture(self.taken.clone())
+        TakenFuture(self.completion.clone())
     }
 
     pub fn wait(self) -> Result<TickRange> {
-        let mut slot = self
-            .completion
-            .slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.completion.slot();
         loop {
-            if let Some(result) = slot.0.take() {
+            if let Some(result) = slot.result.take() {
                 return result;
             }
             slot = self
@@ -447,15 +455,11 @@ impl Future for Appended {
     type Output = Result<TickRange>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<TickRange>> {
-        let mut slot = self
-            .completion
-            .slot
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match slot.0.take() {
+        let mut slot = self.completion.slot();
+        match slot.result.take() {
             Some(result) => Poll::Ready(result),
             None => {
-                slot.1 = Some(cx.waker().clone());
+                slot.waker = Some(cx.waker().clone());
                 Poll::Pending
             }
         }
@@ -477,38 +481,33 @@ pub(crate) struct Request {
     pub _taken: TakenSignal,
 }
 
-/// Whether the writer has taken an append from the queue (see `Appended::taken`).
-pub(crate) struct Taken {
-    slot: Mutex<(bool, Option<Waker>)>,
-}
-
-/// Signals `Taken` when dropped: the writer drops a request's payload and this together, once
-/// it has copied the payload, and a request dropped unwritten (a stopped writer) signals too,
-/// so no appender waits forever.
-pub(crate) struct TakenSignal(Arc<Taken>);
+/// Marks its append taken when dropped: the writer drops a request's payload and this
+/// together, once it has copied the payload, and a request dropped unwritten (a stopped
+/// writer) marks it too, so no appender waits forever.
+pub(crate) struct TakenSignal(Arc<Completion>);
 
 impl Drop for TakenSignal {
     fn drop(&mut self) {
-        let mut slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
-        slot.0 = true;
-        if let Some(waker) = slot.1.take() {
+        let mut slot = self.0.slot();
+        slot.taken = true;
+        if let Some(waker) = slot.taken_waker.take() {
             waker.wake();
         }
     }
 }
 
 /// Resolves when its append has been taken by the writer (`Appended::taken`).
-pub struct TakenFuture(Arc<Taken>);
+pub struct TakenFuture(Arc<Completion>);
 
 impl Future for TakenFuture {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut slot = self.0.slot.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.0 {
+        let mut slot = self.0.slot();
+        if slot.taken {
             Poll::Ready(())
         } else {
-            slot.1 = Some(cx.waker().clone());
+            slot.taken_waker = Some(cx.waker().clone());
             Poll::Pending
         }
     }
@@ -724,20 +723,17 @@ impl Wal {
             completion: Some(completion.clone()),
             submitted: Instant::now(),
         };
-        let taken = Arc::new(Taken {
-            slot: Mutex::new((false, None)),
-        });
         let request = Box::new(Request {
             payload,
             completion: guard,
             credit_bytes,
-            _taken: TakenSignal(taken.clone()),
+            _taken: TakenSignal(completion.clone()),
         });
         if sender.send(request).is_err() {
             self.shared.credits.release(credit_bytes);
             return Err(Error::Closed);
         }
-        Ok(Appended { completion, taken })
+        Ok(Appended { completion })
     }
 
     fn failure(&self) -> Error {
