@@ -242,6 +242,15 @@ pub const TAILING_MEMTABLE_BYTES: usize = 16 << 20;
 /// as often.
 pub const TAILING_MEMTABLE_BYTES_KEYS_ONLY: usize = 2 << 20;
 
+/// Memtables of the documents' column family, the one being filled and those waiting for their
+/// flush, that a store keeping its documents in the WAL holds while it follows a leader (at most
+/// `StoreOptions::write_buffers_max`): writes wait for a flush rather than fill a third one. Far
+/// behind, flushes of 2 MiB of keys fell behind applying, and up to four memtables were held
+/// (6.6 MiB at the peak of a follower catching up 10M documents, against 2–3 MiB when it is 10k
+/// behind). 2 against 4, 3 pairs alternating (`scripts/catch-up 10010000`): exact peak RSS 52 /
+/// 52 / 53 MiB in 28.90 / 29.07 / 26.99 s against 55 / 56 / 54 MiB in 28.26 / 28.27 / 27.70 s.
+pub const TAILING_WRITE_BUFFERS_KEYS_ONLY: usize = 2;
+
 /// The smallest table file, and so level, the document store makes
 /// (`StoreOptions::max_bytes_for_level_base`).
 pub const MIN_TABLE_FILE_BYTES: u64 = 64 << 10;
@@ -474,6 +483,9 @@ pub struct DocStore {
     write_buffer_bytes: usize,
     tailing_write_buffer_bytes: usize,
     tailing: AtomicBool,
+    /// Document memtables held at most (filled and waiting for a flush) in either case.
+    write_buffers: usize,
+    tailing_write_buffers: usize,
     /// Level-0 file counts that start a compaction, slow writes and stop them, as configured
     /// (`StoreOptions::level0_compaction_trigger` and the two after it).
     level0_triggers: Level0Triggers,
@@ -600,7 +612,8 @@ impl DocStore {
             .set_table_cache_num_shard_bits(table_cache_shard_bits(store_options.max_open_files));
         let write_buffer_bytes = store_options.write_buffer_bytes.max(1 << 20);
         options.set_write_buffer_size(write_buffer_bytes);
-        options.set_max_write_buffer_number(store_options.write_buffers_max.clamp(2, 64) as i32);
+        let write_buffers = store_options.write_buffers_max.clamp(2, 64);
+        options.set_max_write_buffer_number(write_buffers as i32);
         let cache = Cache::new_lru_cache(store_options.block_cache_bytes);
         if store_options.total_write_buffer_bytes > 0 {
             // One budget for the memtables of both column families, so that a follower far
@@ -690,6 +703,8 @@ impl DocStore {
             // Set below, once the store's mode is known.
             tailing_write_buffer_bytes: write_buffer_bytes,
             tailing: AtomicBool::new(false),
+            write_buffers,
+            tailing_write_buffers: write_buffers,
             level0_triggers,
             documents_in_wal: store_options.documents_in_wal,
             wal: OnceLock::new(),
@@ -709,6 +724,9 @@ impl DocStore {
             Some(0) => write_buffer_bytes,
             Some(bytes) => bytes.max(1 << 20),
         };
+        if store.documents_in_wal {
+            store.tailing_write_buffers = write_buffers.min(TAILING_WRITE_BUFFERS_KEYS_ONLY);
+        }
         if store.documents_in_wal {
             let name = store
                 .path
@@ -1467,7 +1485,9 @@ impl DocStore {
     /// Sizes the document memtables for a follower that keeps up with its leader (`true`:
     /// `StoreOptions::tailing_write_buffer_bytes`) or for one far behind, or a leader (`false`:
     /// `write_buffer_bytes`); returns whether that changed anything. The memtable being filled
-    /// takes the new size at once when it shrinks, else the next one does.
+    /// takes the new size at once when it shrinks, else the next one does. A store keeping its
+    /// documents in the WAL also holds fewer of them while tailing
+    /// (`TAILING_WRITE_BUFFERS_KEYS_ONLY`).
     ///
     /// Small memtables while tailing: every flush of a 64 MiB memtable (~1.7 s apart at 36k
     /// documents/s) took the CPU from applying for ~170 ms, which was the slow tail of the
@@ -1486,12 +1506,18 @@ impl DocStore {
             return Ok(false);
         }
         let bytes = self.memtable_bytes(tailing);
+        let buffers = if tailing {
+            self.tailing_write_buffers
+        } else {
+            self.write_buffers
+        };
         let triggers = self.level0_triggers_for(tailing);
         self.db
             .set_options_cf(
                 self.docs(),
                 &[
                     ("write_buffer_size", &bytes.to_string()),
+                    ("max_write_buffer_number", &buffers.to_string()),
                     (
                         "level0_file_num_compaction_trigger",
                         &triggers.compaction.to_string(),
@@ -1505,7 +1531,7 @@ impl DocStore {
             )
             .map_err(|e| store_error("resize the memtables", e))?;
         self.tailing.store(tailing, Ordering::Release);
-        tracing::debug!(bytes, tailing, "memtable size set");
+        tracing::debug!(bytes, buffers, tailing, "memtable size set");
         Ok(true)
     }
 
@@ -1859,6 +1885,49 @@ mod tests {
         let store = DocStore::open_with(dir.path().join("store"), &options).expect("open");
         store.set_tailing(true).expect("tailing");
         assert_eq!(store.write_buffer_bytes(), 64 << 20);
+    }
+
+    /// RocksDB's `max_write_buffer_number` of the documents' column family, as in force.
+    fn write_buffers_in_force(store: &DocStore) -> String {
+        let options = std::fs::read_dir(&store.path)
+            .expect("list the store")
+            .filter_map(|entry| {
+                entry
+                    .ok()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+            })
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .max_by_key(|name| name[8..].parse::<u64>().unwrap_or(0))
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(store.path.join(options)).expect("read OPTIONS");
+        let docs = text
+            .split("[CFOptions \"")
+            .find(|section| section.starts_with(&format!("{CF_DOCS}\"")))
+            .expect("the documents' section");
+        docs.lines()
+            .find_map(|line| line.trim().strip_prefix("max_write_buffer_number="))
+            .expect("max_write_buffer_number")
+            .to_owned()
+    }
+
+    // Goal: a store keeping its documents in the WAL holds at most two document memtables while
+    // tailing (a follower far behind does not pile up four), and the configured number again
+    // when it stops tailing; a store of documents keeps the configured number throughout.
+    #[test]
+    fn tailing_keys_only_holds_two_memtables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_in_mode(&dir.path().join("in-wal"), true);
+        assert_eq!(write_buffers_in_force(&store), "4");
+        assert!(store.set_tailing(true).expect("tailing"));
+        assert_eq!(
+            write_buffers_in_force(&store),
+            TAILING_WRITE_BUFFERS_KEYS_ONLY.to_string()
+        );
+        assert!(store.set_tailing(false).expect("leading"));
+        assert_eq!(write_buffers_in_force(&store), "4");
+        let store = open_in_mode(&dir.path().join("in-store"), false);
+        assert!(store.set_tailing(true).expect("tailing"));
+        assert_eq!(write_buffers_in_force(&store), "4");
     }
 
     /// A store at `path` with the default options, documents kept in the WAL or in the store.
