@@ -483,9 +483,9 @@ pub struct DocStore {
     write_buffer_bytes: usize,
     tailing_write_buffer_bytes: usize,
     tailing: AtomicBool,
-    /// Document memtables held at most (filled and waiting for a flush) in either case.
+    /// Document memtables held at most (filled and waiting for a flush), as configured
+    /// (`write_buffers_for`).
     write_buffers: usize,
-    tailing_write_buffers: usize,
     /// Level-0 file counts that start a compaction, slow writes and stop them, as configured
     /// (`StoreOptions::level0_compaction_trigger` and the two after it).
     level0_triggers: Level0Triggers,
@@ -704,7 +704,6 @@ impl DocStore {
             tailing_write_buffer_bytes: write_buffer_bytes,
             tailing: AtomicBool::new(false),
             write_buffers,
-            tailing_write_buffers: write_buffers,
             level0_triggers,
             documents_in_wal: store_options.documents_in_wal,
             wal: OnceLock::new(),
@@ -724,9 +723,6 @@ impl DocStore {
             Some(0) => write_buffer_bytes,
             Some(bytes) => bytes.max(1 << 20),
         };
-        if store.documents_in_wal {
-            store.tailing_write_buffers = write_buffers.min(TAILING_WRITE_BUFFERS_KEYS_ONLY);
-        }
         if store.documents_in_wal {
             let name = store
                 .path
@@ -1506,11 +1502,7 @@ impl DocStore {
             return Ok(false);
         }
         let bytes = self.memtable_bytes(tailing);
-        let buffers = if tailing {
-            self.tailing_write_buffers
-        } else {
-            self.write_buffers
-        };
+        let buffers = self.write_buffers_for(tailing);
         let triggers = self.level0_triggers_for(tailing);
         self.db
             .set_options_cf(
@@ -1560,6 +1552,15 @@ impl DocStore {
             self.tailing_write_buffer_bytes
         } else {
             self.write_buffer_bytes
+        }
+    }
+
+    /// Document memtables held at most with the memtables of `set_tailing(tailing)`.
+    fn write_buffers_for(&self, tailing: bool) -> usize {
+        if tailing && self.documents_in_wal {
+            self.write_buffers.min(TAILING_WRITE_BUFFERS_KEYS_ONLY)
+        } else {
+            self.write_buffers
         }
     }
 
