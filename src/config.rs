@@ -101,6 +101,8 @@ pub struct DaemonArgs {
     pub replication_tailing_write_buffer_size: Option<usize>,
 
     /// Memtables per column family: the active one and those waiting to be flushed (2..64).
+    /// A follower keeping its documents in the WAL holds at most 2 document memtables while it
+    /// follows (writes wait for a flush rather than fill a third).
     #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4)]
     pub rocksdb_max_write_buffer_number: usize,
 

@@ -638,6 +638,7 @@ impl Applier {
         };
         // Not following now: the memtables of a leader (this server may be promoted).
         self.size_memtables(false, || "the applier stopped".into());
+        self.node.store.set_far_behind(false);
         match &outcome {
             Some((num, message)) => {
                 tracing::warn!("replication applier stopped: {message} (error {num})")
@@ -918,14 +919,23 @@ impl Applier {
     /// with 16 MiB ones was as fast as with 64 MiB (1M behind, 3 runs alternating: 1.92–2.22 s
     /// against 1.78–2.19 s) for 21 MiB of memtable at the peak instead of 55 MiB (heaptrack);
     /// with 4 and then 2 MiB ones (`TAILING_MEMTABLE_BYTES_KEYS_ONLY`) as fast again.
+    /// Such a store instead holds one memtable at a time far behind (`DocStore::set_far_behind`).
     fn track_distance(&self, leader_last: u64) {
         let behind = leader_last.saturating_sub(self.node.applier.applied_tick().get());
-        let tailing = if self.node.store.documents_in_wal() {
-            Some(true)
-        } else {
-            tailing_at(behind)
-        };
-        if let Some(tailing) = tailing {
+        let store = &self.node.store;
+        if store.documents_in_wal() {
+            self.size_memtables(true, || format!("{behind} ticks behind the leader"));
+            if let Some(near) = tailing_at(behind) {
+                if store.set_far_behind(!near) {
+                    if let Some(total) = store.total_write_buffer_budget() {
+                        tracing::info!(
+                            "replication: memtables of {total} bytes at most together ({behind} \
+                             ticks behind the leader)"
+                        );
+                    }
+                }
+            }
+        } else if let Some(tailing) = tailing_at(behind) {
             self.size_memtables(tailing, || format!("{behind} ticks behind the leader"));
         }
     }

@@ -251,6 +251,22 @@ pub const TAILING_MEMTABLE_BYTES_KEYS_ONLY: usize = 2 << 20;
 /// 52 / 53 MiB in 28.90 / 29.07 / 26.99 s against 55 / 56 / 54 MiB in 28.26 / 28.27 / 27.70 s.
 pub const TAILING_WRITE_BUFFERS_KEYS_ONLY: usize = 2;
 
+/// Bytes of all memtables together that a store keeping its documents in the WAL holds while it
+/// follows a leader far behind (`DocStore::set_far_behind`; at most
+/// `StoreOptions::total_write_buffer_bytes`): its tailing memtable and a quarter more, so that
+/// once it is full, writes wait for its flush before the next one grows past its first arena
+/// block. Far behind, memtables fill faster than they flush, and a follower held two full ones
+/// (2 × 2 MiB) where one 10k behind holds one and part of the next. Budgets of 3 MiB, with room
+/// for half a memtable more, made no difference (10M behind: 53 / 51 against 52 / 52 MiB).
+pub const FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY: usize =
+    TAILING_MEMTABLE_BYTES_KEYS_ONLY + TAILING_MEMTABLE_BYTES_KEYS_ONLY / 4;
+
+/// Arena blocks of the `meta` column family's memtables. It holds a few keys rewritten with
+/// every write (the applied tick), so RocksDB's block of an eighth of the memtable size, up to
+/// 1 MiB, was mostly empty, yet counted whole against the memtables' total (and so against
+/// `FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY`).
+const META_ARENA_BLOCK_BYTES: usize = 64 << 10;
+
 /// The smallest table file, and so level, the document store makes
 /// (`StoreOptions::max_bytes_for_level_base`).
 pub const MIN_TABLE_FILE_BYTES: u64 = 64 << 10;
@@ -463,6 +479,13 @@ fn table_cache_shard_bits(max_open_files: i32) -> i32 {
 pub struct DocStore {
     db: DB,
     cache: Cache,
+    /// The memtables' total budget, when there is one, and its configured size
+    /// (`StoreOptions::total_write_buffer_bytes`; `total_write_buffer_budget`).
+    write_buffer_manager: Option<WriteBufferManager>,
+    total_write_buffer_bytes: usize,
+    /// Whether a follower keeping documents in the WAL is far behind its leader
+    /// (`set_far_behind`).
+    far_behind: AtomicBool,
     path: PathBuf,
     catalog: RwLock<Arc<Catalog>>,
     counts: Mutex<HashMap<u64, u64>>,
@@ -615,14 +638,16 @@ impl DocStore {
         let write_buffers = store_options.write_buffers_max.clamp(2, 64);
         options.set_max_write_buffer_number(write_buffers as i32);
         let cache = Cache::new_lru_cache(store_options.block_cache_bytes);
-        if store_options.total_write_buffer_bytes > 0 {
-            // One budget for the memtables of both column families, so that a follower far
-            // behind (memtables filling faster than they flush) holds no more than a tailing one.
-            let manager = WriteBufferManager::new_write_buffer_manager(
+        // One budget for the memtables of both column families, so that a follower far behind
+        // (memtables filling faster than they flush) holds no more than a tailing one.
+        let write_buffer_manager = (store_options.total_write_buffer_bytes > 0).then(|| {
+            WriteBufferManager::new_write_buffer_manager(
                 store_options.total_write_buffer_bytes,
                 true,
-            );
-            options.set_write_buffer_manager(&manager);
+            )
+        });
+        if let Some(manager) = &write_buffer_manager {
+            options.set_write_buffer_manager(manager);
         }
         let level0_triggers = Level0Triggers {
             compaction: store_options.level0_compaction_trigger,
@@ -681,15 +706,20 @@ impl DocStore {
         docs.set_target_file_size_base((level_base / 4).max(MIN_TABLE_FILE_BYTES));
         docs.set_target_file_size_multiplier(2);
         docs.set_bottommost_compression_type(DBCompressionType::Zstd);
+        let mut meta = options.clone();
+        meta.set_arena_block_size(META_ARENA_BLOCK_BYTES);
         let families = [
             ColumnFamilyDescriptor::new(CF_DOCS, docs),
-            ColumnFamilyDescriptor::new(CF_META, options.clone()),
+            ColumnFamilyDescriptor::new(CF_META, meta),
         ];
         let db = DB::open_cf_descriptors(&options, &path, families)
             .map_err(|e| store_error("open", e))?;
         let store = DocStore {
             db,
             cache,
+            write_buffer_manager,
+            total_write_buffer_bytes: store_options.total_write_buffer_bytes,
+            far_behind: AtomicBool::new(false),
             path,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             counts: Mutex::new(HashMap::new()),
@@ -1483,7 +1513,8 @@ impl DocStore {
     /// `write_buffer_bytes`); returns whether that changed anything. The memtable being filled
     /// takes the new size at once when it shrinks, else the next one does. A store keeping its
     /// documents in the WAL also holds fewer of them while tailing
-    /// (`TAILING_WRITE_BUFFERS_KEYS_ONLY`).
+    /// (`TAILING_WRITE_BUFFERS_KEYS_ONLY`), and less of them together when far behind
+    /// (`set_far_behind`).
     ///
     /// Small memtables while tailing: every flush of a 64 MiB memtable (~1.7 s apart at 36k
     /// documents/s) took the CPU from applying for ~170 ms, which was the slow tail of the
@@ -1523,7 +1554,8 @@ impl DocStore {
             )
             .map_err(|e| store_error("resize the memtables", e))?;
         self.tailing.store(tailing, Ordering::Release);
-        tracing::debug!(bytes, buffers, tailing, "memtable size set");
+        let total = self.apply_total_write_buffer_budget();
+        tracing::debug!(bytes, buffers, total, tailing, "memtable size set");
         Ok(true)
     }
 
@@ -1553,6 +1585,48 @@ impl DocStore {
         } else {
             self.write_buffer_bytes
         }
+    }
+
+    /// Tells a store keeping its documents in the WAL whether the leader it tails is far ahead
+    /// (the follower decides, with the same distances as for `set_tailing`); returns whether that
+    /// changed anything. While it tails far behind, its memtables together hold at most
+    /// `FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY`: applying waits for each flush instead of
+    /// filling a second memtable meanwhile. Close behind, a flush is short and the next memtable
+    /// fills while it runs, which keeps the lag low. A store of documents switches to its large
+    /// memtables far behind instead (`set_tailing(false)`), and ignores this.
+    pub fn set_far_behind(&self, far: bool) -> bool {
+        if !self.documents_in_wal || self.far_behind.swap(far, Ordering::AcqRel) == far {
+            return false;
+        }
+        let total = self.apply_total_write_buffer_budget();
+        tracing::debug!(far, total, "memtable budget set");
+        true
+    }
+
+    /// The memtables' total budget for the tailing state and distance now in force (`None`: no
+    /// total budget).
+    pub fn total_write_buffer_budget(&self) -> Option<usize> {
+        self.write_buffer_manager.as_ref()?;
+        let keys_far_behind = self.documents_in_wal
+            && self.tailing.load(Ordering::Acquire)
+            && self.far_behind.load(Ordering::Acquire);
+        Some(if keys_far_behind {
+            self.total_write_buffer_bytes
+                .min(FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY)
+        } else {
+            self.total_write_buffer_bytes
+        })
+    }
+
+    /// Puts `total_write_buffer_budget` in force and returns it.
+    fn apply_total_write_buffer_budget(&self) -> Option<usize> {
+        let total = self.total_write_buffer_budget();
+        if let (Some(manager), Some(total)) = (&self.write_buffer_manager, total) {
+            if manager.get_buffer_size() != total {
+                manager.set_buffer_size(total);
+            }
+        }
+        total
     }
 
     /// Document memtables held at most with the memtables of `set_tailing(tailing)`.
@@ -1890,6 +1964,11 @@ mod tests {
 
     /// RocksDB's `max_write_buffer_number` of the documents' column family, as in force.
     fn write_buffers_in_force(store: &DocStore) -> String {
+        option_in_force(store, CF_DOCS, "max_write_buffer_number")
+    }
+
+    /// Option `name` of column family `family` in the store's latest OPTIONS file.
+    fn option_in_force(store: &DocStore, family: &str, name: &str) -> String {
         let options = std::fs::read_dir(&store.path)
             .expect("list the store")
             .filter_map(|entry| {
@@ -1901,13 +1980,15 @@ mod tests {
             .max_by_key(|name| name[8..].parse::<u64>().unwrap_or(0))
             .expect("an OPTIONS file");
         let text = std::fs::read_to_string(store.path.join(options)).expect("read OPTIONS");
-        let docs = text
+        let section = text
             .split("[CFOptions \"")
-            .find(|section| section.starts_with(&format!("{CF_DOCS}\"")))
-            .expect("the documents' section");
-        docs.lines()
-            .find_map(|line| line.trim().strip_prefix("max_write_buffer_number="))
-            .expect("max_write_buffer_number")
+            .find(|section| section.starts_with(&format!("{family}\"")))
+            .expect("the column family's section");
+        let prefix = format!("{name}=");
+        section
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(prefix.as_str()))
+            .expect("the option")
             .to_owned()
     }
 
@@ -1929,6 +2010,61 @@ mod tests {
         let store = open_in_mode(&dir.path().join("in-store"), false);
         assert!(store.set_tailing(true).expect("tailing"));
         assert_eq!(write_buffers_in_force(&store), "4");
+    }
+
+    // Goal: a store keeping its documents in the WAL holds at most
+    // `FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY` of memtables while it tails far behind,
+    // and the configured total again when it gets close or stops tailing; a store of documents
+    // keeps the configured total throughout, a smaller configured total is never raised, and a
+    // store without a total gets none. The `meta` memtables grow by small blocks, so that they
+    // do not take the budget from the documents'.
+    #[test]
+    fn far_behind_keys_only_holds_one_memtable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let total = |store: &DocStore| {
+            store
+                .write_buffer_manager
+                .as_ref()
+                .map(|m| m.get_buffer_size())
+        };
+        let configured = StoreOptions::default().total_write_buffer_bytes;
+        let far = Some(FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY);
+        let store = open_in_mode(&dir.path().join("in-wal"), true);
+        assert_eq!(
+            option_in_force(&store, CF_META, "arena_block_size"),
+            META_ARENA_BLOCK_BYTES.to_string()
+        );
+        assert_eq!(total(&store), Some(configured));
+        store.set_tailing(true).expect("tailing");
+        assert_eq!(total(&store), Some(configured));
+        assert!(store.set_far_behind(true));
+        assert!(!store.set_far_behind(true));
+        assert_eq!(total(&store), far);
+        assert_eq!(store.total_write_buffer_budget(), far);
+        assert!(store.set_far_behind(false));
+        assert_eq!(total(&store), Some(configured));
+        store.set_far_behind(true);
+        store.set_tailing(false).expect("leading");
+        assert_eq!(total(&store), Some(configured));
+        store.set_tailing(true).expect("tailing");
+        assert_eq!(total(&store), far);
+        let store = open_in_mode(&dir.path().join("in-store"), false);
+        store.set_tailing(true).expect("tailing");
+        assert!(!store.set_far_behind(true));
+        assert_eq!(total(&store), Some(configured));
+        let open = |name: &str, total_write_buffer_bytes: usize| {
+            let options = StoreOptions {
+                documents_in_wal: true,
+                total_write_buffer_bytes,
+                ..StoreOptions::default()
+            };
+            let store = DocStore::open_with(dir.path().join(name), &options).expect("open");
+            store.set_tailing(true).expect("tailing");
+            store.set_far_behind(true);
+            store
+        };
+        assert_eq!(total(&open("small", 2 << 20)), Some(2 << 20));
+        assert_eq!(total(&open("unlimited", 0)), None);
     }
 
     /// A store at `path` with the default options, documents kept in the WAL or in the store.
