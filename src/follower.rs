@@ -925,15 +925,13 @@ impl Applier {
         let store = &self.node.store;
         if store.documents_in_wal() {
             self.size_memtables(true, || format!("{behind} ticks behind the leader"));
-            if let Some(near) = tailing_at(behind) {
-                if store.set_far_behind(!near) {
-                    if let Some(total) = store.total_write_buffer_budget() {
-                        tracing::info!(
-                            "replication: memtables of {total} bytes at most together ({behind} \
-                             ticks behind the leader)"
-                        );
-                    }
-                }
+            let far = tailing_at(behind).map(|near| !near);
+            if far.is_some_and(|far| store.set_far_behind(far)) {
+                let total = store.total_write_buffer_budget();
+                tracing::info!(
+                    "replication: memtables of {} together ({behind} ticks behind the leader)",
+                    total.map_or_else(|| "any size".into(), |t| format!("{t} bytes at most"))
+                );
             }
         } else if let Some(tailing) = tailing_at(behind) {
             self.size_memtables(tailing, || format!("{behind} ticks behind the leader"));

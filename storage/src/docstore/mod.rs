@@ -1622,9 +1622,7 @@ impl DocStore {
     fn apply_total_write_buffer_budget(&self) -> Option<usize> {
         let total = self.total_write_buffer_budget();
         if let (Some(manager), Some(total)) = (&self.write_buffer_manager, total) {
-            if manager.get_buffer_size() != total {
-                manager.set_buffer_size(total);
-            }
+            manager.set_buffer_size(total);
         }
         total
     }
