@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
 
-use crate::frame::{self, Decoder, Frame, Kind};
+use crate::frame::{self, Decoder, Frame, Kind, Piece};
 use crate::message::Control;
 use crate::scram::{CHANNEL_BINDING_BYTES, EXPORTER_LABEL};
 use crate::{Error, Result};
@@ -161,8 +161,14 @@ fn transport_config(stream_window: u32) -> Arc<TransportConfig> {
     Arc::new(config)
 }
 
-/// A QUIC endpoint accepting followers on `addr` (UDP).
-pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint> {
+/// A UDP socket bound to `addr` for [`server_endpoint`]: bound apart, so that a server learns
+/// that its port is taken before it does anything slow.
+pub fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket> {
+    udp_socket(addr).map_err(|e| transport_error(&format!("listen on udp {addr}"), e))
+}
+
+/// A QUIC endpoint accepting followers on `socket` (from [`bind_udp`]).
+pub fn server_endpoint(socket: std::net::UdpSocket, identity: &Identity) -> Result<Endpoint> {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(identity.key_der.clone()));
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -174,7 +180,13 @@ pub fn server_endpoint(addr: SocketAddr, identity: &Identity) -> Result<Endpoint
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport_config(SERVER_STREAM_WINDOW));
-    endpoint(addr, Some(config)).map_err(|e| transport_error(&format!("listen on udp {addr}"), e))
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|e| transport_error("start the QUIC endpoint", e))
 }
 
 /// A QUIC endpoint on a UDP socket bound to `addr` with large kernel buffers.
@@ -350,6 +362,11 @@ impl FramedStream {
         }
     }
 
+    /// The QUIC streams and the decoder, with whatever it has received and not yet handed out.
+    pub fn into_inner(self) -> (SendStream, RecvStream, Decoder) {
+        (self.send, self.recv, self.decoder)
+    }
+
     /// Splits into a sending and a receiving half.
     pub fn split(self) -> (FrameSender, FrameReceiver) {
         (
@@ -365,8 +382,20 @@ impl FramedStream {
         write(&mut self.send, message.to_frame()).await
     }
 
-    pub async fn recv(&mut self, timeout: Duration) -> Result<Frame> {
-        recv(&mut self.recv, &mut self.decoder, timeout).await
+    /// The next control frame. `silence`: how long the peer may send nothing at all.
+    pub async fn recv(&mut self, silence: Duration) -> Result<Frame> {
+        recv(&mut self.recv, &mut self.decoder, silence).await
+    }
+
+    /// From now on `Blocks` frames arrive block by block, through [`FramedStream::recv_piece`].
+    pub fn streaming_blocks(&mut self) {
+        self.decoder.streaming_blocks();
+    }
+
+    /// The next control frame or block. `silence`: how long the peer may send nothing at all; a
+    /// frame or block that is still arriving, however slowly, never times out.
+    pub async fn recv_piece(&mut self, silence: Duration) -> Result<Piece> {
+        recv_piece(&mut self.recv, &mut self.decoder, silence).await
     }
 
     /// Finishes the sending side: everything sent is delivered, then the stream ends.
@@ -391,20 +420,49 @@ async fn write(send: &mut SendStream, bytes: Bytes) -> Result<()> {
 /// split QUIC's chunks without copying them.
 const READ_CHUNK_MAX: usize = 64 << 10;
 
-async fn recv(recv: &mut RecvStream, decoder: &mut Decoder, timeout: Duration) -> Result<Frame> {
-    let deadline = tokio::time::Instant::now() + timeout;
+async fn recv(recv: &mut RecvStream, decoder: &mut Decoder, silence: Duration) -> Result<Frame> {
     loop {
         if let Some(frame) = decoder.next_frame()? {
             return Ok(frame);
         }
-        let chunk = tokio::time::timeout_at(deadline, recv.read_chunk(READ_CHUNK_MAX, true))
-            .await
-            .map_err(|_| Error::Transport(format!("no message within {timeout:?}")))?
-            .map_err(|e| transport_error("receive", e))?;
-        match chunk {
-            Some(chunk) => decoder.push(&chunk.bytes),
-            None => return Err(Error::Transport("the peer closed the stream".into())),
+        read_more(recv, decoder, silence).await?;
+    }
+}
+
+async fn recv_piece(
+    recv: &mut RecvStream,
+    decoder: &mut Decoder,
+    silence: Duration,
+) -> Result<Piece> {
+    loop {
+        if let Some(piece) = decoder.next_piece()? {
+            return Ok(piece);
         }
+        read_more(recv, decoder, silence).await?;
+    }
+}
+
+/// Reads the next bytes into `decoder`, waiting at most `silence` for them: the timeout is on
+/// the peer saying nothing, not on a whole message, which on a slow link may take far longer.
+async fn read_more(recv: &mut RecvStream, decoder: &mut Decoder, silence: Duration) -> Result<()> {
+    let chunk = tokio::time::timeout(silence, recv.read_chunk(READ_CHUNK_MAX, true))
+        .await
+        .map_err(|_| {
+            Error::Transport(match decoder.partial() {
+                Some((have, len)) => format!(
+                    "nothing received for {silence:?} ({have} of {len} bytes of a message in \
+                     progress)"
+                ),
+                None => format!("nothing received for {silence:?}"),
+            })
+        })?
+        .map_err(|e| transport_error("receive", e))?;
+    match chunk {
+        Some(chunk) => {
+            decoder.push(&chunk.bytes);
+            Ok(())
+        }
+        None => Err(Error::Transport("the peer closed the stream".into())),
     }
 }
 
@@ -450,7 +508,8 @@ pub struct FrameReceiver {
 }
 
 impl FrameReceiver {
-    pub async fn recv(&mut self, timeout: Duration) -> Result<Frame> {
-        recv(&mut self.recv, &mut self.decoder, timeout).await
+    /// The next control frame. `silence`: how long the peer may send nothing at all.
+    pub async fn recv(&mut self, silence: Duration) -> Result<Frame> {
+        recv(&mut self.recv, &mut self.decoder, silence).await
     }
 }

@@ -66,7 +66,11 @@ async fn pair(
 ) -> (Result<(String, Vec<u64>), Error>, Result<(), Error>) {
     let identity = Identity::generate(vec!["localhost".into()]).unwrap();
     let fingerprint = pin.unwrap_or_else(|| identity.fingerprint());
-    let endpoint = server_endpoint("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let endpoint = server_endpoint(
+        tickship_net::transport::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(),
+        &identity,
+    )
+    .unwrap();
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let leader = tokio::spawn(leader(endpoint));
     let follower = async {
