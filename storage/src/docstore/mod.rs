@@ -192,10 +192,85 @@ pub struct StoredDocument {
 }
 
 impl StoredDocument {
-    /// The document as clients see it, with `_rev` (the revision as a decimal string).
-    pub fn to_json(&self) -> Vec<u8> {
-        with_rev(&self.json, self.rev)
+    /// The document as clients of collection `collection` (its current name) see it: with
+    /// `_rev` (the revision as a decimal string) and an `_id` naming `collection`.
+    pub fn to_json_in(&self, collection: &str) -> Vec<u8> {
+        with_rev(&self.json_in(collection), self.rev)
     }
+
+    /// The stored JSON with its `_id` naming `collection`. A document keeps the `_id` it was
+    /// written with, so after a rename the name in it is the old one; ArangoDB builds `_id` from
+    /// the current name.
+    pub fn json_in(&self, collection: &str) -> std::borrow::Cow<'_, [u8]> {
+        let Some(span) = id_value_span(&self.json) else {
+            return std::borrow::Cow::Borrowed(&self.json);
+        };
+        let id = &self.json[span.clone()];
+        let Some(slash) = id.iter().position(|&b| b == b'/') else {
+            return std::borrow::Cow::Borrowed(&self.json);
+        };
+        if &id[..slash] == collection.as_bytes() {
+            return std::borrow::Cow::Borrowed(&self.json);
+        }
+        let mut out = Vec::with_capacity(self.json.len() + collection.len());
+        out.extend_from_slice(&self.json[..span.start]);
+        out.extend_from_slice(collection.as_bytes());
+        out.extend_from_slice(&id[slash..]);
+        out.extend_from_slice(&self.json[span.end..]);
+        std::borrow::Cow::Owned(out)
+    }
+}
+
+/// The bytes inside the quotes of the top-level `_id` of a stored document, looked for among its
+/// first two attributes: stored documents begin with `_key` and `_id` (in either order), whose
+/// values are strings without escapes (the key and name rules allow none).
+fn id_value_span(json: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut at = 0;
+    let skip_ws = |at: &mut usize| {
+        while json.get(*at).is_some_and(u8::is_ascii_whitespace) {
+            *at += 1;
+        }
+    };
+    // A string without escapes starting at `at`: the range inside its quotes.
+    let string = |at: &mut usize| -> Option<std::ops::Range<usize>> {
+        if json.get(*at) != Some(&b'"') {
+            return None;
+        }
+        let start = *at + 1;
+        let len = json.get(start..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        if json[start + len] != b'"' {
+            return None;
+        }
+        *at = start + len + 1;
+        Some(start..start + len)
+    };
+    skip_ws(&mut at);
+    if json.get(at) != Some(&b'{') {
+        return None;
+    }
+    at += 1;
+    for member in 0..2 {
+        skip_ws(&mut at);
+        if member == 1 {
+            if json.get(at) != Some(&b',') {
+                return None;
+            }
+            at += 1;
+            skip_ws(&mut at);
+        }
+        let name = string(&mut at)?;
+        skip_ws(&mut at);
+        if json.get(at) != Some(&b':') {
+            return None;
+        }
+        at += 1;
+        skip_ws(&mut at);
+        let value = string(&mut at)?;
+        if &json[name] == b"_id" {
+            return Some(value);
+        }
+    }
+    None
 }
 
 /// Splices `"_rev":"<rev>"` into a JSON object as its first attribute.
@@ -1892,6 +1967,30 @@ mod tests {
             br#"{"_rev":"17","_key":"a","v":1}"#
         );
         assert_eq!(with_rev(b"{}", Tick::new(3)), br#"{"_rev":"3"}"#);
+    }
+
+    // Goal: `_id` names the collection's current name, whichever of the first two attributes
+    // holds it; documents without one, or of another shape, are left as they are.
+    #[test]
+    fn id_follows_the_collection_name() {
+        let doc = |json: &str| StoredDocument {
+            rev: Tick::new(5),
+            json: json.as_bytes().to_vec(),
+        };
+        let stored = doc(r#"{"_key":"a","_id":"before/a","v":"before/a"}"#);
+        assert_eq!(
+            stored.to_json_in("after"),
+            br#"{"_rev":"5","_key":"a","_id":"after/a","v":"before/a"}"#
+        );
+        assert!(matches!(stored.json_in("before"), std::borrow::Cow::Borrowed(_)));
+        let sorted = doc(r#"{ "_id" : "old/k", "_key":"k", "x":1}"#);
+        assert_eq!(
+            &sorted.json_in("new")[..],
+            br#"{ "_id" : "new/k", "_key":"k", "x":1}"#
+        );
+        for unchanged in [r#"{"_key":"a","v":1,"_id":"c/a"}"#, r#"{}"#, r#"{"_key":"a"}"#, "[1]"] {
+            assert_eq!(&doc(unchanged).json_in("other")[..], unchanged.as_bytes());
+        }
     }
 
     // Goal: a small open-file budget is not exceeded by RocksDB's shards each keeping a file.
