@@ -19,11 +19,13 @@ pub mod num {
     pub const CORRUPTED_JSON: u32 = 600;
     pub const CONFLICT: u32 = 1200;
     pub const DOCUMENT_NOT_FOUND: u32 = 1202;
+    pub const DOCUMENT_HANDLE_BAD: u32 = 1205;
     pub const DATA_SOURCE_NOT_FOUND: u32 = 1203;
     pub const DUPLICATE_NAME: u32 = 1207;
     pub const ILLEGAL_NAME: u32 = 1208;
     pub const UNIQUE_CONSTRAINT_VIOLATED: u32 = 1210;
     pub const DOCUMENT_TOO_LARGE: u32 = 1216;
+    pub const COLLECTION_TYPE_INVALID: u32 = 1218;
     pub const DOCUMENT_KEY_BAD: u32 = 1221;
     pub const DOCUMENT_KEY_UNEXPECTED: u32 = 1222;
     pub const DOCUMENT_TYPE_INVALID: u32 = 1227;
@@ -80,16 +82,33 @@ impl ApiError {
         )
     }
 
-    pub fn unauthorized() -> ApiError {
+    /// 401 with ArangoDB's text, saying whether credentials were missing or wrong.
+    pub fn unauthorized(refusal: crate::auth::Refusal) -> ApiError {
+        let why = match refusal {
+            crate::auth::Refusal::NoCredentials => {
+                "no credentials were sent (HTTP Basic, or a JWT from /_open/auth)"
+            }
+            crate::auth::Refusal::WrongCredentials => "wrong username or password, or an invalid or expired token",
+        };
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             num::UNAUTHORIZED,
-            "not authorized to execute this request",
+            format!("not authorized to execute this request: {why}"),
         )
     }
 
     pub fn not_found_path() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, num::HTTP_NOT_FOUND, "unknown path")
+    }
+
+    /// An ArangoDB route this server does not serve: 501 with errorNum 9, as ArangoDB answers for
+    /// a feature it lacks.
+    pub fn not_implemented(what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            num::NOT_IMPLEMENTED,
+            format!("{what} is not implemented by tickship"),
+        )
     }
 
     pub fn method_not_allowed() -> ApiError {

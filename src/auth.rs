@@ -37,6 +37,33 @@ pub struct PasswordSource {
     pub file: Option<PathBuf>,
 }
 
+impl PasswordSource {
+    /// The password given, if any: the flag, else the environment, else the file's first line.
+    /// `tickshipd` and `tickship` read it the same way.
+    pub fn resolve(&self) -> Result<Option<String>> {
+        match (&self.flag, &self.env, &self.file) {
+            (Some(password), _, _) | (None, Some(password), _) => Ok(Some(password.clone())),
+            (None, None, Some(file)) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("read the password file {}", file.display()))?;
+                Ok(Some(
+                    text.lines().next().unwrap_or("").trim_end_matches('\r').to_string(),
+                ))
+            }
+            (None, None, None) => Ok(None),
+        }
+    }
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization` header (or one of an unknown scheme).
+    NoCredentials,
+    /// Credentials that do not match, or an invalid or expired token.
+    WrongCredentials,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredUser {
     salt: String,
@@ -81,15 +108,7 @@ impl Auth {
             Err(e) => return Err(e).with_context(|| format!("read {}", secret_path.display())),
         };
         let credentials_path = dir.join("credentials.json");
-        let given = match (&source.flag, &source.env, &source.file) {
-            (Some(password), _, _) | (None, Some(password), _) => Some(password.clone()),
-            (None, None, Some(file)) => {
-                let text = std::fs::read_to_string(file)
-                    .with_context(|| format!("read {}", file.display()))?;
-                Some(text.trim_end_matches(['\n', '\r']).to_string())
-            }
-            (None, None, None) => None,
-        };
+        let given = source.resolve()?;
         let stored = match std::fs::read(&credentials_path) {
             Ok(bytes) => {
                 let users: HashMap<String, StoredUser> = serde_json::from_slice(&bytes)
@@ -258,31 +277,37 @@ impl Auth {
         Some(claims.get("preferred_username")?.as_str()?.to_string())
     }
 
-    /// Whether an `Authorization` header value grants access.
-    pub fn authorize(&self, header: Option<&str>) -> bool {
+    /// Whether an `Authorization` header value grants access, and if not, why.
+    pub fn authorize(&self, header: Option<&str>) -> Result<(), Refusal> {
         if !self.enabled {
-            return true;
+            return Ok(());
         }
-        let Some(header) = header else { return false };
-        let Some((scheme, value)) = header.trim().split_once(' ') else {
-            return false;
+        let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+            return Err(Refusal::NoCredentials);
         };
-        if scheme.eq_ignore_ascii_case("basic") {
-            let Ok(decoded) = STANDARD.decode(value.trim()) else {
-                return false;
-            };
-            let Ok(decoded) = String::from_utf8(decoded) else {
-                return false;
-            };
-            let Some((user, password)) = decoded.split_once(':') else {
-                return false;
-            };
-            self.check_password(user, password)
+        let Some((scheme, value)) = header.split_once(' ') else {
+            return Err(Refusal::NoCredentials);
+        };
+        let granted = if scheme.eq_ignore_ascii_case("basic") {
+            STANDARD
+                .decode(value.trim())
+                .ok()
+                .and_then(|decoded| String::from_utf8(decoded).ok())
+                .is_some_and(|decoded| {
+                    decoded
+                        .split_once(':')
+                        .is_some_and(|(user, password)| self.check_password(user, password))
+                })
         } else if scheme.eq_ignore_ascii_case("bearer") {
             self.verify_token(value.trim())
                 .is_some_and(|user| user == ROOT)
         } else {
-            false
+            return Err(Refusal::NoCredentials);
+        };
+        if granted {
+            Ok(())
+        } else {
+            Err(Refusal::WrongCredentials)
         }
     }
 }
@@ -308,12 +333,15 @@ mod tests {
         let auth = auth(dir.path(), "s3cret");
         let basic =
             |user: &str, pw: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")));
-        assert!(auth.authorize(Some(&basic("root", "s3cret"))));
-        assert!(auth.authorize(Some(&basic("root", "s3cret"))), "cached");
-        assert!(!auth.authorize(Some(&basic("root", "wrong"))));
-        assert!(!auth.authorize(Some(&basic("admin", "s3cret"))));
-        assert!(!auth.authorize(None));
-        assert!(!auth.authorize(Some("Basic !!!")));
+        assert_eq!(auth.authorize(Some(&basic("root", "s3cret"))), Ok(()));
+        assert_eq!(auth.authorize(Some(&basic("root", "s3cret"))), Ok(()), "cached");
+        let wrong = Err(Refusal::WrongCredentials);
+        assert_eq!(auth.authorize(Some(&basic("root", "wrong"))), wrong);
+        assert_eq!(auth.authorize(Some(&basic("admin", "s3cret"))), wrong);
+        assert_eq!(auth.authorize(Some("Basic !!!")), wrong);
+        assert_eq!(auth.authorize(None), Err(Refusal::NoCredentials));
+        assert_eq!(auth.authorize(Some("  ")), Err(Refusal::NoCredentials));
+        assert_eq!(auth.authorize(Some("Negotiate x")), Err(Refusal::NoCredentials));
         let stored = std::fs::read_to_string(dir.path().join("credentials.json")).expect("stored");
         assert!(!stored.contains("s3cret"));
         let mode = std::fs::metadata(dir.path().join("credentials.json"))
@@ -322,7 +350,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = Auth::open(dir.path(), true, &PasswordSource::default()).expect("reopen");
-        assert!(again.authorize(Some(&basic("root", "s3cret"))));
+        assert_eq!(again.authorize(Some(&basic("root", "s3cret"))), Ok(()));
     }
 
     // Goal: tokens verify only with our signature and before `exp`, in either scheme spelling.
@@ -332,12 +360,15 @@ mod tests {
         let auth = auth(dir.path(), "pw");
         let token = auth.issue_token("root");
         assert_eq!(auth.verify_token(&token), Some("root".to_string()));
-        assert!(auth.authorize(Some(&format!("bearer {token}"))));
-        assert!(auth.authorize(Some(&format!("Bearer {token}"))));
+        assert_eq!(auth.authorize(Some(&format!("bearer {token}"))), Ok(()));
+        assert_eq!(auth.authorize(Some(&format!("Bearer {token}"))), Ok(()));
         let mut forged = token.clone();
         forged.pop();
         forged.push(if token.ends_with('A') { 'B' } else { 'A' });
-        assert!(!auth.authorize(Some(&format!("Bearer {forged}"))));
+        assert_eq!(
+            auth.authorize(Some(&format!("Bearer {forged}"))),
+            Err(Refusal::WrongCredentials)
+        );
         let other = tempfile::tempdir().expect("tempdir");
         let stranger = super::tests::auth(other.path(), "pw");
         assert_eq!(

@@ -834,7 +834,7 @@ impl Node {
                             body.insert("_oldRev".into(), Value::String(rev_string(old.rev)));
                         }
                         if options.return_old {
-                            body.insert("old".into(), document_value(old));
+                            body.insert("old".into(), document_value(old, &collection.name));
                         }
                     }
                     if options.return_new {
@@ -1035,9 +1035,9 @@ fn merge_field(
     }
 }
 
-/// A stored document as a JSON value with `_rev`.
-pub fn document_value(doc: &StoredDocument) -> Value {
-    serde_json::from_slice(&doc.to_json()).unwrap_or(Value::Null)
+/// A stored document of collection `name` as a JSON value with `_rev`.
+pub fn document_value(doc: &StoredDocument, name: &str) -> Value {
+    serde_json::from_slice(&doc.to_json_in(name)).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub struct Client {
     pub time: SystemTime,
     pub expires: SystemTime,
     pub last_served_tick: Tick,
+    /// What a QUIC follower last acknowledged as visible in its store, and when.
+    pub applied: Option<(Tick, SystemTime)>,
 }
 
 pub struct Clients {
@@ -45,11 +47,21 @@ impl Clients {
         client_info: &str,
         from: Tick,
     ) -> tickship_storage::Result<()> {
-        let id = if !syncer_id.is_empty() {
-            format!("syncer:{syncer_id}")
-        } else {
-            format!("server:{server_id}")
-        };
+        self.register_ack(wal, syncer_id, server_id, client_info, from, None)
+    }
+
+    /// `register`, for a follower's acknowledgement: `from` is what it holds durably, `applied`
+    /// what it shows.
+    pub fn register_ack(
+        &self,
+        wal: &Wal,
+        syncer_id: &str,
+        server_id: &str,
+        client_info: &str,
+        from: Tick,
+        applied: Option<Tick>,
+    ) -> tickship_storage::Result<()> {
+        let id = Clients::id(syncer_id, server_id);
         let now = SystemTime::now();
         let expires = now + self.ttl;
         wal.set_barrier(&id, from, expires)?;
@@ -60,12 +72,22 @@ impl Clients {
             time: now,
             expires,
             last_served_tick: from,
+            applied: applied.map(|tick| (tick, now)),
         };
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, client);
         Ok(())
+    }
+
+    /// The registry's name of a client.
+    pub fn id(syncer_id: &str, server_id: &str) -> String {
+        if !syncer_id.is_empty() {
+            format!("syncer:{syncer_id}")
+        } else {
+            format!("server:{server_id}")
+        }
     }
 
     /// The unexpired clients.

@@ -1,7 +1,6 @@
 //! The leader's side of replication: a QUIC listener and one shipper task per follower, which
 //! streams durable WAL blocks verbatim from a tick (net/PROTOCOL.md).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,9 +68,9 @@ pub struct Shipping {
     pub endpoint: String,
 }
 
-/// Listens for followers on `addr` (UDP) until the endpoint is closed.
+/// Listens for followers on `socket` (UDP, from `bind_udp`) until the endpoint is closed.
 pub fn listen(
-    addr: SocketAddr,
+    socket: std::net::UdpSocket,
     identity: &Identity,
     shipping: Arc<Shipping>,
     runtime: &tokio::runtime::Handle,
@@ -79,7 +78,7 @@ pub fn listen(
     // The endpoint's driver and every session run on `runtime`.
     let endpoint = {
         let _entered = runtime.enter();
-        server_endpoint(addr, identity)?
+        server_endpoint(socket, identity)?
     };
     let accepting = endpoint.clone();
     runtime.spawn(async move {
@@ -173,12 +172,13 @@ async fn serve(
                 Kind::Ack => {
                     let ack = Ack::from_frame(&frame)?;
                     // The barrier follows what the follower has stored durably.
-                    let _ = clients.register(
+                    let _ = clients.register_ack(
                         &ack_wal,
                         "",
                         &follower_id,
                         &client_info,
                         Tick::new(ack.durable),
+                        Some(Tick::new(ack.applied)),
                     );
                 }
                 Kind::Close => {

@@ -146,7 +146,7 @@ pub fn checksum(state: &AppState, req: &Req, name: &str) -> ApiResult<Response<B
                 hasher.update(document.rev.get().to_le_bytes());
             }
             if with_data {
-                hasher.update(&document.json);
+                hasher.update(document.json_in(&info.name));
             }
             let digest = hasher.finalize();
             checksum ^= u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));

@@ -242,7 +242,7 @@ pub fn get(
         super::raw(
             StatusCode::OK,
             "application/json; charset=utf-8",
-            doc.to_json(),
+            doc.to_json_in(&info.name),
         )
     };
     response.headers_mut().insert(header::ETAG, etag);
@@ -274,11 +274,94 @@ pub fn get_many(state: &AppState, req: &Req, collection: &str) -> ApiResult<Resp
         .iter()
         .map(|key| match key {
             Some(key) if crate::util::valid_key(key) => match found.next().flatten() {
-                Some(doc) => serde_json::from_slice(&doc.to_json()).unwrap_or(Value::Null),
+                Some(doc) => serde_json::from_slice(&doc.to_json_in(&info.name)).unwrap_or(Value::Null),
                 None => json!({ "error": true, "errorNum": crate::api::num::DOCUMENT_NOT_FOUND, "errorMessage": "document not found" }),
             },
             _ => json!({ "error": true, "errorNum": crate::api::num::DOCUMENT_KEY_BAD, "errorMessage": "illegal document key" }),
         })
         .collect();
     Ok(json(StatusCode::OK, &Value::Array(results)))
+}
+
+/// `GET /_api/edges/{collection}?vertex=ID&direction=in|out|any`: the edges of an edge
+/// collection that start (`out`), end (`in`) or touch (`any`) a vertex. There is no edge index:
+/// the collection is scanned, in constant memory beyond the edges found.
+pub fn edges(state: &AppState, req: &Req, collection: &str) -> ApiResult<Response<Body>> {
+    #[derive(serde::Deserialize)]
+    struct Ends<'a> {
+        #[serde(borrow, rename = "_from")]
+        from: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, rename = "_to")]
+        to: Option<std::borrow::Cow<'a, str>>,
+    }
+    let info = state.node.collection(&req.db, collection)?;
+    if info.kind != 3 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            crate::api::num::COLLECTION_TYPE_INVALID,
+            format!("collection '{}' is not an edge collection", info.name),
+        ));
+    }
+    let vertex = match req.query("vertex") {
+        Some(vertex) if vertex.contains('/') => vertex.to_string(),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                crate::api::num::DOCUMENT_HANDLE_BAD,
+                "illegal document handle: expecting vertex=<collection>/<key>",
+            ))
+        }
+    };
+    let (outgoing, incoming) = match req.query("direction").unwrap_or("any") {
+        "" | "any" => (true, true),
+        "out" => (true, false),
+        "in" => (false, true),
+        other => {
+            return Err(ApiError::bad_parameter(format!(
+                "<direction> must by any, in, or out, not: {other}"
+            )))
+        }
+    };
+    let (mut edges, mut scanned) = (Vec::new(), 0u64);
+    let mut unreadable = None;
+    tokio::task::block_in_place(|| {
+        state.node.store.scan(info.id, |key, document| {
+            scanned += 1;
+            let json = document.json_in(&info.name);
+            match serde_json::from_slice::<Ends<'_>>(&json) {
+                Ok(ends) => {
+                    let matches = (outgoing && ends.from.as_deref() == Some(vertex.as_str()))
+                        || (incoming && ends.to.as_deref() == Some(vertex.as_str()));
+                    if matches {
+                        edges.push(
+                            serde_json::from_slice::<Value>(&document.to_json_in(&info.name))
+                                .unwrap_or(Value::Null),
+                        );
+                    }
+                    true
+                }
+                Err(e) => {
+                    unreadable = Some(format!("stored edge '{key}' is not valid JSON: {e}"));
+                    false
+                }
+            }
+        })
+    })?;
+    if let Some(reason) = unreadable {
+        return Err(ApiError::internal(reason));
+    }
+    state
+        .node
+        .metrics
+        .read_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "edges": edges,
+            "error": false,
+            "code": 200,
+            "stats": { "scannedIndex": scanned, "filtered": 0 },
+        }),
+    ))
 }

@@ -203,8 +203,8 @@ async fn handle_inner(state: &Arc<AppState>, request: Request<Body>) -> ApiResul
     if path == ["_open", "auth"] {
         return admin::open_auth(state, &req);
     }
-    if !state.auth.authorize(req.header("authorization")) {
-        return Err(ApiError::unauthorized());
+    if let Err(refusal) = state.auth.authorize(req.header("authorization")) {
+        return Err(ApiError::unauthorized(refusal));
     }
     state.node.database(&req.db)?;
     dispatch(state, &req, &path).await
@@ -226,11 +226,10 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "database", name] if is(Method::DELETE) => {
             admin::drop_database(state, req, name).await
         }
-        ["_api", "cursor", ..] => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            crate::api::num::NOT_IMPLEMENTED,
-            "AQL is not implemented by this server (tickship serves documents by key)",
+        ["_api", "cursor", ..] => Err(ApiError::not_implemented(
+            "AQL (tickship serves documents by key)",
         )),
+        ["_api", "edges", collection] if is(Method::GET) => documents::edges(state, req, collection),
         ["_api", "collection"] if is(Method::GET) => collections::list(state, req),
         ["_api", "collection"] if is(Method::POST) => collections::create(state, req).await,
         ["_api", "collection", name] if is(Method::GET) => {
@@ -347,35 +346,92 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         }
         ["_admin", "wal", "transactions"] if is(Method::GET) => admin::wal_transactions(),
         ["_admin", "wal", "flush"] if is(Method::PUT) => admin::wal_flush(state),
-        ["_admin", "wal", "properties"] => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            crate::api::num::NOT_IMPLEMENTED,
-            "not implemented by this server",
-        )),
-        _ if known_path(path) => Err(ApiError::method_not_allowed()),
+        _ if served_path(path) => Err(ApiError::method_not_allowed()),
+        [area @ ("_api" | "_admin"), name, ..] if arango_route(area, name) => Err(
+            ApiError::not_implemented(&format!("{} /{}", req.method, path.join("/"))),
+        ),
         _ => Err(ApiError::not_found_path()),
     }
 }
 
-/// Whether `path` names an endpoint (for 405 rather than 404 on a wrong method).
-fn known_path(path: &[&str]) -> bool {
+/// Whether `path` is a route served above: another method on it gets 405, as from ArangoDB.
+fn served_path(path: &[&str]) -> bool {
     matches!(
         path,
         ["_api", "version"]
-            | ["_admin", "metrics", ..]
-            | ["_api", "database", ..]
-            | ["_api", "collection", ..]
+            | ["_admin", "metrics"]
+            | ["_admin", "metrics", "v2"]
+            | ["_api", "database"]
+            | ["_api", "database", _]
+            | ["_api", "collection"]
+            | ["_api", "collection", _]
+            | [
+                "_api",
+                "collection",
+                _,
+                "properties" | "count" | "checksum" | "truncate" | "rename"
+            ]
             | ["_api", "document", _]
             | ["_api", "document", _, _]
-            | ["_api", "replication", _]
-            | ["_api", "wal", _]
-            | ["_admin", "wal", _]
+            | ["_api", "edges", _]
+            | [
+                "_api",
+                "replication",
+                "logger-state"
+                    | "logger-first-tick"
+                    | "logger-tick-ranges"
+                    | "server-id"
+                    | "applier-config"
+                    | "applier-start"
+                    | "applier-stop"
+                    | "applier-state"
+                    | "applier-state-all"
+                    | "make-follower"
+                    | "make-slave"
+            ]
+            | ["_api", "wal", "range" | "lastTick" | "tail"]
+            | ["_admin", "wal", "transactions" | "flush"]
     )
+}
+
+/// Whether `/{area}/{name}/...` is a part of ArangoDB's API (3.x): what this server does not
+/// serve of it is a feature it lacks (501), not an unknown path (404).
+fn arango_route(area: &str, name: &str) -> bool {
+    const API: &[&str] = &[
+        "analyzer", "aqlfunction", "batch", "collection", "control_pregel", "cursor", "database",
+        "document", "edge", "edges", "endpoint", "engine", "explain", "export", "foxx", "gharial",
+        "graph", "import", "index", "job", "key-generators", "query", "query-cache",
+        "replication", "simple", "tasks", "transaction", "traversal", "user", "version", "view",
+        "wal",
+    ];
+    const ADMIN: &[&str] = &[
+        "backup", "cluster", "compact", "echo", "execute", "license", "log", "metrics", "routing",
+        "server", "statistics", "statistics-description", "status", "support-info", "time",
+        "wal",
+    ];
+    match area {
+        "_api" => API.contains(&name),
+        "_admin" => ADMIN.contains(&name),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: ArangoDB routes this server does not serve are told apart from unknown paths and
+    // from wrong methods on served routes.
+    #[test]
+    fn routes_served_unsupported_or_unknown() {
+        assert!(served_path(&["_api", "collection", "c", "count"]));
+        assert!(!served_path(&["_api", "collection", "c", "figures"]));
+        assert!(arango_route("_api", "collection"));
+        assert!(!served_path(&["_api", "replication", "batch"]));
+        assert!(arango_route("_api", "replication"));
+        assert!(!arango_route("_api", "nonsense"));
+        assert!(!arango_route("_open", "auth"));
+    }
 
     // Goal: path segments and query parameters are percent-decoded the way drivers encode them.
     #[test]
