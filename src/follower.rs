@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use tickship_net::frame::{split_blocks, Kind, BLOCKS_BYTES_MAX};
+use tickship_net::frame::{Kind, Piece, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
@@ -250,7 +250,33 @@ struct Runtime {
     apply_batches: u64,
     total_fetch_time: f64,
     fetch_batches: u64,
+    /// Bytes of blocks received from the leader (stored or already held).
+    total_bytes_received: u64,
+    /// Times the leader no longer had the tick to follow from (1414).
+    follow_tick_failures: u64,
     last_error: LastError,
+}
+
+/// The applier's figures for `/_admin/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplierMetrics {
+    pub running: bool,
+    pub failed_connects: u64,
+    pub total_failed_connects: u64,
+    pub requests: u64,
+    pub markers: u64,
+    pub documents: u64,
+    pub removals: u64,
+    pub excluded: u64,
+    pub bytes_received: u64,
+    pub follow_tick_failures: u64,
+    pub fetch_seconds: f64,
+    pub apply_seconds: f64,
+    pub ticks_behind: u64,
+    pub last_error_num: u32,
+    pub last_applied: u64,
+    pub last_processed: u64,
+    pub last_available: u64,
 }
 
 /// The applier of one server (the global applier; ArangoDB's per-database appliers collapse
@@ -407,8 +433,24 @@ impl Applier {
     /// Refuses clients' writes (they go to `config`'s leader) and keeps only the collections
     /// `config` restricts replication to.
     fn follow(&self, config: &ApplierConfig) {
+        if self.node.follower_of().is_none() {
+            // A leader becoming a follower: what its store applied so far were its clients' writes.
+            self.runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .store_totals_base = self.node.applier.totals();
+        }
         self.node.set_follower_of(Some(config.endpoint.clone()));
         self.node.store.set_filter(Some(config.filter()));
+    }
+
+    /// What the store applied from a leader: nothing on a leader, whose store applies only its
+    /// own clients' writes.
+    fn applied_from_leader(&self, runtime: &Runtime) -> ApplierTotals {
+        if self.node.follower_of().is_none() {
+            return ApplierTotals::default();
+        }
+        self.node.applier.totals().since(runtime.store_totals_base)
     }
 
     pub fn config(&self) -> ApplierConfig {
@@ -524,7 +566,6 @@ impl Applier {
             runtime.progress_time = timestamp(SystemTime::now());
             runtime.progress_message = format!("applier started, tailing from tick {from}");
         }
-        self.follow(&config);
         let applier = self.clone();
         let stop = Arc::new(Notify::new());
         let signal = stop.clone();
@@ -598,6 +639,12 @@ impl Applier {
                 Ok(()) => break None,
                 Err(error) => error,
             };
+            if error.error_num == errors::START_TICK_NOT_PRESENT {
+                self.runtime
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .follow_tick_failures += 1;
+            }
             // Errors that retrying cannot fix stop the applier.
             if !error.retry {
                 break Some((error.error_num, error.message));
@@ -728,14 +775,15 @@ impl Applier {
             }
         }
         self.save_state();
-        {
-            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            runtime.failed_connects = 0;
-            runtime.last_available = Some(welcome.last_tick);
-            runtime.last_error = LastError::default();
-        }
+        // Only now, with a leader that is not this server, does this server refuse writes.
+        self.follow(config);
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_available = Some(welcome.last_tick);
         self.track_distance(welcome.last_tick);
         let chunk = chunk_bytes(config.chunk_size, self.receiving.buffer_bytes);
+        stream.streaming_blocks();
         stream
             .send(&Tail {
                 from: from.get(),
@@ -747,8 +795,14 @@ impl Applier {
             "fetching leader log from tick {from}, leader's last tick {}",
             welcome.last_tick
         ));
-        let request_timeout = Duration::from_secs_f64(config.request_timeout.max(1.0));
+        // requestTimeout bounds the leader's silence, never a frame still arriving: on a slow
+        // link one block can take longer than any timeout that catches a dead leader.
+        let silence = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
+        // A connection counts as working (failedConnects back to 0) only once it brings a new
+        // block or shows this server level with the leader: one that connects and then stalls
+        // must not look healthy however often it reconnects.
+        let mut progressed = false;
         // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
         // frame. Receiving goes on while they are synced: the store applier sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
@@ -766,6 +820,9 @@ impl Applier {
         let mut queued_bytes = 0usize;
         let mut inflight_bytes = 0usize;
         let mut waiting_since = Instant::now();
+        // Whether the frame being received brought a block this server did not have.
+        let mut frame_stored = false;
+        let mut frame_events = 0u64;
         loop {
             let taken = inflight.get(untaken).map(|block| block.appended.taken());
             let taken = async {
@@ -780,7 +837,7 @@ impl Applier {
                     None => std::future::pending().await,
                 }
             };
-            let frame = tokio::select! {
+            let piece = tokio::select! {
                 biased;
                 result = synced => {
                     let Some(Inflight { tick, bytes, received, .. }) = inflight.pop_front() else {
@@ -813,104 +870,136 @@ impl Applier {
                     untaken += 1;
                     continue;
                 }
-                frame = stream.recv(request_timeout),
-                    if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => frame,
+                piece = stream.recv_piece(silence),
+                    if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => piece,
             };
-            let frame = frame.map_err(|e| {
+            let piece = piece.map_err(|e| {
                 SessionError::connect(format!(
                     "connection to leader at {} lost: {e}",
                     config.endpoint
                 ))
             })?;
-            let fetch_time = waiting_since.elapsed().as_secs_f64();
-            waiting_since = Instant::now();
-            match frame.kind {
-                Kind::Blocks => {
-                    let (leader_last, payloads) = split_blocks(frame.payload)
-                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
-                    let received = Instant::now();
-                    let mut events = 0u64;
-                    let first_new = inflight.len();
-                    for payload in payloads {
+            let leader_last = match piece {
+                Piece::Block {
+                    leader_last,
+                    block,
+                    frame_end,
+                } => {
+                    if let Some(payload) = block {
+                        let bytes = payload.len();
                         let block = Block::parse(payload).map_err(|e| {
                             SessionError::fatal(
                                 num::INVALID_RESPONSE,
                                 format!("invalid block from the leader: {e}"),
                             )
                         })?;
-                        if !place_block(block.ticks(), last_stored, from)
-                            .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?
-                        {
-                            continue; // already stored (a resent block)
+                        let new = place_block(block.ticks(), last_stored, from)
+                            .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
+                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                        runtime.total_bytes_received += bytes as u64;
+                        runtime.last_available = Some(leader_last);
+                        if new {
+                            // Documents and removals are counted by the store applier, which
+                            // decodes the records anyway; here only the record count is needed.
+                            frame_events += u64::from(block.record_count());
+                            last_stored = block.ticks().last;
+                            runtime.last_processed = last_stored.get();
+                            drop(runtime);
+                            let appended = self.node.wal.submit_block(block).map_err(|e| {
+                                SessionError::fatal(
+                                    errors::LEADER_ERROR,
+                                    format!("cannot store the leader's block: {e}"),
+                                )
+                            })?;
+                            inflight.push_back(Inflight {
+                                appended,
+                                tick: last_stored,
+                                bytes,
+                                received: None,
+                            });
+                            inflight_bytes += bytes;
+                            queued_bytes += bytes;
+                            frame_stored = true;
+                            if !progressed {
+                                progressed = true;
+                                self.made_progress();
+                            }
                         }
-                        // Documents and removals are counted by the store applier, which decodes
-                        // the records anyway; here only the record count is needed.
-                        events += u64::from(block.record_count());
-                        last_stored = block.ticks().last;
-                        let bytes = block.bytes().len();
-                        let appended = self.node.wal.submit_block(block).map_err(|e| {
-                            SessionError::fatal(
-                                errors::LEADER_ERROR,
-                                format!("cannot store the leader's block: {e}"),
-                            )
+                    }
+                    if !frame_end {
+                        continue;
+                    }
+                    leader_last
+                }
+                Piece::Frame(frame) => match frame.kind {
+                    Kind::Idle => {
+                        let idle = Idle::from_frame(&frame).map_err(|e| {
+                            SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
                         })?;
-                        inflight.push_back(Inflight {
-                            appended,
-                            tick: last_stored,
-                            bytes,
-                            received: None,
-                        });
-                        inflight_bytes += bytes;
-                        queued_bytes += bytes;
-                    }
-                    if inflight.len() > first_new {
-                        if let Some(last) = inflight.back_mut() {
-                            last.received = Some(received);
+                        self.runtime
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .last_available = Some(idle.last_tick);
+                        if !progressed && idle.last_tick <= last_stored.get() {
+                            // Level with the leader: nothing to fetch is progress too.
+                            progressed = true;
+                            self.made_progress();
                         }
+                        self.runtime_changed.notify_waiters();
+                        self.track_distance(idle.last_tick);
+                        self.ack(&mut stream, self.node.wal.durable_tick()).await?;
+                        continue;
                     }
-                    let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                    runtime.last_processed = last_stored.get();
-                    runtime.last_available = Some(leader_last);
-                    runtime.total_events += events;
-                    runtime.total_fetch_time += fetch_time;
-                    runtime.fetch_batches += 1;
-                    runtime.apply_batches += 1;
-                    runtime.total_requests += 1;
-                    drop(runtime);
-                    self.runtime_changed.notify_waiters();
-                    self.track_distance(leader_last);
-                }
-                Kind::Idle => {
-                    let idle = Idle::from_frame(&frame)
-                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
-                    self.runtime
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .last_available = Some(idle.last_tick);
-                    self.runtime_changed.notify_waiters();
-                    self.track_distance(idle.last_tick);
-                    self.ack(&mut stream, self.node.wal.durable_tick()).await?;
-                }
-                Kind::Close => {
-                    let close = Close::from_frame(&frame)
-                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
-                    return Err(match close.error_num {
-                        // The leader going away is worth retrying; everything else is not.
-                        errors::SHUTTING_DOWN | 0 => SessionError::connect(format!(
-                            "leader at {} closed the connection: {}",
-                            config.endpoint, close.error_message
-                        )),
-                        num => SessionError::fatal(num, close.error_message),
-                    });
-                }
-                other => {
-                    return Err(SessionError::fatal(
-                        num::INVALID_RESPONSE,
-                        format!("unexpected {other:?} frame from the leader"),
-                    ))
+                    Kind::Close => {
+                        let close = Close::from_frame(&frame).map_err(|e| {
+                            SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
+                        })?;
+                        return Err(match close.error_num {
+                            // The leader going away is worth retrying; everything else is not.
+                            errors::SHUTTING_DOWN | 0 => SessionError::connect(format!(
+                                "leader at {} closed the connection: {}",
+                                config.endpoint, close.error_message
+                            )),
+                            num => SessionError::fatal(num, close.error_message),
+                        });
+                    }
+                    other => {
+                        return Err(SessionError::fatal(
+                            num::INVALID_RESPONSE,
+                            format!("unexpected {other:?} frame from the leader"),
+                        ))
+                    }
+                },
+            };
+            // A whole frame has arrived: its last new block acks once durable (or now, if it is
+            // durable already).
+            let received = Instant::now();
+            if std::mem::take(&mut frame_stored) {
+                match inflight.back_mut() {
+                    Some(last) if last.tick == last_stored => last.received = Some(received),
+                    _ => self.ack(&mut stream, last_stored).await?,
                 }
             }
+            let fetch_time = waiting_since.elapsed().as_secs_f64();
+            waiting_since = received;
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.last_available = Some(leader_last);
+            runtime.total_events += std::mem::take(&mut frame_events);
+            runtime.total_fetch_time += fetch_time;
+            runtime.fetch_batches += 1;
+            runtime.apply_batches += 1;
+            runtime.total_requests += 1;
+            drop(runtime);
+            self.runtime_changed.notify_waiters();
+            self.track_distance(leader_last);
         }
+    }
+
+    /// This session brought something: connecting works again.
+    fn made_progress(&self) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.failed_connects = 0;
+        runtime.last_error = LastError::default();
     }
 
     /// Sizes the memtables by how far the applied tick is behind `leader_last`: small while
@@ -964,6 +1053,41 @@ impl Applier {
             .map_err(|e| SessionError::connect(e.to_string()))
     }
 
+    /// The figures `/_admin/metrics` shows.
+    pub fn metrics(&self) -> ApplierMetrics {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let applied = self.node.applier.applied_tick().get();
+        let store = self.applied_from_leader(&runtime);
+        let available = runtime.last_available.unwrap_or(0);
+        ApplierMetrics {
+            running: runtime.running,
+            failed_connects: runtime.failed_connects,
+            total_failed_connects: runtime.total_failed_connects,
+            requests: runtime.total_requests,
+            markers: runtime.total_events,
+            documents: store.documents,
+            removals: store.removals,
+            excluded: store.excluded,
+            bytes_received: runtime.total_bytes_received,
+            follow_tick_failures: runtime.follow_tick_failures,
+            fetch_seconds: runtime.total_fetch_time,
+            apply_seconds: runtime.total_apply_time,
+            ticks_behind: if runtime.running {
+                available.saturating_sub(applied.max(runtime.last_processed))
+            } else {
+                0
+            },
+            last_error_num: runtime.last_error.error_num,
+            last_applied: applied,
+            last_processed: runtime.last_processed,
+            last_available: available,
+        }
+    }
+
     /// The state document (§4.1).
     pub fn state_json(&self) -> Value {
         let config = self.config();
@@ -973,7 +1097,7 @@ impl Applier {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let applied = self.node.applier.applied_tick().get();
-        let store_totals = self.node.applier.totals().since(runtime.store_totals_base);
+        let store_totals = self.applied_from_leader(&runtime);
         let tick = |t: u64| {
             if t == 0 {
                 Value::Null
@@ -1050,10 +1174,15 @@ impl Applier {
     /// already has (the leader's whole log for an empty server), and waits until it has caught up
     /// with the leader's last tick at the time of the connect, or an error, or
     /// `initialSyncMaxWaitTime`.
+    ///
+    /// A setup that fails before anything of the leader's log was stored (wrong credentials, no
+    /// leader there, the leader is this server, ...) leaves this server as it was: a leader
+    /// accepting writes, with no applier configured to start. The answer is the error.
     pub async fn make_follower(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
         self.stop().await;
         let mut config = ApplierConfig::default().merged(body, local_db)?;
         config.auto_start = true;
+        let previous = (self.config(), self.persisted.lock().unwrap_or_else(|p| p.into_inner()).clone());
         self.save_config(&config)?;
         *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
         let from = self.node.wal.last_tick().get();
@@ -1090,8 +1219,59 @@ impl Applier {
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }
-        Ok(self.state_json())
+        let (error, stored) = {
+            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                (!runtime.running && runtime.last_error.error_num != 0)
+                    .then(|| (runtime.last_error.error_num, runtime.last_error.message.clone())),
+                runtime.last_processed > from,
+            )
+        };
+        let Some((error_num, message)) = error else {
+            return Ok(self.state_json());
+        };
+        if stored {
+            // Some of the leader's log is stored: this server is its follower now, stopped.
+            return Err(setup_failed(error_num, format!(
+                "{message}; this server stays a follower of {} (writes refused); fix the cause \
+                 and start the applier again",
+                config.endpoint
+            )));
+        }
+        self.roll_back(previous)?;
+        Err(setup_failed(error_num, format!(
+            "{message}; this server was not made a follower and accepts writes as before"
+        )))
     }
+
+    /// Puts back the configuration and state from before a failed `make-follower`.
+    fn roll_back(&self, (config, persisted): (ApplierConfig, PersistedState)) -> ApiResult<()> {
+        let following = is_following(&persisted);
+        self.save_config(&ApplierConfig {
+            auto_start: config.auto_start && following,
+            ..config
+        })?;
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = persisted.clone();
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_processed =
+            persisted.last_processed_continuous_tick;
+        self.save_state();
+        if !following {
+            self.node.set_follower_of(None);
+            self.node.store.set_filter(None);
+        }
+        Ok(())
+    }
+}
+
+/// The answer to a failed `make-follower`: the applier's error number, with the HTTP status
+/// ArangoDB gives it.
+fn setup_failed(error_num: u32, message: String) -> ApiError {
+    let status = match error_num {
+        errors::UNAUTHORIZED => axum::http::StatusCode::UNAUTHORIZED,
+        num::INVALID_CONFIGURATION => axum::http::StatusCode::BAD_REQUEST,
+        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error_num, message)
 }
 
 /// Where a block received from the leader goes: `Ok(false)` if this server's log holds it
