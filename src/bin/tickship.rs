@@ -9,75 +9,168 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
 #[command(
     name = "tickship",
     version,
-    about = "Replication commands for tickshipd, and the demo"
+    about = "Replication commands for tickshipd (as arangosh's replication module), and the demo",
+    after_help = "The --server.* options name the tickshipd this command talks to and may stand \
+                  anywhere on the line.\nExample: tickship --server.endpoint tcp://127.0.0.1:8530 \
+                  --server.password PW replication setup --leader.endpoint tcp://127.0.0.1:8529 \
+                  --leader.password LEADER-PW"
 )]
 struct Cli {
-    /// Server to talk to: tcp://HOST:PORT.
-    #[arg(
-        long = "server.endpoint",
-        global = true,
-        default_value = "tcp://127.0.0.1:8529"
-    )]
-    endpoint: String,
-    #[arg(long = "server.username", global = true, default_value = "root")]
-    username: String,
-    /// Password (default: $TICKSHIP_ROOT_PASSWORD).
-    #[arg(long = "server.password", global = true)]
-    password: Option<String>,
-    /// Database.
-    #[arg(long = "server.database", global = true, default_value = "_system")]
-    database: String,
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: Top,
 }
 
+/// The server the CLI talks to. Every id starts with `server_`, so that no argument of a
+/// subcommand can shadow one of these.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The tickshipd to talk to: tcp://HOST:PORT.
+    #[arg(
+        id = "server_endpoint",
+        long = "server.endpoint",
+        global = true,
+        value_name = "ENDPOINT",
+        default_value = "tcp://127.0.0.1:8529",
+        help_heading = "Server"
+    )]
+    endpoint: String,
+    /// User name on that server.
+    #[arg(
+        id = "server_username",
+        long = "server.username",
+        global = true,
+        value_name = "USER",
+        default_value = "root",
+        help_heading = "Server"
+    )]
+    username: String,
+    /// Password on that server [default: $TICKSHIP_ROOT_PASSWORD, else --server.password-file].
+    #[arg(
+        id = "server_password",
+        long = "server.password",
+        global = true,
+        value_name = "PASSWORD",
+        help_heading = "Server"
+    )]
+    password: Option<String>,
+    /// File whose first line is the password (as tickshipd's --server.password-file; a
+    /// tickshipd started without a password wrote one to DIR/ROOT_PASSWORD).
+    #[arg(
+        id = "server_password_file",
+        long = "server.password-file",
+        global = true,
+        value_name = "FILE",
+        help_heading = "Server"
+    )]
+    password_file: Option<PathBuf>,
+    /// Database whose applier and logger to use.
+    #[arg(
+        id = "server_database",
+        long = "server.database",
+        global = true,
+        value_name = "NAME",
+        default_value = "_system",
+        help_heading = "Server"
+    )]
+    database: String,
+}
+
+/// The ids of `ServerArgs`, which the demo refuses (it starts its own servers).
+const SERVER_ARG_IDS: [&str; 5] = [
+    "server_endpoint",
+    "server_username",
+    "server_password",
+    "server_password_file",
+    "server_database",
+];
+
 #[derive(Subcommand)]
 enum Top {
-    /// The follower's applier: start, stop, state, properties.
+    /// The replication applier of the server (a follower): set up, start, stop, state,
+    /// properties.
     #[command(subcommand)]
     Replication(ReplicationCommand),
-    /// The leader's logger: state, first-tick, tick-ranges.
+    /// The replication logger of the server (a leader): state, first tick, tick ranges.
     #[command(subcommand)]
     Logger(LoggerCommand),
     /// Runs a leader and a follower on this machine with a live load, shows the applier
-    /// catching up, and checks that the follower's documents equal the leader's.
+    /// following, and checks that the follower's documents equal the leader's.
+    #[command(disable_help_flag = true)]
     Demo(DemoArgs),
 }
 
 #[derive(Subcommand)]
 enum ReplicationCommand {
-    /// Starts the applier (after tick FROM, or where it left off).
+    /// Makes the server a follower of a leader (make-follower) and waits until it has caught up;
+    /// exits non-zero, with the error, if it could not.
+    Setup(SetupArgs),
+    /// Starts the applier: after tick FROM, or where it left off.
     Start {
-        #[arg(long)]
+        /// Tick to start after (as printed by a dump: "Last tick provided by server is: N").
+        #[arg(long, value_name = "TICK")]
         from: Option<u64>,
     },
     /// Stops the applier.
     Stop,
-    /// Prints the applier state document.
+    /// Prints the applier state document; exits non-zero if it holds an error.
     State,
     /// Prints the applier configuration, or changes it with a JSON object.
-    Properties { json: Option<String> },
-    /// Makes the server a follower of ENDPOINT (make-follower).
-    Setup {
-        endpoint: String,
-        #[arg(long, default_value = "root")]
-        leader_username: String,
-        #[arg(long)]
-        leader_password: Option<String>,
+    Properties {
+        /// Attributes to change, e.g. '{"endpoint":"tcp://127.0.0.1:8529","password":"PW"}'.
+        #[arg(value_name = "JSON")]
+        json: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct SetupArgs {
+    /// The leader: tcp://HOST:PORT (or --leader.endpoint).
+    #[arg(
+        id = "leader_positional",
+        value_name = "LEADER",
+        conflicts_with = "leader_endpoint",
+        required_unless_present = "leader_endpoint"
+    )]
+    leader: Option<String>,
+    /// The leader: tcp://HOST:PORT.
+    #[arg(id = "leader_endpoint", long = "leader.endpoint", value_name = "ENDPOINT")]
+    leader_endpoint: Option<String>,
+    /// User name on the leader.
+    #[arg(
+        long = "leader.username",
+        alias = "leader-username",
+        value_name = "USER",
+        default_value = "root"
+    )]
+    leader_username: String,
+    /// Password on the leader [default: the server's password].
+    #[arg(
+        long = "leader.password",
+        alias = "leader-password",
+        value_name = "PASSWORD"
+    )]
+    leader_password: Option<String>,
+    /// File whose first line is the password on the leader.
+    #[arg(long = "leader.password-file", value_name = "FILE")]
+    leader_password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum LoggerCommand {
+    /// Prints the logger state: last tick, and the replication clients holding the log.
     State,
+    /// Prints the first tick the server can still serve.
     FirstTick,
+    /// Prints the WAL segments and the ticks each holds.
     TickRanges,
 }
 
@@ -106,86 +199,194 @@ struct DemoArgs {
     /// only in the WAL, `false` stores it in the document store as well.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     documents_in_wal: bool,
+    /// Print help.
+    #[arg(short, long)]
+    help: bool,
+}
+
+/// `tickship demo --help`: the demo's own options only (it talks to no existing server).
+#[derive(Parser)]
+#[command(
+    name = "tickship demo",
+    disable_help_flag = true,
+    about = "Runs a leader and a follower on this machine with a live load, shows the applier \
+             following, and checks that the follower's documents equal the leader's"
+)]
+struct DemoHelp {
+    #[command(flatten)]
+    args: DemoArgs,
 }
 
 fn main() {
-    let cli = Cli::parse();
-    if let Err(e) = run(cli) {
+    let matches = Cli::command().get_matches();
+    let result = Cli::from_arg_matches(&matches)
+        .map_err(anyhow::Error::from)
+        .and_then(|cli| {
+            if let Top::Demo(_) = cli.command {
+                refuse_server_args(&matches)?;
+            }
+            run(cli)
+        });
+    if let Err(e) = result {
         eprintln!("tickship: {e:#}");
         std::process::exit(1);
     }
 }
 
+/// The demo starts its own servers: a `--server.*` option would be ignored, so it is refused.
+fn refuse_server_args(matches: &clap::ArgMatches) -> Result<()> {
+    let given = |m: &clap::ArgMatches, id: &str| {
+        m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let demo = matches.subcommand_matches("demo");
+    for id in SERVER_ARG_IDS {
+        if given(matches, id) || demo.is_some_and(|d| given(d, id)) {
+            bail!(
+                "--{}: the demo starts its own leader and follower and talks to no other server",
+                id.replacen('_', ".", 1).replace('_', "-")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A password from a flag, else the environment, else a file (as tickshipd reads its own).
+fn resolve_password(
+    flag: Option<String>,
+    env: Option<&str>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>> {
+    tickship::auth::PasswordSource {
+        flag,
+        env: env.and_then(|name| std::env::var(name).ok()).filter(|p| !p.is_empty()),
+        file,
+    }
+    .resolve()
+}
+
 fn run(cli: Cli) -> Result<()> {
-    let password = cli
-        .password
-        .clone()
-        .or_else(|| std::env::var("TICKSHIP_ROOT_PASSWORD").ok())
-        .unwrap_or_default();
-    let client = Client::new(&cli.endpoint, &cli.database, &cli.username, &password)?;
-    let print = |value: Value| println!("{}", serde_json::to_string_pretty(&value).expect("JSON"));
+    let server = cli.server;
+    let password = resolve_password(
+        server.password,
+        Some("TICKSHIP_ROOT_PASSWORD"),
+        server.password_file,
+    )?;
+    let client = Client::new(
+        &server.endpoint,
+        &server.database,
+        &server.username,
+        password.as_deref(),
+    )?;
+    let print = |value: &Value| println!("{}", serde_json::to_string_pretty(value).expect("JSON"));
     match cli.command {
-        Top::Replication(command) => match command {
-            ReplicationCommand::Start { from } => {
-                let path = match from {
-                    Some(from) => format!("/_api/replication/applier-start?from={from}"),
-                    None => "/_api/replication/applier-start".into(),
-                };
-                print(client.call("PUT", &path, Some(json!({})))?)
+        Top::Replication(command) => {
+            let state = match command {
+                ReplicationCommand::Start { from } => {
+                    let path = match from {
+                        Some(from) => format!("/_api/replication/applier-start?from={from}"),
+                        None => "/_api/replication/applier-start".into(),
+                    };
+                    client
+                        .call("PUT", &path, Some(json!({})))
+                        .map_err(|e| unconfigured_hint(e, &server.endpoint))?
+                }
+                ReplicationCommand::Stop => {
+                    client.call("PUT", "/_api/replication/applier-stop", Some(json!({})))?
+                }
+                ReplicationCommand::State => {
+                    client.call("GET", "/_api/replication/applier-state", None)?
+                }
+                ReplicationCommand::Properties { json: None } => {
+                    let config = client.call("GET", "/_api/replication/applier-config", None)?;
+                    print(&config);
+                    return Ok(());
+                }
+                ReplicationCommand::Properties { json: Some(text) } => {
+                    let body: Value =
+                        serde_json::from_str(&text).context("properties must be a JSON object")?;
+                    let config = client.call("PUT", "/_api/replication/applier-config", Some(body))?;
+                    print(&config);
+                    return Ok(());
+                }
+                ReplicationCommand::Setup(setup) => {
+                    let leader = setup
+                        .leader_endpoint
+                        .or(setup.leader)
+                        .context("name the leader: --leader.endpoint tcp://HOST:PORT")?;
+                    let leader_password =
+                        match resolve_password(setup.leader_password, None, setup.leader_password_file)? {
+                            Some(p) => p,
+                            None => password.clone().unwrap_or_default(),
+                        };
+                    let body = json!({
+                        "endpoint": leader,
+                        "username": setup.leader_username,
+                        "password": leader_password,
+                    });
+                    client.call("PUT", "/_api/replication/make-follower", Some(body))?
+                }
+            };
+            print(&state);
+            let error = &state["state"]["lastError"];
+            if error["errorNum"].as_u64().unwrap_or(0) != 0 {
+                bail!(
+                    "the applier reports error {}: {}",
+                    error["errorNum"],
+                    error["errorMessage"].as_str().unwrap_or("")
+                );
             }
-            ReplicationCommand::Stop => {
-                print(client.call("PUT", "/_api/replication/applier-stop", Some(json!({})))?)
-            }
-            ReplicationCommand::State => {
-                print(client.call("GET", "/_api/replication/applier-state", None)?)
-            }
-            ReplicationCommand::Properties { json: None } => {
-                print(client.call("GET", "/_api/replication/applier-config", None)?)
-            }
-            ReplicationCommand::Properties { json: Some(text) } => {
-                let body: Value =
-                    serde_json::from_str(&text).context("properties must be a JSON object")?;
-                print(client.call("PUT", "/_api/replication/applier-config", Some(body))?)
-            }
-            ReplicationCommand::Setup {
-                endpoint,
-                leader_username,
-                leader_password,
-            } => {
-                let body = json!({
-                    "endpoint": endpoint,
-                    "username": leader_username,
-                    "password": leader_password.unwrap_or_else(|| password.clone()),
-                });
-                print(client.call("PUT", "/_api/replication/make-follower", Some(body))?)
-            }
-        },
+        }
         Top::Logger(command) => {
             let path = match command {
                 LoggerCommand::State => "/_api/replication/logger-state",
                 LoggerCommand::FirstTick => "/_api/replication/logger-first-tick",
                 LoggerCommand::TickRanges => "/_api/replication/logger-tick-ranges",
             };
-            print(client.call("GET", path, None)?)
+            print(&client.call("GET", path, None)?)
+        }
+        Top::Demo(args) if args.help => {
+            DemoHelp::command().print_help()?;
         }
         Top::Demo(args) => demo(args)?,
     }
     Ok(())
 }
 
+/// `applier-start` refused for want of an endpoint (1410) means the server was never set up.
+fn unconfigured_hint(error: anyhow::Error, endpoint: &str) -> anyhow::Error {
+    if error.to_string().contains("(error 1410,") && error.to_string().contains("<endpoint>") {
+        anyhow::anyhow!(
+            "{error:#}\nThe server at {endpoint} has no leader configured. Make it a follower \
+             first with `tickship --server.endpoint {endpoint} replication setup \
+             --leader.endpoint tcp://LEADER:PORT`, or name the leader with `tickship \
+             replication properties '{{\"endpoint\":\"tcp://LEADER:PORT\",\"password\":\"...\"}}'`."
+        )
+    } else {
+        error
+    }
+}
+
 /// An HTTP client for one server.
 #[derive(Clone)]
 struct Client {
     base: String,
-    auth: String,
+    endpoint: String,
+    /// `None`: no password was given, and none is sent.
+    auth: Option<String>,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn new(endpoint: &str, database: &str, username: &str, password: &str) -> Result<Client> {
+    fn new(
+        endpoint: &str,
+        database: &str,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<Client> {
         use base64::Engine;
         let host = endpoint
             .strip_prefix("tcp://")
+            .or_else(|| endpoint.strip_prefix("http+tcp://"))
             .or_else(|| endpoint.strip_prefix("http://"))
             .ok_or_else(|| {
                 anyhow::anyhow!("--server.endpoint {endpoint:?}: expected tcp://HOST:PORT")
@@ -198,10 +399,14 @@ impl Client {
             .into();
         Ok(Client {
             base: format!("http://{}/_db/{database}", host.trim_end_matches('/')),
-            auth: format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
-            ),
+            endpoint: endpoint.to_string(),
+            auth: password.map(|password| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )
+            }),
             agent,
         })
     }
@@ -211,6 +416,24 @@ impl Client {
         let (status, text) = self.raw(method, path, body.map(|b| b.to_string()))?;
         let value: Value = serde_json::from_str(&text)
             .with_context(|| format!("{method} {path} answered {status} with non-JSON: {text}"))?;
+        if status == 401 {
+            bail!(
+                "{method} {path}: {} (error {}, HTTP 401)\n{}",
+                value["errorMessage"].as_str().unwrap_or(&text),
+                value["errorNum"],
+                if self.auth.is_none() {
+                    format!(
+                        "No password was given for {}: pass --server.password PW or \
+                         --server.password-file FILE, or set TICKSHIP_ROOT_PASSWORD (a \
+                         tickshipd started without a password wrote one to \
+                         DIR/ROOT_PASSWORD).",
+                        self.endpoint
+                    )
+                } else {
+                    format!("The password given is not the one of the server at {}.", self.endpoint)
+                }
+            );
+        }
         if status >= 400 {
             bail!(
                 "{method} {path}: {} (error {}, HTTP {status})",
@@ -222,11 +445,14 @@ impl Client {
     }
 
     fn raw(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
-        let request = ureq::http::Request::builder()
+        let mut request = ureq::http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.base))
-            .header("authorization", &self.auth)
-            .header("content-type", "application/json")
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request
             .body(body.unwrap_or_default())
             .context("build request")?;
         let response = self
@@ -365,8 +591,8 @@ fn demo(args: DemoArgs) -> Result<()> {
     let extra = &["--rocksdb.documents-in-wal", documents_in_wal.as_str()];
     let mut leader = Server::start("leader", &binary, &dir.join("leader"), &password, extra)?;
     let mut follower = Server::start("follower", &binary, &dir.join("follower"), &password, extra)?;
-    let lc = Client::new(&leader.endpoint, "_system", "root", &password)?;
-    let fc = Client::new(&follower.endpoint, "_system", "root", &password)?;
+    let lc = Client::new(&leader.endpoint, "_system", "root", Some(&password))?;
+    let fc = Client::new(&follower.endpoint, "_system", "root", Some(&password))?;
     lc.call("POST", "/_api/collection", Some(json!({"name": "demo"})))?;
     let setup = fc.call(
         "PUT",
@@ -564,4 +790,16 @@ fn demo(args: DemoArgs) -> Result<()> {
     }
     println!("== OK: the follower's documents equal the leader's");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks its definitions only when a command is built: build every one.
+    #[test]
+    fn argument_definitions_are_consistent() {
+        Cli::command().debug_assert();
+        DemoHelp::command().debug_assert();
+    }
 }
