@@ -6,218 +6,262 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use tickship_storage::docstore::BlobCompression;
 
-/// tickshipd: a document store whose write-ahead log followers replicate (leader role).
+/// tickshipd: a JSON document store that ArangoDB's drivers speak to, whose write-ahead log
+/// followers replicate over QUIC. Sizes take units: 64MiB, 1GiB, 512KiB (binary), 64MB (decimal)
+/// or plain bytes.
 #[derive(Parser, Debug, Clone)]
 #[command(name = "tickshipd", version, about, long_about = None)]
 pub struct DaemonArgs {
-    /// Where to listen for HTTP (and, later, QUIC replication on the same port over UDP):
-    /// tcp://HOST:PORT. Port 0 picks a free port; the chosen address is printed at start.
-    #[arg(long = "server.endpoint", default_value = "tcp://127.0.0.1:8529")]
+    /// HTTP address, tcp://HOST:PORT (port 0: any free one, printed at start); replication
+    /// listens on the same port over UDP unless --replication.endpoint says otherwise.
+    #[arg(long = "server.endpoint", default_value = "tcp://127.0.0.1:8529", help_heading = "Server")]
     pub endpoint: String,
 
-    /// Data directory: the WAL (wal/), the document store (store/), credentials, server id.
-    #[arg(long = "database.directory", default_value = "./tickship-data")]
+    /// Data directory: WAL (wal/), document store (store/), credentials, server id.
+    #[arg(long = "database.directory", default_value = "./tickship-data", help_heading = "Server")]
     pub directory: PathBuf,
 
-    /// Require authentication (HTTP Basic or JWT from /_open/auth). Turn off explicitly.
-    #[arg(long = "server.authentication", default_value_t = true, action = ArgAction::Set)]
+    /// Require authentication (HTTP Basic, or a JWT from /_open/auth).
+    #[arg(long = "server.authentication", default_value_t = true, action = ArgAction::Set, help_heading = "Server")]
     pub authentication: bool,
 
-    /// Password of user root. Also TICKSHIP_ROOT_PASSWORD, or --server.password-file. With none
-    /// given on first start, one is generated into DIR/ROOT_PASSWORD (mode 0600).
-    #[arg(long = "server.password")]
+    /// Password of user root [default: $TICKSHIP_ROOT_PASSWORD, else --server.password-file, else
+    /// the stored one, else one generated into DIR/ROOT_PASSWORD on first start].
+    #[arg(long = "server.password", help_heading = "Server")]
     pub password: Option<String>,
 
-    /// File holding the password of user root (first line).
-    #[arg(long = "server.password-file")]
+    /// File whose first line is the password of user root.
+    #[arg(long = "server.password-file", help_heading = "Server")]
     pub password_file: Option<PathBuf>,
 
-    /// Largest document accepted, in bytes (error 1216 above it).
-    #[arg(long = "server.maximal-document-size", default_value_t = 16 << 20)]
+    /// Largest document accepted (larger: 413, error 1216).
+    #[arg(long = "server.maximal-document-size", default_value = "16MiB", value_parser = size_usize, help_heading = "Server")]
     pub max_document_bytes: usize,
 
-    /// Largest request body accepted, in bytes.
-    #[arg(long = "server.maximal-body-size", default_value_t = 256 << 20)]
+    /// Largest request body accepted (larger: 413).
+    #[arg(long = "server.maximal-body-size", default_value = "256MiB", value_parser = size_usize, help_heading = "Server")]
     pub max_body_bytes: usize,
 
-    /// Size of a WAL segment file in bytes (preallocated).
-    #[arg(long = "wal.segment-size", default_value_t = 64 << 20)]
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long = "log.level", default_value = "info", help_heading = "Server")]
+    pub log_level: String,
+
+    /// Size of a WAL segment file (preallocated).
+    #[arg(long = "wal.segment-size", default_value = "64MiB", value_parser = size_u64, help_heading = "Write-ahead log")]
     pub wal_segment_size: u64,
 
-    /// When writes are made durable: group (fdatasync per group commit, acknowledge after it),
-    /// interval (acknowledge after the write, fdatasync every --wal.sync-interval ms), never.
-    #[arg(long = "wal.sync-policy", default_value = "group")]
+    /// When writes become durable: group (fdatasync per group commit, acknowledge after it),
+    /// interval (acknowledge after the write, fdatasync every --wal.sync-interval), never.
+    #[arg(long = "wal.sync-policy", default_value = "group", help_heading = "Write-ahead log")]
     pub wal_sync_policy: String,
 
     /// Milliseconds between fdatasyncs with --wal.sync-policy interval.
-    #[arg(long = "wal.sync-interval", default_value_t = 100)]
+    #[arg(long = "wal.sync-interval", default_value_t = 100, help_heading = "Write-ahead log")]
     pub wal_sync_interval_ms: u64,
 
-    /// WAL I/O engine: sync (buffered pwrite + fdatasync), uring (io_uring with O_DIRECT), or
-    /// auto (uring where the kernel allows it, else sync). The default is sync: the store applier
-    /// and followers read what was just written, which stays in the page cache with buffered
-    /// writes but must come back from disk after O_DIRECT ones (measured: +15% single-document
-    /// inserts, and no re-reads).
-    #[arg(long = "wal.io-engine", default_value = "sync")]
+    /// WAL I/O engine: sync (buffered pwrite + fdatasync), uring (io_uring, O_DIRECT), or auto
+    /// (uring where the kernel allows it).
+    #[arg(long = "wal.io-engine", default_value = "sync", help_heading = "Write-ahead log")]
     pub wal_io_engine: String,
 
     /// Sealed WAL segments always kept.
-    #[arg(long = "wal.historic-logfiles", default_value_t = 10)]
+    #[arg(long = "wal.historic-logfiles", default_value_t = 10, help_heading = "Write-ahead log")]
     pub wal_historic_logfiles: usize,
 
     /// Seconds a WAL segment must have been unneeded before it is deleted.
-    #[arg(long = "wal.file-timeout", default_value_t = 10.0)]
+    #[arg(long = "wal.file-timeout", default_value_t = 10.0, help_heading = "Write-ahead log")]
     pub wal_file_timeout: f64,
 
     /// Seconds after start during which no WAL segment is deleted.
-    #[arg(long = "wal.file-timeout-initial", default_value_t = 180.0)]
+    #[arg(long = "wal.file-timeout-initial", default_value_t = 180.0, help_heading = "Write-ahead log")]
     pub wal_file_timeout_initial: f64,
 
-    /// Largest total size of sealed WAL segments in bytes, overriding replication clients'
-    /// needs (they then get error 1414); 0 = unlimited.
-    #[arg(long = "wal.archive-size-limit", default_value_t = 0)]
+    /// Most bytes of sealed WAL segments, overriding replication clients' needs (they then get
+    /// error 1414); 0: no limit.
+    #[arg(long = "wal.archive-size-limit", default_value = "0", value_parser = size_u64, help_heading = "Write-ahead log")]
     pub wal_archive_size_limit: u64,
 
-    /// Seconds a replication client keeps its hold on the WAL after its last request.
-    #[arg(long = "replication.client-ttl", default_value_t = 7200.0)]
-    pub replication_client_ttl: f64,
-
-    /// Seconds between flushes of the document store while it has unflushed changes (bounds
-    /// the WAL a restart replays).
-    #[arg(long = "store.flush-interval", default_value_t = 30.0)]
-    pub store_flush_interval: f64,
-
-    /// Bytes of one memtable of the document store (RocksDB).
-    #[arg(long = "rocksdb.write-buffer-size", default_value_t = 64 << 20)]
-    pub rocksdb_write_buffer_size: usize,
-
-    /// Bytes of one memtable while this server follows a leader and is less than ~8k ticks
-    /// behind it (0: --rocksdb.write-buffer-size always). Smaller memtables flush in shorter
-    /// bursts, which keeps the follower's lag low; more than 64k ticks behind, the follower
-    /// switches to --rocksdb.write-buffer-size, which catches up faster. A store keeping its
-    /// documents in the WAL keeps these memtables however far behind (they hold keys only).
-    /// Default: 2 MiB with documents in the WAL, 16 MiB without.
-    #[arg(long = "replication.tailing-write-buffer-size")]
-    pub replication_tailing_write_buffer_size: Option<usize>,
-
-    /// Memtables per column family: the active one and those waiting to be flushed (2..64).
-    /// A follower keeping its documents in the WAL holds at most 2 document memtables while it
-    /// follows (writes wait for a flush rather than fill a third).
-    #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4)]
-    pub rocksdb_max_write_buffer_number: usize,
-
-    /// Bytes of all memtables together (0: no limit but the two above). Past it the store
-    /// flushes early; far past it writes wait for flushes. Bounds the memory of a follower far
-    /// behind its leader.
-    #[arg(long = "rocksdb.total-write-buffer-size", default_value_t = 128 << 20)]
-    pub rocksdb_total_write_buffer_size: usize,
-
-    /// Files (SSTs and blob files) the document store keeps open at most; the least recently
-    /// used one is closed to open another. 0: derived from the process's descriptor limit
-    /// (raised to its hard limit at start), leaving half of it, at most 4096, to the rest of the
-    /// server. -1: every file stays open, as RocksDB's default, which fails reads with "Too many
-    /// open files" once the store has more files than the limit allows.
-    #[arg(long = "rocksdb.max-open-files", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..))]
-    pub rocksdb_max_open_files: i32,
-
-    /// Bytes of the document store's block cache (index, filter and data blocks).
-    #[arg(long = "rocksdb.block-cache-size", default_value_t = 256 << 20)]
-    pub rocksdb_block_cache_size: usize,
-
-    /// Compression of each document in the store's blob files: none, lz4 or zstd. The WAL and
-    /// replication compress whole blocks either way.
-    #[arg(long = "rocksdb.blob-compression-type", default_value = "none")]
-    pub rocksdb_blob_compression_type: BlobCompression,
-
-    /// Whether compactions reclaim the space of replaced and removed documents.
-    #[arg(long = "rocksdb.enable-blob-garbage-collection", default_value_t = true, action = ArgAction::Set)]
-    pub rocksdb_enable_blob_garbage_collection: bool,
-
-    /// The oldest fraction of blob files whose live documents compactions rewrite (0..=1).
-    #[arg(long = "rocksdb.blob-garbage-collection-age-cutoff", default_value_t = 0.25, value_parser = fraction)]
-    pub rocksdb_blob_garbage_collection_age_cutoff: f64,
-
-    /// Level-0 files of the document store (one per memtable flush) that start a compaction.
-    #[arg(long = "rocksdb.level0-compaction-trigger", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub rocksdb_level0_compaction_trigger: u32,
-
-    /// Bytes of the document store's first level below level 0 (its tables hold keys and
-    /// blob references, ~10 bytes a document); each level below is ten times larger. A level-0
-    /// compaction rewrites up to this much, so RocksDB's 256 MiB made each one rewrite every
-    /// key of a store of up to ~28M documents.
-    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value_t = 8 << 20, value_parser = clap::value_parser!(u64).range(tickship_storage::docstore::MIN_TABLE_FILE_BYTES..))]
-    pub rocksdb_max_bytes_for_level_base: u64,
-
-    /// Level-0 files past which writes to the document store are slowed down.
-    #[arg(long = "rocksdb.level0-slowdown-trigger", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub rocksdb_level0_slowdown_trigger: u32,
-
-    /// Level-0 files past which writes to the document store wait for compaction.
-    #[arg(long = "rocksdb.level0-stop-trigger", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
-    pub rocksdb_level0_stop_trigger: u32,
-
-    /// Run the document store's compactions at the lowest CPU priority (nice 19), so that they
-    /// take what receiving, logging and applying writes leave on a busy machine.
-    #[arg(long = "rocksdb.low-priority-compactions", default_value_t = true, action = ArgAction::Set)]
-    pub rocksdb_low_priority_compactions: bool,
-
-    /// Keep each document only in the WAL: the document store maps a key to the tick of its
-    /// last write and reads the document from the WAL (compressed in 64 KiB frames), instead of
-    /// storing it a second time. Before retention deletes a WAL segment, its live documents move
-    /// to value files next to the store. Sticky once used: a store that kept documents in the
-    /// WAL goes on doing so. `false` on a new data directory stores every document in the store
-    /// (RocksDB blob files) as well.
-    #[arg(long = "rocksdb.documents-in-wal", default_value_t = true, action = ArgAction::Set)]
-    pub rocksdb_documents_in_wal: bool,
-
-    /// Nice value of the threads between a logged change and its visibility: the replication
-    /// thread (shipping the log to followers, receiving it from a leader) and the store applier.
-    /// They take the CPU before request handling, flushes and compactions; best effort (needs
-    /// root or CAP_SYS_NICE); 0 leaves them as they are.
-    #[arg(long = "replication.thread-nice", default_value_t = -5, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19))]
-    pub replication_thread_nice: i32,
-
-    /// Threads that apply WAL blocks to the document store (received from the leader, or
-    /// replayed at start), partitioned by collection and key. 0 = one per core.
-    #[arg(long = "replication.applier-threads", default_value_t = 0)]
-    pub applier_threads: usize,
-
-    /// UDP address for replication (QUIC): HOST:PORT. Default: the host and port of
-    /// --server.endpoint, over UDP.
-    #[arg(long = "replication.endpoint")]
+    /// UDP address for replication (QUIC), HOST:PORT [default: --server.endpoint's, over UDP].
+    #[arg(long = "replication.endpoint", help_heading = "Replication")]
     pub replication_endpoint: Option<String>,
 
+    /// Seconds a replication client keeps its hold on the WAL after its last request.
+    #[arg(long = "replication.client-ttl", default_value_t = 7200.0, help_heading = "Replication")]
+    pub replication_client_ttl: f64,
+
     /// Start the replication applier at server start when its configuration says autoStart.
-    #[arg(long = "replication.auto-start", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long = "replication.auto-start", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Replication")]
     pub replication_auto_start: bool,
 
     /// As a follower: accept only a leader whose certificate has this SHA-256 fingerprint (hex,
     /// as the leader prints it at start).
-    #[arg(long = "replication.leader-fingerprint")]
+    #[arg(long = "replication.leader-fingerprint", help_heading = "Replication")]
     pub leader_fingerprint: Option<String>,
 
-    /// As a follower: bytes of the leader's log held in memory at most, once and a quarter: in
-    /// QUIC's stream window (sent by the leader, not yet read), and a quarter of it read but
-    /// not yet written to this server's WAL. A follower far behind fills both however far
-    /// behind it is, so this bounds its memory. The window must cover the link's
-    /// bandwidth-delay product: 1 MiB is 84 Mbit/s at 100 ms of round trip and 42 Gbit/s at
-    /// 0.2 ms; raise it for a long link.
-    /// 1 MiB rather than 4: a follower 1M documents behind peaked at 37 MiB instead of 49–59
-    /// and caught up no slower (1.97–2.08 s against 1.89–2.45 s), lag the same.
-    #[arg(long = "replication.receive-buffer-size", default_value_t = 1 << 20, value_parser = clap::value_parser!(u32).range(i64::from(tickship_net::transport::STREAM_WINDOW_MIN)..=(1 << 30)))]
+    /// As a follower: bytes of the leader's log held in memory at most (QUIC's stream window,
+    /// plus a quarter of it read but not yet written); must cover the link's bandwidth × round
+    /// trip.
+    #[arg(long = "replication.receive-buffer-size", default_value = "1MiB", value_parser = receive_buffer_size, help_heading = "Replication")]
     pub replication_receive_buffer_size: u32,
 
-    /// PEM certificate (chain) for replication's TLS; default: one generated into DIR/tls/.
-    #[arg(long = "ssl.certfile")]
+    /// As a follower: memtable size while less than ~8k ticks behind the leader (0: always
+    /// --rocksdb.write-buffer-size) [default: 2MiB with documents in the WAL, else 16MiB].
+    #[arg(long = "replication.tailing-write-buffer-size", value_parser = size_usize, help_heading = "Replication")]
+    pub replication_tailing_write_buffer_size: Option<usize>,
+
+    /// Threads that apply WAL blocks to the document store (received from a leader, or
+    /// replayed at start); 0: one per core.
+    #[arg(long = "replication.applier-threads", default_value_t = 0, help_heading = "Replication")]
+    pub applier_threads: usize,
+
+    /// Nice value of the threads between a logged change and its visibility (replication,
+    /// store applier); best effort, needs CAP_SYS_NICE; 0 leaves them.
+    #[arg(long = "replication.thread-nice", default_value_t = -5, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-20..=19), help_heading = "Replication")]
+    pub replication_thread_nice: i32,
+
+    /// PEM certificate (chain) for replication's TLS [default: one generated into DIR/tls/].
+    #[arg(long = "ssl.certfile", help_heading = "Replication")]
     pub ssl_certfile: Option<std::path::PathBuf>,
 
     /// PEM private key (PKCS#8) for --ssl.certfile.
-    #[arg(long = "ssl.keyfile")]
+    #[arg(long = "ssl.keyfile", help_heading = "Replication")]
     pub ssl_keyfile: Option<std::path::PathBuf>,
 
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long = "log.level", default_value = "info")]
-    pub log_level: String,
+    /// Keep each document only in the WAL (the store maps keys to ticks); sticky once used.
+    /// false, on a new data directory only, stores documents in the store as well.
+    #[arg(long = "rocksdb.documents-in-wal", default_value_t = true, action = ArgAction::Set, help_heading = "Document store")]
+    pub rocksdb_documents_in_wal: bool,
+
+    /// Seconds between flushes of the document store while it has unflushed changes (bounds
+    /// what a restart replays).
+    #[arg(long = "store.flush-interval", default_value_t = 30.0, help_heading = "Document store")]
+    pub store_flush_interval: f64,
+
+    /// Size of one memtable of the document store.
+    #[arg(long = "rocksdb.write-buffer-size", default_value = "64MiB", value_parser = size_usize, help_heading = "Document store")]
+    pub rocksdb_write_buffer_size: usize,
+
+    /// Memtables per column family, the active one included (2..64).
+    #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4, help_heading = "Document store")]
+    pub rocksdb_max_write_buffer_number: usize,
+
+    /// All memtables together (0: no shared limit); past it the store flushes early.
+    #[arg(long = "rocksdb.total-write-buffer-size", default_value = "128MiB", value_parser = size_usize, help_heading = "Document store")]
+    pub rocksdb_total_write_buffer_size: usize,
+
+    /// Store files kept open at most; 0: from the descriptor limit, -1: all (reads then fail
+    /// past the limit).
+    #[arg(long = "rocksdb.max-open-files", default_value_t = 0, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(-1..), help_heading = "Document store")]
+    pub rocksdb_max_open_files: i32,
+
+    /// Size of the document store's block cache.
+    #[arg(long = "rocksdb.block-cache-size", default_value = "256MiB", value_parser = size_usize, help_heading = "Document store")]
+    pub rocksdb_block_cache_size: usize,
+
+    /// Compression of each document in the store's blob files: none, lz4 or zstd.
+    #[arg(long = "rocksdb.blob-compression-type", default_value = "none", help_heading = "Document store")]
+    pub rocksdb_blob_compression_type: BlobCompression,
+
+    /// Whether compactions reclaim the space of replaced and removed documents.
+    #[arg(long = "rocksdb.enable-blob-garbage-collection", default_value_t = true, action = ArgAction::Set, help_heading = "Document store")]
+    pub rocksdb_enable_blob_garbage_collection: bool,
+
+    /// The oldest fraction of blob files whose live documents compactions rewrite (0..=1).
+    #[arg(long = "rocksdb.blob-garbage-collection-age-cutoff", default_value_t = 0.25, value_parser = fraction, help_heading = "Document store")]
+    pub rocksdb_blob_garbage_collection_age_cutoff: f64,
+
+    /// Level-0 files of the document store that start a compaction.
+    #[arg(long = "rocksdb.level0-compaction-trigger", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Document store")]
+    pub rocksdb_level0_compaction_trigger: u32,
+
+    /// Level-0 files past which writes to the document store are slowed down.
+    #[arg(long = "rocksdb.level0-slowdown-trigger", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Document store")]
+    pub rocksdb_level0_slowdown_trigger: u32,
+
+    /// Level-0 files past which writes to the document store wait for compaction.
+    #[arg(long = "rocksdb.level0-stop-trigger", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536), help_heading = "Document store")]
+    pub rocksdb_level0_stop_trigger: u32,
+
+    /// Size of the document store's first level below level 0; each level below is ten times
+    /// larger.
+    #[arg(long = "rocksdb.max-bytes-for-level-base", default_value = "8MiB", value_parser = level_base, help_heading = "Document store")]
+    pub rocksdb_max_bytes_for_level_base: u64,
+
+    /// Run the document store's compactions at the lowest CPU priority (nice 19).
+    #[arg(long = "rocksdb.low-priority-compactions", default_value_t = true, action = ArgAction::Set, help_heading = "Document store")]
+    pub rocksdb_low_priority_compactions: bool,
+}
+
+/// A size in bytes: a number with an optional unit, in any case: `KiB`, `MiB`, `GiB`, `TiB`
+/// (binary), `KB`, `MB`, `GB`, `TB` or `k`, `m`, `g`, `t` (decimal, as ArangoDB reads them), `B`.
+pub fn size_u64(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
+    };
+    let invalid = || format!("{text:?} is not a size (e.g. 4096, 64MiB, 1.5GiB)");
+    if number.is_empty() {
+        return Err(invalid());
+    }
+    let bytes = if number.contains('.') {
+        let value: f64 = number.parse().map_err(|_| invalid())?;
+        let bytes = value * multiplier as f64;
+        if bytes.fract() != 0.0 && multiplier == 1 {
+            return Err(invalid());
+        }
+        if !(0.0..1.8e19).contains(&bytes) {
+            return Err(format!("{text:?} is too large"));
+        }
+        bytes.round() as u64
+    } else {
+        number
+            .parse::<u64>()
+            .map_err(|_| invalid())?
+            .checked_mul(multiplier)
+            .ok_or_else(|| format!("{text:?} is too large"))?
+    };
+    Ok(bytes)
+}
+
+fn size_usize(text: &str) -> Result<usize, String> {
+    usize::try_from(size_u64(text)?).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// `--replication.receive-buffer-size`: 64 KiB (QUIC's least stream window here) to 1 GiB.
+fn receive_buffer_size(text: &str) -> Result<u32, String> {
+    let bytes = size_u64(text)?;
+    let min = u64::from(tickship_net::transport::STREAM_WINDOW_MIN);
+    if !(min..=1 << 30).contains(&bytes) {
+        return Err(format!("{text:?}: must be from 64KiB to 1GiB"));
+    }
+    Ok(bytes as u32)
+}
+
+/// `--rocksdb.max-bytes-for-level-base`: at least a table file's least size.
+fn level_base(text: &str) -> Result<u64, String> {
+    let bytes = size_u64(text)?;
+    let min = tickship_storage::docstore::MIN_TABLE_FILE_BYTES;
+    if bytes < min {
+        return Err(format!("{text:?}: must be at least {min} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// A number from 0 to 1.
@@ -385,6 +429,32 @@ mod tests {
         assert_eq!(parse("268435456").expect("256 MiB"), 256 << 20);
         assert!(parse("1024").is_err());
         assert!(parse("big").is_err());
+    }
+
+    // Goal: sizes take binary and decimal units in any case, plain bytes and fractions, and
+    // refuse anything else with the units it knows.
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(size_u64("4096"), Ok(4096));
+        assert_eq!(size_u64("64MiB"), Ok(64 << 20));
+        assert_eq!(size_u64("64mib"), Ok(64 << 20));
+        assert_eq!(size_u64("1GiB"), Ok(1 << 30));
+        assert_eq!(size_u64("1.5GiB"), Ok(3 << 29));
+        assert_eq!(size_u64("512 KiB"), Ok(512 << 10));
+        assert_eq!(size_u64("64MB"), Ok(64_000_000));
+        assert_eq!(size_u64("2k"), Ok(2000));
+        assert_eq!(size_u64("7b"), Ok(7));
+        assert!(size_u64("64 MiBs").unwrap_err().contains("unknown unit"));
+        assert!(size_u64("MiB").is_err());
+        assert!(size_u64("-1").is_err());
+        assert!(size_u64("1.5").is_err());
+        assert!(size_u64("99999999999TiB").unwrap_err().contains("too large"));
+        let args = DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.block-cache-size", "1GiB"])
+            .expect("units");
+        assert_eq!(args.rocksdb_block_cache_size, 1 << 30);
+        assert_eq!(defaults().max_document_bytes, 16 << 20);
+        assert_eq!(defaults().replication_receive_buffer_size, 1 << 20);
+        assert!(DaemonArgs::try_parse_from(["tickshipd", "--replication.receive-buffer-size", "1KiB"]).is_err());
     }
 
     #[test]

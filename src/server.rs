@@ -112,8 +112,28 @@ fn server_id(dir: &Path) -> Result<String> {
 /// acknowledged applied and synced, exit status 0.
 pub async fn run(args: DaemonArgs) -> Result<()> {
     let dir = &args.directory;
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    let address = parse_endpoint(&args.endpoint)?;
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the data directory {} (--database.directory)",
+            dir.display()
+        )
+    })?;
+    let _lock = crate::util::DirectoryLock::take(dir)?;
+    let address = parse_endpoint(&args.endpoint).context("--server.endpoint")?;
+    // Both ports before anything slow (opening the store, replaying the WAL): a port in use
+    // fails at once.
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (--server.endpoint)"))?;
+    let local = listener.local_addr()?;
+    // Replication: QUIC on the UDP port of the HTTP endpoint unless told otherwise.
+    let quic_addr = match &args.replication_endpoint {
+        Some(endpoint) => parse_endpoint(endpoint).context("--replication.endpoint")?,
+        None => local,
+    };
+    let quic_socket = tickship_net::transport::bind_udp(quic_addr).with_context(|| {
+        format!("cannot listen for followers on udp {quic_addr} (--replication.endpoint)")
+    })?;
     let server_id = server_id(dir)?;
     let source = PasswordSource {
         flag: args.password.clone(),
@@ -206,19 +226,10 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         server_id,
         args.max_document_bytes,
     )?);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("listen on {address}"))?;
-    let local = listener.local_addr()?;
     let auth = Arc::new(auth);
     let clients = Arc::new(Clients::new(Duration::from_secs_f64(
         args.replication_client_ttl.max(1.0),
     )));
-    // Replication: QUIC on the UDP port of the HTTP endpoint unless told otherwise.
-    let quic_addr = match &args.replication_endpoint {
-        Some(endpoint) => parse_endpoint(endpoint)?,
-        None => local,
-    };
     let identity = crate::shipper::identity(
         dir,
         args.ssl_certfile.as_deref(),
@@ -231,7 +242,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         endpoint: format!("tcp://{local}"),
     });
     let replication = ReplicationRuntime::start(args.replication_thread_nice)?;
-    let quic = crate::shipper::listen(quic_addr, &identity, shipping, replication.handle())
+    let quic = crate::shipper::listen(quic_socket, &identity, shipping, replication.handle())
         .context("listen for followers (QUIC)")?;
     let applier = crate::follower::Applier::open(
         node.clone(),

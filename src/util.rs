@@ -90,6 +90,44 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A data directory held by this process: an exclusive `flock` on `DIR/tickshipd.lock`, which
+/// names the holder's pid. The kernel releases it when the process ends, however it ends.
+pub struct DirectoryLock(#[allow(dead_code)] std::fs::File);
+
+impl DirectoryLock {
+    pub fn take(dir: &Path) -> Result<DirectoryLock> {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsRawFd;
+        let path = dir.join("tickshipd.lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("open {}", path.display()))?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                anyhow::bail!(
+                    "the data directory {} is in use by another tickshipd (pid {}); stop it \
+                     first, or give this one its own --database.directory",
+                    dir.display(),
+                    pid.trim()
+                );
+            }
+            return Err(error).with_context(|| format!("lock {}", path.display()));
+        }
+        file.set_len(0)?;
+        file.rewind()?;
+        file.write_all(std::process::id().to_string().as_bytes())?;
+        Ok(DirectoryLock(file))
+    }
+}
+
 /// The process's limit on open file descriptors: the soft limit is raised to the hard one (or to
 /// the kernel's `fs.nr_open` if the hard one is unlimited), as a database holding many files
 /// needs; returns the soft limit before and after.

@@ -17,9 +17,12 @@ fn main() -> std::process::ExitCode {
     let args = DaemonArgs::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for a person at a terminal, never into a log file.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     if !glibc_releases {
         tracing::debug!("glibc's malloc thresholds left as the environment sets them");
@@ -40,7 +43,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(tickship::server::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("failed to run: {e:#}");
+            // Once, on stderr with the log: the log's own line would repeat it.
             eprintln!("tickshipd: {e:#}");
             std::process::ExitCode::FAILURE
         }
