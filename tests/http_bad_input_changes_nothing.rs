@@ -313,6 +313,126 @@ fn generated_password_when_none_given() {
     let _ = child.wait();
 }
 
+// Goal: what a newcomer hits at the HTTP door says what is wrong: which credential problem,
+// which routes are served, which exist in ArangoDB but not here, and which do not exist at all.
+#[test]
+fn refusals_say_why_and_unserved_routes_answer_like_arangodb() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = Daemon::start(dir.path(), &[]);
+    let http = daemon.http();
+    let missing = http.call("GET", "/_api/version", None, Some(""));
+    missing.assert_error(401, 11);
+    let wrong = http.call(
+        "GET",
+        "/_api/version",
+        None,
+        Some(&format!("Basic {}", common::base64_encode(b"root:not-it"))),
+    );
+    wrong.assert_error(401, 11);
+    let (missing, wrong) = (missing.json(), wrong.json());
+    assert!(
+        missing["errorMessage"].as_str().unwrap().contains("no credentials"),
+        "{missing}"
+    );
+    assert!(
+        wrong["errorMessage"].as_str().unwrap().contains("wrong username or password"),
+        "{wrong}"
+    );
+
+    http.send("POST", "/_api/collection", &json!({"name": "e", "type": 3}))
+        .assert_status(200);
+    let edges = json!([
+        {"_key": "ab", "_from": "v/a", "_to": "v/b"},
+        {"_key": "ca", "_from": "v/c", "_to": "v/a"},
+        {"_key": "bc", "_from": "v/b", "_to": "v/c"},
+    ]);
+    http.send("POST", "/_api/document/e", &edges).assert_status(202);
+    let keys = |direction: &str| -> Vec<String> {
+        let answer = http.get(&format!("/_api/edges/e?vertex=v/a{direction}"));
+        answer.assert_status(200);
+        let mut keys: Vec<String> = answer.json()["edges"]
+            .as_array()
+            .expect("edges")
+            .iter()
+            .map(|e| e["_key"].as_str().unwrap().to_string())
+            .collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(""), ["ab", "ca"]);
+    assert_eq!(keys("&direction=out"), ["ab"]);
+    assert_eq!(keys("&direction=in"), ["ca"]);
+
+    // ArangoDB serves these; tickship does not: 501 with errorNum 9, not 405.
+    http.get("/_api/collection/e/figures").assert_error(501, 9);
+    http.send("POST", "/_api/cursor", &json!({"query": "RETURN 1"}))
+        .assert_error(501, 9);
+    // A served route with a method it does not take: 405; a path nobody serves: 404.
+    http.call("PATCH", "/_api/version", None, None).assert_error(405, 405);
+    http.get("/_api/no-such-thing").assert_error(404, 404);
+}
+
+/// Runs tickshipd on `dir` with `extra` flags, expecting it to fail; returns its stderr.
+fn refused_start(dir: &std::path::Path, endpoint: &str, extra: &[&str]) -> String {
+    let started = std::time::Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tickshipd"))
+        .args(["--server.endpoint", endpoint, "--server.password", "pw"])
+        .arg("--database.directory")
+        .arg(dir)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tickshipd");
+    assert!(!output.status.success(), "tickshipd started on {}", dir.display());
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // Said once, plainly: one line naming the cause, no colour codes.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    stderr
+}
+
+// Goal: a daemon that cannot start says why in one line that names the flag or the other
+// process, and a port in use is found before the data directory is opened.
+#[test]
+fn startup_refusals_name_the_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let running = Daemon::start(&dir.path().join("data"), &[]);
+    let stderr = refused_start(&dir.path().join("data"), "tcp://127.0.0.1:0", &[]);
+    let pid = running.child.as_ref().unwrap().id();
+    assert!(
+        stderr.contains(&format!("is in use by another tickshipd (pid {pid})")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("in use by another").count(), 1, "{stderr}");
+
+    // The running daemon's port: refused before the store or the WAL is opened.
+    let address = running.url.trim_start_matches("http://");
+    let fresh = dir.path().join("fresh");
+    let stderr = refused_start(&fresh, &format!("tcp://{address}"), &[]);
+    assert!(
+        stderr.contains(&format!("cannot listen on {address} (--server.endpoint)")),
+        "{stderr}"
+    );
+    // Nothing was opened: the directory holds only the lock the refused daemon took.
+    let entries: Vec<_> = std::fs::read_dir(&fresh)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries, ["tickshipd.lock"], "{stderr}");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let stderr = refused_start(&file.join("data"), "tcp://127.0.0.1:0", &[]);
+    assert!(
+        stderr.contains("cannot create the data directory") && stderr.contains("(--database.directory)"),
+        "{stderr}"
+    );
+}
+
 trait AssertStatus {
     fn assert_status(&self, status: u16);
 }

@@ -360,6 +360,54 @@ fn applier_stops_after_max_connect_retries_and_resumes_when_the_leader_is_back()
     assert_eq!(state(&fh)["lastError"]["errorNum"], json!(0));
 }
 
+/// `make-follower` that fails with `status` and `error_num`: the answer is the error, the
+/// applier state shows it, and the server stays a leader that accepts writes (also after a
+/// restart, as its applier is not left to start itself).
+fn make_follower_fails(
+    follower: &mut Daemon,
+    leader: &str,
+    extra: Value,
+    (status, error_num): (u16, u64),
+    message: &str,
+) {
+    let mut body = json!({
+        "endpoint": leader,
+        "username": "root",
+        "password": PASSWORD,
+        "connectionRetryWaitTime": 0.1,
+        "maxConnectRetries": 3,
+        "initialSyncMaxWaitTime": 30,
+    });
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    let fh = follower.http();
+    let answer = fh.send("PUT", "/_api/replication/make-follower", &body);
+    answer.assert_error(status, error_num);
+    let text = answer.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(text.contains(message), "{text}");
+    assert!(text.contains("accepts writes as before"), "{text}");
+    let st = state(&fh);
+    assert_eq!(st["running"], json!(false), "{st}");
+    assert_eq!(st["lastError"]["errorNum"], json!(error_num), "{st}");
+    assert_eq!(
+        fh.get("/_api/replication/applier-config").json()["autoStart"],
+        json!(false)
+    );
+    let name = format!("local{error_num}");
+    let accepts_writes = |fh: &Http| {
+        let answer = fh.send("POST", "/_api/collection", &json!({"name": name}));
+        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        fh.call("DELETE", &format!("/_api/collection/{name}"), None, None);
+    };
+    accepts_writes(&fh);
+    follower.terminate();
+    *follower = Daemon::start(&follower.dir.clone(), &[]);
+    let fh = follower.http();
+    assert_eq!(state(&fh)["running"], json!(false));
+    accepts_writes(&fh);
+}
+
 #[test]
 fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -372,36 +420,27 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     );
     insert(&lh, "c", "a", 10);
 
-    let follower = Daemon::start(&dir.path().join("follower"), &[]);
-    let fh = follower.http();
-    let doc = make_follower(&fh, &leader, json!({"password": "wrong"}));
-    let st = &doc["state"];
-    assert_eq!(st["running"], json!(false), "{doc}");
-    assert_eq!(st["lastError"]["errorNum"], json!(11), "{doc}");
-    assert!(
-        st["lastError"]["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("wrong username or password"),
-        "{doc}"
+    let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
+    make_follower_fails(
+        &mut follower,
+        &leader.endpoint(),
+        json!({"password": "wrong"}),
+        (401, 11),
+        "wrong username or password",
     );
-    assert_eq!(fingerprint(&fh, "c"), None, "nothing was replicated");
+    assert_eq!(fingerprint(&follower.http(), "c"), None, "nothing was replicated");
 
     let pinned = "00".repeat(32);
-    let pinning = Daemon::start(
+    let mut pinning = Daemon::start(
         &dir.path().join("pinning"),
         &["--replication.leader-fingerprint", &pinned],
     );
-    let doc = make_follower(&pinning.http(), &leader, json!({}));
-    let st = &doc["state"];
-    assert_eq!(st["running"], json!(false), "{doc}");
-    assert_eq!(st["lastError"]["errorNum"], json!(1400), "{doc}");
-    assert!(
-        st["lastError"]["errorMessage"]
-            .as_str()
-            .unwrap()
-            .contains("not the pinned"),
-        "{doc}"
+    make_follower_fails(
+        &mut pinning,
+        &leader.endpoint(),
+        json!({}),
+        (500, 1400),
+        "not the pinned",
     );
     assert_eq!(fingerprint(&pinning.http(), "c"), None);
 
@@ -415,12 +454,13 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
     converge(&lh, &trusting.http(), "c");
 
-    let lone = Daemon::start(&dir.path().join("lone"), &[]);
-    let doc = make_follower(&lone.http(), &lone, json!({}));
-    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(1405), "{doc}");
+    // Following itself: the leader it was pointed at is this server.
+    let mut lone = Daemon::start(&dir.path().join("lone"), &[]);
+    let itself = lone.endpoint();
+    make_follower_fails(&mut lone, &itself, json!({}), (500, 1405), "loop detected");
 
     // Invalid configurations.
-    let answer = fh.send(
+    let answer = trusting.http().send(
         "PUT",
         "/_api/replication/applier-config",
         &json!({"endpoint": ""}),
@@ -569,4 +609,69 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
         follower.http().get("/_api/document/c/a-1").json()["patched"],
         json!(true)
     );
+}
+
+/// `_id` of `key` read every way a client reads it: GET, `onlyget`, and `returnOld` of a patch.
+fn ids_read_back(http: &Http, collection: &str, key: &str) -> [Value; 3] {
+    let get = http.get(&format!("/_api/document/{collection}/{key}")).json()["_id"].clone();
+    let onlyget = http
+        .send(
+            "PUT",
+            &format!("/_api/document/{collection}?onlyget=true"),
+            &json!([key]),
+        )
+        .json()[0]["_id"]
+        .clone();
+    let old = http
+        .send(
+            "PATCH",
+            &format!("/_api/document/{collection}/{key}?returnOld=true"),
+            &json!({"touched": true}),
+        )
+        .json()["old"]["_id"]
+        .clone();
+    [get, onlyget, old]
+}
+
+// Goal: after a rename, `_id` names the collection's current name for documents written before
+// it, on the leader and on a follower, whether documents live in the WAL or in the store.
+#[test]
+fn ids_name_the_current_collection_after_a_rename() {
+    for in_wal in ["true", "false"] {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ["--rocksdb.documents-in-wal", in_wal];
+        let leader = Daemon::start(&dir.path().join("leader"), &flags);
+        let follower = Daemon::start(&dir.path().join("follower"), &flags);
+        let (lh, fh) = (leader.http(), follower.http());
+        assert_eq!(
+            lh.send("POST", "/_api/collection", &json!({"name": "before"}))
+                .status,
+            200
+        );
+        insert(&lh, "before", "a", 10);
+        make_follower(&fh, &leader, json!({}));
+        converge_daemons(&leader, &follower, "before");
+        let renamed = lh.send(
+            "PUT",
+            "/_api/collection/before/rename",
+            &json!({"name": "after"}),
+        );
+        assert_eq!(renamed.status, 200, "{}", renamed.json());
+        insert(&lh, "after", "b", 10);
+        converge_daemons(&leader, &follower, "after");
+        let expected = [json!("after/a-1"), json!("after/a-1"), json!("after/a-1")];
+        assert_eq!(ids_read_back(&lh, "after", "a-1"), expected, "leader, in_wal={in_wal}");
+        assert_eq!(
+            fh.get("/_api/document/after/a-2").json()["_id"],
+            json!("after/a-2"),
+            "follower, in_wal={in_wal}"
+        );
+        // The follower refuses the PATCH, so read GET and onlyget there.
+        let onlyget = fh
+            .send("PUT", "/_api/document/after?onlyget=true", &json!(["a-3", "b-3"]))
+            .json();
+        assert_eq!(onlyget[0]["_id"], json!("after/a-3"), "{onlyget}");
+        assert_eq!(onlyget[1]["_id"], json!("after/b-3"), "{onlyget}");
+        assert_eq!(fh.get("/_api/document/before/a-2").status, 404);
+    }
 }

@@ -28,6 +28,16 @@ impl Daemon {
         Daemon::spawn(dir, port, extra, None)
     }
 
+    /// Starts `tickshipd` inside network namespace `netns`, listening on `host` (an address of
+    /// that namespace) and any free port.
+    pub fn start_in_namespace(dir: &Path, netns: &str, host: &str, extra: &[&str]) -> Daemon {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns])
+            .arg(env!("CARGO_BIN_EXE_tickshipd"));
+        Daemon::spawn_command(command, dir, &format!("tcp://{host}:0"), extra)
+    }
+
     /// Starts `tickshipd` on `dir` with at most `files` descriptors (soft and hard limit, so the
     /// daemon cannot raise it).
     pub fn start_with_descriptor_limit(dir: &Path, files: u64, extra: &[&str]) -> Daemon {
@@ -35,13 +45,6 @@ impl Daemon {
     }
 
     fn spawn(dir: &Path, port: u16, extra: &[&str], descriptors: Option<u64>) -> Daemon {
-        std::fs::create_dir_all(dir).expect("data dir");
-        let log = dir.join(format!("tickshipd-{}.log", std::process::id()));
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_tickshipd"));
         if let Some(files) = descriptors {
             use std::os::unix::process::CommandExt;
@@ -59,9 +62,21 @@ impl Daemon {
                 });
             }
         }
+        Daemon::spawn_command(command, dir, &format!("tcp://127.0.0.1:{port}"), extra)
+    }
+
+    /// Runs `command` (tickshipd, or something that execs it) with the test's flags.
+    fn spawn_command(mut command: Command, dir: &Path, endpoint: &str, extra: &[&str]) -> Daemon {
+        std::fs::create_dir_all(dir).expect("data dir");
+        let log = dir.join(format!("tickshipd-{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("log file");
         let mut child = command
             .arg("--server.endpoint")
-            .arg(format!("tcp://127.0.0.1:{port}"))
+            .arg(endpoint)
             .arg("--database.directory")
             .arg(dir)
             .arg("--server.password")
@@ -237,7 +252,8 @@ impl Http {
         }
     }
 
-    /// A request with root's Basic credentials (or `auth`, as the whole Authorization value).
+    /// A request with root's Basic credentials (or `auth`, as the whole Authorization value;
+    /// `Some("")` sends none).
     pub fn call(
         &self,
         method: &str,
@@ -272,10 +288,12 @@ impl Http {
             base64_encode(format!("root:{PASSWORD}").as_bytes())
         );
         let authorization = auth.unwrap_or(&basic);
-        let request = ureq::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("authorization", authorization)
+        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        // An empty `auth` sends no credentials at all.
+        if !authorization.is_empty() {
+            request = request.header("authorization", authorization);
+        }
+        let request = request
             .header("content-type", "application/json")
             .body(body.map(<[u8]>::to_vec).unwrap_or_default())
             .expect("request");
