@@ -173,7 +173,7 @@ fn follow(http: &Http, leader: SocketAddr) {
     });
     let answer = http.send("PUT", "/_api/replication/applier-config", &config);
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
-    let answer = http.send("PUT", "/_api/replication/applier-start", &json!({}));
+    let answer = http.send("PUT", "/_api/replication/applier-start?from=0", &json!({}));
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
 }
 
