@@ -459,13 +459,19 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
     let itself = lone.endpoint();
     make_follower_fails(&mut lone, &itself, json!({}), (500, 1405), "loop detected");
 
-    // Invalid configurations.
-    let answer = trusting.http().send(
+    // Invalid configurations; and none at all while the applier runs.
+    let answer = lone.http().send(
         "PUT",
         "/_api/replication/applier-config",
         &json!({"endpoint": ""}),
     );
     answer.assert_error(400, 1410);
+    let answer = trusting.http().send(
+        "PUT",
+        "/_api/replication/applier-config",
+        &json!({"endpoint": ""}),
+    );
+    answer.assert_error(400, 1411);
 }
 
 // Also a follower keeping its documents in the WAL (the default) behind a leader that stores
