@@ -272,21 +272,52 @@ fn fraction(text: &str) -> Result<f64, String> {
     }
 }
 
-/// `tcp://HOST:PORT` (also `http://`, `http+tcp://`) as a socket address.
-pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
-    let address = ["tcp://", "http+tcp://", "http://", "udp://"]
+/// Endpoint schemes in ArangoDB's spellings, and whether each asks for TLS. The one list: the
+/// daemon's flags, the CLI and the follower's leader endpoint all parse endpoints here.
+const ENDPOINT_SCHEMES: [(&str, bool); 7] = [
+    ("tcp://", false),
+    ("http+tcp://", false),
+    ("http://", false),
+    ("udp://", false),
+    ("ssl://", true),
+    ("http+ssl://", true),
+    ("https://", true),
+];
+
+/// The `HOST:PORT` of an endpoint, and whether its scheme asks for TLS.
+pub fn endpoint_parts(endpoint: &str) -> anyhow::Result<(&str, bool)> {
+    ENDPOINT_SCHEMES
         .iter()
-        .find_map(|scheme| endpoint.strip_prefix(scheme))
-        .ok_or_else(|| {
-            anyhow::anyhow!("unsupported endpoint {endpoint:?}: expected tcp://HOST:PORT")
-        })?;
-    let address = address.trim_end_matches('/');
+        .find_map(|(scheme, tls)| Some((endpoint.strip_prefix(scheme)?, *tls)))
+        .map(|(host, tls)| (host.trim_end_matches('/'), tls))
+        .ok_or_else(|| anyhow::anyhow!("unsupported endpoint {endpoint:?}: expected tcp://HOST:PORT"))
+}
+
+/// The `HOST:PORT` of an endpoint served or reached over plain HTTP: tickshipd's HTTP has no
+/// TLS, so `ssl://` is refused rather than served in clear.
+pub fn plain_endpoint_host(endpoint: &str) -> anyhow::Result<&str> {
+    match endpoint_parts(endpoint)? {
+        (host, false) => Ok(host),
+        (_, true) => anyhow::bail!(
+            "endpoint {endpoint:?}: tickshipd's HTTP has no TLS; use tcp://HOST:PORT \
+             (replication between servers is encrypted by QUIC whatever the scheme)"
+        ),
+    }
+}
+
+/// `HOST:PORT` resolved to its first socket address.
+pub fn resolve(host: &str) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs;
-    address
-        .to_socket_addrs()
-        .map_err(|e| anyhow::anyhow!("cannot resolve endpoint {endpoint:?}: {e}"))?
+    host.to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("cannot resolve {host}: {e}"))?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("endpoint {endpoint:?} resolves to no address"))
+        .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))
+}
+
+/// A plain endpoint (`tcp://HOST:PORT`, also `http://`, `http+tcp://`) as a socket address.
+pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
+    resolve(plain_endpoint_host(endpoint)?)
+        .map_err(|e| anyhow::anyhow!("endpoint {endpoint:?}: {e}"))
 }
 
 #[cfg(test)]

@@ -5,7 +5,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
+pub mod client;
 pub mod config;
+pub mod docgen;
 pub mod follower;
 pub mod http;
 pub mod json;

@@ -1,3 +1,4 @@
-//! Shared parts of tickship's tools: the document generator the load tools and benchmarks use.
+//! Shared parts of tickship's tools. The document generator lives in the product (the demo uses
+//! it); it is re-exported here for the tools and benchmarks.
 
-pub mod docgen;
+pub use tickship::docgen;

@@ -1,0 +1,103 @@
+//! A blocking HTTP client for one tickshipd, speaking ArangoDB's dialect: Basic credentials (or
+//! none), JSON bodies, ArangoDB error answers turned into errors that carry their number. Used by
+//! the `tickship` CLI and the tools.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+
+/// An HTTP client for one server.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    endpoint: String,
+    /// `None`: no password was given, and none is sent.
+    auth: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(
+        endpoint: &str,
+        database: &str,
+        username: &str,
+        password: Option<&str>,
+    ) -> Result<Client> {
+        use base64::Engine;
+        let host = crate::config::plain_endpoint_host(endpoint)
+            .with_context(|| format!("--server.endpoint {endpoint:?}"))?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(600)))
+            .build()
+            .into();
+        Ok(Client {
+            base: format!("http://{}/_db/{database}", host.trim_end_matches('/')),
+            endpoint: endpoint.to_string(),
+            auth: password.map(|password| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                )
+            }),
+            agent,
+        })
+    }
+
+    /// Sends a request; an ArangoDB error answer becomes an error with its number and message.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let (status, text) = self.raw(method, path, body.map(|b| b.to_string()))?;
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{method} {path} answered {status} with non-JSON: {text}"))?;
+        if status == 401 {
+            bail!(
+                "{method} {path}: {} (error {}, HTTP 401)\n{}",
+                value["errorMessage"].as_str().unwrap_or(&text),
+                value["errorNum"],
+                if self.auth.is_none() {
+                    format!(
+                        "No password was given for {}: pass --server.password PW or \
+                         --server.password-file FILE, or set TICKSHIP_ROOT_PASSWORD (a \
+                         tickshipd started without a password wrote one to \
+                         DIR/ROOT_PASSWORD).",
+                        self.endpoint
+                    )
+                } else {
+                    format!("The password given is not the one of the server at {}.", self.endpoint)
+                }
+            );
+        }
+        if status >= 400 {
+            bail!(
+                "{method} {path}: {} (error {}, HTTP {status})",
+                value["errorMessage"].as_str().unwrap_or(&text),
+                value["errorNum"]
+            );
+        }
+        Ok(value)
+    }
+
+    pub fn raw(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", "application/json");
+        if let Some(auth) = &self.auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request
+            .body(body.unwrap_or_default())
+            .context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let text = response.into_body().read_to_string()?;
+        Ok((status, text))
+    }
+}
