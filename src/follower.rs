@@ -16,7 +16,7 @@ use tickship_net::frame::{Kind, Piece, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
-use tickship_storage::docstore::{ApplierTotals, CollectionFilter, Restrict};
+use tickship_storage::docstore::{CollectionFilter, Restrict, StoreWriterTotals};
 use tickship_storage::wal::{Appended, Block};
 use tickship_storage::{Tick, TickRange};
 use tokio::sync::Notify;
@@ -245,7 +245,7 @@ struct Runtime {
     total_failed_connects: u64,
     total_events: u64,
     /// The store applier's totals when this applier was opened (after the startup replay).
-    store_totals_base: ApplierTotals,
+    store_totals_base: StoreWriterTotals,
     total_apply_time: f64,
     apply_batches: u64,
     total_fetch_time: f64,
@@ -409,7 +409,7 @@ impl Applier {
     ) -> anyhow::Result<Arc<Applier>> {
         let runtime = Runtime {
             phase: "inactive",
-            store_totals_base: node.applier.totals(),
+            store_totals_base: node.store_writer.totals(),
             last_processed: persisted.last_processed_continuous_tick,
             ..Runtime::default()
         };
@@ -438,7 +438,7 @@ impl Applier {
             self.runtime
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .store_totals_base = self.node.applier.totals();
+                .store_totals_base = self.node.store_writer.totals();
         }
         self.node.set_follower_of(Some(config.endpoint.clone()));
         self.node.store.set_filter(Some(config.filter()));
@@ -446,11 +446,11 @@ impl Applier {
 
     /// What the store applied from a leader: nothing on a leader, whose store applies only its
     /// own clients' writes.
-    fn applied_from_leader(&self, runtime: &Runtime) -> ApplierTotals {
+    fn applied_from_leader(&self, runtime: &Runtime) -> StoreWriterTotals {
         if self.node.follower_of().is_none() {
-            return ApplierTotals::default();
+            return StoreWriterTotals::default();
         }
-        self.node.applier.totals().since(runtime.store_totals_base)
+        self.node.store_writer.totals().since(runtime.store_totals_base)
     }
 
     pub fn config(&self) -> ApplierConfig {
@@ -491,7 +491,7 @@ impl Applier {
             let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
             let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
             persisted.last_processed_continuous_tick = runtime.last_processed;
-            persisted.last_applied_continuous_tick = self.node.applier.applied_tick().get();
+            persisted.last_applied_continuous_tick = self.node.store_writer.applied_tick().get();
             persisted.safe_resume_tick = runtime.last_processed;
             persisted.clone()
         };
@@ -1010,7 +1010,7 @@ impl Applier {
     /// with 4 and then 2 MiB ones (`TAILING_MEMTABLE_BYTES_KEYS_ONLY`) as fast again.
     /// Such a store instead holds one memtable at a time far behind (`DocStore::set_far_behind`).
     fn track_distance(&self, leader_last: u64) {
-        let behind = leader_last.saturating_sub(self.node.applier.applied_tick().get());
+        let behind = leader_last.saturating_sub(self.node.store_writer.applied_tick().get());
         let store = &self.node.store;
         if store.documents_in_wal() {
             self.size_memtables(true, || format!("{behind} ticks behind the leader"));
@@ -1045,7 +1045,7 @@ impl Applier {
     async fn ack(&self, stream: &mut FramedStream, stored: Tick) -> Result<(), SessionError> {
         let ack = Ack {
             durable: stored.get(),
-            applied: self.node.applier.applied_tick().get(),
+            applied: self.node.store_writer.applied_tick().get(),
         };
         stream
             .send(&ack)
@@ -1060,7 +1060,7 @@ impl Applier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let applied = self.node.applier.applied_tick().get();
+        let applied = self.node.store_writer.applied_tick().get();
         let store = self.applied_from_leader(&runtime);
         let available = runtime.last_available.unwrap_or(0);
         ApplierMetrics {
@@ -1096,7 +1096,7 @@ impl Applier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let applied = self.node.applier.applied_tick().get();
+        let applied = self.node.store_writer.applied_tick().get();
         let store_totals = self.applied_from_leader(&runtime);
         let tick = |t: u64| {
             if t == 0 {
@@ -1202,7 +1202,7 @@ impl Applier {
                     runtime.last_processed,
                 )
             };
-            let applied = self.node.applier.applied_tick().get();
+            let applied = self.node.store_writer.applied_tick().get();
             let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
             if !running || caught_up || tokio::time::Instant::now() >= deadline {
                 break;
@@ -1211,7 +1211,7 @@ impl Applier {
             // for the deadline.
             tokio::select! {
                 _ = changed => {}
-                applied = self.node.applier.applied(Tick::new(processed)), if applied < processed => {
+                applied = self.node.store_writer.applied(Tick::new(processed)), if applied < processed => {
                     if applied.is_err() {
                         break; // the store applier stopped: its error is in the state
                     }

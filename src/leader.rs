@@ -19,7 +19,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use tickship_storage::docstore::{
-    CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreApplier, StoredDocument,
+    CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreWriter, StoredDocument,
 };
 use tickship_storage::wal::{Record, RecordType};
 use tickship_storage::{Tick, TickRange, Wal};
@@ -259,7 +259,7 @@ pub struct Metrics {
 pub struct Node {
     pub wal: Arc<Wal>,
     pub store: Arc<DocStore>,
-    pub applier: StoreApplier,
+    pub store_writer: StoreWriter,
     pub server_id: String,
     pub max_document_bytes: usize,
     pub shutting_down: AtomicBool,
@@ -281,7 +281,7 @@ impl Node {
     pub fn new(
         wal: Arc<Wal>,
         store: Arc<DocStore>,
-        applier: StoreApplier,
+        store_writer: StoreWriter,
         data_dir: &Path,
         server_id: String,
         max_document_bytes: usize,
@@ -291,7 +291,7 @@ impl Node {
             tid: AtomicU64::new(u64::from_le_bytes(crate::util::random_bytes::<8>()) >> 16),
             wal,
             store,
-            applier,
+            store_writer,
             server_id,
             max_document_bytes,
             shutting_down: AtomicBool::new(false),
@@ -337,7 +337,7 @@ impl Node {
             self.wal.submit(self.wal.prepare(records)?)?
         };
         let ticks = appended.await?;
-        self.applier.applied(ticks.last).await?;
+        self.store_writer.applied(ticks.last).await?;
         Ok(ticks)
     }
 

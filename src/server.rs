@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use axum::body::Body;
 use axum::http::Request;
-use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier, StoreOptions};
+use tickship_storage::docstore::{DocStore, StoreOptions, StoreWriter, StoreWriterOptions};
 use tickship_storage::wal::{IoEngine, RetentionPolicy, SyncPolicy};
 use tickship_storage::{Wal, WalOptions};
 
@@ -197,17 +197,17 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     if crate::follower::is_following(&saved.1) {
         store.set_filter(Some(saved.0.filter()));
     }
-    let applier_options = ApplierOptions {
+    let applier_options = StoreWriterOptions {
         flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
         threads: match args.applier_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n.min(1024),
         },
         thread_nice: args.replication_thread_nice,
-        ..ApplierOptions::default()
+        ..StoreWriterOptions::default()
     };
-    let applier = StoreApplier::start(wal.clone(), store.clone(), applier_options)
-        .context("start the store applier")?;
+    let applier = StoreWriter::start(wal.clone(), store.clone(), applier_options)
+        .context("start the store writer")?;
     // Serve only once every durable tick is applied: reads must see every acknowledged write.
     let target = wal.last_tick();
     tokio::task::block_in_place(|| applier.wait_applied(target, Duration::from_secs(3600)))
@@ -296,7 +296,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     applier.stop().await;
     quic.close(0u32.into(), b"shutting down");
     // Every acknowledged write is durable already; apply what is left, persist, sync, close.
-    node.applier.stop();
+    node.store_writer.stop();
     wal.close().context("close the write-ahead log")?;
     store.flush().context("flush the document store")?;
     store.stop_background_work();

@@ -208,7 +208,7 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     out.gauge(
         "tickship_store_applied_tick",
         "Last tick applied to the document store.",
-        node.applier.applied_tick().get(),
+        node.store_writer.applied_tick().get(),
     );
     out.gauge("tickship_wal_segments", "WAL segment files.", ranges.len());
     out.gauge(

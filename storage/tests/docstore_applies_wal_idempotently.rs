@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{blocks_after, collection_definition, options, record};
-use tickship_storage::docstore::{ApplierOptions, DocStore, StoreApplier};
+use tickship_storage::docstore::{DocStore, StoreWriter, StoreWriterOptions};
 use tickship_storage::wal::{Block, IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal};
 
@@ -167,16 +167,16 @@ fn reopened_store_replays_from_its_persisted_tick() {
         .collect();
     let persisted = {
         let store = Arc::new(DocStore::open(dir.path().join("store")).expect("store"));
-        let applier = StoreApplier::start(wal.clone(), store.clone(), ApplierOptions::default())
-            .expect("applier");
+        let writer = StoreWriter::start(wal.clone(), store.clone(), StoreWriterOptions::default())
+            .expect("store writer");
         for (key, data) in &docs[..150] {
             wal.append(&[record(RecordType::DocumentPut, "1001", key, data)])
                 .expect("put");
         }
-        applier
+        writer
             .wait_applied(wal.last_tick(), Duration::from_secs(30))
             .expect("applied");
-        applier.stop();
+        writer.stop();
         assert_eq!(
             store.persisted_tick().expect("persisted"),
             wal.last_tick(),
@@ -192,9 +192,9 @@ fn reopened_store_replays_from_its_persisted_tick() {
     let store = Arc::new(DocStore::open(dir.path().join("store")).expect("reopen"));
     assert_eq!(store.applied_tick(), persisted);
     assert_eq!(store.count(1001), 150);
-    let applier = StoreApplier::start(wal.clone(), store.clone(), ApplierOptions::default())
-        .expect("applier");
-    applier
+    let writer = StoreWriter::start(wal.clone(), store.clone(), StoreWriterOptions::default())
+        .expect("store writer");
+    writer
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
         .expect("replayed");
     assert_eq!(store.count(1001), 300);
@@ -205,6 +205,6 @@ fn reopened_store_replays_from_its_persisted_tick() {
         );
     }
     // The WAL was told how far the store is persisted (retention must keep the rest).
-    applier.stop();
+    writer.stop();
     assert_eq!(store.persisted_tick().expect("persisted"), wal.last_tick());
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{collection_definition, options, record};
 use tickship_storage::docstore::{
-    collect_wal_segment, ApplierOptions, DocStore, StoreApplier, StoreOptions,
+    collect_wal_segment, DocStore, StoreOptions, StoreWriter, StoreWriterOptions,
 };
 use tickship_storage::wal::block::FRAME_RAW_BYTES;
 use tickship_storage::wal::{IoEngine, Record, RecordType, RetentionPolicy};
@@ -127,7 +127,7 @@ fn contents(store: &DocStore) -> BTreeMap<String, Vec<u8>> {
     scanned
 }
 
-/// What the store applier does between groups: collect, persist, let retention go on; until a
+/// What the store writer does between groups: collect, persist, let retention go on; until a
 /// round over every value file finds nothing to do. Returns how many segments were collected.
 fn collect_all(store: &DocStore, wal: &Wal) -> usize {
     let mut collected = 0;
@@ -158,12 +158,12 @@ fn open_store(dir: &Path, documents_in_wal: bool, wal: &Arc<Wal>) -> Arc<DocStor
 }
 
 fn apply_all(wal: &Arc<Wal>, store: &Arc<DocStore>) {
-    let applier = StoreApplier::start(wal.clone(), store.clone(), ApplierOptions::default())
-        .expect("applier");
-    applier
+    let writer = StoreWriter::start(wal.clone(), store.clone(), StoreWriterOptions::default())
+        .expect("store writer");
+    writer
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
         .expect("applied");
-    applier.stop();
+    writer.stop();
 }
 
 #[test]
@@ -348,12 +348,12 @@ fn collected_segments_leave_their_live_documents_in_value_files() {
     assert_eq!(contents(&store), expected);
 }
 
-// Goal: a running store applier collects segments by itself, reading each one (sample, copy of
+// Goal: a running store writer collects segments by itself, reading each one (sample, copy of
 // the live documents) on a thread of its own so that applying never waits for it, while it
 // keeps applying new blocks, and rewrites value files that became mostly dead the same way;
 // every document reads back the same.
 #[test]
-fn a_running_applier_collects_segments_while_it_applies() {
+fn a_running_store_writer_collects_segments_while_it_applies() {
     let dir = tempfile::tempdir().expect("tempdir");
     let wal = Arc::new(Wal::open(dir.path().join("wal"), wal_options()).expect("wal"));
     let mut expected = write(&wal);
@@ -365,11 +365,11 @@ fn a_running_applier_collects_segments_while_it_applies() {
     assert!(segments >= 4, "{segments} segments");
     let store = open_store(dir.path(), true, &wal);
     // Segments become collectable once the store has persisted their ticks.
-    let options = ApplierOptions {
+    let options = StoreWriterOptions {
         flush_interval: Duration::from_millis(200),
-        ..ApplierOptions::default()
+        ..StoreWriterOptions::default()
     };
-    let applier = StoreApplier::start(wal.clone(), store.clone(), options).expect("applier");
+    let writer = StoreWriter::start(wal.clone(), store.clone(), options).expect("store writer");
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut round = 0u64;
     // Writes go on while segments are collected, paced by the store: the next batch once the
@@ -381,17 +381,17 @@ fn a_running_applier_collects_segments_while_it_applies() {
             store.collected_through()
         );
         let keys = 10_000 + round * 20..10_000 + round * 20 + 20;
-        put_persisted(&wal, &applier, &mut expected, keys, 6, deadline);
+        put_persisted(&wal, &writer, &mut expected, keys, 6, deadline);
         round += 1;
     }
-    applier
+    writer
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
         .expect("applied");
     assert!(store.collected_through().get() > 0);
     assert_eq!(contents(&store), expected);
 
     // Nine in ten of the documents replaced: the value files made so far are mostly dead, and
-    // the running applier rewrites them (read and written on the collecting thread) while it
+    // the running store writer rewrites them (read and written on the collecting thread) while it
     // applies more.
     let before = value_file_sizes(dir.path());
     let replaced = (0..3000u64).filter(|i| i % 10 != 0);
@@ -408,23 +408,23 @@ fn a_running_applier_collects_segments_while_it_applies() {
             value_file_sizes(dir.path())
         );
         let keys = 20_000 + round * 20..20_000 + round * 20 + 20;
-        put_persisted(&wal, &applier, &mut expected, keys, 9, deadline);
+        put_persisted(&wal, &writer, &mut expected, keys, 9, deadline);
         round += 1;
     }
-    applier
+    writer
         .wait_applied(wal.last_tick(), Duration::from_secs(30))
         .expect("applied");
     assert_eq!(contents(&store), expected);
-    applier.stop();
-    drop(applier);
+    writer.stop();
+    drop(writer);
     assert_eq!(contents(&store), expected);
 }
 
 /// Puts version `version` (500 bytes) of documents `k{i}` for each of `keys` in one block,
-/// and waits (until `deadline`) for `applier` to have them persisted.
+/// and waits (until `deadline`) for `writer` to have them persisted.
 fn put_persisted(
     wal: &Wal,
-    applier: &StoreApplier,
+    writer: &StoreWriter,
     expected: &mut BTreeMap<String, Vec<u8>>,
     keys: impl IntoIterator<Item = u64>,
     version: u32,
@@ -432,7 +432,7 @@ fn put_persisted(
 ) {
     put_versions(wal, expected, keys, (version, 500), 20);
     let last = wal.last_tick();
-    applier
+    writer
         .wait_persisted(last, deadline.saturating_duration_since(Instant::now()))
         .unwrap_or_else(|e| panic!("tick {last} never persisted: {e}"));
 }

@@ -152,7 +152,7 @@ fn the_recorded_applied_tick_stays_at_the_durable_tick() {
 #[test]
 fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
     use std::sync::Arc;
-    use tickship_storage::docstore::{ApplierOptions, StoreApplier, StoreOptions};
+    use tickship_storage::docstore::{StoreOptions, StoreWriter, StoreWriterOptions};
 
     let leader_dir = tempfile::tempdir().expect("tempdir");
     let follower_dir = tempfile::tempdir().expect("tempdir");
@@ -191,22 +191,26 @@ fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
         .expect("store"),
     );
     store.attach_wal(follower.clone());
-    let applier = StoreApplier::start(follower.clone(), store.clone(), ApplierOptions::default())
-        .expect("applier");
-    applier
+    let writer = StoreWriter::start(
+        follower.clone(),
+        store.clone(),
+        StoreWriterOptions::default(),
+    )
+    .expect("store writer");
+    writer
         .wait_applied(blocks[0].ticks().last, Duration::from_secs(30))
         .expect("applied");
 
     let scenario = FailScenario::setup();
     fail::cfg("wal::segment::sync::err", "pause").expect("fail point");
     let first = follower.submit_block(blocks[1].clone()).expect("submit");
-    applier
+    writer
         .wait_applied(blocks[1].ticks().last, Duration::from_secs(30))
         .expect("a leader's block is applied before it is durable here");
     assert!(!follower.wait_durable(blocks[1].ticks().last, Duration::from_millis(50)));
     let second = follower.submit_block(blocks[2].clone()).expect("submit");
     assert!(
-        applier
+        writer
             .wait_applied(blocks[2].ticks().last, Duration::from_millis(300))
             .is_err(),
         "nothing more is written while applied ticks are not durable"
@@ -217,20 +221,20 @@ fn a_store_keeping_documents_in_the_wal_persists_only_durable_ticks() {
     first.wait().expect("durable");
     second.wait().expect("durable");
     assert!(follower.wait_durable(blocks[2].ticks().last, Duration::from_secs(30)));
-    applier
+    writer
         .wait_applied(blocks[2].ticks().last, Duration::from_secs(30))
         .expect("applied once durable");
     assert_eq!(
         store.get(7, "k1").expect("get").map(|d| d.json),
         Some(br#"{"_key":"k1"}"#.to_vec())
     );
-    applier.stop();
+    writer.stop();
     scenario.teardown();
 }
 
 // Goal: a replay counts each document once even when the store persisted documents past the
 // tick it recorded (a follower's group applied before it was durable here, then flushed): an
-// insert, which appliers do not look up, replayed over a persisted copy of itself.
+// insert, which store writers do not look up, replayed over a persisted copy of itself.
 #[test]
 fn a_replay_over_persisted_inserts_counts_them_once() {
     let _scenario = FailScenario::setup();

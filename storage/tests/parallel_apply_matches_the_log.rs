@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{blocks_after, collection_definition, options};
 use tickship_storage::docstore::{
-    ApplierOptions, ApplyContext, CollectionInfo, DocStore, StoreApplier, StoreOptions,
+    ApplyContext, CollectionInfo, DocStore, StoreOptions, StoreWriter, StoreWriterOptions,
 };
 use tickship_storage::wal::{IoEngine, Record, RecordType};
 use tickship_storage::{Tick, Wal, WalOptions};
@@ -205,7 +205,7 @@ fn write_log(wal: &Wal, seed: u64) -> Model {
                 append(records, &mut model);
             }
             // A single write; a put of a key the collection lacks is logged as an insert, as
-            // the leader logs it (the applier then does not look the key up).
+            // the leader logs it (the store writer then does not look the key up).
             55..=84 => {
                 version += 1;
                 let key = rng.below(300);
@@ -349,14 +349,14 @@ fn parallel_apply_in_any_grouping_equals_the_log() {
     }
 }
 
-/// Runs a store applier with `threads` and groups of at most `group_bytes_max` over the mixed
+/// Runs a store writer with `threads` and groups of at most `group_bytes_max` over the mixed
 /// log of `seed`, written while it runs or before it starts, and checks the store against it.
-fn store_applier_follows(seed: u64, threads: usize, group_bytes_max: usize, log_first: bool) {
-    store_applier_follows_with(seed, threads, group_bytes_max, log_first, false);
+fn store_writer_follows(seed: u64, threads: usize, group_bytes_max: usize, log_first: bool) {
+    store_writer_follows_with(seed, threads, group_bytes_max, log_first, false);
 }
 
-/// `store_applier_follows`, with the store keeping its documents in the WAL if `in_wal`.
-fn store_applier_follows_with(
+/// `store_writer_follows`, with the store keeping its documents in the WAL if `in_wal`.
+fn store_writer_follows_with(
     seed: u64,
     threads: usize,
     group_bytes_max: usize,
@@ -377,50 +377,50 @@ fn store_applier_follows_with(
         Arc::new(DocStore::open_with(dir.path().join("store"), &store_options).expect("store"));
     store.attach_wal(wal.clone());
     let start = || {
-        StoreApplier::start(
+        StoreWriter::start(
             wal.clone(),
             store.clone(),
-            ApplierOptions {
+            StoreWriterOptions {
                 threads,
                 group_bytes_max,
-                ..ApplierOptions::default()
+                ..StoreWriterOptions::default()
             },
         )
-        .expect("applier")
+        .expect("store writer")
     };
-    let (model, applier) = if log_first {
+    let (model, writer) = if log_first {
         let model = write_log(&wal, seed);
         (model, start())
     } else {
-        let applier = start();
-        (write_log(&wal, seed), applier)
+        let writer = start();
+        (write_log(&wal, seed), writer)
     };
-    applier
+    writer
         .wait_applied(wal.last_tick(), Duration::from_secs(60))
         .expect("applied");
     let what = format!(
-        "store applier, seed {seed}, {threads} threads, groups of {group_bytes_max} bytes, \
+        "store writer, seed {seed}, {threads} threads, groups of {group_bytes_max} bytes, \
          documents in the WAL: {in_wal}"
     );
     assert_matches(&store, &model, 3000..3100, &what);
-    let documents = applier.totals().documents;
+    let documents = writer.totals().documents;
     assert!(documents > 0);
-    applier.stop();
+    writer.stop();
     assert_eq!(store.persisted_tick().expect("persisted"), wal.last_tick());
 }
 
 #[test]
-fn store_applier_with_threads_follows_the_wal() {
-    store_applier_follows(5, 3, ApplierOptions::default().group_bytes_max, false);
+fn store_writer_with_threads_follows_the_wal() {
+    store_writer_follows(5, 3, StoreWriterOptions::default().group_bytes_max, false);
 }
 
 // Goal: a store keeping its documents in the WAL (in small frames, so blocks have several)
 // equals the log too: documents, revisions, counts and catalog, through truncates, drops,
 // aborted transactions and keys changed again and again.
 #[test]
-fn store_applier_with_documents_in_the_wal_follows_the_wal() {
+fn store_writer_with_documents_in_the_wal_follows_the_wal() {
     for (seed, threads, group_bytes_max) in [(5, 3, 4 << 20), (11, 2, 1)] {
-        store_applier_follows_with(seed, threads, group_bytes_max, true, true);
+        store_writer_follows_with(seed, threads, group_bytes_max, true, true);
     }
 }
 
@@ -428,8 +428,8 @@ fn store_applier_with_documents_in_the_wal_follows_the_wal() {
 // written (keys changed again and again across groups, truncates and drops in between), and
 // the store still equals the log: documents, revisions, counts, catalog.
 #[test]
-fn store_applier_one_block_per_group_equals_the_log() {
+fn store_writer_one_block_per_group_equals_the_log() {
     for (seed, threads) in [(5, 1), (11, 3), (23, 2)] {
-        store_applier_follows(seed, threads, 1, true);
+        store_writer_follows(seed, threads, 1, true);
     }
 }

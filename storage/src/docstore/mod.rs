@@ -16,12 +16,12 @@
 //!   `col/{id}` (collection JSON), `count/{id}` (u64 LE), `out/{id}` (JSON of a collection that
 //!   exists on the leader but that a follower's collection filter left out).
 //!
-//! Only one thread applies (the store applier). Readers read RocksDB directly and the catalog
+//! Only one thread applies (the store writer). Readers read RocksDB directly and the catalog
 //! through an `Arc` swapped after each applied change of databases or collections.
 
-mod applier;
 mod apply;
 mod filter;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -34,9 +34,9 @@ use rocksdb::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use self::applier::{collect_wal_segment, ApplierOptions, ApplierTotals, StoreApplier};
 pub use self::apply::{ApplyContext, ApplyStats};
 pub use self::filter::{CollectionFilter, Restrict};
+pub use self::writer::{collect_wal_segment, StoreWriter, StoreWriterOptions, StoreWriterTotals};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 use crate::wal::values::ValueFiles;
@@ -237,7 +237,10 @@ fn id_value_span(json: &[u8]) -> Option<std::ops::Range<usize>> {
             return None;
         }
         let start = *at + 1;
-        let len = json.get(start..)?.iter().position(|&b| b == b'"' || b == b'\\')?;
+        let len = json
+            .get(start..)?
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\')?;
         if json[start + len] != b'"' {
             return None;
         }
@@ -914,7 +917,7 @@ impl DocStore {
     /// value file (`finish_collection` is the second): the sample of every sixteenth block, and
     /// for a segment mostly dead the value file of its live documents, copied at their ticks
     /// (written and in place, so reads may use it: it holds exact copies). It only reads the
-    /// store, so any thread may run it beside the store applier: a document of a written
+    /// store, so any thread may run it beside the store writer: a document of a written
     /// segment can only die, never come back, so every document still live when the collection
     /// is finished was live when it was looked at here and is in the file; one that died
     /// meanwhile is garbage for the value files' own collection. A value file whose collection
@@ -956,8 +959,8 @@ impl DocStore {
         })
     }
 
-    /// The second half of a segment's collection, on the store applier's thread between groups
-    /// (or any thread while no store applier runs): a segment mostly live becomes a value file
+    /// The second half of a segment's collection, on the store writer's thread between groups
+    /// (or any thread while no store writer runs): a segment mostly live becomes a value file
     /// as it is (a second name for the file, nothing copied), and the store writes (unflushed)
     /// that the WAL is collected through the segment's last tick. The collection counts once
     /// persisted (`settle_collection`): the replacements and removals that made the rest dead
@@ -1056,7 +1059,7 @@ impl DocStore {
     /// The value file whose collection is due next, in turn (one per call); `None` if none is:
     /// documents kept in the store, a collection pending, a scan running (its snapshot may
     /// name a record the rewrite would drop), or no replacement or removal since the last round
-    /// over the files began (an insert-only load costs no sampling). On the store applier's
+    /// over the files began (an insert-only load costs no sampling). On the store writer's
     /// thread (or any while none runs).
     pub fn value_file_to_look_at(&self) -> Option<Arc<crate::wal::segment::SealedSegment>> {
         let values = self.values.as_ref()?;
@@ -1078,7 +1081,7 @@ impl DocStore {
     /// The first half of a value file's collection (`finish_rewrite` is the second): samples
     /// every sixteenth block of `file` and, if less than half of the documents sampled are
     /// live, writes its rewrite with the records live now (`None` if it keeps more than half).
-    /// It only reads the store, so any thread may run it beside the store applier: a record of
+    /// It only reads the store, so any thread may run it beside the store writer: a record of
     /// a value file can only die, never come back, so every record still live when the rewrite
     /// is recorded was live when its block was looked at here and is in the rewrite.
     pub fn prepare_rewrite(
@@ -1121,7 +1124,7 @@ impl DocStore {
         }))
     }
 
-    /// The second half of a value file's collection, on the store applier's thread between
+    /// The second half of a value file's collection, on the store writer's thread between
     /// groups (or any thread while none runs): the rewrite waits to replace the file until
     /// the store has persisted the tick applied now (`settle_collection`), so that the
     /// replacements and removals that made the dropped records dead survive a crash first.
@@ -1511,7 +1514,7 @@ impl DocStore {
     }
 
     /// Applies blocks in tick order on the calling thread (the caller is the single store
-    /// applier).
+    /// writer).
     pub fn apply(&self, blocks: &[crate::wal::Block]) -> Result<ApplyStats> {
         apply::apply(
             self,
@@ -1808,7 +1811,7 @@ impl Drop for ScannedBlock {
 
 impl DocStore {
     /// Hands back the pages that reads of single documents mapped in the value files since the
-    /// last call (the store applier calls it every `POINT_READS_HANDED_BACK_EVERY`; the WAL
+    /// last call (the store writer calls it every `POINT_READS_HANDED_BACK_EVERY`; the WAL
     /// does the same for its segments).
     pub fn hand_back_point_reads(&self) {
         if let Some(values) = &self.values {
@@ -1982,13 +1985,21 @@ mod tests {
             stored.to_json_in("after"),
             br#"{"_rev":"5","_key":"a","_id":"after/a","v":"before/a"}"#
         );
-        assert!(matches!(stored.json_in("before"), std::borrow::Cow::Borrowed(_)));
+        assert!(matches!(
+            stored.json_in("before"),
+            std::borrow::Cow::Borrowed(_)
+        ));
         let sorted = doc(r#"{ "_id" : "old/k", "_key":"k", "x":1}"#);
         assert_eq!(
             &sorted.json_in("new")[..],
             br#"{ "_id" : "new/k", "_key":"k", "x":1}"#
         );
-        for unchanged in [r#"{"_key":"a","v":1,"_id":"c/a"}"#, r#"{}"#, r#"{"_key":"a"}"#, "[1]"] {
+        for unchanged in [
+            r#"{"_key":"a","v":1,"_id":"c/a"}"#,
+            r#"{}"#,
+            r#"{"_key":"a"}"#,
+            "[1]",
+        ] {
             assert_eq!(&doc(unchanged).json_in("other")[..], unchanged.as_bytes());
         }
     }

@@ -1,5 +1,5 @@
-//! The store applier: the one thread that applies the WAL to the document store, in tick order
-//! (with `ApplierOptions::threads` helpers for each group).
+//! The store writer: the one thread that applies the WAL to the document store, in tick order
+//! (with `StoreWriterOptions::threads` helpers for each group).
 //!
 //! It reads durable blocks from the store's applied tick on (so a restart replays exactly what
 //! RocksDB did not persist), applies whatever is available as one group, and publishes the new
@@ -20,9 +20,9 @@ use crate::tick::{SegmentId, Tick};
 use crate::wal::segment::SealedSegment;
 use crate::wal::{SegmentRange, Wal};
 
-/// When the applier asks RocksDB to persist the store.
+/// When the store writer asks RocksDB to persist the store.
 #[derive(Clone, Debug)]
-pub struct ApplierOptions {
+pub struct StoreWriterOptions {
     /// Start a flush once this many ticks are applied but not persisted.
     pub flush_ticks_max: u64,
     /// Start a flush at least this often while anything is unpersisted.
@@ -35,16 +35,16 @@ pub struct ApplierOptions {
     /// follower keeping up applies groups that small anyway.
     pub group_bytes_max: usize,
     /// Threads that apply a group (`--replication.applier-threads`); 1 applies on the store
-    /// applier's own thread.
+    /// writer's own thread.
     pub threads: usize,
-    /// Nice value of the store applier's thread, which makes logged changes visible; 0 leaves
+    /// Nice value of the store writer's thread, which makes logged changes visible; 0 leaves
     /// it as it is. Best effort: lowering it needs root or CAP_SYS_NICE.
     pub thread_nice: i32,
 }
 
-impl Default for ApplierOptions {
-    fn default() -> ApplierOptions {
-        ApplierOptions {
+impl Default for StoreWriterOptions {
+    fn default() -> StoreWriterOptions {
+        StoreWriterOptions {
             flush_ticks_max: 1_000_000,
             flush_interval: Duration::from_secs(30),
             group_bytes_max: 256 << 10,
@@ -54,9 +54,9 @@ impl Default for ApplierOptions {
     }
 }
 
-/// What the store applier applied since it started.
+/// What the store writer applied since it started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ApplierTotals {
+pub struct StoreWriterTotals {
     /// Document puts.
     pub documents: u64,
     /// Document removals.
@@ -65,10 +65,10 @@ pub struct ApplierTotals {
     pub excluded: u64,
 }
 
-impl ApplierTotals {
+impl StoreWriterTotals {
     /// The totals since `base` was taken.
-    pub fn since(self, base: ApplierTotals) -> ApplierTotals {
-        ApplierTotals {
+    pub fn since(self, base: StoreWriterTotals) -> StoreWriterTotals {
+        StoreWriterTotals {
             documents: self.documents.saturating_sub(base.documents),
             removals: self.removals.saturating_sub(base.removals),
             excluded: self.excluded.saturating_sub(base.excluded),
@@ -91,7 +91,7 @@ struct Shared {
 }
 
 impl Shared {
-    /// Wakes whoever waits for the applier (`wait_until`, `applied`).
+    /// Wakes whoever waits for the store writer (`wait_until`, `applied`).
     fn wake(&self) {
         {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -112,19 +112,19 @@ impl Shared {
     }
 }
 
-/// Handle of the store applier thread.
-pub struct StoreApplier {
+/// Handle of the store writer thread.
+pub struct StoreWriter {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl StoreApplier {
+impl StoreWriter {
     /// Starts applying `wal` to `store` from the store's applied tick.
     pub fn start(
         wal: Arc<Wal>,
         store: Arc<DocStore>,
-        options: ApplierOptions,
-    ) -> Result<StoreApplier> {
+        options: StoreWriterOptions,
+    ) -> Result<StoreWriter> {
         let shared = Arc::new(Shared {
             applied: AtomicU64::new(store.applied_tick().get()),
             persisted: AtomicU64::new(store.persisted_tick()?.get()),
@@ -142,20 +142,20 @@ impl StoreApplier {
         let worker = shared.clone();
         let path = store.path().to_path_buf();
         let thread = std::thread::Builder::new()
-            .name("store-applier".into())
+            .name("store-writer".into())
             .spawn(move || {
                 crate::fs::set_thread_nice_or_say(options.thread_nice);
                 if let Err(error) = run(&wal, &store, &mut reader, &mut context, &worker, &options)
                 {
                     let reason = crate::wal::error_chain(&error);
-                    tracing::error!("store applier stopped: {reason}");
+                    tracing::error!("store writer stopped: {reason}");
                     *worker.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
                 }
                 worker.stop.store(true, Ordering::Release);
                 worker.wake();
             })
-            .map_err(|e| Error::io("spawn store applier", path, e))?;
-        Ok(StoreApplier {
+            .map_err(|e| Error::io("spawn store writer", path, e))?;
+        Ok(StoreWriter {
             shared,
             thread: Mutex::new(Some(thread)),
         })
@@ -165,9 +165,9 @@ impl StoreApplier {
         Tick::new(self.shared.applied.load(Ordering::Acquire))
     }
 
-    /// What was applied since this applier started.
-    pub fn totals(&self) -> ApplierTotals {
-        ApplierTotals {
+    /// What was applied since this store writer started.
+    pub fn totals(&self) -> StoreWriterTotals {
+        StoreWriterTotals {
             documents: self.shared.documents.load(Ordering::Relaxed),
             removals: self.shared.removals.load(Ordering::Relaxed),
             excluded: self.shared.excluded.load(Ordering::Relaxed),
@@ -176,13 +176,13 @@ impl StoreApplier {
 
     fn check(&self) -> Result<()> {
         match &*self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(reason) => Err(Error::WriterFailed(format!("store applier: {reason}"))),
+            Some(reason) => Err(Error::WriterFailed(format!("store writer: {reason}"))),
             None if self.shared.stop.load(Ordering::Acquire) => Err(Error::Closed),
             None => Ok(()),
         }
     }
 
-    /// Waits until `tick` is applied (or the applier stops, or `timeout` passes).
+    /// Waits until `tick` is applied (or the store writer stops, or `timeout` passes).
     pub fn wait_applied(&self, tick: Tick, timeout: Duration) -> Result<()> {
         self.wait_until(
             |shared| shared.applied.load(Ordering::Acquire) >= tick.get(),
@@ -190,7 +190,7 @@ impl StoreApplier {
         )
     }
 
-    /// Waits until the store has persisted `tick` (or the applier stops, or `timeout` passes).
+    /// Waits until the store has persisted `tick` (or the store writer stops, or `timeout` passes).
     pub fn wait_persisted(&self, tick: Tick, timeout: Duration) -> Result<()> {
         self.wait_until(
             |shared| shared.persisted.load(Ordering::Acquire) >= tick.get(),
@@ -217,7 +217,7 @@ impl StoreApplier {
         Ok(())
     }
 
-    /// Waits, asynchronously, until `tick` is applied or the applier stops.
+    /// Waits, asynchronously, until `tick` is applied or the store writer stops.
     pub async fn applied(&self, tick: Tick) -> Result<()> {
         loop {
             let notified = self.shared.notify.notified();
@@ -240,7 +240,7 @@ impl StoreApplier {
     }
 }
 
-impl Drop for StoreApplier {
+impl Drop for StoreWriter {
     fn drop(&mut self) {
         self.stop();
     }
@@ -252,7 +252,7 @@ fn run(
     reader: &mut crate::wal::Reader,
     context: &mut ApplyContext,
     shared: &Shared,
-    options: &ApplierOptions,
+    options: &StoreWriterOptions,
 ) -> Result<()> {
     let mut upkeep = Upkeep::new(wal, store)?;
     loop {
@@ -303,7 +303,7 @@ fn run(
     Ok(())
 }
 
-/// How long the store applier waits for its WAL to make applied ticks durable before it fails.
+/// How long the store writer waits for its WAL to make applied ticks durable before it fails.
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// For a store keeping its documents in the WAL: waits until every tick already applied is
@@ -343,8 +343,8 @@ fn report_store_tick(wal: &Wal, store: &DocStore, persisted: Tick) {
 /// file (`DocStore::prepare_collection`, `finish_collection`) and starts a flush; the segment is let go once that is
 /// persisted (`DocStore::settle_collection`, `report_store_tick`). Skipped while a scan runs:
 /// its snapshot may name a tick this would drop. Returns whether it collected a segment. The
-/// store applier calls it between groups (reading the segment on another thread, see
-/// `Preparer`); anyone else only while no store applier runs.
+/// store writer calls it between groups (reading the segment on another thread, see
+/// `Preparer`); anyone else only while no store writer runs.
 pub fn collect_wal_segment(wal: &Wal, store: &DocStore, now: SystemTime) -> Result<bool> {
     collect_next(wal, store, now, &mut AtOnce { wal, store })
 }
@@ -463,7 +463,7 @@ fn finish_rewrite(wal: &Wal, store: &DocStore, prepared: PreparedRewrite) -> Res
 /// Reads the next WAL segment to collect, or the value file to rewrite, on a thread of its own
 /// (`DocStore::prepare_collection`: the sample of every sixteenth block, and for a segment
 /// mostly dead the copy of its live documents; `DocStore::prepare_rewrite` likewise), so that
-/// the store applier goes on applying meanwhile and only records the result. On the applier's
+/// the store writer goes on applying meanwhile and only records the result. On the writer's
 /// thread, the sample stopped it for 35–90 ms, during which nothing became visible (a follower
 /// tailing at 55k docs/s had a p99 lag of 17–19 ms while retention let segments go every 2–3
 /// s, against 6 ms without), and a copy under a mixed load for 0.3–0.8 s. One job at a time:
@@ -525,7 +525,7 @@ impl Preparer {
         let handle = std::thread::Builder::new()
             .name("segment-collect".into())
             .spawn(move || {
-                // Below everything that serves writes: created by the store applier, the thread
+                // Below everything that serves writes: created by the store writer, the thread
                 // would otherwise inherit its raised priority.
                 crate::fs::set_thread_nice_or_say(PREPARER_NICE);
                 read(&wal, &store)
@@ -601,10 +601,10 @@ impl Drop for Preparer {
     }
 }
 
-/// How often the store applier looks whether blob garbage collection is worth running.
+/// How often the store writer looks whether blob garbage collection is worth running.
 const GC_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// At most this often the store applier hands freed memory back to the kernel, after a flush.
+/// At most this often the store writer hands freed memory back to the kernel, after a flush.
 /// A follower catching up with 2 MiB memtables flushes several times a second; trimming after
 /// each (at most every 100 ms instead of every second) lowered the peak 10 GB behind from 42 /
 /// 42 / 40 to 40 / 40 / 41 MiB and 10 MB behind from 40 / 42 / 42 to 39 / 40 / 40 MiB, with the
@@ -625,7 +625,7 @@ fn release_free_memory() {
     }
 }
 
-/// What the store applier keeps between groups to look after the store.
+/// What the store writer keeps between groups to look after the store.
 struct Upkeep {
     /// The store's persisted tick, as last told to the WAL.
     persisted: Tick,
@@ -656,7 +656,7 @@ impl Upkeep {
         &mut self,
         wal: &Arc<Wal>,
         store: &Arc<DocStore>,
-        options: &ApplierOptions,
+        options: &StoreWriterOptions,
     ) -> Result<()> {
         let persisted = store.persisted_tick()?;
         if persisted != self.persisted {

@@ -309,7 +309,7 @@ impl Shared {
     /// Waits until the last visible tick is after `after`, the WAL closes or fails, or
     /// `deadline` passes; returns the last visible tick then.
     pub fn wait_durable(&self, tick: Tick, deadline: Instant) -> bool {
-        // The store applier asks before every group; it is nearly always durable already.
+        // The store writer asks before every group; it is nearly always durable already.
         if self.tick_durable.load(Ordering::Acquire) >= tick.get() {
             return true;
         }

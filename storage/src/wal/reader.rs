@@ -6,7 +6,7 @@
 //! ticks increase from one block to the next. A segment deleted by retention under a reader
 //! turns into `TickCompacted`, never into skipped data.
 //!
-//! A sequential reader (the store applier, a shipper, a segment's collection) hands back the
+//! A sequential reader (the store writer, a shipper, a segment's collection) hands back the
 //! pages of the mapping it has read past, `RELEASE_BEHIND` behind its position: otherwise every
 //! page it ever read stays mapped, and a follower that catches up 10 GB counted ~2 GB of its WAL
 //! in its resident set (page cache, reclaimable, but shown as the process's memory).

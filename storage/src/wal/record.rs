@@ -34,7 +34,7 @@ pub enum RecordType {
     /// Insert, replace or update: `data` is always the complete new document.
     DocumentPut = 2300,
     /// A put of a key that did not exist when it was written (the leader read it under the
-    /// key's lock), so the store applier does not look it up. ArangoDB's API shows it as 2300.
+    /// key's lock), so the store writer does not look it up. ArangoDB's API shows it as 2300.
     DocumentInsert = 2301,
     DocumentRemove = 2302,
 }

@@ -220,6 +220,8 @@ mod tests {
             histogram.sum(),
             Duration::from_nanos(50_000 + 50_001 + 999_999 + 1_000_000 + 31_000_000_000)
         );
-        assert!(exported.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
+        assert!(exported
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1));
     }
 }
