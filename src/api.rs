@@ -33,6 +33,14 @@ pub mod num {
     pub const DATABASE_NAME_INVALID: u32 = 1229;
     pub const USE_SYSTEM_DATABASE: u32 = 1230;
     pub const START_TICK_NOT_PRESENT: u32 = 1414;
+    pub const NO_RESPONSE: u32 = 1400;
+    pub const INVALID_RESPONSE: u32 = 1401;
+    pub const LEADER_CHANGE: u32 = 1404;
+    pub const LOOP: u32 = 1405;
+    pub const INVALID_CONFIGURATION: u32 = 1410;
+    pub const RUNNING: u32 = 1411;
+    pub const STOPPED: u32 = 1412;
+    pub const NO_START_TICK: u32 = 1413;
     pub const CURSOR_NOT_FOUND: u32 = 1600;
 }
 

@@ -15,8 +15,8 @@ use tickship_storage::{Wal, WalOptions};
 use crate::auth::{Auth, PasswordSource};
 use crate::config::{parse_endpoint, DaemonArgs};
 use crate::http::{self, AppState};
-use crate::leader::Node;
-use crate::replication::Clients;
+use crate::node::Node;
+use crate::leader::followers::Clients;
 
 fn wal_options(args: &DaemonArgs) -> Result<WalOptions> {
     let sync = match args.wal_sync_policy.as_str() {
@@ -230,19 +230,19 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let clients = Arc::new(Clients::new(Duration::from_secs_f64(
         args.replication_client_ttl.max(1.0),
     )));
-    let identity = crate::shipper::identity(
+    let identity = crate::leader::shipper::identity(
         dir,
         args.ssl_certfile.as_deref(),
         args.ssl_keyfile.as_deref(),
     )?;
-    let shipping = Arc::new(crate::shipper::Shipping {
+    let shipping = Arc::new(crate::leader::shipper::Shipping {
         node: node.clone(),
         auth: auth.clone(),
         clients: clients.clone(),
         endpoint: format!("tcp://{local}"),
     });
     let replication = ReplicationRuntime::start(args.replication_thread_nice)?;
-    let quic = crate::shipper::listen(quic_socket, &identity, shipping, replication.handle())
+    let quic = crate::leader::shipper::listen(quic_socket, &identity, shipping, replication.handle())
         .context("listen for followers (QUIC)")?;
     let applier = crate::follower::Applier::open(
         node.clone(),

@@ -262,7 +262,7 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     // Each follower as this leader sees it, from its acknowledgements.
     let clients = state.clients.list();
     let now = std::time::SystemTime::now();
-    let per_client = |value: &dyn Fn(&crate::replication::Client) -> Option<f64>| {
+    let per_client = |value: &dyn Fn(&crate::leader::followers::Client) -> Option<f64>| {
         clients
             .iter()
             .filter_map(|c| {

@@ -11,7 +11,8 @@ use tickship_storage::docstore::CollectionInfo;
 use super::{empty, error_response, json, AppState, Req};
 use crate::api::{ApiError, ApiResult};
 use crate::json;
-use crate::leader::{rev_string, ItemResult, OverwriteMode, WriteInput, WriteKind, WriteOptions};
+use crate::node::rev_string;
+use crate::leader::{ItemResult, OverwriteMode, WriteInput, WriteKind, WriteOptions};
 
 fn write_options(req: &Req, kind: WriteKind) -> ApiResult<WriteOptions> {
     let overwrite = match req.query("overwriteMode") {

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::api::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::leader::Node;
-use crate::replication::Clients;
+use crate::node::Node;
+use crate::leader::followers::Clients;
 
 /// Everything a handler needs.
 pub struct AppState {

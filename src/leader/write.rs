@@ -10,36 +10,25 @@
 //! writes, and an acknowledged write survives `kill -9` (it is in the WAL, and the store replays
 //! the WAL from its persisted tick at restart).
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use anyhow::Context;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 use tickship_storage::docstore::{
-    CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreWriter, StoredDocument,
+    CollectionInfo, StoredDocument,
 };
 use tickship_storage::wal::{Record, RecordType};
-use tickship_storage::{Tick, TickRange, Wal};
-
+use tickship_storage::Tick;
 use crate::api::{num, ApiError, ApiResult};
 use crate::json::Item;
-use crate::util::{valid_collection_name, valid_database_name, valid_key};
+use crate::util::valid_key;
 
-/// Generated keys are reserved from the persisted high-water mark in steps of this many.
-const KEYGEN_STEP: u64 = 1_000_000;
+use crate::leader::locks::KeyGuard;
+use crate::node::{document_value, rev_string, Node};
 
-/// Numeric keys clients choose from here on do not move the key generator (so it never nears
-/// u64::MAX); the write path's read still keeps a generated key from overwriting them.
-const TRACKED_KEY_MAX: u64 = 1 << 62;
 /// Reads of a request's generated keys that may find them taken before it answers 1210: with
 /// gaps doubling, 40 tries cross 2^40 taken keys.
 const GENERATED_KEY_TRIES: u32 = 40;
-
-/// Blocks from this size on are compressed and submitted with `block_in_place`.
-const BLOCKING_BLOCK_BYTES: usize = 256 << 10;
 
 /// What an insert does when the key exists (`overwriteMode`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,140 +85,8 @@ pub struct WriteInput<'a> {
 /// The outcome of one input.
 pub type ItemResult = Result<Value, ApiError>;
 
-/// Exact locks on (collection, key). A writer takes all its keys at once or waits for all of
-/// them: no false conflicts between large batches (striped locks serialised 1,000-key batches
-/// that merely hashed to shared stripes), and no lock-order cycles.
-struct KeyLocks {
-    held: Mutex<HashMap<u64, HashSet<Box<str>>>>,
-    released: tokio::sync::Notify,
-}
-
-/// Holds keys until dropped.
-struct KeyGuard<'a> {
-    locks: &'a KeyLocks,
-    collection: u64,
-    keys: Vec<Box<str>>,
-}
-
-impl KeyLocks {
-    fn new() -> KeyLocks {
-        KeyLocks {
-            held: Mutex::new(HashMap::new()),
-            released: tokio::sync::Notify::new(),
-        }
-    }
-
-    async fn lock(&self, collection: u64, keys: &[&str]) -> KeyGuard<'_> {
-        let mut wanted: Vec<Box<str>> = keys.iter().map(|k| Box::from(*k)).collect();
-        wanted.sort_unstable();
-        wanted.dedup();
-        loop {
-            let notified = self.released.notified();
-            tokio::pin!(notified);
-            // Registered before looking, so a release in between is not missed.
-            notified.as_mut().enable();
-            {
-                let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                let set = held.entry(collection).or_default();
-                if wanted.iter().all(|k| !set.contains(k)) {
-                    set.extend(wanted.iter().cloned());
-                    return KeyGuard {
-                        locks: self,
-                        collection,
-                        keys: wanted,
-                    };
-                }
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for KeyGuard<'_> {
-    fn drop(&mut self) {
-        if self.keys.is_empty() {
-            return;
-        }
-        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(set) = held.get_mut(&self.collection) {
-            for key in &self.keys {
-                set.remove(key);
-            }
-            if set.is_empty() {
-                held.remove(&self.collection);
-            }
-        }
-        drop(held);
-        self.locks.released.notify_waiters();
-    }
-}
-
-/// Generates numeric keys, unique across restarts and crashes: ranges are reserved by writing
-/// the high-water mark to a file (and syncing it) before any key of the range is handed out.
-struct KeyGen {
-    path: PathBuf,
-    state: Mutex<(u64, u64)>,
-}
-
-impl KeyGen {
-    fn open(path: &Path) -> anyhow::Result<KeyGen> {
-        let start = match std::fs::read_to_string(path) {
-            Ok(text) => text
-                .trim()
-                .parse::<u64>()
-                .with_context(|| format!("parse {}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 100_000,
-            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
-        };
-        let keygen = KeyGen {
-            path: path.to_path_buf(),
-            state: Mutex::new((start, start)),
-        };
-        Ok(keygen)
-    }
-
-    fn next(&self) -> ApiResult<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.0 >= state.1 {
-            let limit = state.0.max(state.1) + KEYGEN_STEP;
-            let write = || -> std::io::Result<()> {
-                let temp = self.path.with_extension("tmp");
-                std::fs::write(&temp, limit.to_string())?;
-                std::fs::File::open(&temp)?.sync_all()?;
-                std::fs::rename(&temp, &self.path)?;
-                if let Some(dir) = self.path.parent() {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
-                Ok(())
-            };
-            write()
-                .map_err(|e| ApiError::unavailable(format!("cannot reserve document keys: {e}")))?;
-            state.1 = limit;
-        }
-        state.0 += 1;
-        Ok(state.0)
-    }
-
-    /// Moves `gap` past a generated key found taken (a document replicated from a leader, or a
-    /// numeric key a client chose while this server was not tracking).
-    fn skip_past(&self, key: u64, gap: u64) {
-        self.track(key.saturating_add(gap.max(1) - 1).min(TRACKED_KEY_MAX - 1));
-    }
-
-    /// Moves past a numeric key a client chose, so generated keys do not run into it (as
-    /// ArangoDB's traditional generator does). Not persisted by itself: after a restart the
-    /// write path's read still refuses a generated key that exists.
-    fn track(&self, key: u64) {
-        if key >= TRACKED_KEY_MAX {
-            return;
-        }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0 = state.0.max(key);
-    }
-}
-
 /// The keys of the planned inputs that have one, in order (what `get_many` answers for).
-fn planned_keys<'p>(planned: &'p [Result<(String, Item<'_>, bool), ApiError>]) -> Vec<&'p str> {
+fn planned_keys<'p>(planned: &'p [Planned<'_>]) -> Vec<&'p str> {
     planned
         .iter()
         .filter_map(|p| p.as_ref().ok().map(|(key, _, _)| key.as_str()))
@@ -244,320 +101,12 @@ fn key_taken(key: &str) -> ApiError {
         format!("unique constraint violated - in index primary of type primary over '_key'; conflicting key: {key}"),
     )
 }
-
-/// Counters for `/_admin/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    pub documents_written: AtomicU64,
-    pub documents_removed: AtomicU64,
-    pub write_requests: AtomicU64,
-    pub read_requests: AtomicU64,
-    pub http_errors: AtomicU64,
-}
-
-/// The leader's data plane.
-pub struct Node {
-    pub wal: Arc<Wal>,
-    pub store: Arc<DocStore>,
-    pub store_writer: StoreWriter,
-    pub server_id: String,
-    pub max_document_bytes: usize,
-    pub shutting_down: AtomicBool,
-    /// Set while this server follows a leader (its endpoint): writes are refused with 503.
-    follower_of: Mutex<Option<String>>,
-    pub metrics: Metrics,
-    locks: KeyLocks,
-    keygen: KeyGen,
-    ddl: tokio::sync::Mutex<()>,
-    tid: AtomicU64,
-}
-
-/// A document's `_rev` as clients see it.
-pub fn rev_string(tick: Tick) -> String {
-    tick.to_string()
-}
-
 impl Node {
-    pub fn new(
-        wal: Arc<Wal>,
-        store: Arc<DocStore>,
-        store_writer: StoreWriter,
-        data_dir: &Path,
-        server_id: String,
-        max_document_bytes: usize,
-    ) -> anyhow::Result<Node> {
-        Ok(Node {
-            keygen: KeyGen::open(&data_dir.join("keygen"))?,
-            tid: AtomicU64::new(u64::from_le_bytes(crate::util::random_bytes::<8>()) >> 16),
-            wal,
-            store,
-            store_writer,
-            server_id,
-            max_document_bytes,
-            shutting_down: AtomicBool::new(false),
-            follower_of: Mutex::new(None),
-            metrics: Metrics::default(),
-            locks: KeyLocks::new(),
-            ddl: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    fn check_writable(&self) -> ApiResult<()> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err(ApiError::unavailable("server is shutting down"));
-        }
-        if let Some(leader) = self.follower_of() {
-            return Err(ApiError::follower_write(&leader));
-        }
-        Ok(())
-    }
-
-    /// Marks this server as following the leader at `leader` (or not).
-    pub fn set_follower_of(&self, leader: Option<String>) {
-        *self.follower_of.lock().unwrap_or_else(|p| p.into_inner()) = leader;
-    }
-
-    pub fn follower_of(&self) -> Option<String> {
-        self.follower_of
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Appends `records` as one block, waits until it is durable and applied; returns its ticks.
-    async fn log(&self, records: &[Record<'_>]) -> ApiResult<TickRange> {
-        // Compressing a large block takes a while, and submitting waits while the WAL's queue is
-        // full (backpressure): large blocks hand this worker's other tasks to another thread
-        // first. For small ones that hand-off costs more than the work (two thread switches per
-        // single-document insert, measured), so they run in place.
-        let raw_bytes: usize = records.iter().map(Record::encoded_bytes).sum();
-        let appended = if raw_bytes >= BLOCKING_BLOCK_BYTES {
-            tokio::task::block_in_place(|| self.wal.submit(self.wal.prepare(records)?))?
-        } else {
-            self.wal.submit(self.wal.prepare(records)?)?
-        };
-        let ticks = appended.await?;
-        self.store_writer.applied(ticks.last).await?;
-        Ok(ticks)
-    }
-
-    pub fn database(&self, name: &str) -> ApiResult<DatabaseInfo> {
-        self.store
-            .catalog()
-            .database(name)
-            .cloned()
-            .ok_or_else(ApiError::database_not_found)
-    }
-
-    pub fn collection(&self, database: &str, name: &str) -> ApiResult<Arc<CollectionInfo>> {
-        self.database(database)?;
-        let catalog = self.store.catalog();
-        // Collections are addressed by name or by id.
-        catalog
-            .collection(database, name)
-            .or_else(|| {
-                name.parse::<u64>()
-                    .ok()
-                    .and_then(|id| catalog.collection_by_id(id))
-            })
-            .filter(|c| c.database == database)
-            .ok_or_else(ApiError::collection_not_found)
-    }
-
-    // ---- catalog ------------------------------------------------------------------------
-
-    pub async fn create_collection(
-        &self,
-        database: &str,
-        name: &str,
-        kind: u8,
-        wait_for_sync: bool,
-        key_options: KeyOptions,
-    ) -> ApiResult<Arc<CollectionInfo>> {
-        self.check_writable()?;
-        self.database(database)?;
-        if !valid_collection_name(name) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::ILLEGAL_NAME,
-                "illegal name",
-            ));
-        }
-        if kind != 2 && kind != 3 {
-            return Err(ApiError::bad_parameter("invalid collection type"));
-        }
-        let _ddl = self.ddl.lock().await;
-        let catalog = self.store.catalog();
-        if catalog.collection(database, name).is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                num::DUPLICATE_NAME,
-                "duplicate name",
-            ));
-        }
-        let info = CollectionInfo {
-            id: catalog.max_id().max(1000) + 1,
-            name: name.to_string(),
-            database: database.to_string(),
-            kind,
-            wait_for_sync,
-            key_options,
-            is_system: name.starts_with('_'),
-        };
-        let json = serde_json::to_vec(&info).map_err(|e| ApiError::internal(e.to_string()))?;
-        let id = info.id.to_string();
-        let record = Record {
-            kind: RecordType::CollectionCreate,
-            tid: 0,
-            db: database,
-            collection: &id,
-            key: "",
-            data: &json,
-        };
-        self.log(&[record]).await?;
-        self.collection(database, name)
-    }
-
-    /// Drops, truncates, renames or changes a collection with one record.
-    pub async fn change_collection(
-        &self,
-        collection: &CollectionInfo,
-        kind: RecordType,
-        data: &[u8],
-    ) -> ApiResult<()> {
-        self.check_writable()?;
-        let _ddl = self.ddl.lock().await;
-        let id = collection.id.to_string();
-        let record = Record {
-            kind,
-            tid: 0,
-            db: &collection.database,
-            collection: &id,
-            key: "",
-            data,
-        };
-        self.log(&[record]).await?;
-        Ok(())
-    }
-
-    pub async fn rename_collection(
-        &self,
-        collection: &CollectionInfo,
-        name: &str,
-    ) -> ApiResult<()> {
-        if !valid_collection_name(name) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::ILLEGAL_NAME,
-                "illegal name",
-            ));
-        }
-        if self
-            .store
-            .catalog()
-            .collection(&collection.database, name)
-            .is_some()
-        {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                num::DUPLICATE_NAME,
-                "duplicate name",
-            ));
-        }
-        let data = serde_json::to_vec(&serde_json::json!({ "name": name })).unwrap_or_default();
-        self.change_collection(collection, RecordType::CollectionRename, &data)
-            .await
-    }
-
-    pub async fn create_database(&self, name: &str) -> ApiResult<()> {
-        self.check_writable()?;
-        if !valid_database_name(name) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::DATABASE_NAME_INVALID,
-                "database name invalid",
-            ));
-        }
-        let _ddl = self.ddl.lock().await;
-        let catalog = self.store.catalog();
-        if catalog.database(name).is_some() {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                num::DUPLICATE_NAME,
-                "duplicate database name",
-            ));
-        }
-        let info = DatabaseInfo {
-            id: catalog.max_id().max(1000) + 1,
-            name: name.to_string(),
-        };
-        let json = serde_json::to_vec(&info).map_err(|e| ApiError::internal(e.to_string()))?;
-        let record = Record {
-            kind: RecordType::DatabaseCreate,
-            tid: 0,
-            db: name,
-            collection: "",
-            key: "",
-            data: &json,
-        };
-        self.log(&[record]).await?;
-        Ok(())
-    }
-
-    pub async fn drop_database(&self, name: &str) -> ApiResult<()> {
-        self.check_writable()?;
-        if name == tickship_storage::docstore::SYSTEM_DATABASE {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                num::HTTP_FORBIDDEN,
-                "cannot drop the _system database",
-            ));
-        }
-        self.database(name)?;
-        let _ddl = self.ddl.lock().await;
-        let record = Record {
-            kind: RecordType::DatabaseDrop,
-            tid: 0,
-            db: name,
-            collection: "",
-            key: "",
-            data: b"",
-        };
-        self.log(&[record]).await?;
-        Ok(())
-    }
-
-    // ---- reads --------------------------------------------------------------------------
-
-    pub fn read(
-        &self,
-        collection: &CollectionInfo,
-        key: &str,
-    ) -> ApiResult<Option<StoredDocument>> {
-        self.metrics.read_requests.fetch_add(1, Ordering::Relaxed);
-        if !valid_key(key) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                num::DOCUMENT_KEY_BAD,
-                "illegal document key",
-            ));
-        }
-        Ok(self.store.get(collection.id, key)?)
-    }
-
-    pub fn read_many(
-        &self,
-        collection: &CollectionInfo,
-        keys: &[&str],
-    ) -> ApiResult<Vec<Option<StoredDocument>>> {
-        self.metrics.read_requests.fetch_add(1, Ordering::Relaxed);
-        Ok(self.store.get_many(collection.id, keys)?)
-    }
-
     // ---- document writes ----------------------------------------------------------------
 
     /// Performs one document write request (one or many inputs) as one block. Returns one
-    /// result per input, in order.
+    /// result per input, in order: plan (keys and shapes), lock (and read what is there), decide
+    /// (each input against the current documents), log (one block, durable and applied), answer.
     pub async fn write(
         &self,
         collection: &CollectionInfo,
@@ -568,18 +117,30 @@ impl Node {
         self.check_writable()?;
         self.metrics.write_requests.fetch_add(1, Ordering::Relaxed);
         // 1. Keys and shapes.
-        let mut planned = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            planned.push(self.plan(collection, kind, input));
-        }
-        // 2. Locks, then the current documents. Generated keys are locked and read too: a
+        let mut planned: Vec<_> = inputs
+            .into_iter()
+            .map(|input| self.plan(collection, kind, input))
+            .collect();
+        let (_guard, state) = self.lock_and_read(collection, &mut planned).await?;
+        let steps = self.decide(collection, kind, planned, state, options);
+        let ticks = self.log_writes(collection, &steps).await?;
+        Ok(answers(collection, steps, ticks, options))
+    }
+
+    /// 2. Locks the planned keys, then reads their current documents.
+    async fn lock_and_read<'s>(
+        &'s self,
+        collection: &CollectionInfo,
+        planned: &mut [Planned<'_>],
+    ) -> ApiResult<(KeyGuard<'s>, HashMap<String, Option<StoredDocument>>)> {
+        // Locks, then the current documents. Generated keys are locked and read too: a
         // client may have chosen the same numeric key, or this server may have been a follower
         // whose leader generated it. A generated key found taken is replaced by a later one
         // (the generator moving past it by a gap that doubles with each try, so that a range of
         // replicated keys is crossed in a few reads) before anything is decided.
         let mut tries = 0u32;
-        let (_guard, current) = loop {
-            let keys = planned_keys(&planned);
+        let (guard, current) = loop {
+            let keys = planned_keys(planned);
             let guard = self.locks.lock(collection.id, &keys).await;
             let current = self.store.get_many(collection.id, &keys)?;
             // `current` follows `keys`: one entry per planned input that has a key.
@@ -606,21 +167,24 @@ impl Node {
             }
             tries += 1;
         };
-        let keys = planned_keys(&planned);
+        let keys = planned_keys(planned);
         let mut state: HashMap<String, Option<StoredDocument>> = HashMap::with_capacity(keys.len());
         for (key, doc) in keys.iter().zip(current) {
             state.insert(key.to_string(), doc);
         }
-        // 3. Decide each input; build the new documents.
-        enum Step {
-            Done(ItemResult),
-            Write {
-                key: String,
-                new_json: Option<Vec<u8>>,
-                old: Option<StoredDocument>,
-                new_value: Option<Value>,
-            },
-        }
+        Ok((guard, state))
+    }
+
+    /// 3. Decides each input against the current documents (`state`, which also takes the
+    /// writes of earlier inputs of this request) and builds the new documents.
+    fn decide(
+        &self,
+        collection: &CollectionInfo,
+        kind: WriteKind,
+        planned: Vec<Planned<'_>>,
+        mut state: HashMap<String, Option<StoredDocument>>,
+        options: &WriteOptions,
+    ) -> Vec<Step> {
         let mut steps = Vec::with_capacity(planned.len());
         for plan in planned {
             let (key, body, generated) = match plan {
@@ -723,7 +287,11 @@ impl Node {
                 }
             }
         }
-        // 4. Log the writes as one block.
+        steps
+    }
+
+    /// 4. Logs the writes of `steps` as one block; returns the tick of each write, in order.
+    async fn log_writes(&self, collection: &CollectionInfo, steps: &[Step]) -> ApiResult<Vec<Tick>> {
         // A write to a key that did not exist (read above under the key's lock) is logged as
         // an insert: the store appliers here and on followers need not look the key up.
         let writes: Vec<(&String, &Option<Vec<u8>>, bool)> = steps
@@ -802,55 +370,9 @@ impl Node {
                 .documents_removed
                 .fetch_add(removed, Ordering::Relaxed);
         }
-        // 5. Answers.
-        let mut ticks = tick_of_write.into_iter();
-        let results = steps
-            .into_iter()
-            .map(|step| match step {
-                Step::Done(result) => result,
-                Step::Write {
-                    key,
-                    new_json,
-                    old,
-                    new_value,
-                } => {
-                    let rev = ticks.next().expect("one tick per write");
-                    let mut body = Map::new();
-                    body.insert(
-                        "_id".into(),
-                        Value::String(format!("{}/{key}", collection.name)),
-                    );
-                    body.insert("_key".into(), Value::String(key.clone()));
-                    body.insert(
-                        "_rev".into(),
-                        Value::String(rev_string(if new_json.is_some() {
-                            rev
-                        } else {
-                            old.as_ref().map_or(rev, |d| d.rev)
-                        })),
-                    );
-                    if let Some(old) = &old {
-                        if new_json.is_some() {
-                            body.insert("_oldRev".into(), Value::String(rev_string(old.rev)));
-                        }
-                        if options.return_old {
-                            body.insert("old".into(), document_value(old, &collection.name));
-                        }
-                    }
-                    if options.return_new {
-                        if let Some(mut new) = new_value {
-                            if let Some(object) = new.as_object_mut() {
-                                object.insert("_rev".into(), Value::String(rev_string(rev)));
-                            }
-                            body.insert("new".into(), new);
-                        }
-                    }
-                    Ok(Value::Object(body))
-                }
-            })
-            .collect();
-        Ok(results)
+        Ok(tick_of_write)
     }
+
 
     /// The key an input targets, and its body, checked for shape.
     /// The key an input targets (and whether it was generated), and its body, checked for shape.
@@ -994,6 +516,75 @@ impl Node {
     }
 }
 
+/// 5. The answer to each input: its error, or the written document's meta (and old/new).
+fn answers(
+    collection: &CollectionInfo,
+    steps: Vec<Step>,
+    tick_of_write: Vec<Tick>,
+    options: &WriteOptions,
+) -> Vec<ItemResult> {
+    let mut ticks = tick_of_write.into_iter();
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Done(result) => result,
+            Step::Write {
+                key,
+                new_json,
+                old,
+                new_value,
+            } => {
+                let rev = ticks.next().expect("one tick per write");
+                let mut body = Map::new();
+                body.insert(
+                    "_id".into(),
+                    Value::String(format!("{}/{key}", collection.name)),
+                );
+                body.insert("_key".into(), Value::String(key.clone()));
+                body.insert(
+                    "_rev".into(),
+                    Value::String(rev_string(if new_json.is_some() {
+                        rev
+                    } else {
+                        old.as_ref().map_or(rev, |d| d.rev)
+                    })),
+                );
+                if let Some(old) = &old {
+                    if new_json.is_some() {
+                        body.insert("_oldRev".into(), Value::String(rev_string(old.rev)));
+                    }
+                    if options.return_old {
+                        body.insert("old".into(), document_value(old, &collection.name));
+                    }
+                }
+                if options.return_new {
+                    if let Some(mut new) = new_value {
+                        if let Some(object) = new.as_object_mut() {
+                            object.insert("_rev".into(), Value::String(rev_string(rev)));
+                        }
+                        body.insert("new".into(), new);
+                    }
+                }
+                Ok(Value::Object(body))
+            }
+        })
+        .collect()
+}
+
+/// An input's plan: its key, body and whether the key was generated; or why it cannot be done.
+type Planned<'a> = Result<(String, Item<'a>, bool), ApiError>;
+
+/// What deciding an input came to: an answer already, or a write to log.
+enum Step {
+    Done(ItemResult),
+    Write {
+        key: String,
+        new_json: Option<Vec<u8>>,
+        old: Option<StoredDocument>,
+        new_value: Option<Value>,
+    },
+}
+
 /// The `_rev` an input body names, if any.
 fn body_rev(body: &Item<'_>) -> Option<String> {
     match body {
@@ -1033,11 +624,6 @@ fn merge_field(
             target.insert(name, value);
         }
     }
-}
-
-/// A stored document of collection `name` as a JSON value with `_rev`.
-pub fn document_value(doc: &StoredDocument, name: &str) -> Value {
-    serde_json::from_slice(&doc.to_json_in(name)).unwrap_or(Value::Null)
 }
 
 #[cfg(test)]

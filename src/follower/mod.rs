@@ -1,0 +1,313 @@
+//! The follower's replication applier: configuration and state documents as ArangoDB keeps them
+//! (reference/arangodb.md §3, §4.1), and the task that pulls the leader's WAL over QUIC, stores
+//! the blocks verbatim in this server's WAL (same ticks) and lets the store writer make them
+//! visible.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use serde_json::Value;
+use tickship_net::errors;
+use tickship_storage::Tick;
+use tokio::sync::Notify;
+use crate::api::{num, ApiError, ApiResult};
+use crate::node::Node;
+use crate::util::iso8601 as timestamp;
+
+use config::running;
+use memtables::tailing_at;
+use state::{LastError, Runtime};
+
+mod config;
+mod memtables;
+mod receive;
+mod state;
+
+pub use config::ApplierConfig;
+pub use receive::Receiving;
+pub use state::{is_following, load_saved, ApplierMetrics, PersistedState};
+
+
+/// The applier of one server (the global applier; ArangoDB's per-database appliers collapse
+/// into it because the log is shared by all databases).
+pub struct Applier {
+    node: Arc<Node>,
+    dir: PathBuf,
+    receiving: Receiving,
+    config: Mutex<ApplierConfig>,
+    persisted: Mutex<PersistedState>,
+    runtime: Mutex<Runtime>,
+    /// Woken when the leader's last tick or what was received changes, or the applier stops.
+    runtime_changed: Notify,
+    /// The running task and the signal that stops it (one per start, so that a stop can never
+    /// leak into the next run).
+    task: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>>,
+    /// Where the applier's task (its QUIC connection, receiving, storing) runs.
+    tasks: tokio::runtime::Handle,
+}
+impl Applier {
+    /// The applier of this server, with the configuration and state `load_saved` read.
+    pub fn open(
+        node: Arc<Node>,
+        dir: PathBuf,
+        receiving: Receiving,
+        (config, persisted): (ApplierConfig, PersistedState),
+        tasks: tokio::runtime::Handle,
+    ) -> anyhow::Result<Arc<Applier>> {
+        let runtime = Runtime {
+            phase: "inactive",
+            store_totals_base: node.store_writer.totals(),
+            last_processed: persisted.last_processed_continuous_tick,
+            ..Runtime::default()
+        };
+        let applier = Arc::new(Applier {
+            node: node.clone(),
+            dir,
+            receiving,
+            config: Mutex::new(config),
+            persisted: Mutex::new(persisted.clone()),
+            runtime: Mutex::new(runtime),
+            runtime_changed: Notify::new(),
+            task: Mutex::new(None),
+            tasks,
+        });
+        if is_following(&persisted) {
+            applier.follow(&applier.config());
+        }
+        Ok(applier)
+    }
+
+    /// Refuses clients' writes (they go to `config`'s leader) and keeps only the collections
+    /// `config` restricts replication to.
+    fn follow(&self, config: &ApplierConfig) {
+        if self.node.follower_of().is_none() {
+            // A leader becoming a follower: what its store applied so far were its clients' writes.
+            self.runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .store_totals_base = self.node.store_writer.totals();
+        }
+        self.node.set_follower_of(Some(config.endpoint.clone()));
+        self.node.store.set_filter(Some(config.filter()));
+    }
+
+    pub fn config(&self) -> ApplierConfig {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running
+    }
+
+    /// `PUT applier-config`: merges, validates, saves. Refused while running (1411).
+    pub fn configure(&self, body: &Value, local_db: &str) -> ApiResult<ApplierConfig> {
+        if self.is_running() {
+            return Err(running());
+        }
+        let config = self.config().merged(body, local_db)?;
+        self.save_config(&config)?;
+        Ok(config)
+    }
+
+    /// `PUT applier-start`: starts tailing after `from` (exclusive), or where it left off.
+    pub fn start(self: &Arc<Self>, from: Option<u64>) -> ApiResult<()> {
+        let config = self.config();
+        config.validate()?;
+        let mut task = self.task.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_running() {
+            return Ok(()); // idempotent
+        }
+        let own_last = self.node.wal.last_tick().get();
+        let saved = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .safe_resume_tick;
+        // Blocks up to our WAL's last tick are stored already: never ask for them again.
+        let from = match from {
+            Some(from) => from.max(own_last),
+            None if saved > 0 || own_last > 0 => saved.max(own_last),
+            None if self
+                .persisted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .server_id
+                .is_empty() =>
+            {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    num::NO_START_TICK,
+                    "no start tick",
+                ))
+            }
+            None => 0,
+        };
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.running = true;
+            runtime.phase = "running";
+            runtime.started = Some(SystemTime::now());
+            runtime.failed_connects = 0;
+            runtime.last_processed = runtime.last_processed.max(own_last);
+            runtime.last_error = LastError::default();
+            runtime.progress_time = timestamp(SystemTime::now());
+            runtime.progress_message = format!("applier started, tailing from tick {from}");
+        }
+        let applier = self.clone();
+        let stop = Arc::new(Notify::new());
+        let signal = stop.clone();
+        *task = Some((
+            self.tasks
+                .spawn(async move { applier.run(config, Tick::new(from), signal).await }),
+            stop,
+        ));
+        Ok(())
+    }
+
+    /// `PUT applier-stop`: stops and waits for the task.
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((handle, stop)) = task {
+            // A permit: the run sees it even if it has not started waiting yet.
+            stop.notify_one();
+            let _ = handle.await;
+        }
+        self.save_state();
+    }
+
+    fn finish(&self, error: Option<(u32, String)>) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.running = false;
+        runtime.phase = "inactive";
+        runtime.progress_time = timestamp(SystemTime::now());
+        match error {
+            Some((error_num, message)) => {
+                runtime.progress_message = format!("applier stopped: {message}");
+                runtime.last_error = LastError {
+                    error_num,
+                    time: timestamp(SystemTime::now()),
+                    message,
+                };
+            }
+            None => runtime.progress_message = "applier shut down".into(),
+        }
+        drop(runtime);
+        self.runtime_changed.notify_waiters();
+    }
+
+    fn progress(&self, message: String) {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        runtime.progress_time = timestamp(SystemTime::now());
+        runtime.progress_message = message;
+    }
+
+    /// `make-follower`: replaces configuration and state, starts tailing from what this server
+    /// already has (the leader's whole log for an empty server), and waits until it has caught up
+    /// with the leader's last tick at the time of the connect, or an error, or
+    /// `initialSyncMaxWaitTime`.
+    ///
+    /// A setup that fails before anything of the leader's log was stored (wrong credentials, no
+    /// leader there, the leader is this server, ...) leaves this server as it was: a leader
+    /// accepting writes, with no applier configured to start. The answer is the error.
+    pub async fn make_follower(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
+        self.stop().await;
+        let mut config = ApplierConfig::default().merged(body, local_db)?;
+        config.auto_start = true;
+        let previous = (self.config(), self.persisted.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        self.save_config(&config)?;
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
+        let from = self.node.wal.last_tick().get();
+        self.start(Some(from))?;
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        loop {
+            // Registered before looking, so that a change in between is not missed.
+            let changed = self.runtime_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let (running, available, processed) = {
+                let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                (
+                    runtime.running,
+                    runtime.last_available,
+                    runtime.last_processed,
+                )
+            };
+            let applied = self.node.store_writer.applied_tick().get();
+            let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
+            if !running || caught_up || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // Wait for news from the session, for the store to apply what was received, or
+            // for the deadline.
+            tokio::select! {
+                _ = changed => {}
+                applied = self.node.store_writer.applied(Tick::new(processed)), if applied < processed => {
+                    if applied.is_err() {
+                        break; // the store writer stopped: its error is in the state
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        let (error, stored) = {
+            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                (!runtime.running && runtime.last_error.error_num != 0)
+                    .then(|| (runtime.last_error.error_num, runtime.last_error.message.clone())),
+                runtime.last_processed > from,
+            )
+        };
+        let Some((error_num, message)) = error else {
+            return Ok(self.state_json());
+        };
+        if stored {
+            // Some of the leader's log is stored: this server is its follower now, stopped.
+            return Err(setup_failed(error_num, format!(
+                "{message}; this server stays a follower of {} (writes refused); fix the cause \
+                 and start the applier again",
+                config.endpoint
+            )));
+        }
+        self.roll_back(previous)?;
+        Err(setup_failed(error_num, format!(
+            "{message}; this server was not made a follower and accepts writes as before"
+        )))
+    }
+
+    /// Puts back the configuration and state from before a failed `make-follower`.
+    fn roll_back(&self, (config, persisted): (ApplierConfig, PersistedState)) -> ApiResult<()> {
+        let following = is_following(&persisted);
+        self.save_config(&ApplierConfig {
+            auto_start: config.auto_start && following,
+            ..config
+        })?;
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = persisted.clone();
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_processed =
+            persisted.last_processed_continuous_tick;
+        self.save_state();
+        if !following {
+            self.node.set_follower_of(None);
+            self.node.store.set_filter(None);
+        }
+        Ok(())
+    }
+}
+
+
+/// The answer to a failed `make-follower`: the applier's error number, with the HTTP status
+/// ArangoDB gives it.
+fn setup_failed(error_num: u32, message: String) -> ApiError {
+    let status = match error_num {
+        errors::UNAUTHORIZED => axum::http::StatusCode::UNAUTHORIZED,
+        num::INVALID_CONFIGURATION => axum::http::StatusCode::BAD_REQUEST,
+        _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, error_num, message)
+}

@@ -1,0 +1,286 @@
+//! The applier's state: what survives a restart (its file), the in-memory state document
+//! ArangoDB's `applier-state` shows, and the figures `/_admin/metrics` exports.
+
+use std::time::SystemTime;
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tickship_storage::docstore::StoreWriterTotals;
+use crate::api::{ApiError, ApiResult};
+use crate::util::{iso8601 as timestamp, write_private};
+
+use super::*;
+
+/// What survives a restart besides the configuration (ArangoDB persists the same four).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PersistedState {
+    /// The leader's server id, checked on every connect (1404 when it differs).
+    pub server_id: String,
+    pub last_processed_continuous_tick: u64,
+    pub last_applied_continuous_tick: u64,
+    pub safe_resume_tick: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct LastError {
+    pub(super) error_num: u32,
+    pub(super) time: String,
+    pub(super) message: String,
+}
+
+/// The in-memory state document.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Runtime {
+    pub(super) started: Option<SystemTime>,
+    pub(super) running: bool,
+    pub(super) phase: &'static str,
+    pub(super) last_processed: u64,
+    pub(super) last_available: Option<u64>,
+    pub(super) progress_time: String,
+    pub(super) progress_message: String,
+    pub(super) failed_connects: u64,
+    pub(super) total_requests: u64,
+    pub(super) total_failed_connects: u64,
+    pub(super) total_events: u64,
+    /// The store writer's totals when this applier was opened (after the startup replay).
+    pub(super) store_totals_base: StoreWriterTotals,
+    pub(super) total_apply_time: f64,
+    pub(super) apply_batches: u64,
+    pub(super) total_fetch_time: f64,
+    pub(super) fetch_batches: u64,
+    /// Bytes of blocks received from the leader (stored or already held).
+    pub(super) total_bytes_received: u64,
+    /// Times the leader no longer had the tick to follow from (1414).
+    pub(super) follow_tick_failures: u64,
+    pub(super) last_error: LastError,
+}
+
+/// The applier's figures for `/_admin/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct ApplierMetrics {
+    pub running: bool,
+    pub failed_connects: u64,
+    pub total_failed_connects: u64,
+    pub requests: u64,
+    pub markers: u64,
+    pub documents: u64,
+    pub removals: u64,
+    pub excluded: u64,
+    pub bytes_received: u64,
+    pub follow_tick_failures: u64,
+    pub fetch_seconds: f64,
+    pub apply_seconds: f64,
+    pub ticks_behind: u64,
+    pub last_error_num: u32,
+    pub last_applied: u64,
+    pub last_processed: u64,
+    pub last_available: u64,
+}
+
+pub(super) const CONFIG_FILE: &str = "applier-config.json";
+pub(super) const STATE_FILE: &str = "applier-state.json";
+
+/// The applier configuration and state saved in `dir` (defaults where nothing is saved).
+pub fn load_saved(dir: &std::path::Path) -> anyhow::Result<(ApplierConfig, PersistedState)> {
+    let load = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        match std::fs::read(dir.join(name)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("read {}", dir.join(name).display())),
+        }
+    };
+    let config: ApplierConfig = match load(CONFIG_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("parse {}", dir.join(CONFIG_FILE).display()))?,
+        None => ApplierConfig::default(),
+    };
+    let persisted: PersistedState = match load(STATE_FILE)? {
+        Some(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "parse {} (error 1407: invalid applier state)",
+                dir.join(STATE_FILE).display()
+            )
+        })?,
+        None => PersistedState::default(),
+    };
+    Ok((config, persisted))
+}
+
+/// Whether a server with this saved state follows a leader (it has connected to one and its
+/// state was not deleted since).
+pub fn is_following(persisted: &PersistedState) -> bool {
+    !persisted.server_id.is_empty()
+}
+impl Applier {
+    /// What the store applied from a leader: nothing on a leader, whose store applies only its
+    /// own clients' writes.
+    pub(super) fn applied_from_leader(&self, runtime: &Runtime) -> StoreWriterTotals {
+        if self.node.follower_of().is_none() {
+            return StoreWriterTotals::default();
+        }
+        self.node.store_writer.totals().since(runtime.store_totals_base)
+    }
+
+    pub(super) fn save_config(&self, config: &ApplierConfig) -> ApiResult<()> {
+        let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
+        // The password is in it: owner-readable only.
+        write_private(&self.dir.join(CONFIG_FILE), &bytes)
+            .map_err(|e| ApiError::internal(format!("save the applier configuration: {e:#}")))?;
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        Ok(())
+    }
+
+    pub(super) fn save_state(&self) {
+        let state = {
+            let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            persisted.last_processed_continuous_tick = runtime.last_processed;
+            persisted.last_applied_continuous_tick = self.node.store_writer.applied_tick().get();
+            persisted.safe_resume_tick = runtime.last_processed;
+            persisted.clone()
+        };
+        let bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
+        if let Err(e) = write_private(&self.dir.join(STATE_FILE), &bytes) {
+            tracing::warn!("cannot save the applier state: {e:#}");
+        }
+    }
+
+    /// `DELETE applier-state`: forgets the saved state (not while running).
+    pub fn forget_state(&self) -> ApiResult<()> {
+        if self.is_running() {
+            return Err(running());
+        }
+        *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.last_processed = 0;
+            runtime.last_error = LastError::default();
+        }
+        match std::fs::remove_file(self.dir.join(STATE_FILE)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ApiError::internal(format!("remove the applier state: {e}"))),
+        }
+        self.node.set_follower_of(None);
+        self.node.store.set_filter(None);
+        Ok(())
+    }
+
+    /// The figures `/_admin/metrics` shows.
+    pub fn metrics(&self) -> ApplierMetrics {
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let applied = self.node.store_writer.applied_tick().get();
+        let store = self.applied_from_leader(&runtime);
+        let available = runtime.last_available.unwrap_or(0);
+        ApplierMetrics {
+            running: runtime.running,
+            failed_connects: runtime.failed_connects,
+            total_failed_connects: runtime.total_failed_connects,
+            requests: runtime.total_requests,
+            markers: runtime.total_events,
+            documents: store.documents,
+            removals: store.removals,
+            excluded: store.excluded,
+            bytes_received: runtime.total_bytes_received,
+            follow_tick_failures: runtime.follow_tick_failures,
+            fetch_seconds: runtime.total_fetch_time,
+            apply_seconds: runtime.total_apply_time,
+            ticks_behind: if runtime.running {
+                available.saturating_sub(applied.max(runtime.last_processed))
+            } else {
+                0
+            },
+            last_error_num: runtime.last_error.error_num,
+            last_applied: applied,
+            last_processed: runtime.last_processed,
+            last_available: available,
+        }
+    }
+
+    /// The state document (§4.1).
+    pub fn state_json(&self) -> Value {
+        let config = self.config();
+        let runtime = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let applied = self.node.store_writer.applied_tick().get();
+        let store_totals = self.applied_from_leader(&runtime);
+        let tick = |t: u64| {
+            if t == 0 {
+                Value::Null
+            } else {
+                Value::String(t.to_string())
+            }
+        };
+        let mut last_error = json!({ "errorNum": runtime.last_error.error_num });
+        if runtime.last_error.error_num != 0 {
+            last_error["time"] = json!(runtime.last_error.time);
+            last_error["errorMessage"] = json!(runtime.last_error.message);
+        }
+        let mut state = json!({
+            "started": runtime.started.map(timestamp).unwrap_or_default(),
+            "running": runtime.running,
+            "phase": runtime.phase,
+            "lastAppliedContinuousTick": tick(applied.min(runtime.last_processed.max(applied))),
+            "lastProcessedContinuousTick": tick(runtime.last_processed),
+            "lastAvailableContinuousTick": runtime.last_available.map_or(Value::Null, |t| Value::String(t.to_string())),
+            "safeResumeTick": tick(runtime.last_processed),
+        });
+        if runtime.running {
+            let behind = runtime
+                .last_available
+                .unwrap_or(0)
+                .saturating_sub(applied.max(runtime.last_processed));
+            state["ticksBehind"] = json!(behind);
+        }
+        let mut progress = json!({
+            "time": runtime.progress_time,
+            "failedConnects": runtime.failed_connects,
+        });
+        if !runtime.progress_message.is_empty() {
+            progress["message"] = json!(runtime.progress_message);
+        }
+        let average = |total: f64, count: u64| {
+            if count == 0 {
+                0.0
+            } else {
+                total / count as f64
+            }
+        };
+        let more = json!({
+            "progress": progress,
+            "totalRequests": runtime.total_requests,
+            "totalFailedConnects": runtime.total_failed_connects,
+            "totalEvents": runtime.total_events,
+            "totalDocuments": store_totals.documents,
+            "totalRemovals": store_totals.removals,
+            "totalResyncs": 0,
+            "totalOperationsExcluded": store_totals.excluded,
+            "totalApplyTime": runtime.total_apply_time,
+            "averageApplyTime": average(runtime.total_apply_time, runtime.apply_batches),
+            "totalFetchTime": runtime.total_fetch_time,
+            "averageFetchTime": average(runtime.total_fetch_time, runtime.fetch_batches),
+            "lastError": last_error,
+            "time": timestamp(SystemTime::now()),
+        });
+        if let (Value::Object(state), Value::Object(more)) = (&mut state, more) {
+            state.extend(more);
+        }
+        let mut out = json!({
+            "state": state,
+            "server": { "version": crate::http::admin::ARANGO_VERSION, "serverId": self.node.server_id },
+        });
+        if !config.endpoint.is_empty() {
+            out["endpoint"] = json!(config.endpoint);
+            out["database"] = json!(config.database);
+        }
+        out
+    }
+}
