@@ -16,6 +16,9 @@
 //! aborted in the same block are skipped too. Index records are accepted and ignored (no
 //! secondary indexes yet). With a [`CollectionFilter`] set on the store, the records of the
 //! collections it leaves out are not applied and are counted as excluded.
+//!
+//! This file is longer than most because it is one step: decoding, partitioning, barriers and
+//! joining share the state of the call (`Applying`) and are read together.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
@@ -25,9 +28,9 @@ use rayon::prelude::*;
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
+use super::document::doc_key;
 use super::{
-    doc_key, Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_MAX,
-    APPLIED_TICK,
+    Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_MAX, APPLIED_TICK,
 };
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};

@@ -29,9 +29,8 @@ pub struct StoreWriterOptions {
     pub flush_interval: Duration,
     /// Bytes of blocks applied as one group at most (a group holds at least one block). Each
     /// block of a group is decompressed into its own buffer, so this bounds the apply buffers of
-    /// a follower behind its leader: 4 MiB groups held ~22 MiB of them (heaptrack), 1 MiB ones
-    /// ~6 MiB. At 256 KiB (one block of a 1,000-document batch) a follower 10M documents behind
-    /// peaked 2–3 MiB lower than at 1 MiB and caught up no slower (README, twelfth sitting); a
+    /// a follower behind its leader. The default, about one block of a 1,000-document batch,
+    /// held the least memory of the sizes tried, and a follower caught up no slower with it; a
     /// follower keeping up applies groups that small anyway.
     pub group_bytes_max: usize,
     /// Threads that apply a group (`--replication.applier-threads`); 1 applies on the store
@@ -464,10 +463,8 @@ fn finish_rewrite(wal: &Wal, store: &DocStore, prepared: PreparedRewrite) -> Res
 /// (`DocStore::prepare_collection`: the sample of every sixteenth block, and for a segment
 /// mostly dead the copy of its live documents; `DocStore::prepare_rewrite` likewise), so that
 /// the store writer goes on applying meanwhile and only records the result. On the writer's
-/// thread, the sample stopped it for 35–90 ms, during which nothing became visible (a follower
-/// tailing at 55k docs/s had a p99 lag of 17–19 ms while retention let segments go every 2–3
-/// s, against 6 ms without), and a copy under a mixed load for 0.3–0.8 s. One job at a time:
-/// both write value files.
+/// own thread, the sample and the copy stopped it, and nothing became visible meanwhile: each
+/// collection showed in a tailing follower's lag. One job at a time: both write value files.
 struct Preparer {
     wal: Arc<Wal>,
     store: Arc<DocStore>,
@@ -605,16 +602,15 @@ impl Drop for Preparer {
 const GC_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// At most this often the store writer hands freed memory back to the kernel, after a flush.
-/// A follower catching up with 2 MiB memtables flushes several times a second; trimming after
-/// each (at most every 100 ms instead of every second) lowered the peak 10 GB behind from 42 /
-/// 42 / 40 to 40 / 40 / 41 MiB and 10 MB behind from 40 / 42 / 42 to 39 / 40 / 40 MiB, with the
-/// same catch-up time and CPU and the same tailing lag (README, seventh sitting).
+/// A follower catching up with small memtables flushes several times a second; trimming after
+/// nearly each flush, rather than once a second, lowered its peak memory a little and cost
+/// nothing in catch-up time, CPU or lag.
 const TRIM_EVERY: Duration = Duration::from_millis(100);
 
 /// Returns the free pages inside glibc's heaps to the kernel. RocksDB allocates its memtables
 /// (blocks of several MiB) and write batches through glibc's malloc from several threads; freed,
-/// they stay in the per-thread heaps, fragmented: a follower catching up 10 GB held ~270 MiB of
-/// such free memory besides ~100 MiB of live memtables and cache (measured, /proc/PID/smaps).
+/// they stay in the per-thread heaps, fragmented: a follower catching up held more such free
+/// memory than live memtables and cache together (`/proc/PID/smaps` shows it).
 /// `malloc_trim` walks the heaps and releases whole free pages; once per flush, at most every
 /// `TRIM_EVERY`, it costs little.
 fn release_free_memory() {

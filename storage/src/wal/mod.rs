@@ -28,7 +28,6 @@ pub mod retention;
 pub mod segment;
 pub mod stats;
 pub mod tick_index;
-pub mod values;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};

@@ -225,8 +225,8 @@ pub struct SealedSegment {
     pub data_end: u64,
     pub block_count: u32,
     pub file_bytes: u64,
-    /// A value file (`values`): its blocks may skip ticks, and the first may start after the
-    /// tick its name and seal block give.
+    /// A value file (`docstore::values`): its blocks may skip ticks, and the first may start
+    /// after the tick its name and seal block give.
     sparse: bool,
     /// The whole file, mapped, with the seal block's checksum verified.
     map: OnceLock<FileMap>,
@@ -299,7 +299,7 @@ impl SealedSegment {
         }
     }
 
-    /// `open` for a value file, whose blocks may skip ticks (see `values`).
+    /// `open` for a value file, whose blocks may skip ticks (see `docstore::values`).
     pub(crate) fn open_sparse(
         path: &Path,
         id: SegmentId,

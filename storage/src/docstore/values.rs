@@ -1,6 +1,7 @@
 //! Value files: the documents of WAL segments that were still live when retention let the
 //! segments go, kept at their ticks for a document store that keeps its documents in the WAL
-//! (see FORMAT.md, "Documents kept in the WAL").
+//! (see FORMAT.md, "Documents kept in the WAL"). They are the store's data, not the WAL's: only
+//! the store reads and writes them; they reuse the WAL's segment format and its readers.
 //!
 //! A value file is a sealed segment in the WAL's format whose blocks may skip ticks (each block
 //! holds a run of consecutive live ticks): `{source segment id:016x}-{first live tick:016x}.val`,
@@ -14,12 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::block::{slice_data_block, Block, BLOCK_ALIGN};
-use super::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
-use super::tick_index::SealedIndex;
 use crate::error::{Error, Result};
 use crate::fs::FileMap;
 use crate::tick::{SegmentId, Tick, TickRange};
+use crate::wal::block::{slice_data_block, Block, BLOCK_ALIGN};
+use crate::wal::segment::{self, SealedSegment, SEGMENT_HEADER_BYTES};
+use crate::wal::tick_index::SealedIndex;
 
 const SUFFIX: &str = ".val";
 const TEMPORARY_SUFFIX: &str = ".val.tmp";

@@ -1,0 +1,289 @@
+//! Reads: single documents, batches of them, and scans of a collection from one snapshot. A
+//! document kept in the WAL is read from the record at its tick, in the WAL or, once its segment
+//! was collected, in a value file.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::document::{doc_key, StoredDocument, DOCUMENT_IN_WAL_BYTES};
+use super::{corrupt, decode_u64, store_error, DocStore};
+use crate::error::{Error, Result};
+use crate::tick::Tick;
+use crate::wal::{Block, Wal};
+
+impl DocStore {
+    /// Document `key` of collection `collection`.
+    pub fn get(&self, collection: u64, key: &str) -> Result<Option<StoredDocument>> {
+        let read = || {
+            let value = self.db.get_pinned_cf(self.docs(), doc_key(collection, key));
+            value
+                .map_err(|e| store_error("read document", e))?
+                .map(|v| self.decode_document(collection, key, &v))
+                .transpose()
+        };
+        match read() {
+            // The document was replaced between reading its tick and reading it, and its old
+            // record collected meanwhile: its key now names a newer tick.
+            Err(_) if self.values.is_some() => read(),
+            other => other,
+        }
+    }
+
+    /// Documents `keys` of collection `collection`, in order.
+    pub fn get_many(&self, collection: u64, keys: &[&str]) -> Result<Vec<Option<StoredDocument>>> {
+        let store_keys: Vec<Vec<u8>> = keys.iter().map(|k| doc_key(collection, k)).collect();
+        self.db
+            .batched_multi_get_cf(self.docs(), &store_keys, false)
+            .into_iter()
+            .zip(keys)
+            .map(|(value, key)| {
+                let decoded = value
+                    .map_err(|e| store_error("read documents", e))?
+                    .map(|v| self.decode_document(collection, key, &v))
+                    .transpose();
+                match decoded {
+                    // Replaced and its old record collected between the two reads (see `get`).
+                    Err(_) if self.values.is_some() => self.get(collection, key),
+                    other => other,
+                }
+            })
+            .collect()
+    }
+
+    /// Calls `visit(key, document)` for every document of `collection`, from one consistent
+    /// snapshot. Stops early when `visit` returns false. Documents kept in the store come in key
+    /// order; those kept in the WAL are gathered (`SCAN_CHUNK` keys at a time) and read in tick
+    /// order, so that each WAL frame is decompressed once per chunk rather than once per
+    /// document, as reading them in key order would.
+    pub fn scan(
+        &self,
+        collection: u64,
+        mut visit: impl FnMut(&str, StoredDocument) -> bool,
+    ) -> Result<()> {
+        let prefix = collection.to_be_bytes();
+        let mut options = rocksdb::ReadOptions::default();
+        // A scan reads each data block once: kept out of the block cache, it neither grows the
+        // process by the whole collection's keys (up to the cache's size) nor pushes out the
+        // index and filter blocks that lookups need.
+        options.fill_cache(false);
+        options.set_iterate_lower_bound(prefix.to_vec());
+        options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
+        let _scanning = ScanGuard::new(&self.active_scans);
+        let iterator = self
+            .db
+            .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
+        let mut in_wal: Vec<(Tick, String)> = Vec::new();
+        for item in iterator {
+            let (key, value) = item.map_err(|e| store_error("scan documents", e))?;
+            let key = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| corrupt("document key is not UTF-8"))?;
+            if value.len() == DOCUMENT_IN_WAL_BYTES {
+                let tick = decode_u64(&value).ok_or_else(|| corrupt("document revision"))?;
+                in_wal.push((Tick::new(tick), key.to_owned()));
+                if in_wal.len() >= SCAN_CHUNK
+                    && !self.visit_in_wal(collection, &mut in_wal, &mut visit)?
+                {
+                    return Ok(());
+                }
+                continue;
+            }
+            if !visit(key, self.decode_document(collection, key, &value)?) {
+                return Ok(());
+            }
+        }
+        self.visit_in_wal(collection, &mut in_wal, &mut visit)?;
+        Ok(())
+    }
+
+    /// Visits the documents kept in the WAL at `documents` (tick, key), in tick order, reading
+    /// each frame once; empties `documents`. Returns false if `visit` asked to stop.
+    fn visit_in_wal(
+        &self,
+        collection: u64,
+        documents: &mut Vec<(Tick, String)>,
+        visit: &mut impl FnMut(&str, StoredDocument) -> bool,
+    ) -> Result<bool> {
+        if documents.is_empty() {
+            return Ok(true);
+        }
+        documents.sort_unstable_by_key(|(tick, _)| *tick);
+        let id = collection.to_string();
+        // The block read last; its pages go back to the kernel when the scan moves on or ends.
+        let mut block = ScannedBlock(None);
+        // The records of the frame read last: (tick, put?, collection, key, document).
+        let mut frame: Vec<(Tick, bool, String, String, Vec<u8>)> = Vec::new();
+        let mut scratch = Vec::new();
+        for (tick, key) in documents.drain(..) {
+            let first = frame.first().map_or(Tick::ZERO, |r| r.0);
+            let last = frame.last().map_or(Tick::ZERO, |r| r.0);
+            if frame.is_empty() || tick < first || tick > last {
+                if !block.0.as_ref().is_some_and(|b| b.ticks().contains(tick)) {
+                    block.replace(self.kept_block_at(tick)?);
+                }
+                let Some(holding) = &block.0 else {
+                    return Err(missing_in_wal(
+                        collection,
+                        &key,
+                        tick,
+                        "the WAL does not hold its",
+                    ));
+                };
+                frame.clear();
+                for item in holding.frame_records(tick, &mut scratch)? {
+                    let (at, record) = item.map_err(Error::InvalidBlock)?;
+                    frame.push((
+                        at,
+                        record.kind.is_put(),
+                        record.collection.to_owned(),
+                        record.key.to_owned(),
+                        record.data.to_vec(),
+                    ));
+                }
+            }
+            let at = (tick.get() - frame[0].0.get()) as usize;
+            match frame.get_mut(at) {
+                Some((_, true, of, held, json)) if *of == id && *held == key => {
+                    let document = StoredDocument {
+                        rev: tick,
+                        json: std::mem::take(json),
+                    };
+                    if !visit(&key, document) {
+                        return Ok(false);
+                    }
+                }
+                _ => {
+                    return Err(missing_in_wal(
+                        collection,
+                        &key,
+                        tick,
+                        "the WAL holds another record at its",
+                    ))
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn attached_wal(&self) -> Result<&Arc<Wal>> {
+        self.wal.get().ok_or_else(|| Error::Store {
+            op: "read document",
+            reason: "the document is kept in the WAL, and no WAL is attached".into(),
+        })
+    }
+
+    /// Whether a scan is running (its snapshot may name ticks a collection would drop).
+    pub fn scans_running(&self) -> bool {
+        self.active_scans.load(Ordering::Acquire) > 0
+    }
+
+    /// The document stored as `value` under `key` of `collection`: its revision (the tick of its
+    /// last write), then the document itself, or nothing more when it is kept in the WAL, where
+    /// it is read from the record at that tick (decompressing one frame of its block).
+    fn decode_document(&self, collection: u64, key: &str, value: &[u8]) -> Result<StoredDocument> {
+        if value.len() < DOCUMENT_IN_WAL_BYTES {
+            return Err(corrupt("document value"));
+        }
+        let rev = Tick::new(decode_u64(&value[..8]).ok_or_else(|| corrupt("document revision"))?);
+        if value.len() > DOCUMENT_IN_WAL_BYTES {
+            return Ok(StoredDocument {
+                rev,
+                json: value[8..].to_vec(),
+            });
+        }
+        let missing = |why: &str| missing_in_wal(collection, key, rev, why);
+        let block = self
+            .kept_block_at(rev)?
+            .ok_or_else(|| missing("neither the WAL nor a value file holds its"))?;
+        WAL_SCRATCH.with(|scratch| {
+            let scratch = &mut scratch.borrow_mut();
+            let record = block.record_at(rev, scratch)?;
+            let id = collection.to_string();
+            if !record.kind.is_put() || record.key != key || record.collection != id {
+                return Err(missing("the WAL holds another record at its"));
+            }
+            let json = record.data.to_vec();
+            if scratch.capacity() > WAL_SCRATCH_BYTES_KEPT {
+                **scratch = Vec::new();
+            }
+            Ok(StoredDocument { rev, json })
+        })
+    }
+
+    /// Hands back the pages that reads of single documents mapped in the value files since the
+    /// last call (the store writer calls it every `POINT_READS_HANDED_BACK_EVERY`; the WAL
+    /// does the same for its segments).
+    pub fn hand_back_point_reads(&self) {
+        if let Some(values) = &self.values {
+            values.hand_back_point_reads();
+        }
+    }
+
+    /// The block holding `tick`: in the WAL, or below its first tick in the value files.
+    fn kept_block_at(&self, tick: Tick) -> Result<Option<Block>> {
+        match self.attached_wal()?.block_at(tick) {
+            Ok(Some(block)) => return Ok(Some(block)),
+            Ok(None) | Err(Error::TickCompacted(_)) => {}
+            Err(error) => return Err(error),
+        }
+        match &self.values {
+            Some(values) => values.block_at(tick),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The block a scan of the documents kept in the WAL reads from. A scan reads each block once,
+/// in tick order: its pages are handed back when the scan moves on or ends, so that a scan of
+/// the whole store does not leave the WAL it read in the process's resident set.
+struct ScannedBlock(Option<crate::wal::Block>);
+
+impl ScannedBlock {
+    fn replace(&mut self, next: Option<crate::wal::Block>) {
+        if let Some(done) = std::mem::replace(&mut self.0, next) {
+            done.release_pages();
+        }
+    }
+}
+
+impl Drop for ScannedBlock {
+    fn drop(&mut self) {
+        self.replace(None);
+    }
+}
+
+/// A document kept in the WAL that is not where its tick says.
+fn missing_in_wal(collection: u64, key: &str, tick: Tick, why: &str) -> Error {
+    Error::Store {
+        op: "read document",
+        reason: format!("document {key:?} of collection {collection}: {why} tick {tick}"),
+    }
+}
+
+/// Counts a scan as running while it lives.
+struct ScanGuard<'a>(&'a AtomicUsize);
+
+impl<'a> ScanGuard<'a> {
+    fn new(count: &'a AtomicUsize) -> ScanGuard<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        ScanGuard(count)
+    }
+}
+
+impl Drop for ScanGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Keys of documents kept in the WAL that a scan gathers, then reads in tick order: ~40 bytes
+/// each, ~10 MiB.
+const SCAN_CHUNK: usize = 1 << 18;
+
+thread_local! {
+    /// Where reads decompress the WAL frame holding a document.
+    static WAL_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A read's frame scratch larger than this (a document in a block without frames, say) is not
+/// kept for the next read.
+const WAL_SCRATCH_BYTES_KEPT: usize = 1 << 20;
