@@ -7,7 +7,7 @@ use tickship_storage::wal::{IoEngine, Record};
 use tickship_storage::{Error, Wal, WalOptions};
 use tickship_tools::docgen::DocGen;
 
-/// `count` (key, document) pairs of ~1 KB, as in ../shared/peers.
+/// `count` (key, document) pairs of ~1 KB, shaped like the peer benchmarks' documents.
 pub fn documents(count: usize) -> Vec<(String, String)> {
     let mut generator = DocGen::new(1);
     (0..count as u64)
