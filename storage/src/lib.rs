@@ -1,5 +1,5 @@
-//! tickship's disk side: the tick-ordered write-ahead log (and, with later work, the document
-//! store and snapshots). No sockets here; `FORMAT.md` documents every byte this crate persists.
+//! tickship's disk side: the tick-ordered write-ahead log (`wal`) and the document store it feeds
+//! (`docstore`). No sockets here; `FORMAT.md` documents every byte this crate persists.
 
 pub mod docstore;
 pub mod error;
