@@ -346,6 +346,7 @@ pub fn split_blocks(mut payload: Bytes) -> Result<(u64, Vec<Bytes>)> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -47,7 +47,8 @@ fn keys(salted: &[u8; 32]) -> ([u8; 32], [u8; 32], [u8; 32]) {
 
 fn nonce() -> String {
     let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    getrandom::fill(&mut bytes)
+        .expect("the operating system gives random bytes (getrandom(2), else /dev/urandom)");
     STANDARD.encode(bytes)
 }
 
@@ -259,7 +260,11 @@ impl ScramServer {
             return Err(auth("wrong username or password"));
         };
         let (_, stored_key, server_key) = keys(&credential.salted_password);
-        let without_proof = &client_final[..client_final.rfind(",p=").expect("parsed above")];
+        // The proof signs everything before it: the message without its `,p=` attribute.
+        let without_proof = client_final
+            .rfind(",p=")
+            .map(|at| &client_final[..at])
+            .ok_or_else(|| auth("SCRAM attribute p= expected"))?;
         let auth_message = format!(
             "{},{},{without_proof}",
             self.client_first_bare, self.server_first
@@ -283,6 +288,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
 

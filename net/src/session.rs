@@ -324,6 +324,7 @@ pub async fn connect(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
     use crate::frame::Decoder;

@@ -19,7 +19,8 @@ use crate::message::Control;
 use crate::scram::{CHANNEL_BINDING_BYTES, EXPORTER_LABEL};
 use crate::{Error, Result};
 
-/// ALPN protocol id of replication version 1.
+/// ALPN protocol id. It names the framing, not the protocol version: peers of different versions
+/// still connect, and the handshake refuses them with 1403 (PROTOCOL.md "Handshake").
 pub const ALPN: &[u8] = b"tickship-repl/1";
 /// The name the follower asks for; certificates are checked by fingerprint, not by name.
 pub const SERVER_NAME: &str = "tickship";
@@ -141,9 +142,8 @@ fn transport_config(stream_window: u32) -> Arc<TransportConfig> {
     let mut config = TransportConfig::default();
     // One stream carries the whole log. Its window is what a receiver buffers when it reads
     // slower than the peer sends (a follower far behind, whose WAL takes less than the network
-    // brings): a follower catching up holds all of it (heaptrack), however far behind it is.
-    // It must cover the bandwidth-delay product: 1 MiB, a follower's default, is 84 Mbit/s at
-    // 100 ms of round trip.
+    // brings): a follower catching up holds all of it, however far behind it is. It must cover
+    // the link's bandwidth-delay product, as a stream carries at most one window per round trip.
     let stream_window = stream_window.max(STREAM_WINDOW_MIN);
     config.stream_receive_window(VarInt::from_u32(stream_window));
     config.receive_window(
@@ -154,7 +154,7 @@ fn transport_config(stream_window: u32) -> Arc<TransportConfig> {
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
     config.keep_alive_interval(Some(Duration::from_secs(2)));
     config.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("10 s fits"),
+        quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("an idle timeout of seconds fits QUIC's 2^62 ms"),
     ));
     config.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
     config.enable_segmentation_offload(true);
@@ -200,10 +200,10 @@ fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::R
 }
 
 /// Bytes of the UDP sockets' kernel buffers asked for (the kernel caps them at
-/// `net.core.rmem_max`/`wmem_max`). At the default 208 KiB a follower's socket overflowed
-/// whenever a 1,000-document batch (~450 KB of blocks) arrived while both cores were busy:
-/// ~200 datagrams dropped a second (`RcvbufErrors` in /proc/net/snmp), each loss recovered by a
-/// probe timeout (~30 ms, QUIC's 25 ms ack delay included): the p99 of the batch lag.
+/// `net.core.rmem_max`/`wmem_max`). At the kernel's default a follower's socket overflows when a
+/// batch's blocks arrive while its cores are busy (`RcvbufErrors` in /proc/net/snmp), and each
+/// datagram lost waits for a probe timeout: that made the tail of the replication lag
+/// (docs/benchmarks/2026-11-22-replication.md, "Lag").
 const UDP_BUFFER_BYTES: usize = 8 << 20;
 
 /// A UDP socket bound to `addr` with large kernel buffers.
@@ -313,7 +313,7 @@ pub fn client_endpoint(
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config(stream_window));
-    let bind: SocketAddr = "0.0.0.0:0".parse().expect("valid address");
+    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
     let endpoint = endpoint(bind, None).map_err(|e| transport_error("bind a UDP socket", e))?;
     Ok((endpoint, config))
 }
@@ -416,7 +416,7 @@ async fn write(send: &mut SendStream, bytes: Bytes) -> Result<()> {
 
 /// Bytes taken from QUIC at a time. Its chunks can be as large as the stream window (it merges
 /// small ones), and whatever follows a frame's end waits in the decoder's buffer, which keeps
-/// its largest size: unbounded reads held a 4 MiB buffer for good (heaptrack). Smaller reads
+/// its largest size: unbounded reads would hold a window-sized buffer for good. Smaller reads
 /// split QUIC's chunks without copying them.
 const READ_CHUNK_MAX: usize = 64 << 10;
 

@@ -1,6 +1,9 @@
 //! Real QUIC connections on 127.0.0.1: the handshake with right and wrong credentials, a pinned
 //! fingerprint, and blocks streamed through a framed stream.
 
+// In a test, a panic is the failure report.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
