@@ -1,5 +1,8 @@
 //! Blocks: the unit of the WAL on disk and on the wire.
 //!
+//! Long for one concern: encoding, decoding with every check a byte from disk or a peer needs,
+//! and the compression paths are one format and change together; a third of it is its tests.
+//!
 //! A block is a 40-byte header and a payload: the block's records (see `record`), lz4-compressed
 //! unless that would not make them smaller. Prepared with a frame size (`prepare_framed`), a
 //! block holding more records than fit in one frame is compressed in frames, each on its own, so

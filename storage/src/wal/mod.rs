@@ -1,10 +1,15 @@
 //! The write-ahead log: segmented, tick-indexed, group-committed, crash-safe.
 //!
 //! Every change becomes records with increasing ticks, grouped into blocks that the appending
-//! thread compresses once (see `block`). One writer thread owns the active segment file: it takes
-//! whatever appends are queued, stamps their ticks, writes them with one write and makes them
-//! durable with one fdatasync (group commit), then completes every caller. Readers see a block
-//! as soon as it is durable and read it straight from the segment's memory map, as `Bytes`.
+//! thread compresses once (see `block`). A writer thread owns the active segment file: it takes
+//! whatever appends are queued, stamps their ticks and writes them with one write; a syncer
+//! thread makes each written group durable with one fdatasync and completes its callers (group
+//! commit, pipelined: see `writer`). Readers see a block once it is visible (below) and read it
+//! straight from the segment's memory map, as `Bytes`.
+//!
+//! This file is long because it is the WAL's one public surface: the options, the shared state
+//! the writer, syncer and readers coordinate through, the completion futures of appends, and the
+//! `Wal` handle; each part only makes sense with the others.
 //!
 //! Invariants this module owns:
 //! - ticks are strictly increasing across the whole log and never reused, across restarts too:

@@ -1,5 +1,8 @@
 //! The writer and syncer threads: pipelined group commit, rotation and sealing.
 //!
+//! Long for one concern: the two threads hand groups to each other, and rotation and sealing
+//! happen between groups on the writer's thread; splitting them would split one protocol.
+//!
 //! Group commit runs as a two-stage pipeline, so the disk and the CPU both stay busy:
 //!
 //! 1. The **writer** owns the active segment file and the engine (with its aligned buffer). It
