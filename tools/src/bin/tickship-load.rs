@@ -1,7 +1,8 @@
-//! HTTP load generator for tickshipd: N clients insert ~1 KB JSON documents (generated like
-//! ../shared/peers' data), one per request or in batches, for a bounded time and count; prints
-//! documents/s and request latency percentiles. Every request waits for the server's answer, so
-//! every document counted was acknowledged (durable, with the default sync policy).
+//! HTTP load generator for tickshipd: N clients insert ~1 KB JSON documents (`tickship::docgen`,
+//! shaped like the peer benchmarks' data), one per request or in batches, for a bounded time and
+//! count; prints documents/s and request latency percentiles. Every request waits for the
+//! server's answer, so every document counted was acknowledged (durable, with the default sync
+//! policy).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,7 +72,7 @@ fn new_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         // No global timeout: with one, ureq resolves every request's address on a new thread,
-        // which cost this tool half of a 2-core machine at 32 clients.
+        // which with many clients takes a large share of the machine from the server measured.
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_recv_response(Some(Duration::from_secs(120)))
         .timeout_recv_body(Some(Duration::from_secs(120)))

@@ -1,6 +1,7 @@
 //! Sustained WAL append benchmark: N appender threads append blocks of ~1 KB JSON documents
-//! (generated like ../shared/peers' data) for a bounded time, each waiting for durability; prints
-//! throughput, compression, fsync figures and append-to-durable latency percentiles.
+//! (`tickship::docgen`, shaped like the peer benchmarks' data) for a bounded time, each waiting
+//! for durability; prints throughput, compression, fsync figures and append-to-durable latency
+//! percentiles.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
