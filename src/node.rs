@@ -32,7 +32,7 @@ pub struct Metrics {
     pub http_errors: AtomicU64,
 }
 
-/// The leader's data plane.
+/// One server's data plane, whichever role it has: its log, its store and what writes to both.
 pub struct Node {
     pub wal: Arc<Wal>,
     pub store: Arc<DocStore>,
@@ -105,7 +105,7 @@ impl Node {
         // Compressing a large block takes a while, and submitting waits while the WAL's queue is
         // full (backpressure): large blocks hand this worker's other tasks to another thread
         // first. For small ones that hand-off costs more than the work (two thread switches per
-        // single-document insert, measured), so they run in place.
+        // single-document insert), so they run in place.
         let raw_bytes: usize = records.iter().map(Record::encoded_bytes).sum();
         let appended = if raw_bytes >= BLOCKING_BLOCK_BYTES {
             tokio::task::block_in_place(|| self.wal.submit(self.wal.prepare(records)?))?

@@ -1,9 +1,12 @@
 //! The leader's registry of replication clients: who reads the log, from where, until when.
 //!
-//! Every `wal/tail` call that names a `syncerId` or `serverId` registers (or refreshes) its client
-//! with `lastServedTick = from` and an expiry `client_ttl` ahead, and holds a WAL barrier there, so
-//! retention keeps every tick the client still needs until it expires (ArangoDB's soft barriers,
-//! but enforced by the WAL's retention rather than best effort). `logger-state` lists them.
+//! Two kinds register. A `wal/tail` call that names a `syncerId` or `serverId` registers (or
+//! refreshes) its client with `lastServedTick = from`; a QUIC follower registers when its session
+//! starts and again with every acknowledgement, with `lastServedTick` = the tick it holds durably
+//! (and what its store shows). Each registration holds a WAL barrier at `lastServedTick` with an
+//! expiry `client_ttl` ahead, so retention keeps every tick the client still needs until it
+//! expires (ArangoDB's soft barriers, but enforced by the WAL's retention rather than best
+//! effort). `logger-state` and `/_admin/metrics` list them.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -5,8 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 /// Exact locks on (collection, key). A writer takes all its keys at once or waits for all of
-/// them: no false conflicts between large batches (striped locks serialised 1,000-key batches
-/// that merely hashed to shared stripes), and no lock-order cycles.
+/// them: no false conflicts between large batches (with striped locks, batches that merely hash
+/// to shared stripes wait on each other), and no lock-order cycles.
 pub(crate) struct KeyLocks {
     held: Mutex<HashMap<u64, HashSet<Box<str>>>>,
     released: tokio::sync::Notify,

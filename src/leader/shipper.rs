@@ -24,8 +24,8 @@ const CHUNK_DEFAULT: u64 = 4 << 20;
 const CHUNK_MAX: u64 = 64 << 20;
 /// Idle frames while nothing is new.
 const IDLE_EVERY: Duration = Duration::from_secs(1);
-/// A follower silent this long (no Ack, no keep-alive) is dropped by QUIC's idle timeout; this
-/// bounds a read of the next control frame.
+/// How long a read of a follower's next control frame waits: in effect forever, as a silent
+/// follower (no Ack, no keep-alive) is dropped by QUIC's idle timeout long before.
 const FOLLOWER_SILENCE_MAX: Duration = Duration::from_secs(3600 * 24 * 365);
 
 /// Loads the leader's TLS identity: the given PEM files, or the one in `DIR/tls/`, generated on

@@ -1,12 +1,12 @@
-//! The leader's data plane: the write path from a validated request to a durable, applied block,
-//! and the reads and catalog operations around it.
+//! The leader's write path: from a validated document request to a durable, applied block (the
+//! reads and catalog operations both roles share are in `node`).
 //!
-//! A write locks its keys (striped async mutexes, taken in one global order, so writers to
-//! different keys never wait on each other beyond the shared WAL append), checks the current
-//! documents (unique `_key`, `_rev` preconditions, merge for update), builds records holding the
-//! full new documents, appends them as one block (one multi-document request = one block: all
-//! or nothing, with transaction begin/commit records around several documents), waits until the
-//! block is durable and applied to the store, and only then answers. So a client reads its own
+//! A write locks exactly its keys (`locks`: all at once or none, so writers to different keys
+//! never wait on each other beyond the shared WAL append), checks the current documents (unique
+//! `_key`, `_rev` preconditions, merge for update), builds records holding the full new
+//! documents, appends them as one block (one multi-document request = one block: all or nothing,
+//! with transaction begin/commit records around several documents), waits until the block is
+//! durable and applied to the store, and only then answers. So a client reads its own
 //! writes, and an acknowledged write survives `kill -9` (it is in the WAL, and the store replays
 //! the WAL from its persisted tick at restart).
 
@@ -262,7 +262,8 @@ impl Node {
                 Err(error) => steps.push(Step::Done(Err(error))),
                 Ok(None) => {
                     // overwriteMode=ignore on an existing key: answer with its current meta.
-                    let doc = existing.expect("ignore only applies to existing documents");
+                    let doc = existing
+                        .expect("only overwriteMode=ignore on an existing document decides Ok(None)");
                     steps.push(Step::Done(Ok(Value::Object(meta(Some(doc.rev))))));
                 }
                 Ok(Some((json, new_value))) => {
@@ -373,9 +374,7 @@ impl Node {
         Ok(tick_of_write)
     }
 
-
-    /// The key an input targets, and its body, checked for shape.
-    /// The key an input targets (and whether it was generated), and its body, checked for shape.
+    /// 1. The key an input targets (and whether it was generated) and its body, checked.
     fn plan<'a>(
         &self,
         collection: &CollectionInfo,
@@ -534,7 +533,7 @@ fn answers(
                 old,
                 new_value,
             } => {
-                let rev = ticks.next().expect("one tick per write");
+                let rev = ticks.next().expect("log_writes gives one tick per Step::Write");
                 let mut body = Map::new();
                 body.insert(
                     "_id".into(),
