@@ -1,7 +1,7 @@
 //! The follower's replication applier: configuration and state documents as ArangoDB keeps them
-//! (reference/arangodb.md §3, §4.1), and the task that pulls the leader's WAL over QUIC, stores
-//! the blocks verbatim in this server's WAL (same ticks) and lets the store writer make them
-//! visible.
+//! (ArangoDB's HTTP API documentation, "Replication applier": `applier-config`, `applier-state`),
+//! and the task that pulls the leader's WAL over QUIC, stores the blocks verbatim in this server's
+//! WAL (same ticks) and lets the store writer make them visible.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

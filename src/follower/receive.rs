@@ -32,11 +32,10 @@ pub struct Receiving {
 
 impl Receiving {
     /// Bytes of received blocks queued for the WAL's writer at most: a quarter of the buffer
-    /// (the default frame size), so that one frame is queued while the next is read. Blocks
-    /// once written are no longer held, so catching up is no slower than when a whole buffer
-    /// of blocks not yet durable was held (10.01M behind, 5 runs alternating: 19.95–27.21 s
-    /// against 20.83–27.37 s; gating blocks not yet durable at a quarter instead: 26.8 s
-    /// against 22.9–23.0 s).
+    /// (the default frame size), so that one frame is queued while the next is read. Only blocks
+    /// the writer has not yet taken are held in memory, so this bounds memory without slowing a
+    /// catch-up, which gating blocks not yet durable did
+    /// (docs/benchmarks/2026-11-24-follower-memory.md, run 11).
     pub(super) fn ahead_bytes(&self) -> usize {
         (self.buffer_bytes as usize / 4).max(64 << 10)
     }
@@ -312,13 +311,13 @@ impl Applier {
         // frame. Receiving goes on while they are synced: the store writer sees a leader's
         // blocks once written, so the fdatasync is not between the leader and visibility here.
         let mut inflight: VecDeque<Inflight> = VecDeque::new();
-        // Of those, the first `untaken` on are still queued for the WAL's writer, `queued_bytes`
-        // of them: the only ones this server holds in memory (the writer drops each block once
-        // it has copied it into its buffer). Past `receive_ahead` queued bytes nothing more is
-        // read, and the leader waits on QUIC's flow control, so a follower far behind holds no
-        // more received blocks than that, however far behind it is. Bytes written but not yet
-        // durable cost no memory; they are bounded (`durable_ahead`) only so that acks keep
-        // coming, and each fdatasync covers what was written meanwhile.
+        // Of those, the ones from index `untaken` on are still queued for the WAL's writer,
+        // `queued_bytes` of them: the only ones this server holds in memory (the writer drops each
+        // block once it has copied it into its buffer). Past `receive_ahead` queued bytes nothing
+        // more is read, and the leader waits on QUIC's flow control, so a follower far behind holds
+        // no more received blocks than that, however far behind it is. Bytes written but not yet
+        // durable cost no memory; they are bounded (`durable_ahead`) only so that acks keep coming,
+        // and each fdatasync covers what was written meanwhile.
         let receive_ahead = self.receiving.ahead_bytes();
         let durable_ahead = DURABLE_AHEAD_BYTES.max(receive_ahead);
         let mut untaken = 0usize;
@@ -509,11 +508,10 @@ impl Applier {
 
     /// Sizes the memtables by how far the applied tick is behind `leader_last`: small while
     /// tailing (short flushes, low lag), large far behind (faster catch-up). A store keeping its
-    /// documents in the WAL keeps the small ones: its memtables hold keys only, and catching up
-    /// with 16 MiB ones was as fast as with 64 MiB (1M behind, 3 runs alternating: 1.92–2.22 s
-    /// against 1.78–2.19 s) for 21 MiB of memtable at the peak instead of 55 MiB (heaptrack);
-    /// with 4 and then 2 MiB ones (`TAILING_MEMTABLE_BYTES_KEYS_ONLY`) as fast again.
-    /// Such a store instead holds one memtable at a time far behind (`DocStore::set_far_behind`).
+    /// documents in the WAL keeps the small ones (`TAILING_MEMTABLE_BYTES_KEYS_ONLY`): its
+    /// memtables hold keys only, and small ones catch up as fast for far less memory
+    /// (docs/benchmarks/2026-11-23-follower-memory.md, runs 2 and 6). Far behind, such a store
+    /// holds one memtable at a time instead (`DocStore::set_far_behind`).
     pub(super) fn track_distance(&self, leader_last: u64) {
         let behind = leader_last.saturating_sub(self.node.store_writer.applied_tick().get());
         let store = &self.node.store;
@@ -547,6 +545,7 @@ impl Applier {
 
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
 

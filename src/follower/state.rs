@@ -123,7 +123,8 @@ impl Applier {
     }
 
     pub(super) fn save_config(&self, config: &ApplierConfig) -> ApiResult<()> {
-        let bytes = serde_json::to_vec_pretty(config).expect("config serialises");
+        let bytes = serde_json::to_vec_pretty(config)
+            .expect("ApplierConfig holds only strings, numbers and booleans, which serialise");
         // The password is in it: owner-readable only.
         write_private(&self.dir.join(CONFIG_FILE), &bytes)
             .map_err(|e| ApiError::internal(format!("save the applier configuration: {e:#}")))?;
@@ -140,7 +141,8 @@ impl Applier {
             persisted.safe_resume_tick = runtime.last_processed;
             persisted.clone()
         };
-        let bytes = serde_json::to_vec_pretty(&state).expect("state serialises");
+        let bytes = serde_json::to_vec_pretty(&state)
+            .expect("PersistedState holds only a string and integers, which serialise");
         if let Err(e) = write_private(&self.dir.join(STATE_FILE), &bytes) {
             tracing::warn!("cannot save the applier state: {e:#}");
         }
@@ -202,7 +204,8 @@ impl Applier {
         }
     }
 
-    /// The state document (§4.1).
+    /// The state document of `GET applier-state`, in the shape ArangoDB's HTTP API documentation
+    /// gives it ("Replication applier").
     pub fn state_json(&self) -> Value {
         let config = self.config();
         let runtime = self
@@ -228,7 +231,10 @@ impl Applier {
             "started": runtime.started.map(timestamp).unwrap_or_default(),
             "running": runtime.running,
             "phase": runtime.phase,
-            "lastAppliedContinuousTick": tick(applied.min(runtime.last_processed.max(applied))),
+            // What the store shows, as it is: `applied <= lastProcessed` is not kept (a server that
+            // wrote as a leader, or whose state was deleted, has applied ticks this applier never
+            // received).
+            "lastAppliedContinuousTick": tick(applied),
             "lastProcessedContinuousTick": tick(runtime.last_processed),
             "lastAvailableContinuousTick": runtime.last_available.map_or(Value::Null, |t| Value::String(t.to_string())),
             "safeResumeTick": tick(runtime.last_processed),
