@@ -321,6 +321,7 @@ pub fn parse_endpoint(endpoint: &str) -> anyhow::Result<SocketAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
 

@@ -1,7 +1,8 @@
-//! Deterministic ~1 KB JSON documents shaped like those of the peer benchmarks' generator (gen_docs.py): a
-//! key, a type, a nested name and address, numbers, tags, a 30-50 word description and a 3-6
-//! entry history. Same fields, vocabulary and size distribution, so the documents compress
-//! about as real ones do (lz4 ratio ~2.2); the byte stream differs from the Python generator's.
+//! Deterministic ~1 KB JSON documents shaped like those of the peer benchmarks' generator
+//! (`gen_docs.py`), so that figures compare: a key, a type, a nested name and address, numbers,
+//! tags, a 30-50 word description and a 3-6 entry history. Same fields, vocabulary and size
+//! distribution, so the documents compress about as real ones do; the byte stream differs from
+//! the Python generator's.
 
 use std::fmt::Write;
 

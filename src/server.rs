@@ -1,4 +1,5 @@
-//! Starting and stopping `tickshipd`: data directory, WAL, document store, replay, HTTP.
+//! Starting and stopping `tickshipd`: data directory, WAL, document store, replay, replication
+//! (the QUIC listener for followers, the applier when following), HTTP.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

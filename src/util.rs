@@ -59,7 +59,8 @@ pub fn iso8601(time: SystemTime) -> String {
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).expect("the operating system's random source");
+    getrandom::fill(&mut bytes)
+        .expect("the operating system gives random bytes (getrandom(2), else /dev/urandom)");
     bytes
 }
 
@@ -170,10 +171,10 @@ pub fn store_file_budget(limit: u64) -> i32 {
 
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`). mimalloc asks for
 /// them on its arenas (`madvise`), and a huge page is resident in full as soon as one byte of
-/// it is touched, and goes back to the system only whole: a follower catching up 1M documents
-/// peaked at 81–84 MiB of anonymous memory with them and 53–54 MiB without, a follower idle at
-/// 22–24 MiB against 5 MiB. A lone leader's batch ingest was the same (133–148k against
-/// 143–146k docs/s). RocksDB asks for none; the flag affects this process only.
+/// it is touched, and goes back to the system only whole: with them a follower holds far more
+/// memory, catching up or idle, and a leader ingests no faster
+/// (docs/benchmarks/2026-11-23-follower-memory.md, runs 1 and 2). RocksDB asks for none; the
+/// flag affects this process only.
 pub fn no_transparent_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and changes only this process's flag.
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
@@ -189,13 +190,11 @@ pub fn no_transparent_huge_pages() -> std::io::Result<()> {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Milliseconds mimalloc keeps freed memory before handing it back, unless
-/// `MIMALLOC_PURGE_DELAY` says otherwise. Its default of 1 s kept a second's worth of what a
-/// follower catching up frees as fast as it receives (~250 MB/s): 1M behind, peak anonymous RSS
-/// 60–65 MiB at 1 s, 50–53 MiB at 100 ms, 45–48 MiB at 25 ms, with follower CPU 2.34–2.81,
-/// 2.27–2.46 and 2.46–3.01 s (3 runs each, alternating). A lone leader's batch ingest at 100 ms:
-/// 167–191k against 178–186k docs/s (3 × 15 s each, alternating); at 0 (purge on every free)
-/// 114–130k against 163–170k, and at 10 ms 133–143k against 152–163k. A follower's applier
-/// purges at once instead (`PurgeAtOnce`).
+/// `MIMALLOC_PURGE_DELAY` says otherwise. mimalloc's default of a second keeps a second's worth of
+/// what a follower catching up frees as fast as it receives; purging much sooner slows a leader's
+/// batch ingest. This delay holds far less than the default and ingests as fast
+/// (docs/benchmarks/2026-11-23-follower-memory.md, runs 1 and 2). A follower's applier purges at
+/// once instead (`PurgeAtOnce`).
 const PURGE_DELAY_MS: i64 = 100;
 
 /// Sets mimalloc's purge delay to `PURGE_DELAY_MS` unless `MIMALLOC_PURGE_DELAY` is set. Called
@@ -242,13 +241,11 @@ const GLIBC_RELEASE_BYTES: i32 = 128 << 10;
 /// back to the system when they are freed. By default glibc raises its mapping threshold to the
 /// size of every mapped buffer freed (up to 32 MiB), so after the first flush or compaction its
 /// buffers (memtable blocks, table builders, read-ahead) come from the heaps and stay there once
-/// freed, scattered among small live allocations until the next `malloc_trim`. Fixed at 128 KiB,
-/// a follower 10M documents behind peaked at 43 / 45 MiB of anonymous memory against 50 / 51
-/// MiB (2 runs each, alternating), caught up in 25.4–26.4 s against 24.7–25.0 s; a lone
-/// leader's batch ingest 144–159k against 149–172k docs/s (3 × 15 s each, alternating: noise).
-/// Left alone when the environment sets glibc's malloc itself (`GLIBC_TUNABLES` naming
-/// `glibc.malloc.`, `MALLOC_MMAP_THRESHOLD_`, `MALLOC_TRIM_THRESHOLD_`). Returns whether it set
-/// them. Call it early in `main`.
+/// freed, scattered among small live allocations until the next `malloc_trim`. Fixed, a far
+/// follower's memory peaks lower at about the same speed, and a leader ingests as fast
+/// (docs/benchmarks/2026-11-23-follower-memory.md, run 5). Left alone when the environment sets
+/// glibc's malloc itself (`GLIBC_TUNABLES` naming `glibc.malloc.`, `MALLOC_MMAP_THRESHOLD_`,
+/// `MALLOC_TRIM_THRESHOLD_`). Returns whether it set them. Call it early in `main`.
 pub fn release_large_frees() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -273,13 +270,9 @@ static PURGING_AT_ONCE: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
 /// While one lives (a follower's applier runs), mimalloc hands freed memory back to the system
 /// as it is freed instead of `PURGE_DELAY_MS` later. A follower catching up frees received
-/// frames, decoded blocks and apply batches as fast as the leader ships them, and 100 ms of that
-/// was a quarter of its memory; unlike a leader's ingest, it runs no slower for purging at once.
-/// Measured (peak anonymous RSS, purge delay 0 against 100 ms, `MIMALLOC_PURGE_DELAY` on the
-/// follower only): 10k behind 17 / 18 against 21 / 20 MiB; 1M behind 31 / 32 against 38 / 39
-/// MiB, caught up in 2.01–2.21 s against 2.42–2.93 s; 10M behind 47 against 59 MiB, 25.6 against
-/// 26.0 s; following 56k docs/s, lag p50 0.53–0.64 against 0.43–0.46 ms, p99 4.9–5.0 against
-/// 4.2–4.8 ms, peak 23–24 against 29–30 MiB.
+/// frames, decoded blocks and apply batches as fast as the leader ships them, and even a short
+/// delay holds a sizeable part of its memory; unlike a leader's ingest, it runs no slower for
+/// purging at once (docs/benchmarks/2026-11-23-follower-memory.md, run 4).
 pub struct PurgeAtOnce(());
 
 impl PurgeAtOnce {

@@ -96,7 +96,10 @@ impl Server {
             .stderr(log)
             .spawn()
             .with_context(|| format!("start {}", binary.display()))?;
-        let stdout = child.stdout.take().expect("piped");
+        let stdout = child
+            .stdout
+            .take()
+            .expect("the child's stdout is piped (Stdio::piped above)");
         let mut lines = BufReader::new(stdout).lines();
         let address = loop {
             match lines.next() {
@@ -131,6 +134,8 @@ impl Server {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: a graceful stop.
+            // SAFETY: kill takes plain integers; the pid is our own child's, not yet waited for,
+            // so it names no other process.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {

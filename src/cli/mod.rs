@@ -235,7 +235,11 @@ fn run(cli: Cli) -> Result<()> {
         &server.username,
         password.as_deref(),
     )?;
-    let print = |value: &Value| println!("{}", serde_json::to_string_pretty(value).expect("JSON"));
+    let print = |value: &Value| {
+        let text = serde_json::to_string_pretty(value)
+            .expect("a serde_json::Value (string keys only) always serialises");
+        println!("{text}");
+    };
     match cli.command {
         Top::Replication(command) => {
             let state = match command {
