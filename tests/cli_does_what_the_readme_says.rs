@@ -2,6 +2,7 @@
 //! `tickshipd` processes: the setup makes the follower follow and leaves the leader a leader; a
 //! failed setup exits non-zero and changes nothing; `--server.*` may stand anywhere; missing and
 //! wrong passwords and an unconfigured server get messages that say what to do.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

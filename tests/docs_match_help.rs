@@ -4,6 +4,7 @@
 //! `--help` shows; and docs/flags.md names no flag that `--help` does not print.
 //!
 //! The format of docs/flags.md that this test reads is described at the top of that file.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::BTreeMap;
 use std::process::Command;

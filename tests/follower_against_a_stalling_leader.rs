@@ -2,6 +2,7 @@
 //! one that lets the follower in and then sends nothing, and one that cuts a frame short. The
 //! follower must count connections that bring nothing (and stop after `maxConnectRetries`), keep
 //! the whole blocks of a frame that never finished, and ask again only for what it lacks.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Claim: bad input gets ArangoDB's status and errorNum and changes nothing; authentication is
 //! on by default; SIGTERM stops the daemon with status 0 and a restart serves the same data.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

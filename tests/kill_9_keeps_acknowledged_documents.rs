@@ -1,6 +1,7 @@
 //! Claim: every document write tickshipd acknowledged survives `kill -9` during a concurrent
 //! batch-insert load, with its content, and no batch is ever half present: each batch is one
 //! WAL block, applied all or nothing. Repeated kills at varying points, same data directory.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

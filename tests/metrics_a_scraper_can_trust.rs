@@ -1,6 +1,7 @@
 //! `/_admin/metrics` of a real leader and follower, read the way Prometheus reads it: clean for
 //! `promtool check metrics`, histograms with the same bucket bounds in every scrape and on every
 //! server, and a follower that counts what it applied.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

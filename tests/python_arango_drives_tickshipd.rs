@@ -2,6 +2,7 @@
 //! of reference/arango-clients.md sections 2-4 and the logger/WAL calls, errors included
 //! (`tests/python/arango_suite.py`). The test builds its own virtualenv with the driver from
 //! PyPI under the target directory and reuses it on later runs.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

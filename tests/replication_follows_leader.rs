@@ -2,6 +2,7 @@
 //! with exactly the leader's documents (checksum over keys, revisions and content) through
 //! stops, restarts with and without `from`, `kill -9` during apply, and a leader outage; wrong
 //! credentials, a wrong pinned certificate and following itself are refused with clear errors.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

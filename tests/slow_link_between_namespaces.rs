@@ -3,6 +3,7 @@
 //! a block of ~1 MB, which takes ~5 s to cross, longer than the follower's requestTimeout of
 //! 2 s. The follower must receive it anyway (the timeout is on silence, not on a frame) without
 //! a single reconnect. Needs root (network namespaces, tc); elsewhere it says it was skipped.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! from the descriptor limit), closing the least recently used, instead of failing reads with
 //! "Too many open files" once the store outgrows the limit (a blob file per flush: at the usual
 //! soft limit of 1024, ~60 GB of documents).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! port and a fresh data directory, stopped (or killed) by the test. The daemon's log is kept in
 //! the data directory and printed when a test fails.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
