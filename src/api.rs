@@ -29,6 +29,7 @@ pub mod num {
     pub const DOCUMENT_KEY_BAD: u32 = 1221;
     pub const DOCUMENT_KEY_UNEXPECTED: u32 = 1222;
     pub const DOCUMENT_TYPE_INVALID: u32 = 1227;
+    pub const INVALID_EDGE_ATTRIBUTE: u32 = 1233;
     pub const DATABASE_NOT_FOUND: u32 = 1228;
     pub const DATABASE_NAME_INVALID: u32 = 1229;
     pub const USE_SYSTEM_DATABASE: u32 = 1230;

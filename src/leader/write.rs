@@ -127,7 +127,7 @@ impl Node {
         Ok(answers(collection, steps, ticks, options))
     }
 
-    /// 2. Locks the planned keys, then reads their current documents.
+    /// Step 2: Locks the planned keys, then reads their current documents.
     async fn lock_and_read<'s>(
         &'s self,
         collection: &CollectionInfo,
@@ -175,8 +175,8 @@ impl Node {
         Ok((guard, state))
     }
 
-    /// 3. Decides each input against the current documents (`state`, which also takes the
-    /// writes of earlier inputs of this request) and builds the new documents.
+    /// Step 3: decides each input against the current documents (`state`, which also takes
+    /// the writes of earlier inputs of this request) and builds the new documents.
     fn decide(
         &self,
         collection: &CollectionInfo,
@@ -291,7 +291,7 @@ impl Node {
         steps
     }
 
-    /// 4. Logs the writes of `steps` as one block; returns the tick of each write, in order.
+    /// Step 4: Logs the writes of `steps` as one block; returns the tick of each write, in order.
     async fn log_writes(&self, collection: &CollectionInfo, steps: &[Step]) -> ApiResult<Vec<Tick>> {
         // A write to a key that did not exist (read above under the key's lock) is logged as
         // an insert: the store appliers here and on followers need not look the key up.
@@ -435,7 +435,7 @@ impl Node {
             if !ok("_from") || !ok("_to") {
                 return Err(ApiError::new(
                     StatusCode::BAD_REQUEST,
-                    1233,
+                    num::INVALID_EDGE_ATTRIBUTE,
                     "edge attribute missing or invalid",
                 ));
             }
@@ -515,7 +515,7 @@ impl Node {
     }
 }
 
-/// 5. The answer to each input: its error, or the written document's meta (and old/new).
+/// Step 5: The answer to each input: its error, or the written document's meta (and old/new).
 fn answers(
     collection: &CollectionInfo,
     steps: Vec<Step>,
