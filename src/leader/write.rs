@@ -374,7 +374,7 @@ impl Node {
         Ok(tick_of_write)
     }
 
-    /// 1. The key an input targets (and whether it was generated) and its body, checked.
+    /// Step 1: the key an input targets (and whether it was generated) and its body, checked.
     fn plan<'a>(
         &self,
         collection: &CollectionInfo,
