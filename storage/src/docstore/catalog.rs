@@ -143,42 +143,50 @@ impl Catalog {
 impl DocStore {
     /// Reads the catalog and the collections' counts from the `meta` column family.
     pub(super) fn load_catalog(&self) -> Result<(Catalog, HashMap<u64, u64>)> {
-        let mut catalog = Catalog::default();
-        catalog.databases.insert(
-            SYSTEM_DATABASE.into(),
-            DatabaseInfo {
-                id: 1,
-                name: SYSTEM_DATABASE.into(),
-            },
-        );
-        let mut counts = HashMap::new();
-        for item in self
-            .db
-            .iterator_cf(self.meta(), rocksdb::IteratorMode::Start)
-        {
-            let (key, value) = item.map_err(|e| store_error("read catalog", e))?;
-            if let Some(_name) = key.strip_prefix(b"db/") {
-                let info: DatabaseInfo =
-                    serde_json::from_slice(&value).map_err(|_| corrupt("database entry"))?;
-                catalog.databases.insert(info.name.clone(), info);
-            } else if key.starts_with(b"col/") {
-                let info: CollectionInfo =
-                    serde_json::from_slice(&value).map_err(|_| corrupt("collection entry"))?;
-                catalog.insert_collection(info);
-            } else if key.starts_with(b"out/") {
-                let info: CollectionInfo =
-                    serde_json::from_slice(&value).map_err(|_| corrupt("left-out collection"))?;
-                catalog.left_out.insert(info.id, info);
-            } else if let Some(id) = key.strip_prefix(b"count/") {
-                let id = std::str::from_utf8(id)
-                    .ok()
-                    .and_then(|s| s.parse::<u64>().ok());
-                let id = id.ok_or_else(|| corrupt("count key"))?;
-                counts.insert(id, decode_u64(&value).ok_or_else(|| corrupt("count"))?);
-            }
-        }
-        Ok((catalog, counts))
+        catalog_from(
+            self.db
+                .iterator_cf(self.meta(), rocksdb::IteratorMode::Start),
+        )
     }
+}
+
+/// The catalog and the collections' counts from the entries of the `meta` column family (the
+/// live ones, or a snapshot's).
+pub(super) fn catalog_from(
+    entries: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+) -> Result<(Catalog, HashMap<u64, u64>)> {
+    let mut catalog = Catalog::default();
+    catalog.databases.insert(
+        SYSTEM_DATABASE.into(),
+        DatabaseInfo {
+            id: 1,
+            name: SYSTEM_DATABASE.into(),
+        },
+    );
+    let mut counts = HashMap::new();
+    for item in entries {
+        let (key, value) = item.map_err(|e| store_error("read catalog", e))?;
+        if let Some(_name) = key.strip_prefix(b"db/") {
+            let info: DatabaseInfo =
+                serde_json::from_slice(&value).map_err(|_| corrupt("database entry"))?;
+            catalog.databases.insert(info.name.clone(), info);
+        } else if key.starts_with(b"col/") {
+            let info: CollectionInfo =
+                serde_json::from_slice(&value).map_err(|_| corrupt("collection entry"))?;
+            catalog.insert_collection(info);
+        } else if key.starts_with(b"out/") {
+            let info: CollectionInfo =
+                serde_json::from_slice(&value).map_err(|_| corrupt("left-out collection"))?;
+            catalog.left_out.insert(info.id, info);
+        } else if let Some(id) = key.strip_prefix(b"count/") {
+            let id = std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            let id = id.ok_or_else(|| corrupt("count key"))?;
+            counts.insert(id, decode_u64(&value).ok_or_else(|| corrupt("count"))?);
+        }
+    }
+    Ok((catalog, counts))
 }
 
 /// Serde for u64 ids written as decimal strings, as ArangoDB writes ids.

@@ -31,6 +31,7 @@ mod document;
 mod filter;
 mod options;
 mod read;
+mod snapshot;
 mod tuning;
 mod values;
 mod writer;
@@ -52,6 +53,7 @@ pub use self::collect::{PreparedCollection, PreparedRewrite, SegmentSample};
 pub use self::document::{with_rev, StoredDocument};
 pub use self::filter::{CollectionFilter, Restrict};
 pub use self::options::{BlobCompression, StoreMemory, StoreOptions};
+pub use self::snapshot::StoreSnapshot;
 use self::tuning::Tuned;
 pub use self::tuning::{
     Level0Triggers, FAR_BEHIND_TOTAL_WRITE_BUFFER_BYTES_KEYS_ONLY, MIN_TABLE_FILE_BYTES,

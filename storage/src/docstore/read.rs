@@ -58,6 +58,20 @@ impl DocStore {
     pub fn scan(
         &self,
         collection: u64,
+        visit: impl FnMut(&str, StoredDocument) -> bool,
+    ) -> Result<()> {
+        self.scan_in(collection, None, usize::MAX, None, visit)
+    }
+
+    /// `scan` of the first `limit` documents with keys after `after` (from the first if none),
+    /// as `snapshot` shows them (the live store if none). All `limit` are visited unless `visit`
+    /// stops, though not in key order (those kept in the WAL come in tick order).
+    pub(super) fn scan_in(
+        &self,
+        collection: u64,
+        after: Option<&str>,
+        limit: usize,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
         mut visit: impl FnMut(&str, StoredDocument) -> bool,
     ) -> Result<()> {
         let prefix = collection.to_be_bytes();
@@ -66,14 +80,23 @@ impl DocStore {
         // process by the whole collection's keys (up to the cache's size) nor pushes out the
         // index and filter blocks that lookups need.
         options.fill_cache(false);
-        options.set_iterate_lower_bound(prefix.to_vec());
+        if let Some(snapshot) = snapshot {
+            options.set_snapshot(snapshot);
+        }
+        let mut lower = prefix.to_vec();
+        if let Some(after) = after {
+            // The smallest key after `after`: `after` followed by a zero byte.
+            lower.extend_from_slice(after.as_bytes());
+            lower.push(0);
+        }
+        options.set_iterate_lower_bound(lower);
         options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
         let _scanning = ScanGuard::new(&self.active_scans);
         let iterator = self
             .db
             .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
         let mut in_wal: Vec<(Tick, String)> = Vec::new();
-        for item in iterator {
+        for item in iterator.take(limit) {
             let (key, value) = item.map_err(|e| store_error("scan documents", e))?;
             let key = std::str::from_utf8(&key[prefix.len()..])
                 .map_err(|_| corrupt("document key is not UTF-8"))?;
