@@ -97,7 +97,9 @@ impl ApiError {
             crate::auth::Refusal::NoCredentials => {
                 "no credentials were sent (HTTP Basic, or a JWT from /_open/auth)"
             }
-            crate::auth::Refusal::WrongCredentials => "wrong username or password, or an invalid or expired token",
+            crate::auth::Refusal::WrongCredentials => {
+                "wrong username or password, or an invalid or expired token"
+            }
         };
         ApiError::new(
             StatusCode::UNAUTHORIZED,

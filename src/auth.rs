@@ -47,7 +47,11 @@ impl PasswordSource {
                 let text = std::fs::read_to_string(file)
                     .with_context(|| format!("read the password file {}", file.display()))?;
                 Ok(Some(
-                    text.lines().next().unwrap_or("").trim_end_matches('\r').to_string(),
+                    text.lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches('\r')
+                        .to_string(),
                 ))
             }
             (None, None, None) => Ok(None),
@@ -334,14 +338,21 @@ mod tests {
         let basic =
             |user: &str, pw: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{pw}")));
         assert_eq!(auth.authorize(Some(&basic("root", "s3cret"))), Ok(()));
-        assert_eq!(auth.authorize(Some(&basic("root", "s3cret"))), Ok(()), "cached");
+        assert_eq!(
+            auth.authorize(Some(&basic("root", "s3cret"))),
+            Ok(()),
+            "cached"
+        );
         let wrong = Err(Refusal::WrongCredentials);
         assert_eq!(auth.authorize(Some(&basic("root", "wrong"))), wrong);
         assert_eq!(auth.authorize(Some(&basic("admin", "s3cret"))), wrong);
         assert_eq!(auth.authorize(Some("Basic !!!")), wrong);
         assert_eq!(auth.authorize(None), Err(Refusal::NoCredentials));
         assert_eq!(auth.authorize(Some("  ")), Err(Refusal::NoCredentials));
-        assert_eq!(auth.authorize(Some("Negotiate x")), Err(Refusal::NoCredentials));
+        assert_eq!(
+            auth.authorize(Some("Negotiate x")),
+            Err(Refusal::NoCredentials)
+        );
         let stored = std::fs::read_to_string(dir.path().join("credentials.json")).expect("stored");
         assert!(!stored.contains("s3cret"));
         let mode = std::fs::metadata(dir.path().join("credentials.json"))

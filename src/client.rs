@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-
 /// An HTTP client for one server.
 #[derive(Clone)]
 pub struct Client {
@@ -67,7 +66,10 @@ impl Client {
                         self.endpoint
                     )
                 } else {
-                    format!("The password given is not the one of the server at {}.", self.endpoint)
+                    format!(
+                        "The password given is not the one of the server at {}.",
+                        self.endpoint
+                    )
                 }
             );
         }

@@ -14,11 +14,19 @@ use tickship_storage::docstore::BlobCompression;
 pub struct DaemonArgs {
     /// HTTP address, tcp://HOST:PORT (port 0: any free one, printed at start); replication
     /// listens on the same port over UDP unless --replication.endpoint says otherwise.
-    #[arg(long = "server.endpoint", default_value = "tcp://127.0.0.1:8529", help_heading = "Server")]
+    #[arg(
+        long = "server.endpoint",
+        default_value = "tcp://127.0.0.1:8529",
+        help_heading = "Server"
+    )]
     pub endpoint: String,
 
     /// Data directory: WAL (wal/), document store (store/), credentials, server id.
-    #[arg(long = "database.directory", default_value = "./tickship-data", help_heading = "Server")]
+    #[arg(
+        long = "database.directory",
+        default_value = "./tickship-data",
+        help_heading = "Server"
+    )]
     pub directory: PathBuf,
 
     /// Require authentication (HTTP Basic, or a JWT from /_open/auth).
@@ -52,28 +60,52 @@ pub struct DaemonArgs {
 
     /// When writes become durable: group (fdatasync per group commit, acknowledge after it),
     /// interval (acknowledge after the write, fdatasync every --wal.sync-interval), never.
-    #[arg(long = "wal.sync-policy", default_value = "group", help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.sync-policy",
+        default_value = "group",
+        help_heading = "Write-ahead log"
+    )]
     pub wal_sync_policy: String,
 
     /// Milliseconds between fdatasyncs with --wal.sync-policy interval.
-    #[arg(long = "wal.sync-interval", default_value_t = 100, help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.sync-interval",
+        default_value_t = 100,
+        help_heading = "Write-ahead log"
+    )]
     pub wal_sync_interval_ms: u64,
 
     /// WAL I/O engine: sync (buffered pwrite + fdatasync), uring (io_uring, O_DIRECT), or auto
     /// (uring where the kernel allows it).
-    #[arg(long = "wal.io-engine", default_value = "sync", help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.io-engine",
+        default_value = "sync",
+        help_heading = "Write-ahead log"
+    )]
     pub wal_io_engine: String,
 
     /// Sealed WAL segments always kept.
-    #[arg(long = "wal.historic-logfiles", default_value_t = 10, help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.historic-logfiles",
+        default_value_t = 10,
+        help_heading = "Write-ahead log"
+    )]
     pub wal_historic_logfiles: usize,
 
     /// Seconds a WAL segment must have been unneeded before it is deleted.
-    #[arg(long = "wal.file-timeout", default_value_t = 10.0, help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.file-timeout",
+        default_value_t = 10.0,
+        help_heading = "Write-ahead log"
+    )]
     pub wal_file_timeout: f64,
 
     /// Seconds after start during which no WAL segment is deleted.
-    #[arg(long = "wal.file-timeout-initial", default_value_t = 180.0, help_heading = "Write-ahead log")]
+    #[arg(
+        long = "wal.file-timeout-initial",
+        default_value_t = 180.0,
+        help_heading = "Write-ahead log"
+    )]
     pub wal_file_timeout_initial: f64,
 
     /// Most bytes of sealed WAL segments, overriding replication clients' needs (they then get
@@ -86,7 +118,11 @@ pub struct DaemonArgs {
     pub replication_endpoint: Option<String>,
 
     /// Seconds a replication client keeps its hold on the WAL after its last request.
-    #[arg(long = "replication.client-ttl", default_value_t = 7200.0, help_heading = "Replication")]
+    #[arg(
+        long = "replication.client-ttl",
+        default_value_t = 7200.0,
+        help_heading = "Replication"
+    )]
     pub replication_client_ttl: f64,
 
     /// Start the replication applier at server start when its configuration says autoStart.
@@ -111,7 +147,11 @@ pub struct DaemonArgs {
 
     /// Threads that apply WAL blocks to the document store (received from a leader, or
     /// replayed at start); 0: one per core.
-    #[arg(long = "replication.applier-threads", default_value_t = 0, help_heading = "Replication")]
+    #[arg(
+        long = "replication.applier-threads",
+        default_value_t = 0,
+        help_heading = "Replication"
+    )]
     pub applier_threads: usize,
 
     /// Nice value of the threads between a logged change and its visibility (replication,
@@ -134,7 +174,11 @@ pub struct DaemonArgs {
 
     /// Seconds between flushes of the document store while it has unflushed changes (bounds
     /// what a restart replays).
-    #[arg(long = "store.flush-interval", default_value_t = 30.0, help_heading = "Document store")]
+    #[arg(
+        long = "store.flush-interval",
+        default_value_t = 30.0,
+        help_heading = "Document store"
+    )]
     pub store_flush_interval: f64,
 
     /// Size of one memtable of the document store.
@@ -142,7 +186,11 @@ pub struct DaemonArgs {
     pub rocksdb_write_buffer_size: usize,
 
     /// Memtables per column family, the active one included (2..64).
-    #[arg(long = "rocksdb.max-write-buffer-number", default_value_t = 4, help_heading = "Document store")]
+    #[arg(
+        long = "rocksdb.max-write-buffer-number",
+        default_value_t = 4,
+        help_heading = "Document store"
+    )]
     pub rocksdb_max_write_buffer_number: usize,
 
     /// All memtables together (0: no shared limit); past it the store flushes early.
@@ -159,7 +207,11 @@ pub struct DaemonArgs {
     pub rocksdb_block_cache_size: usize,
 
     /// Compression of each document in the store's blob files: none, lz4 or zstd.
-    #[arg(long = "rocksdb.blob-compression-type", default_value = "none", help_heading = "Document store")]
+    #[arg(
+        long = "rocksdb.blob-compression-type",
+        default_value = "none",
+        help_heading = "Document store"
+    )]
     pub rocksdb_blob_compression_type: BlobCompression,
 
     /// Whether compactions reclaim the space of replaced and removed documents.
@@ -290,7 +342,9 @@ pub fn endpoint_parts(endpoint: &str) -> anyhow::Result<(&str, bool)> {
         .iter()
         .find_map(|(scheme, tls)| Some((endpoint.strip_prefix(scheme)?, *tls)))
         .map(|(host, tls)| (host.trim_end_matches('/'), tls))
-        .ok_or_else(|| anyhow::anyhow!("unsupported endpoint {endpoint:?}: expected tcp://HOST:PORT"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("unsupported endpoint {endpoint:?}: expected tcp://HOST:PORT")
+        })
 }
 
 /// The `HOST:PORT` of an endpoint served or reached over plain HTTP: tickshipd's HTTP has no
@@ -480,13 +534,20 @@ mod tests {
         assert!(size_u64("MiB").is_err());
         assert!(size_u64("-1").is_err());
         assert!(size_u64("1.5").is_err());
-        assert!(size_u64("99999999999TiB").unwrap_err().contains("too large"));
+        assert!(size_u64("99999999999TiB")
+            .unwrap_err()
+            .contains("too large"));
         let args = DaemonArgs::try_parse_from(["tickshipd", "--rocksdb.block-cache-size", "1GiB"])
             .expect("units");
         assert_eq!(args.rocksdb_block_cache_size, 1 << 30);
         assert_eq!(defaults().max_document_bytes, 16 << 20);
         assert_eq!(defaults().replication_receive_buffer_size, 1 << 20);
-        assert!(DaemonArgs::try_parse_from(["tickshipd", "--replication.receive-buffer-size", "1KiB"]).is_err());
+        assert!(DaemonArgs::try_parse_from([
+            "tickshipd",
+            "--replication.receive-buffer-size",
+            "1KiB"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -3,18 +3,18 @@
 //! write through `leader::write`; a follower's store is fed by its applier (`follower`), and its
 //! clients' writes are refused while it follows.
 
+use crate::api::{num, ApiError, ApiResult};
+use crate::util::{valid_collection_name, valid_database_name, valid_key};
+use axum::http::StatusCode;
+use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use axum::http::StatusCode;
-use serde_json::Value;
 use tickship_storage::docstore::{
     CollectionInfo, DatabaseInfo, DocStore, KeyOptions, StoreWriter, StoredDocument,
 };
 use tickship_storage::wal::{Record, RecordType};
 use tickship_storage::{Tick, TickRange, Wal};
-use crate::api::{num, ApiError, ApiResult};
-use crate::util::{valid_collection_name, valid_database_name, valid_key};
 
 use crate::leader::keys::KeyGen;
 use crate::leader::locks::KeyLocks;
@@ -330,7 +330,6 @@ impl Node {
         Ok(self.store.get_many(collection.id, keys)?)
     }
 }
-
 
 /// A stored document of collection `name` as a JSON value with `_rev`.
 pub fn document_value(doc: &StoredDocument, name: &str) -> Value {

@@ -16,8 +16,8 @@ use tickship_storage::{Wal, WalOptions};
 use crate::auth::{Auth, PasswordSource};
 use crate::config::{parse_endpoint, DaemonArgs};
 use crate::http::{self, AppState};
-use crate::node::Node;
 use crate::leader::followers::Clients;
+use crate::node::Node;
 
 fn wal_options(args: &DaemonArgs) -> Result<WalOptions> {
     let sync = match args.wal_sync_policy.as_str() {
@@ -243,8 +243,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         endpoint: format!("tcp://{local}"),
     });
     let replication = ReplicationRuntime::start(args.replication_thread_nice)?;
-    let quic = crate::leader::shipper::listen(quic_socket, &identity, shipping, replication.handle())
-        .context("listen for followers (QUIC)")?;
+    let quic =
+        crate::leader::shipper::listen(quic_socket, &identity, shipping, replication.handle())
+            .context("listen for followers (QUIC)")?;
     let applier = crate::follower::Applier::open(
         node.clone(),
         dir.to_path_buf(),

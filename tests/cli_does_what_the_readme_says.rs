@@ -168,7 +168,9 @@ fn server_options_stand_anywhere_and_a_failed_setup_changes_nothing() {
     let state: Value = serde_json::from_str(&run.stdout).expect("the state document");
     assert_eq!(state["endpoint"], json!(leader.endpoint()), "{state}");
     assert!(accepts_writes(&lh));
-    wait_until("the follower has the collection", || count(&fh, "c").is_some());
+    wait_until("the follower has the collection", || {
+        count(&fh, "c").is_some()
+    });
 
     // `state` exits non-zero once the applier holds an error: the leader is gone.
     let mut leader = leader;
@@ -193,7 +195,12 @@ fn passwords_and_unconfigured_servers_get_messages_that_say_what_to_do() {
     let server = Daemon::start(&dir.path().join("server"), &[]);
     let endpoint = server.endpoint();
 
-    let missing = tickship(&strings(&["--server.endpoint", &endpoint, "logger", "state"]));
+    let missing = tickship(&strings(&[
+        "--server.endpoint",
+        &endpoint,
+        "logger",
+        "state",
+    ]));
     assert_eq!(missing.code, 1);
     assert!(
         missing.stderr.contains("no credentials were sent")

@@ -73,7 +73,10 @@ fn blocks() -> Vec<Bytes> {
 }
 
 /// Starts the leader; returns its address and the `from` of every `Tail` it was sent.
-fn start_leader(runtime: &tokio::runtime::Runtime, behaviour: Behaviour) -> (SocketAddr, Arc<Mutex<Vec<u64>>>) {
+fn start_leader(
+    runtime: &tokio::runtime::Runtime,
+    behaviour: Behaviour,
+) -> (SocketAddr, Arc<Mutex<Vec<u64>>>) {
     let identity = Identity::generate(vec!["localhost".into()]).expect("identity");
     let endpoint = {
         let _entered = runtime.enter();
@@ -86,8 +89,12 @@ fn start_leader(runtime: &tokio::runtime::Runtime, behaviour: Behaviour) -> (Soc
         while let Some(incoming) = endpoint.accept().await {
             let seen = seen.clone();
             tokio::spawn(async move {
-                let Ok(connection) = incoming.await else { return };
-                let Ok((send, recv)) = connection.accept_bi().await else { return };
+                let Ok(connection) = incoming.await else {
+                    return;
+                };
+                let Ok((send, recv)) = connection.accept_bi().await else {
+                    return;
+                };
                 let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
                 let lookup = |name: &str| (name == "root").then(credential);
                 let side = LeaderSide {
@@ -96,7 +103,10 @@ fn start_leader(runtime: &tokio::runtime::Runtime, behaviour: Behaviour) -> (Soc
                     database_exists: &|db| db == "_system",
                     log_range: &|| (1, 80),
                 };
-                if session::accept(&connection, &mut stream, &side).await.is_err() {
+                if session::accept(&connection, &mut stream, &side)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 let Ok(tail) = stream.recv_message::<Tail>(Duration::from_secs(10)).await else {
@@ -173,9 +183,19 @@ fn follow(http: &Http, leader: SocketAddr) {
         "maxConnectRetries": 3,
     });
     let answer = http.send("PUT", "/_api/replication/applier-config", &config);
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let answer = http.send("PUT", "/_api/replication/applier-start?from=0", &json!({}));
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
 }
 
 #[test]

@@ -332,11 +332,17 @@ fn refusals_say_why_and_unserved_routes_answer_like_arangodb() {
     wrong.assert_error(401, 11);
     let (missing, wrong) = (missing.json(), wrong.json());
     assert!(
-        missing["errorMessage"].as_str().unwrap().contains("no credentials"),
+        missing["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("no credentials"),
         "{missing}"
     );
     assert!(
-        wrong["errorMessage"].as_str().unwrap().contains("wrong username or password"),
+        wrong["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("wrong username or password"),
         "{wrong}"
     );
 
@@ -347,7 +353,8 @@ fn refusals_say_why_and_unserved_routes_answer_like_arangodb() {
         {"_key": "ca", "_from": "v/c", "_to": "v/a"},
         {"_key": "bc", "_from": "v/b", "_to": "v/c"},
     ]);
-    http.send("POST", "/_api/document/e", &edges).assert_status(202);
+    http.send("POST", "/_api/document/e", &edges)
+        .assert_status(202);
     let keys = |direction: &str| -> Vec<String> {
         let answer = http.get(&format!("/_api/edges/e?vertex=v/a{direction}"));
         answer.assert_status(200);
@@ -369,7 +376,8 @@ fn refusals_say_why_and_unserved_routes_answer_like_arangodb() {
     http.send("POST", "/_api/cursor", &json!({"query": "RETURN 1"}))
         .assert_error(501, 9);
     // A served route with a method it does not take: 405; a path nobody serves: 404.
-    http.call("PATCH", "/_api/version", None, None).assert_error(405, 405);
+    http.call("PATCH", "/_api/version", None, None)
+        .assert_error(405, 405);
     http.get("/_api/no-such-thing").assert_error(404, 404);
 }
 
@@ -384,7 +392,11 @@ fn refused_start(dir: &std::path::Path, endpoint: &str, extra: &[&str]) -> Strin
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run tickshipd");
-    assert!(!output.status.success(), "tickshipd started on {}", dir.display());
+    assert!(
+        !output.status.success(),
+        "tickshipd started on {}",
+        dir.display()
+    );
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     // Said once, plainly: one line naming the cause, no colour codes.
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
@@ -429,7 +441,8 @@ fn startup_refusals_name_the_cause() {
     std::fs::write(&file, b"not a directory").unwrap();
     let stderr = refused_start(&file.join("data"), "tcp://127.0.0.1:0", &[]);
     assert!(
-        stderr.contains("cannot create the data directory") && stderr.contains("(--database.directory)"),
+        stderr.contains("cannot create the data directory")
+            && stderr.contains("(--database.directory)"),
         "{stderr}"
     );
 }

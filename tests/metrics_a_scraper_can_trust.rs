@@ -68,7 +68,10 @@ fn insert(http: &Http, count: usize) {
         let docs: Vec<Value> = (start..start + 500)
             .map(|i| json!({"_key": format!("k{i}"), "i": i}))
             .collect();
-        assert_eq!(http.send("POST", "/_api/document/c", &json!(docs)).status, 202);
+        assert_eq!(
+            http.send("POST", "/_api/document/c", &json!(docs)).status,
+            202
+        );
     }
 }
 
@@ -86,7 +89,11 @@ fn metrics_pass_promtool_and_keep_their_shape() {
     assert_eq!(layout.last().map(String::as_str), Some("+Inf"));
     assert_eq!(bounds(&empty, "tickship_wal_fsync_seconds"), layout);
 
-    assert_eq!(lh.send("POST", "/_api/collection", &json!({"name": "c"})).status, 200);
+    assert_eq!(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"}))
+            .status,
+        200
+    );
     insert(&lh, 2_000);
     let made = fh.send(
         "PUT",
@@ -105,17 +112,34 @@ fn metrics_pass_promtool_and_keep_their_shape() {
             assert_eq!(bounds(text, histogram), layout, "{histogram}");
             let count = metric_value(text, &format!("{histogram}_count")).unwrap();
             assert!(count > 0, "{histogram}_count");
-            assert!(float(text, &format!("{histogram}_sum")) > 0.0, "{histogram}_sum");
+            assert!(
+                float(text, &format!("{histogram}_sum")) > 0.0,
+                "{histogram}_sum"
+            );
         }
     }
 
     // The follower counts the documents it applied, and shows its applier.
-    let applied = metric_value(&follower_text, "arangodb_replication_tailing_documents_total");
+    let applied = metric_value(
+        &follower_text,
+        "arangodb_replication_tailing_documents_total",
+    );
     assert!(applied >= Some(4_000), "{applied:?}");
     assert!(metric_value(&follower_text, "tickship_documents_written_total") >= Some(4_000));
-    assert_eq!(metric_value(&follower_text, "tickship_replication_applier_running"), Some(1));
-    assert_eq!(metric_value(&follower_text, "tickship_replication_applier_last_error"), Some(0));
-    assert!(metric_value(&follower_text, "arangodb_replication_tailing_bytes_received_total") > Some(0));
+    assert_eq!(
+        metric_value(&follower_text, "tickship_replication_applier_running"),
+        Some(1)
+    );
+    assert_eq!(
+        metric_value(&follower_text, "tickship_replication_applier_last_error"),
+        Some(0)
+    );
+    assert!(
+        metric_value(
+            &follower_text,
+            "arangodb_replication_tailing_bytes_received_total"
+        ) > Some(0)
+    );
     assert!(metric_value(&follower_text, "process_resident_memory_bytes") > Some(0));
     assert!(metric_value(&follower_text, "process_open_fds") > Some(0));
     // The leader shows the follower, by id, with its lag.
@@ -140,7 +164,10 @@ fn insert_more_and_wait(lh: &Http, fh: &Http) {
         let docs: Vec<Value> = (start..start + 500)
             .map(|i| json!({"_key": format!("k{i}"), "i": i}))
             .collect();
-        assert_eq!(lh.send("POST", "/_api/document/c", &json!(docs)).status, 202);
+        assert_eq!(
+            lh.send("POST", "/_api/document/c", &json!(docs)).status,
+            202
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -148,7 +175,10 @@ fn insert_more_and_wait(lh: &Http, fh: &Http) {
         if count.status == 200 && count.json()["count"] == json!(4_000) {
             break;
         }
-        assert!(Instant::now() < deadline, "the follower did not reach 4,000 documents");
+        assert!(
+            Instant::now() < deadline,
+            "the follower did not reach 4,000 documents"
+        );
         // Another process's state, read over HTTP: nothing pushes it.
         std::thread::sleep(Duration::from_millis(25));
     }

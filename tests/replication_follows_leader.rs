@@ -398,7 +398,12 @@ fn make_follower_fails(
     let name = format!("local{error_num}");
     let accepts_writes = |fh: &Http| {
         let answer = fh.send("POST", "/_api/collection", &json!({"name": name}));
-        assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
         fh.call("DELETE", &format!("/_api/collection/{name}"), None, None);
     };
     accepts_writes(&fh);
@@ -429,7 +434,11 @@ fn wrong_password_wrong_fingerprint_and_self_are_refused() {
         (401, 11),
         "wrong username or password",
     );
-    assert_eq!(fingerprint(&follower.http(), "c"), None, "nothing was replicated");
+    assert_eq!(
+        fingerprint(&follower.http(), "c"),
+        None,
+        "nothing was replicated"
+    );
 
     let pinned = "00".repeat(32);
     let mut pinning = Daemon::start(
@@ -620,7 +629,10 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
 
 /// `_id` of `key` read every way a client reads it: GET, `onlyget`, and `returnOld` of a patch.
 fn ids_read_back(http: &Http, collection: &str, key: &str) -> [Value; 3] {
-    let get = http.get(&format!("/_api/document/{collection}/{key}")).json()["_id"].clone();
+    let get = http
+        .get(&format!("/_api/document/{collection}/{key}"))
+        .json()["_id"]
+        .clone();
     let onlyget = http
         .send(
             "PUT",
@@ -667,7 +679,11 @@ fn ids_name_the_current_collection_after_a_rename() {
         insert(&lh, "after", "b", 10);
         converge_daemons(&leader, &follower, "after");
         let expected = [json!("after/a-1"), json!("after/a-1"), json!("after/a-1")];
-        assert_eq!(ids_read_back(&lh, "after", "a-1"), expected, "leader, in_wal={in_wal}");
+        assert_eq!(
+            ids_read_back(&lh, "after", "a-1"),
+            expected,
+            "leader, in_wal={in_wal}"
+        );
         assert_eq!(
             fh.get("/_api/document/after/a-2").json()["_id"],
             json!("after/a-2"),
@@ -675,7 +691,11 @@ fn ids_name_the_current_collection_after_a_rename() {
         );
         // The follower refuses the PATCH, so read GET and onlyget there.
         let onlyget = fh
-            .send("PUT", "/_api/document/after?onlyget=true", &json!(["a-3", "b-3"]))
+            .send(
+                "PUT",
+                "/_api/document/after?onlyget=true",
+                &json!(["a-3", "b-3"]),
+            )
             .json();
         assert_eq!(onlyget[0]["_id"], json!("after/a-3"), "{onlyget}");
         assert_eq!(onlyget[1]["_id"], json!("after/b-3"), "{onlyget}");

@@ -49,7 +49,9 @@ impl Link {
             netns: netns.clone(),
             inside: inside.clone(),
         };
-        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+        ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+        ])?;
         ip(&["link", "set", &inner, "netns", &netns])?;
         ip(&["addr", "add", &format!("{subnet}.2/24"), "dev", &outer])?;
         ip(&["link", "set", &outer, "up"])?;
@@ -62,7 +64,9 @@ impl Link {
         within(&["link", "set", &inner, "up"])?;
         within(&["link", "set", "lo", "up"])?;
         let tc = Command::new("ip")
-            .args(["netns", "exec", &netns, "tc", "qdisc", "add", "dev", &inner, "root"])
+            .args([
+                "netns", "exec", &netns, "tc", "qdisc", "add", "dev", &inner, "root",
+            ])
             .args(["tbf", "rate", rate, "burst", "16kb", "latency", "400ms"])
             .output()
             .map_err(|e| format!("tc: {e}"))?;
@@ -133,16 +137,29 @@ fn a_follower_on_a_slow_link_receives_frames_longer_than_its_request_timeout() {
             "connectionRetryWaitTime": 0.5,
         }),
     );
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     for b in 0..2 {
         let answer = lh.send("POST", "/_api/document/c", &batch(&format!("b{b}"), 1000));
         assert_eq!(answer.status, 202);
     }
     let shipped = lh.metric("tickship_wal_block_bytes_total");
-    assert!(shipped > 1_500_000, "{shipped} bytes of blocks: the link must take > 7 s");
+    assert!(
+        shipped > 1_500_000,
+        "{shipped} bytes of blocks: the link must take > 7 s"
+    );
     let started = Instant::now();
     let answer = fh.send("PUT", "/_api/replication/applier-start?from=0", &json!({}));
-    assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let leader_count = lh.get("/_api/collection/c/count").json()["count"].clone();
     let deadline = started + Duration::from_secs(120);
     loop {

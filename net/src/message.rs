@@ -89,7 +89,8 @@ pub trait Control: Serialize + DeserializeOwned {
     const KIND: Kind;
 
     fn to_frame(&self) -> bytes::Bytes {
-        let json = serde_json::to_vec(self).expect("control messages hold only strings and integers, which always serialise");
+        let json = serde_json::to_vec(self)
+            .expect("control messages hold only strings and integers, which always serialise");
         frame::encode(Self::KIND, &json)
     }
 

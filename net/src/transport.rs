@@ -154,7 +154,8 @@ fn transport_config(stream_window: u32) -> Arc<TransportConfig> {
     config.max_concurrent_uni_streams(VarInt::from_u32(0));
     config.keep_alive_interval(Some(Duration::from_secs(2)));
     config.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("an idle timeout of seconds fits QUIC's 2^62 ms"),
+        quinn::IdleTimeout::try_from(Duration::from_secs(10))
+            .expect("an idle timeout of seconds fits QUIC's 2^62 ms"),
     ));
     config.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
     config.enable_segmentation_offload(true);

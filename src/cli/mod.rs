@@ -141,7 +141,11 @@ struct SetupArgs {
     )]
     leader: Option<String>,
     /// The leader: tcp://HOST:PORT.
-    #[arg(id = "leader_endpoint", long = "leader.endpoint", value_name = "ENDPOINT")]
+    #[arg(
+        id = "leader_endpoint",
+        long = "leader.endpoint",
+        value_name = "ENDPOINT"
+    )]
     leader_endpoint: Option<String>,
     /// User name on the leader.
     #[arg(
@@ -216,7 +220,9 @@ fn resolve_password(
 ) -> Result<Option<String>> {
     crate::auth::PasswordSource {
         flag,
-        env: env.and_then(|name| std::env::var(name).ok()).filter(|p| !p.is_empty()),
+        env: env
+            .and_then(|name| std::env::var(name).ok())
+            .filter(|p| !p.is_empty()),
         file,
     }
     .resolve()
@@ -266,7 +272,8 @@ fn run(cli: Cli) -> Result<()> {
                 ReplicationCommand::Properties { json: Some(text) } => {
                     let body: Value =
                         serde_json::from_str(&text).context("properties must be a JSON object")?;
-                    let config = client.call("PUT", "/_api/replication/applier-config", Some(body))?;
+                    let config =
+                        client.call("PUT", "/_api/replication/applier-config", Some(body))?;
                     print(&config);
                     return Ok(());
                 }
@@ -275,11 +282,14 @@ fn run(cli: Cli) -> Result<()> {
                         .leader_endpoint
                         .or(setup.leader)
                         .context("name the leader: --leader.endpoint tcp://HOST:PORT")?;
-                    let leader_password =
-                        match resolve_password(setup.leader_password, None, setup.leader_password_file)? {
-                            Some(p) => p,
-                            None => password.clone().unwrap_or_default(),
-                        };
+                    let leader_password = match resolve_password(
+                        setup.leader_password,
+                        None,
+                        setup.leader_password_file,
+                    )? {
+                        Some(p) => p,
+                        None => password.clone().unwrap_or_default(),
+                    };
                     let body = json!({
                         "endpoint": leader,
                         "username": setup.leader_username,

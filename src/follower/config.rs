@@ -1,12 +1,11 @@
 //! The applier's configuration: ArangoDB's options with their names and defaults, merged from
 //! `applier-config`/`make-follower` bodies and validated.
 
-use std::net::SocketAddr;
+use crate::api::{num, ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::net::SocketAddr;
 use tickship_storage::docstore::{CollectionFilter, Restrict};
-use crate::api::{num, ApiError, ApiResult};
-
 
 /// The applier configuration, with ArangoDB's names and defaults. Durations are seconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,6 @@
 //! Which memtables the follower's store uses: small tailing ones while it keeps up, the
 //! catch-up budget while it is far behind, with a gap between the two thresholds.
 
-
 use super::*;
 
 /// Ticks behind the leader past which a tailing follower switches to its catch-up memtables
@@ -36,7 +35,6 @@ impl Applier {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -3,16 +3,16 @@
 //! and the task that pulls the leader's WAL over QUIC, stores the blocks verbatim in this server's
 //! WAL (same ticks) and lets the store writer make them visible.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use serde_json::Value;
-use tickship_net::errors;
-use tickship_storage::Tick;
-use tokio::sync::Notify;
 use crate::api::{num, ApiError, ApiResult};
 use crate::node::Node;
 use crate::util::iso8601 as timestamp;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tickship_net::errors;
+use tickship_storage::Tick;
+use tokio::sync::Notify;
 
 use config::running;
 use memtables::tailing_at;
@@ -26,7 +26,6 @@ mod state;
 pub use config::ApplierConfig;
 pub use receive::Receiving;
 pub use state::{is_following, load_saved, ApplierMetrics, PersistedState};
-
 
 /// The applier of one server (the global applier; ArangoDB's per-database appliers collapse
 /// into it because the log is shared by all databases).
@@ -219,7 +218,13 @@ impl Applier {
         self.stop().await;
         let mut config = ApplierConfig::default().merged(body, local_db)?;
         config.auto_start = true;
-        let previous = (self.config(), self.persisted.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        let previous = (
+            self.config(),
+            self.persisted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
         self.save_config(&config)?;
         *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
         let from = self.node.wal.last_tick().get();
@@ -259,8 +264,12 @@ impl Applier {
         let (error, stored) = {
             let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
             (
-                (!runtime.running && runtime.last_error.error_num != 0)
-                    .then(|| (runtime.last_error.error_num, runtime.last_error.message.clone())),
+                (!runtime.running && runtime.last_error.error_num != 0).then(|| {
+                    (
+                        runtime.last_error.error_num,
+                        runtime.last_error.message.clone(),
+                    )
+                }),
                 runtime.last_processed > from,
             )
         };
@@ -269,16 +278,20 @@ impl Applier {
         };
         if stored {
             // Some of the leader's log is stored: this server is its follower now, stopped.
-            return Err(setup_failed(error_num, format!(
+            return Err(setup_failed(
+                error_num,
+                format!(
                 "{message}; this server stays a follower of {} (writes refused); fix the cause \
                  and start the applier again",
                 config.endpoint
-            )));
+            ),
+            ));
         }
         self.roll_back(previous)?;
-        Err(setup_failed(error_num, format!(
-            "{message}; this server was not made a follower and accepts writes as before"
-        )))
+        Err(setup_failed(
+            error_num,
+            format!("{message}; this server was not made a follower and accepts writes as before"),
+        ))
     }
 
     /// Puts back the configuration and state from before a failed `make-follower`.
@@ -289,8 +302,10 @@ impl Applier {
             ..config
         })?;
         *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = persisted.clone();
-        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).last_processed =
-            persisted.last_processed_continuous_tick;
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_processed = persisted.last_processed_continuous_tick;
         self.save_state();
         if !following {
             self.node.set_follower_of(None);
@@ -299,7 +314,6 @@ impl Applier {
         Ok(())
     }
 }
-
 
 /// The answer to a failed `make-follower`: the applier's error number, with the HTTP status
 /// ArangoDB gives it.

@@ -2,6 +2,8 @@
 //! asks for the log from a tick, stores each whole block in this server's WAL (same ticks) as it
 //! arrives, acknowledges what is durable, and counts sessions that bring nothing as failures.
 
+use crate::api::num;
+use crate::util::iso8601 as timestamp;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,8 +14,6 @@ use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream,
 use tickship_storage::wal::{Appended, Block};
 use tickship_storage::{Tick, TickRange};
 use tokio::sync::Notify;
-use crate::api::num;
-use crate::util::iso8601 as timestamp;
 
 use super::*;
 
@@ -120,7 +120,12 @@ impl SessionError {
 impl Applier {
     /// The applier task: connect, tail, retry; ends on stop or on an error that retrying cannot
     /// fix.
-    pub(super) async fn run(self: Arc<Self>, config: ApplierConfig, mut from: Tick, stop: Arc<Notify>) {
+    pub(super) async fn run(
+        self: Arc<Self>,
+        config: ApplierConfig,
+        mut from: Tick,
+        stop: Arc<Notify>,
+    ) {
         // Freed memory goes back to the system at once while following (see `PurgeAtOnce`).
         let _purge = crate::util::PurgeAtOnce::new();
         let stopped = stop.notified();
@@ -209,7 +214,11 @@ impl Applier {
     }
 
     /// One session with the leader, until it fails or ends.
-    pub(super) async fn session(&self, config: &ApplierConfig, from: Tick) -> Result<(), SessionError> {
+    pub(super) async fn session(
+        &self,
+        config: &ApplierConfig,
+        from: Tick,
+    ) -> Result<(), SessionError> {
         let addr = config.leader_addr().map_err(|m| {
             SessionError::connect(format!(
                 "could not connect to leader at {}: {m}",
@@ -531,7 +540,11 @@ impl Applier {
     }
 
     /// Tells the leader what is durable (`stored`) and visible here.
-    pub(super) async fn ack(&self, stream: &mut FramedStream, stored: Tick) -> Result<(), SessionError> {
+    pub(super) async fn ack(
+        &self,
+        stream: &mut FramedStream,
+        stored: Tick,
+    ) -> Result<(), SessionError> {
         let ack = Ack {
             durable: stored.get(),
             applied: self.node.store_writer.applied_tick().get(),
@@ -542,7 +555,6 @@ impl Applier {
             .map_err(|e| SessionError::connect(e.to_string()))
     }
 }
-
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // in a test, a panic is the failure report

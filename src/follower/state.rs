@@ -1,13 +1,13 @@
 //! The applier's state: what survives a restart (its file), the in-memory state document
 //! ArangoDB's `applier-state` shows, and the figures `/_admin/metrics` exports.
 
-use std::time::SystemTime;
+use crate::api::{ApiError, ApiResult};
+use crate::util::{iso8601 as timestamp, write_private};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::time::SystemTime;
 use tickship_storage::docstore::StoreWriterTotals;
-use crate::api::{ApiError, ApiResult};
-use crate::util::{iso8601 as timestamp, write_private};
 
 use super::*;
 
@@ -119,7 +119,10 @@ impl Applier {
         if self.node.follower_of().is_none() {
             return StoreWriterTotals::default();
         }
-        self.node.store_writer.totals().since(runtime.store_totals_base)
+        self.node
+            .store_writer
+            .totals()
+            .since(runtime.store_totals_base)
     }
 
     pub(super) fn save_config(&self, config: &ApplierConfig) -> ApiResult<()> {

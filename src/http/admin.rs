@@ -199,7 +199,11 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
     let applier = state.applier.metrics();
     let last_tick = wal.last_tick().get();
     let mut out = Exposition::default();
-    out.gauge("tickship_wal_last_tick", "Last durable tick of the WAL.", last_tick);
+    out.gauge(
+        "tickship_wal_last_tick",
+        "Last durable tick of the WAL.",
+        last_tick,
+    );
     out.gauge(
         "tickship_wal_first_tick",
         "First tick still in the WAL (0 when empty).",
@@ -216,8 +220,16 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         "Bytes of WAL segment files on disk.",
         ranges.iter().map(|r| r.file_bytes).sum::<u64>(),
     );
-    out.counter("tickship_wal_blocks_total", "Blocks appended.", relaxed(&counters.blocks));
-    out.counter("tickship_wal_records_total", "Records appended.", relaxed(&counters.records));
+    out.counter(
+        "tickship_wal_blocks_total",
+        "Blocks appended.",
+        relaxed(&counters.blocks),
+    );
+    out.counter(
+        "tickship_wal_records_total",
+        "Records appended.",
+        relaxed(&counters.records),
+    );
     out.counter(
         "tickship_wal_raw_bytes_total",
         "Uncompressed record bytes appended.",
@@ -228,7 +240,11 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         "Block bytes appended (compressed).",
         relaxed(&counters.block_bytes),
     );
-    out.counter("tickship_wal_groups_total", "Group commits.", relaxed(&counters.groups));
+    out.counter(
+        "tickship_wal_groups_total",
+        "Group commits.",
+        relaxed(&counters.groups),
+    );
     out.counter(
         "tickship_documents_written_total",
         "Documents inserted, replaced or updated: by clients, and applied from a leader.",
@@ -266,7 +282,11 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         clients
             .iter()
             .filter_map(|c| {
-                let name = if c.syncer_id.is_empty() { &c.server_id } else { &c.syncer_id };
+                let name = if c.syncer_id.is_empty() {
+                    &c.server_id
+                } else {
+                    &c.syncer_id
+                };
                 value(c).map(|v| (name.clone(), v))
             })
             .collect::<Vec<_>>()
@@ -281,7 +301,10 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         "tickship_replication_follower_applied_ticks_behind",
         "Ticks of this leader's log a follower does not yet show to its readers.",
         "follower",
-        &per_client(&|c| c.applied.map(|(t, _)| last_tick.saturating_sub(t.get()) as f64)),
+        &per_client(&|c| {
+            c.applied
+                .map(|(t, _)| last_tick.saturating_sub(t.get()) as f64)
+        }),
     );
     out.labelled_gauge(
         "tickship_replication_follower_last_ack_seconds",
@@ -441,7 +464,12 @@ fn process_metrics(out: &mut Exposition) {
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
     // utime and stime are fields 14 and 15, starttime 22 (1-based, the pid being 1).
-    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     out.counter(
         "process_cpu_seconds_total",
         "Total user and system CPU time spent in seconds.",

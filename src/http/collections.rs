@@ -149,7 +149,8 @@ pub fn checksum(state: &AppState, req: &Req, name: &str) -> ApiResult<Response<B
                 hasher.update(document.json_in(&info.name));
             }
             let digest = hasher.finalize();
-            checksum ^= u64::from_le_bytes(digest[..8].try_into().expect("8 bytes of a 32-byte digest"));
+            checksum ^=
+                u64::from_le_bytes(digest[..8].try_into().expect("8 bytes of a 32-byte digest"));
             revision = revision.max(document.rev.get());
             true
         })

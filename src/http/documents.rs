@@ -11,8 +11,8 @@ use tickship_storage::docstore::CollectionInfo;
 use super::{empty, error_response, json, AppState, Req};
 use crate::api::{ApiError, ApiResult};
 use crate::json;
-use crate::node::rev_string;
 use crate::leader::{ItemResult, OverwriteMode, WriteInput, WriteKind, WriteOptions};
+use crate::node::rev_string;
 
 fn write_options(req: &Req, kind: WriteKind) -> ApiResult<WriteOptions> {
     let overwrite = match req.query("overwriteMode") {

@@ -23,8 +23,8 @@ use serde_json::Value;
 
 use crate::api::{ApiError, ApiResult};
 use crate::auth::Auth;
-use crate::node::Node;
 use crate::leader::followers::Clients;
+use crate::node::Node;
 
 /// Everything a handler needs.
 pub struct AppState {
@@ -229,7 +229,9 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "cursor", ..] => Err(ApiError::not_implemented(
             "AQL (tickship serves documents by key)",
         )),
-        ["_api", "edges", collection] if is(Method::GET) => documents::edges(state, req, collection),
+        ["_api", "edges", collection] if is(Method::GET) => {
+            documents::edges(state, req, collection)
+        }
         ["_api", "collection"] if is(Method::GET) => collections::list(state, req),
         ["_api", "collection"] if is(Method::POST) => collections::create(state, req).await,
         ["_api", "collection", name] if is(Method::GET) => {
@@ -398,15 +400,55 @@ fn served_path(path: &[&str]) -> bool {
 /// serve of it is a feature it lacks (501), not an unknown path (404).
 fn arango_route(area: &str, name: &str) -> bool {
     const API: &[&str] = &[
-        "analyzer", "aqlfunction", "batch", "collection", "control_pregel", "cursor", "database",
-        "document", "edge", "edges", "endpoint", "engine", "explain", "export", "foxx", "gharial",
-        "graph", "import", "index", "job", "key-generators", "query", "query-cache",
-        "replication", "simple", "tasks", "transaction", "traversal", "user", "version", "view",
+        "analyzer",
+        "aqlfunction",
+        "batch",
+        "collection",
+        "control_pregel",
+        "cursor",
+        "database",
+        "document",
+        "edge",
+        "edges",
+        "endpoint",
+        "engine",
+        "explain",
+        "export",
+        "foxx",
+        "gharial",
+        "graph",
+        "import",
+        "index",
+        "job",
+        "key-generators",
+        "query",
+        "query-cache",
+        "replication",
+        "simple",
+        "tasks",
+        "transaction",
+        "traversal",
+        "user",
+        "version",
+        "view",
         "wal",
     ];
     const ADMIN: &[&str] = &[
-        "backup", "cluster", "compact", "echo", "execute", "license", "log", "metrics", "routing",
-        "server", "statistics", "statistics-description", "status", "support-info", "time",
+        "backup",
+        "cluster",
+        "compact",
+        "echo",
+        "execute",
+        "license",
+        "log",
+        "metrics",
+        "routing",
+        "server",
+        "statistics",
+        "statistics-description",
+        "status",
+        "support-info",
+        "time",
         "wal",
     ];
     match area {

@@ -1,10 +1,10 @@
 //! The key generator: numeric keys reserved in steps from a persisted high-water mark, and moved
 //! past keys that clients chose or a former leader generated.
 
+use crate::api::{ApiError, ApiResult};
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use anyhow::Context;
-use crate::api::{ApiError, ApiResult};
 
 /// Generated keys are reserved from the persisted high-water mark in steps of this many.
 pub(crate) const KEYGEN_STEP: u64 = 1_000_000;

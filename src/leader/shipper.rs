@@ -16,8 +16,8 @@ use tickship_net::{
 use tickship_storage::{Tick, Wal};
 
 use crate::auth::Auth;
-use crate::node::Node;
 use crate::leader::followers::Clients;
+use crate::node::Node;
 
 /// Default and largest `Blocks` frame.
 const CHUNK_DEFAULT: u64 = 4 << 20;

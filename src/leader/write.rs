@@ -10,18 +10,16 @@
 //! writes, and an acknowledged write survives `kill -9` (it is in the WAL, and the store replays
 //! the WAL from its persisted tick at restart).
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use axum::http::StatusCode;
-use serde_json::{Map, Value};
-use tickship_storage::docstore::{
-    CollectionInfo, StoredDocument,
-};
-use tickship_storage::wal::{Record, RecordType};
-use tickship_storage::Tick;
 use crate::api::{num, ApiError, ApiResult};
 use crate::json::Item;
 use crate::util::valid_key;
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use tickship_storage::docstore::{CollectionInfo, StoredDocument};
+use tickship_storage::wal::{Record, RecordType};
+use tickship_storage::Tick;
 
 use crate::leader::locks::KeyGuard;
 use crate::node::{document_value, rev_string, Node};
@@ -262,8 +260,9 @@ impl Node {
                 Err(error) => steps.push(Step::Done(Err(error))),
                 Ok(None) => {
                     // overwriteMode=ignore on an existing key: answer with its current meta.
-                    let doc = existing
-                        .expect("only overwriteMode=ignore on an existing document decides Ok(None)");
+                    let doc = existing.expect(
+                        "only overwriteMode=ignore on an existing document decides Ok(None)",
+                    );
                     steps.push(Step::Done(Ok(Value::Object(meta(Some(doc.rev))))));
                 }
                 Ok(Some((json, new_value))) => {
@@ -292,7 +291,11 @@ impl Node {
     }
 
     /// Step 4: Logs the writes of `steps` as one block; returns the tick of each write, in order.
-    async fn log_writes(&self, collection: &CollectionInfo, steps: &[Step]) -> ApiResult<Vec<Tick>> {
+    async fn log_writes(
+        &self,
+        collection: &CollectionInfo,
+        steps: &[Step],
+    ) -> ApiResult<Vec<Tick>> {
         // A write to a key that did not exist (read above under the key's lock) is logged as
         // an insert: the store appliers here and on followers need not look the key up.
         let writes: Vec<(&String, &Option<Vec<u8>>, bool)> = steps
@@ -533,7 +536,9 @@ fn answers(
                 old,
                 new_value,
             } => {
-                let rev = ticks.next().expect("log_writes gives one tick per Step::Write");
+                let rev = ticks
+                    .next()
+                    .expect("log_writes gives one tick per Step::Write");
                 let mut body = Map::new();
                 body.insert(
                     "_id".into(),
