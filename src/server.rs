@@ -256,10 +256,27 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         saved,
         replication.handle().clone(),
     )?;
+    // Batches end at their TTL even when no client asks for them again: each holds segment
+    // collection off while it lives.
+    let batches = Arc::new(crate::leader::batches::Batches::default());
+    {
+        let batches = batches.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                let ended = batches.sweep();
+                if ended > 0 {
+                    tracing::info!(ended, "replication batches expired");
+                }
+            }
+        });
+    }
     let state = Arc::new(AppState {
         node: node.clone(),
         auth,
         clients,
+        batches: batches.clone(),
         applier: applier.clone(),
         max_body_bytes: args.max_body_bytes,
         endpoint: format!("tcp://{local}"),

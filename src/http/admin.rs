@@ -367,6 +367,18 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         "Document removals applied from the leader.",
         applier.removals,
     );
+    let (batches, oldest) = state.batches.summary();
+    out.gauge(
+        "tickship_replication_batches",
+        "Replication batches (read views for dumps) alive; while any lives no WAL segment is \
+         collected.",
+        batches,
+    );
+    out.gauge(
+        "tickship_replication_batch_oldest_seconds",
+        "Age of the oldest live replication batch (0: none).",
+        oldest.as_secs_f64(),
+    );
     out.counter(
         "tickship_replication_tailing_excluded_total",
         "Operations of the leader's log left out by restrictType/includeSystem.",

@@ -31,6 +31,7 @@ pub struct AppState {
     pub node: Arc<Node>,
     pub auth: Arc<Auth>,
     pub clients: Arc<Clients>,
+    pub batches: Arc<crate::leader::batches::Batches>,
     pub applier: Arc<crate::follower::Applier>,
     pub max_body_bytes: usize,
     pub endpoint: String,
@@ -290,6 +291,15 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
                 Err(ApiError::method_not_allowed())
             }
         }
+        ["_api", "replication", "batch"] if is(Method::POST) => {
+            replication::create_batch(state, req)
+        }
+        ["_api", "replication", "batch", id] if is(Method::PUT) => {
+            replication::extend_batch(state, req, id)
+        }
+        ["_api", "replication", "batch", id] if is(Method::DELETE) => {
+            replication::delete_batch(state, id)
+        }
         ["_api", "replication", "logger-state"] if is(Method::GET) => {
             replication::logger_state(state)
         }
@@ -391,6 +401,8 @@ fn served_path(path: &[&str]) -> bool {
                     | "make-follower"
                     | "make-slave"
             ]
+            | ["_api", "replication", "batch"]
+            | ["_api", "replication", "batch", _]
             | ["_api", "wal", "range" | "lastTick" | "tail"]
             | ["_admin", "wal", "transactions" | "flush"]
     )
@@ -469,7 +481,8 @@ mod tests {
         assert!(served_path(&["_api", "collection", "c", "count"]));
         assert!(!served_path(&["_api", "collection", "c", "figures"]));
         assert!(arango_route("_api", "collection"));
-        assert!(!served_path(&["_api", "replication", "batch"]));
+        assert!(served_path(&["_api", "replication", "batch"]));
+        assert!(!served_path(&["_api", "replication", "inventory"]));
         assert!(arango_route("_api", "replication"));
         assert!(!arango_route("_api", "nonsense"));
         assert!(!arango_route("_open", "auth"));

@@ -290,3 +290,46 @@ pub async fn wal_tail(state: &Arc<AppState>, req: &Req) -> ApiResult<Response<Bo
     );
     Ok(response)
 }
+
+/// `POST /_api/replication/batch`: a read view of the store at its last applied tick, for
+/// `inventory` and `dump`, living for the body's `ttl`.
+pub fn create_batch(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let body = req.json_object_or_empty()?;
+    // Refused rather than ignored until they are built.
+    if body.contains_key("patchCount") {
+        return Err(ApiError::not_implemented("batch patchCount"));
+    }
+    if req.flag("state", false) {
+        return Err(ApiError::not_implemented("batch ?state=true"));
+    }
+    let ttl = crate::leader::batches::requested_ttl(&Value::Object(body))?;
+    let batch = tokio::task::block_in_place(|| state.batches.create(&state.node.store, ttl))?;
+    let tick = batch.snapshot.tick();
+    tracing::info!(batch = batch.id, %tick, ?ttl, "replication batch created");
+    Ok(json(
+        StatusCode::OK,
+        &json!({"id": batch.id.to_string(), "lastTick": tick.to_string()}),
+    ))
+}
+
+/// `PUT /_api/replication/batch/{id}`: the batch lives for the body's `ttl` from now.
+pub fn extend_batch(state: &AppState, req: &Req, id: &str) -> ApiResult<Response<Body>> {
+    let body = req.json_object_or_empty()?;
+    let ttl = crate::leader::batches::requested_ttl(&Value::Object(body))?;
+    state.batches.extend(id, ttl)?;
+    Ok(super::raw(
+        StatusCode::NO_CONTENT,
+        "application/json",
+        Vec::new(),
+    ))
+}
+
+/// `DELETE /_api/replication/batch/{id}`.
+pub fn delete_batch(state: &AppState, id: &str) -> ApiResult<Response<Body>> {
+    state.batches.remove(id)?;
+    Ok(super::raw(
+        StatusCode::NO_CONTENT,
+        "application/json",
+        Vec::new(),
+    ))
+}
