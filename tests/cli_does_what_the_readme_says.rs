@@ -7,9 +7,8 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use common::{Daemon, Http, PASSWORD};
+use common::{wait_until, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 /// The `tickship` command lines README.md shows (`target/release/tickship ...`), split into
@@ -58,14 +57,6 @@ fn tickship(args: &[String]) -> Run {
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
-}
-
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
 }
 
 fn count(http: &Http, collection: &str) -> Option<u64> {

@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Daemon, Http, PASSWORD};
@@ -161,18 +161,6 @@ fn state(http: &Http) -> Value {
     http.get("/_api/replication/applier-state").json()["state"].clone()
 }
 
-fn wait_until(what: &str, mut check: impl FnMut() -> bool, describe: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}: {}",
-            describe()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn follow(http: &Http, leader: SocketAddr) {
     let config = json!({
         "endpoint": format!("tcp://{leader}"),
@@ -207,14 +195,14 @@ fn a_leader_that_lets_the_follower_in_and_sends_nothing_is_counted_as_failing() 
     let fh = follower.http();
     follow(&fh, leader);
     // While it retries, the state says it is failing, not healthy.
-    wait_until(
+    common::wait_until_or(
         "the applier counts sessions that brought nothing",
         || state(&fh)["progress"]["failedConnects"].as_u64() >= Some(2),
         || state(&fh).to_string(),
     );
     let st = state(&fh);
     assert_ne!(st["lastError"]["errorNum"], json!(0), "{st}");
-    wait_until(
+    common::wait_until_or(
         "the applier gives up after maxConnectRetries",
         || state(&fh)["running"] == json!(false),
         || state(&fh).to_string(),
@@ -243,14 +231,14 @@ fn the_whole_blocks_of_a_frame_cut_short_are_kept() {
             .unwrap()
             .to_string()
     };
-    wait_until(
+    common::wait_until_or(
         "the follower holds the leader's whole log",
         || last_tick() == "80",
         || format!("{} / {}", last_tick(), state(&fh)),
     );
     // The second session asked only for what the first did not bring whole.
     assert_eq!(tails.lock().unwrap().as_slice(), &[0, 40]);
-    wait_until(
+    common::wait_until_or(
         "the applier is level and healthy",
         || {
             let st = state(&fh);

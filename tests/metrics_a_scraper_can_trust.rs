@@ -7,7 +7,6 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::{metric_value, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
@@ -169,17 +168,8 @@ fn insert_more_and_wait(lh: &Http, fh: &Http) {
             202
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait_until("the follower holds 4,000 documents", || {
         let count = fh.get("/_api/collection/c/count");
-        if count.status == 200 && count.json()["count"] == json!(4_000) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the follower did not reach 4,000 documents"
-        );
-        // Another process's state, read over HTTP: nothing pushes it.
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        count.status == 200 && count.json()["count"] == json!(4_000)
+    });
 }

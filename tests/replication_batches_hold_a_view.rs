@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Daemon;
 use serde_json::{json, Value};
@@ -74,12 +74,13 @@ fn batches_name_their_tick_and_end_by_delete_or_ttl() {
     assert_eq!(short.status, 200);
     let short_id = short.json()["id"].as_str().unwrap().to_string();
     assert_eq!(batches(&http), 1);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while batches(&http) != 0 {
-        assert!(Instant::now() < deadline, "the batch outlived its TTL");
-        // The sweeper runs in the daemon once a second: poll its metric.
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The sweeper runs in the daemon once a second.
+    common::wait_within(
+        "the batch ends at its TTL",
+        Duration::from_secs(30),
+        || batches(&http) == 0,
+        String::new,
+    );
     http.send(
         "PUT",
         &format!("/_api/replication/batch/{short_id}"),

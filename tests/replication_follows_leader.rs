@@ -8,33 +8,12 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use common::{Daemon, Http, PASSWORD};
+use common::{wait_until, wait_until_or, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
-const DEADLINE: Duration = Duration::from_secs(60);
 /// The memtable size a server has in force.
 const WRITE_BUFFER_BYTES: &str = "tickship_store_write_buffer_bytes";
-
-/// Waits until `check` holds, or fails at the deadline. The conditions are other processes'
-/// state read over HTTP (no server pushes them), so this re-reads them every 25 ms.
-fn wait_until(what: &str, check: impl FnMut() -> bool) {
-    wait_until_or(what, check, String::new);
-}
-
-/// `wait_until`, adding what `describe` says to the failure.
-fn wait_until_or(what: &str, mut check: impl FnMut() -> bool, describe: impl Fn() -> String) {
-    let deadline = Instant::now() + DEADLINE;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}{}",
-            describe()
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// Collection `c` with 1,500 documents, `a-1` updated and `a-2` removed.
 fn seed(lh: &Http) {

@@ -161,20 +161,15 @@ fn a_follower_on_a_slow_link_receives_frames_longer_than_its_request_timeout() {
         String::from_utf8_lossy(&answer.body)
     );
     let leader_count = lh.get("/_api/collection/c/count").json()["count"].clone();
-    let deadline = started + Duration::from_secs(120);
-    loop {
-        let count = fh.get("/_api/collection/c/count");
-        if count.status == 200 && count.json()["count"] == leader_count {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the follower did not catch up over the slow link: {}\n{}",
-            state(&fh),
-            follower.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_within(
+        "the follower catches up over the slow link",
+        Duration::from_secs(120),
+        || {
+            let count = fh.get("/_api/collection/c/count");
+            count.status == 200 && count.json()["count"] == leader_count
+        },
+        || format!(": {}\n{}", state(&fh), follower.log()),
+    );
     let seconds = started.elapsed().as_secs_f64();
     let st = state(&fh);
     eprintln!("{shipped} bytes of blocks crossed the link in {seconds:.1} s");

@@ -172,13 +172,17 @@ impl Applier {
         Ok(())
     }
 
-    /// The figures `/_admin/metrics` shows.
-    pub fn metrics(&self) -> ApplierMetrics {
-        let runtime = self
-            .runtime
+    /// A copy of the in-memory state, so that no lock is held while it is formatted.
+    fn runtime_now(&self) -> Runtime {
+        self.runtime
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .clone()
+    }
+
+    /// The figures `/_admin/metrics` shows.
+    pub fn metrics(&self) -> ApplierMetrics {
+        let runtime = self.runtime_now();
         let applied = self.node.store_writer.applied_tick().get();
         let store = self.applied_from_leader(&runtime);
         let available = runtime.last_available.unwrap_or(0);
@@ -211,11 +215,7 @@ impl Applier {
     /// gives it ("Replication applier").
     pub fn state_json(&self) -> Value {
         let config = self.config();
-        let runtime = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let runtime = self.runtime_now();
         let applied = self.node.store_writer.applied_tick().get();
         let store_totals = self.applied_from_leader(&runtime);
         let tick = |t: u64| {

@@ -48,7 +48,7 @@ pub fn requested_ttl(body: &Value) -> ApiResult<Duration> {
     match body.get("ttl") {
         None | Some(Value::Null) => Ok(DEFAULT_TTL),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(s) if s == 0.0 => Ok(DEFAULT_TTL),
+            Some(0.0) => Ok(DEFAULT_TTL),
             Some(s) if s.is_finite() && s > 0.0 && s <= 1e9 => Ok(Duration::from_secs_f64(s)),
             _ => Err(ApiError::bad_parameter(format!("invalid ttl {n}"))),
         },

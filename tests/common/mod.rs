@@ -342,3 +342,33 @@ pub fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+/// Waits until `check` holds, failing after `limit` with `what` and what `describe` says. The
+/// conditions are other processes' state, read over HTTP or from files (nothing pushes them), so
+/// this polls every 25 ms: the one polling loop of the whole-process tests.
+pub fn wait_within(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> bool,
+    describe: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting until {what}{}",
+            describe()
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// `wait_within` a minute, adding what `describe` says to the failure.
+pub fn wait_until_or(what: &str, check: impl FnMut() -> bool, describe: impl Fn() -> String) {
+    wait_within(what, Duration::from_secs(60), check, describe);
+}
+
+/// `wait_within` a minute.
+pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
+    wait_within(what, Duration::from_secs(60), check, String::new);
+}
