@@ -25,7 +25,7 @@ fn summary(info: &CollectionInfo) -> serde_json::Map<String, Value> {
 }
 
 /// The properties form, as create and `/properties` return it.
-fn properties(info: &CollectionInfo) -> serde_json::Map<String, Value> {
+pub(super) fn properties_json(info: &CollectionInfo) -> serde_json::Map<String, Value> {
     let mut map = summary(info);
     map.insert("statusString".into(), json!("loaded"));
     map.insert("waitForSync".into(), json!(info.wait_for_sync));
@@ -110,7 +110,7 @@ pub async fn create(state: &Arc<AppState>, req: &Req) -> ApiResult<Response<Body
         .node
         .create_collection(&req.db, name, kind, wait_for_sync, key_options)
         .await?;
-    Ok(ok(properties(&info), StatusCode::OK))
+    Ok(ok(properties_json(&info), StatusCode::OK))
 }
 
 pub fn info(
@@ -120,7 +120,7 @@ pub fn info(
     with_count: bool,
 ) -> ApiResult<Response<Body>> {
     let info = state.node.collection(&req.db, name)?;
-    let mut map = properties(&info);
+    let mut map = properties_json(&info);
     if with_count {
         map.insert("count".into(), json!(state.node.store.count(info.id)));
     }
@@ -155,7 +155,7 @@ pub fn checksum(state: &AppState, req: &Req, name: &str) -> ApiResult<Response<B
             true
         })
     })?;
-    let mut map = properties(&info);
+    let mut map = properties_json(&info);
     map.insert("checksum".into(), json!(checksum.to_string()));
     map.insert("revision".into(), json!(revision.to_string()));
     Ok(ok(map, StatusCode::OK))
@@ -216,5 +216,5 @@ pub async fn set_properties(
             .await?;
     }
     let info = state.node.collection(&req.db, name)?;
-    Ok(ok(properties(&info), StatusCode::OK))
+    Ok(ok(properties_json(&info), StatusCode::OK))
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 mod collections;
 mod documents;
+mod dump;
 mod replication;
 
 use std::collections::HashMap;
@@ -300,6 +301,8 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "replication", "batch", id] if is(Method::DELETE) => {
             replication::delete_batch(state, id)
         }
+        ["_api", "replication", "inventory"] if is(Method::GET) => dump::inventory(state, req),
+        ["_api", "replication", "dump"] if is(Method::GET) => dump::dump(state, req),
         ["_api", "replication", "logger-state"] if is(Method::GET) => {
             replication::logger_state(state)
         }
@@ -400,6 +403,8 @@ fn served_path(path: &[&str]) -> bool {
                     | "applier-state-all"
                     | "make-follower"
                     | "make-slave"
+                    | "inventory"
+                    | "dump"
             ]
             | ["_api", "replication", "batch"]
             | ["_api", "replication", "batch", _]
@@ -482,7 +487,8 @@ mod tests {
         assert!(!served_path(&["_api", "collection", "c", "figures"]));
         assert!(arango_route("_api", "collection"));
         assert!(served_path(&["_api", "replication", "batch"]));
-        assert!(!served_path(&["_api", "replication", "inventory"]));
+        assert!(served_path(&["_api", "replication", "inventory"]));
+        assert!(!served_path(&["_api", "replication", "keys"]));
         assert!(arango_route("_api", "replication"));
         assert!(!arango_route("_api", "nonsense"));
         assert!(!arango_route("_open", "auth"));

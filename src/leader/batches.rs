@@ -22,6 +22,31 @@ pub struct Batch {
     pub snapshot: StoreSnapshot,
     created: Instant,
     expires: Mutex<Instant>,
+    /// Where each collection's dump stands: ArangoDB's batches keep one iterator per collection,
+    /// so that repeated `dump` calls page through it without naming a position.
+    cursors: Mutex<HashMap<u64, Arc<Mutex<DumpCursor>>>>,
+}
+
+/// How far the dump of one collection in a batch has come.
+#[derive(Debug, Default)]
+pub struct DumpCursor {
+    /// The last key handed out; the next page starts after it.
+    pub after: Option<String>,
+    /// Every document has been handed out.
+    pub done: bool,
+}
+
+impl Batch {
+    /// The dump cursor of `collection`; holding its lock keeps a second request for the same
+    /// collection from handing out the same page twice.
+    pub fn cursor(&self, collection: u64) -> Arc<Mutex<DumpCursor>> {
+        self.cursors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(collection)
+            .or_default()
+            .clone()
+    }
 }
 
 /// The live batches of a server.
@@ -78,6 +103,7 @@ impl Batches {
             snapshot,
             created: now,
             expires: Mutex::new(now + ttl),
+            cursors: Mutex::new(HashMap::new()),
         });
         self.live().insert(batch.id, batch.clone());
         Ok(batch)

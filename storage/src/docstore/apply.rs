@@ -637,6 +637,7 @@ pub(super) fn apply(
     };
     stats.blocks = blocks.len() as u64;
     stats.ticks = Some(TickRange::new(first.ticks().first, last.ticks().last));
+    let _applying = store.lock_apply();
     let applied = store.applied_tick();
     if last.ticks().last <= applied {
         return Ok(stats);
@@ -731,7 +732,12 @@ pub(super) fn apply(
     tail.put_cf(meta, APPLIED_TICK, recorded.get().to_le_bytes());
     // What this batch holds, which a flush may persist with it even though the recorded tick
     // stays at the durable one: a replay up to here looks its inserts up.
-    tail.put_cf(meta, APPLIED_MAX, tick_last.get().to_le_bytes());
+    // Never below what a restore declared (`DocStore::assume_applied`).
+    tail.put_cf(
+        meta,
+        APPLIED_MAX,
+        tick_last.max(store.applied_max()).get().to_le_bytes(),
+    );
     pieces.push(tail);
     store.write(join(pieces)?)?;
     store.recorded.fetch_max(recorded.get(), Ordering::AcqRel);

@@ -31,6 +31,7 @@ mod document;
 mod filter;
 mod options;
 mod read;
+mod restore;
 mod snapshot;
 mod tuning;
 mod values;
@@ -53,6 +54,7 @@ pub use self::collect::{PreparedCollection, PreparedRewrite, SegmentSample};
 pub use self::document::{with_rev, StoredDocument};
 pub use self::filter::{CollectionFilter, Restrict};
 pub use self::options::{BlobCompression, StoreMemory, StoreOptions};
+pub use self::restore::{CollectionRestore, RestoreStats, Restored};
 pub use self::snapshot::StoreSnapshot;
 use self::tuning::Tuned;
 pub use self::tuning::{
@@ -136,6 +138,11 @@ pub struct DocStore {
     /// Replacements and removals applied since `value_file_to_look_at` last began a round: without
     /// them no value file gained dead documents.
     dead_since_look: AtomicU64,
+    /// Held while WAL blocks are applied and while a restore step changes the store, so neither
+    /// works from a catalog or counts the other is changing.
+    apply_lock: restore::ApplyLock,
+    /// The documents' column family options, for the store files a restore writes.
+    sst_options: rocksdb::Options,
 }
 
 impl DocStore {
@@ -157,6 +164,7 @@ impl DocStore {
             write_buffers,
             level0_triggers,
         } = Tuned::new(store_options)?;
+        let sst_options = docs.clone();
         let families = [
             ColumnFamilyDescriptor::new(CF_DOCS, docs),
             ColumnFamilyDescriptor::new(CF_META, meta),
@@ -193,6 +201,8 @@ impl DocStore {
             pending_rewrite: Mutex::new(None),
             value_cursor: AtomicUsize::new(0),
             dead_since_look: AtomicU64::new(0),
+            apply_lock: Mutex::new(()),
+            sst_options,
         };
         let mut store = store;
         store.documents_in_wal = store.keep_documents_in_wal(store_options.documents_in_wal)?;

@@ -26,6 +26,7 @@
 
 pub mod block;
 mod engine;
+mod floor;
 mod reader;
 pub mod record;
 mod recovery;
@@ -269,6 +270,8 @@ pub(crate) struct State {
     pub closed: bool,
     pub retention: RetentionState,
     pub lost: HashMap<String, LostPosition>,
+    /// The log's floor (`Wal::skip_to`): no tick at or before it is served.
+    pub floor: Tick,
 }
 
 impl State {
@@ -475,6 +478,8 @@ pub(crate) enum Payload {
     Prepared(PreparedBlock),
     /// A block from a leader: stored verbatim with its own ticks.
     Verbatim(Block),
+    /// Moves the log's floor (`Wal::skip_to`).
+    Floor { tick: Tick, lower: bool },
 }
 
 pub(crate) struct Request {
@@ -592,6 +597,7 @@ impl Wal {
                 closed: false,
                 retention: RetentionState::default(),
                 lost: HashMap::new(),
+                floor: recovered.floor,
             }),
             visible: Condvar::new(),
             notify: tokio::sync::Notify::new(),
@@ -773,7 +779,23 @@ impl Wal {
     /// Whether the ticks after `after` are all still in the WAL (ArangoDB's `fromPresent`).
     pub fn contains_after(&self, after: Tick) -> bool {
         let state = self.shared.lock();
-        reader::floor(&state) <= after
+        reader::floor(&state).max(state.floor) <= after
+    }
+
+    /// The log's floor: ticks at or before it are not served (`skip_to`); zero if none was set.
+    pub fn floor(&self) -> Tick {
+        self.shared.lock().floor
+    }
+
+    /// Moves the log past `tick` without appending: the next tick is after it, and no client is
+    /// served from a tick before it (they get `contains_after` false, ArangoDB's 1414), because
+    /// the store holds data the log before it does not describe (a restore). With `lower` and a
+    /// log that holds no block, the floor may also go down (a restored follower starting in its
+    /// leader's log where the first block it receives begins). Durable when it returns.
+    pub fn skip_to(&self, tick: Tick, lower: bool) -> Result<()> {
+        self.enqueue(Payload::Floor { tick, lower }, 0)?
+            .wait()
+            .map(|_| ())
     }
 
     /// Every segment with its tick range, oldest first, as `logger-tick-ranges` lists them.
@@ -863,7 +885,7 @@ impl Wal {
     /// `expires`. Fails with `TickCompacted` if those ticks are already gone.
     pub fn set_barrier(&self, client: &str, tick: Tick, expires: SystemTime) -> Result<()> {
         let mut state = self.shared.lock();
-        if reader::floor(&state) > tick {
+        if reader::floor(&state).max(state.floor) > tick {
             return Err(Error::TickCompacted(tick));
         }
         state.lost.remove(client);

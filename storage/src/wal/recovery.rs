@@ -95,6 +95,8 @@ pub(crate) struct Recovered {
     pub tick_last: Tick,
     pub next_segment_id: SegmentId,
     pub report: RecoveryReport,
+    /// The log's floor (`Wal::skip_to`); `tick_last` is never below it.
+    pub floor: Tick,
 }
 
 /// Creates `dir` if missing, making its entry in the parent durable.
@@ -111,7 +113,9 @@ pub(crate) fn create_dir(dir: &Path) -> Result<()> {
 
 /// Whether `name` is one of the WAL's own temporary files, removed at open.
 fn is_temporary(name: &str) -> bool {
-    name == "direct-probe.tmp" || (name.starts_with("spare-") && name.ends_with(".wal.tmp"))
+    name == "direct-probe.tmp"
+        || name == super::floor::TEMPORARY
+        || (name.starts_with("spare-") && name.ends_with(".wal.tmp"))
 }
 
 /// The segment files of `dir`, ordered by id; removes temporary files; refuses foreign ones.
@@ -130,7 +134,7 @@ fn list(dir: &Path) -> Result<Vec<(SegmentId, Tick, PathBuf)>> {
                 path.display()
             )));
         };
-        if name == "LOCK" || (name == "lost+found" && path.is_dir()) {
+        if name == "LOCK" || name == super::floor::FILE || (name == "lost+found" && path.is_dir()) {
             continue;
         }
         if is_temporary(&name) {
@@ -298,7 +302,8 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
         .as_ref()
         .map(|a| a.ticks.last)
         .or(sealed.back().map(|s| s.ticks.last));
-    report.tick_last = tick_last.unwrap_or(Tick::ZERO);
+    let floor = super::floor::read(dir)?;
+    report.tick_last = tick_last.unwrap_or(Tick::ZERO).max(floor);
     report.elapsed = started.elapsed();
     Ok(Recovered {
         sealed,
@@ -306,6 +311,7 @@ pub(crate) fn recover(dir: &Path, options: &WalOptions) -> Result<Recovered> {
         tick_last: report.tick_last,
         next_segment_id,
         report,
+        floor,
     })
 }
 

@@ -219,6 +219,22 @@ impl Writer {
                     .complete(Err(Error::WriterFailed(reason.clone())));
                 continue;
             }
+            if let Payload::Floor { tick, lower } = &request.payload {
+                let result = self.floor(*tick, *lower);
+                let range = TickRange {
+                    first: *tick,
+                    last: *tick,
+                };
+                match result {
+                    Ok(()) => request.completion.complete(Ok(range)),
+                    Err(Failure::Retryable(error)) => request.completion.complete(Err(error)),
+                    Err(Failure::Fatal(error)) => {
+                        self.poison(&error);
+                        request.completion.complete(Err(error));
+                    }
+                }
+                continue;
+            }
             match self.append(&request.payload) {
                 Ok(ticks) => self.pending.push((request.completion, ticks)),
                 // Nothing was written for it; the next append tries again (a new spare segment,
@@ -251,6 +267,11 @@ impl Writer {
                     Failure::Retryable(Error::InvalidRecord("tick space exhausted".into()))
                 })?;
                 (ticks, prepared.block_bytes())
+            }
+            Payload::Floor { .. } => {
+                return Err(Failure::Retryable(Error::InvalidRecord(
+                    "a floor is not a block".into(),
+                )))
             }
             Payload::Verbatim(block) => {
                 let ticks = block.ticks();
@@ -287,6 +308,7 @@ impl Writer {
                     .raw_bytes
                     .fetch_add(u64::from(prepared.raw_bytes()), Ordering::Relaxed);
             }
+            Payload::Floor { .. } => {}
             Payload::Verbatim(block) => {
                 self.buffer(block.bytes()).map_err(fatal)?;
                 let raw = u64::from(block.header().raw_bytes);
@@ -376,6 +398,41 @@ impl Writer {
             .copy_within(keep_from..self.buf_len, 0);
         self.buf_offset += keep_from as u64;
         self.buf_len -= keep_from;
+        Ok(())
+    }
+
+    /// Moves the log's floor to `tick` (see `Wal::skip_to`) once everything before it is
+    /// durable and visible.
+    fn floor(&mut self, tick: Tick, lower: bool) -> std::result::Result<(), Failure> {
+        if self.unwritten {
+            self.write_out().map_err(Failure::Fatal)?;
+        }
+        self.hand_off();
+        self.drain().map_err(Failure::Fatal)?;
+        let holds_blocks = self.shared.lock().tick_first().is_some()
+            || self.segment.as_ref().is_some_and(|s| s.block_count > 0);
+        if tick < self.tick_written && (!lower || holds_blocks) {
+            return Err(Failure::Retryable(Error::TickOrder {
+                tick_first: tick,
+                tick_last: self.tick_written,
+            }));
+        }
+        super::floor::write(&self.shared.dir, tick).map_err(Failure::Retryable)?;
+        self.tick_written = tick;
+        self.tick_handed = tick;
+        {
+            let mut state = self.shared.lock();
+            state.floor = tick;
+            state.tick_last = tick;
+            self.shared
+                .tick_visible
+                .store(tick.get(), Ordering::Release);
+            self.shared
+                .tick_durable
+                .store(tick.get(), Ordering::Release);
+        }
+        self.shared.visible.notify_all();
+        self.shared.notify.notify_waiters();
         Ok(())
     }
 

@@ -1,0 +1,220 @@
+//! What arangodump and ArangoDB's initial syncer read through a batch: `inventory` (the
+//! databases and collections as of the batch's tick) and `dump` (a collection's documents as of
+//! that tick, paged by the batch's cursor for it).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use tickship_storage::docstore::{Catalog, SYSTEM_DATABASE};
+
+use super::{json, AppState, Req};
+use crate::api::{num, ApiError, ApiResult};
+use crate::leader::batches::Batch;
+use crate::util::iso8601;
+
+/// Default and largest `chunkSize` of `dump`, in bytes.
+const CHUNK_DEFAULT: usize = 16 << 20;
+const CHUNK_MAX: usize = 128 << 20;
+/// Documents read from the snapshot at a time while filling a chunk.
+const PAGE_DOCS: usize = 1000;
+
+/// The batch named by `batchId`, with ArangoDB's answers when there is none.
+fn batch_of(
+    state: &AppState,
+    req: &Req,
+    missing: &str,
+    unknown: &str,
+    error_num: u32,
+) -> ApiResult<Arc<Batch>> {
+    match req.query("batchId") {
+        None | Some("") => Err(ApiError::new(StatusCode::NOT_FOUND, error_num, missing)),
+        Some(id) => state
+            .batches
+            .get(id)
+            .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, error_num, unknown)),
+    }
+}
+
+/// A database's collections as `inventory` lists them.
+fn collections_of(catalog: &Catalog, db: &str, include_system: bool) -> Vec<Value> {
+    catalog
+        .collections(db)
+        .iter()
+        .filter(|c| include_system || !c.is_system)
+        .map(|c| {
+            json!({
+                "parameters": super::collections::properties_json(c),
+                "indexes": [],
+            })
+        })
+        .collect()
+}
+
+fn database_properties(catalog: &Catalog, db: &str) -> Value {
+    let id = catalog.database(db).map_or(0, |d| d.id);
+    json!({
+        "id": id.to_string(),
+        "name": db,
+        "isSystem": db == SYSTEM_DATABASE,
+        "sharding": "",
+        "replicationFactor": 1,
+        "writeConcern": 1,
+    })
+}
+
+/// `GET /_api/replication/inventory?batchId&includeSystem&global`: the collections (and, with
+/// `global`, the databases) as of the batch's tick.
+pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let batch = batch_of(
+        state,
+        req,
+        "batchId not specified",
+        "context was not found",
+        num::CURSOR_NOT_FOUND,
+    )?;
+    let include_system = req.flag("includeSystem", true);
+    let global = req.flag("global", false);
+    if global && req.db != SYSTEM_DATABASE {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            num::USE_SYSTEM_DATABASE,
+            "global inventory can only be fetched from within _system database",
+        ));
+    }
+    let snapshot = &batch.snapshot;
+    let catalog = snapshot.catalog();
+    let tick = snapshot.tick().to_string();
+    let mut body = Map::new();
+    if global {
+        let mut databases = Map::new();
+        for db in catalog.databases() {
+            databases.insert(
+                db.name.clone(),
+                json!({
+                    "id": db.id.to_string(),
+                    "name": db.name,
+                    "properties": database_properties(catalog, &db.name),
+                    "collections": collections_of(catalog, &db.name, include_system),
+                    "views": [],
+                }),
+            );
+        }
+        body.insert("databases".into(), Value::Object(databases));
+    } else {
+        if catalog.database(&req.db).is_none() {
+            return Err(ApiError::database_not_found());
+        }
+        let mut collections = collections_of(catalog, &req.db, include_system);
+        if let Some(only) = req.query("collection").filter(|c| !c.is_empty()) {
+            collections.retain(|c| c["parameters"]["name"] == only);
+        }
+        body.insert("collections".into(), Value::Array(collections));
+        body.insert("views".into(), json!([]));
+        body.insert("properties".into(), database_properties(catalog, &req.db));
+    }
+    body.insert(
+        "state".into(),
+        json!({
+            "running": true,
+            "lastLogTick": tick,
+            "lastUncommittedLogTick": tick,
+            "totalEvents": snapshot.tick().get(),
+            "time": iso8601(std::time::SystemTime::now()),
+        }),
+    );
+    // ArangoDB puts its global tick here, which arangodump records as `lastTickAtDumpStart`;
+    // the batch's own tick is the one a follower restored from this dump can start from.
+    body.insert("tick".into(), json!(tick));
+    Ok(json(StatusCode::OK, &Value::Object(body)))
+}
+
+/// `GET /_api/replication/dump?collection&batchId&chunkSize[&useEnvelope]`: the next documents
+/// of `collection` as of the batch's tick, about `chunkSize` bytes of them, one per line; 204
+/// once they have all been sent.
+pub fn dump(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let batch = batch_of(
+        state,
+        req,
+        "replication dump - request misses batchId",
+        "replication dump - unable to find context (it could be expired)",
+        num::HTTP_BAD_PARAMETER,
+    )?;
+    let name = req.query("collection").unwrap_or("");
+    if name.is_empty() {
+        return Err(ApiError::bad_parameter(
+            "invalid collection parameter: collection missing",
+        ));
+    }
+    let snapshot = &batch.snapshot;
+    let catalog = snapshot.catalog();
+    let collection = catalog
+        .collection(&req.db, name)
+        .or_else(|| {
+            name.parse::<u64>()
+                .ok()
+                .and_then(|id| catalog.collection_by_id(id))
+        })
+        .filter(|c| c.database == req.db)
+        .ok_or_else(ApiError::collection_not_found)?;
+    let chunk = req
+        .query("chunkSize")
+        .and_then(|c| c.parse::<usize>().ok())
+        .unwrap_or(CHUNK_DEFAULT)
+        .clamp(1, CHUNK_MAX);
+    let envelope = req.flag("useEnvelope", true);
+    let cursor = batch.cursor(collection.id);
+    let (body, more) = tokio::task::block_in_place(|| -> ApiResult<(Vec<u8>, bool)> {
+        let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        // Documents per read, sized from those seen so far so a chunk overshoots by little.
+        let mut average = 1024usize;
+        let mut seen = 0usize;
+        while !cursor.done && out.len() < chunk {
+            let limit = ((chunk - out.len()) / average).clamp(1, PAGE_DOCS);
+            let page = snapshot.page(collection.id, cursor.after.as_deref(), limit)?;
+            if page.len() < limit {
+                cursor.done = true;
+            }
+            for (_, doc) in &page {
+                if envelope {
+                    out.extend_from_slice(br#"{"type":2300,"data":"#);
+                }
+                out.extend_from_slice(&doc.to_json_in(&collection.name));
+                if envelope {
+                    out.push(b'}');
+                }
+                out.push(b'\n');
+            }
+            seen += page.len();
+            average = (out.len() / seen.max(1)).max(64);
+            if let Some((key, _)) = page.into_iter().next_back() {
+                cursor.after = Some(key);
+            }
+        }
+        Ok((out, !cursor.done))
+    })?;
+    let status = if body.is_empty() {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let included = if body.is_empty() {
+        "0".to_string()
+    } else {
+        snapshot.tick().to_string()
+    };
+    let mut response = super::raw(status, "application/x-arango-dump", body);
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("x-arango-replication-checkmore", more.to_string()),
+        ("x-arango-replication-lastincluded", included),
+        ("x-arango-replication-active", "true".to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}

@@ -1,0 +1,291 @@
+//! Restoring a dump straight into the store, without taking ticks: a follower's log holds its
+//! leader's ticks, so what a restore loads must not come through this server's WAL. Databases and
+//! collections are written to the catalog, documents sorted into store files (SSTs) that RocksDB
+//! ingests whole, in the form kept in the store with the revision they had on the leader.
+//!
+//! The store writes without RocksDB's own log (the WAL replays what a crash lost), and restored
+//! data is in no WAL: every restore step therefore ends persisted (the ingest is durable, catalog
+//! and counts are flushed) before it returns. `apply_lock` keeps a restore step and the applying
+//! of WAL blocks from working on the catalog and counts at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rocksdb::WriteBatch;
+
+use super::catalog::{CollectionInfo, DatabaseInfo};
+use super::document::doc_key;
+use super::{decode_u64, store_error, DocStore, APPLIED_MAX, APPLIED_TICK};
+use crate::error::{Error, Result};
+use crate::tick::Tick;
+
+/// One line of a dump, as a restore loads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Restored {
+    /// The document with `key` is `json` (the stored form: `_key` and `_id` first, no `_rev`),
+    /// written at revision `rev`.
+    Put {
+        key: String,
+        rev: Tick,
+        json: Vec<u8>,
+    },
+    /// The document with `key` is gone (a 2302 line of an old dump).
+    Remove { key: String },
+}
+
+impl Restored {
+    fn key(&self) -> &str {
+        match self {
+            Restored::Put { key, .. } | Restored::Remove { key } => key,
+        }
+    }
+}
+
+/// What a restore of documents did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// Documents stored that the collection did not hold before.
+    pub created: u64,
+    /// Documents stored that replaced one with the same key.
+    pub replaced: u64,
+    /// Documents removed.
+    pub removed: u64,
+}
+
+/// What a collection restore found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CollectionRestore {
+    /// Created (or replaced) as `info`; its id is the dump's unless another collection had it.
+    Created(Arc<CollectionInfo>),
+    /// A collection of that name exists and replacing it was not asked for.
+    Exists(Arc<CollectionInfo>),
+}
+
+/// Names the store files a restore writes before they are ingested.
+static SST_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+impl DocStore {
+    pub(super) fn lock_apply(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.apply_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates database `name` (with a new id) if it does not exist; true if it was created.
+    pub fn restore_database(&self, name: &str) -> Result<bool> {
+        let _applying = self.lock_apply();
+        let mut catalog = (*self.catalog()).clone();
+        if catalog.database(name).is_some() {
+            return Ok(false);
+        }
+        let info = DatabaseInfo {
+            id: catalog.max_id() + 1,
+            name: name.to_string(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta(), format!("db/{name}"), json);
+        self.write(batch)?;
+        self.flush()?;
+        catalog.databases.insert(name.to_string(), info);
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        Ok(true)
+    }
+
+    /// Creates collection `info` in its database, empty, keeping its id unless another collection
+    /// (or one a filter left out) has it. An existing collection of that name is dropped first
+    /// with `replace`, and reported otherwise.
+    pub fn restore_collection(
+        &self,
+        mut info: CollectionInfo,
+        replace: bool,
+    ) -> Result<CollectionRestore> {
+        let _applying = self.lock_apply();
+        let mut catalog = (*self.catalog()).clone();
+        if catalog.database(&info.database).is_none() {
+            return Err(Error::InvalidRecord(format!(
+                "database '{}' does not exist",
+                info.database
+            )));
+        }
+        let (docs, meta) = (self.docs(), self.meta());
+        let mut batch = WriteBatch::default();
+        if let Some(existing) = catalog.collection(&info.database, &info.name) {
+            if !replace {
+                return Ok(CollectionRestore::Exists(existing));
+            }
+            let id = existing.id;
+            batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
+            batch.delete_cf(meta, format!("col/{id}"));
+            batch.delete_cf(meta, format!("count/{id}"));
+            catalog.remove_collection(id);
+            self.counts_mut().remove(&id);
+        }
+        if info.id == 0
+            || catalog.collection_by_id(info.id).is_some()
+            || catalog.left_out.contains_key(&info.id)
+            || catalog.databases().any(|d| d.id == info.id)
+        {
+            info.id = catalog.max_id() + 1;
+        }
+        let id = info.id;
+        let json = serde_json::to_vec(&info).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        // Whatever an earlier collection with this id left (none should be left).
+        batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
+        batch.put_cf(meta, format!("col/{id}"), json);
+        batch.put_cf(meta, format!("count/{id}"), 0u64.to_le_bytes());
+        self.write(batch)?;
+        self.flush()?;
+        catalog.insert_collection(info);
+        let created = catalog
+            .collection_by_id(id)
+            .ok_or_else(|| Error::InvalidRecord("restored collection vanished".into()))?;
+        self.counts_mut().insert(id, 0);
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        Ok(CollectionRestore::Created(created))
+    }
+
+    fn counts_mut(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u64>> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `items` in `collection` as one store file, ingested whole: the last line for a key
+    /// wins. Durable when it returns.
+    pub fn restore_documents(
+        &self,
+        collection: u64,
+        mut items: Vec<Restored>,
+    ) -> Result<RestoreStats> {
+        let mut stats = RestoreStats::default();
+        if items.is_empty() {
+            return Ok(stats);
+        }
+        // Sorted by key, the last line of a key kept (a stable sort keeps lines in order).
+        items.sort_by(|a, b| a.key().cmp(b.key()));
+        let mut last: Vec<Restored> = Vec::with_capacity(items.len());
+        for item in items {
+            match last.last_mut() {
+                Some(previous) if previous.key() == item.key() => *previous = item,
+                _ => last.push(item),
+            }
+        }
+        let path = self.path.join(format!(
+            "restore-{}-{}.sst.tmp",
+            std::process::id(),
+            SST_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| -> Result<()> {
+            let mut writer = rocksdb::SstFileWriter::create(&self.sst_options);
+            writer
+                .open(&path)
+                .map_err(|e| store_error("create restore file", e))?;
+            let mut value = Vec::new();
+            for item in &last {
+                let key = doc_key(collection, item.key());
+                match item {
+                    Restored::Put { rev, json, .. } => {
+                        value.clear();
+                        value.extend_from_slice(&rev.get().to_le_bytes());
+                        value.extend_from_slice(json);
+                        writer
+                            .put(&key, &value)
+                            .map_err(|e| store_error("write restore file", e))?;
+                    }
+                    Restored::Remove { .. } => writer
+                        .delete(&key)
+                        .map_err(|e| store_error("write restore file", e))?,
+                }
+            }
+            writer
+                .finish()
+                .map_err(|e| store_error("finish restore file", e))
+        })();
+        if let Err(error) = written {
+            let _ = std::fs::remove_file(&path);
+            return Err(error);
+        }
+        let result = self.ingest(collection, &last, &path, &mut stats);
+        // Moved into the store on success; anything left is ours to remove.
+        let _ = std::fs::remove_file(&path);
+        result.map(|()| stats)
+    }
+
+    fn ingest(
+        &self,
+        collection: u64,
+        items: &[Restored],
+        path: &std::path::Path,
+        stats: &mut RestoreStats,
+    ) -> Result<()> {
+        let _applying = self.lock_apply();
+        if self.catalog().collection_by_id(collection).is_none() {
+            return Err(Error::InvalidRecord(format!(
+                "collection {collection} does not exist"
+            )));
+        }
+        let keys: Vec<Vec<u8>> = items
+            .iter()
+            .map(|item| doc_key(collection, item.key()))
+            .collect();
+        let found = self.db.batched_multi_get_cf(self.docs(), &keys, true);
+        for (item, found) in items.iter().zip(found) {
+            let existed = found
+                .map_err(|e| store_error("look up restored keys", e))?
+                .is_some();
+            match (item, existed) {
+                (Restored::Put { .. }, false) => stats.created += 1,
+                (Restored::Put { .. }, true) => stats.replaced += 1,
+                (Restored::Remove { .. }, true) => stats.removed += 1,
+                (Restored::Remove { .. }, false) => {}
+            }
+        }
+        let mut options = rocksdb::IngestExternalFileOptions::default();
+        options.set_move_files(true);
+        self.db
+            .ingest_external_file_cf_opts(self.docs(), &options, vec![path.to_path_buf()])
+            .map_err(|e| store_error("ingest restored documents", e))?;
+        let count = {
+            let mut counts = self.counts_mut();
+            let count = counts.entry(collection).or_insert(0);
+            *count = (*count + stats.created).saturating_sub(stats.removed);
+            *count
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.meta(),
+            format!("count/{collection}"),
+            count.to_le_bytes(),
+        );
+        self.write(batch)?;
+        self.flush()
+    }
+
+    /// Declares that the store holds the state of the log through `applied` (a restored
+    /// follower starting from its leader's log there), and data of ticks up to `through`: a
+    /// replay up to `through` looks up the keys of inserts. Never moves either tick back.
+    pub fn assume_applied(&self, applied: Tick, through: Tick) -> Result<()> {
+        let _applying = self.lock_apply();
+        let applied = applied.max(self.applied_tick());
+        let through = through.max(applied).max(self.applied_max());
+        let stored_max = self
+            .db
+            .get_cf(self.meta(), APPLIED_MAX)
+            .map_err(|e| store_error("read applied tick", e))?
+            .and_then(|v| decode_u64(&v))
+            .unwrap_or(0);
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta(), APPLIED_TICK, applied.get().to_le_bytes());
+        batch.put_cf(
+            self.meta(),
+            APPLIED_MAX,
+            through.get().max(stored_max).to_le_bytes(),
+        );
+        self.write(batch)?;
+        self.flush()?;
+        self.recorded.fetch_max(applied.get(), Ordering::AcqRel);
+        self.applied_max.fetch_max(through.get(), Ordering::AcqRel);
+        self.applied.fetch_max(applied.get(), Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// Shared by the store's fields: see `DocStore::apply_lock`.
+pub(super) type ApplyLock = Mutex<()>;
