@@ -83,6 +83,57 @@ impl Client {
         Ok(value)
     }
 
+    /// Sends `body` with `content_type` and returns the status, the answer's bytes and its
+    /// `x-arango-replication-checkmore` header; an ArangoDB error answer becomes an error.
+    pub fn bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<(u16, Vec<u8>, bool)> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base))
+            .header("content-type", content_type);
+        if let Some(auth) = &self.auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request.body(body).context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let more = response
+            .headers()
+            .get("x-arango-replication-checkmore")
+            .and_then(|v| v.to_str().ok())
+            == Some("true");
+        let bytes = response
+            .into_body()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .with_context(|| format!("read the answer to {method} {path}"))?;
+        if status >= 400 {
+            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            bail!(
+                "{method} {path}: {} (error {}, HTTP {status})",
+                value["errorMessage"].as_str().map_or_else(
+                    || String::from_utf8_lossy(&bytes).into_owned(),
+                    str::to_owned
+                ),
+                value["errorNum"]
+            );
+        }
+        Ok((status, bytes, more))
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     pub fn raw(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
         let mut request = ureq::http::Request::builder()
             .method(method)

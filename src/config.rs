@@ -292,7 +292,7 @@ pub fn size_u64(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-fn size_usize(text: &str) -> Result<usize, String> {
+pub(crate) fn size_usize(text: &str) -> Result<usize, String> {
     usize::try_from(size_u64(text)?).map_err(|_| format!("{text:?} is too large"))
 }
 

@@ -494,3 +494,16 @@ mod tests {
         assert_eq!(after, limit.rlim_max.min(nr_open));
     }
 }
+
+/// `text` encoded for a URL's path segment or query value.
+pub fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Makes the entries of directory `dir` durable.
+pub fn fsync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync directory {}", dir.display()))
+}

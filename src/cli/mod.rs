@@ -2,6 +2,8 @@
 //! and `tickship demo`, which runs a real leader and follower on this machine.
 
 pub mod demo;
+pub mod dump;
+pub mod restore;
 
 use std::path::PathBuf;
 
@@ -101,6 +103,12 @@ enum Top {
     /// The replication logger of the server (a leader): state, first tick, tick ranges.
     #[command(subcommand)]
     Logger(LoggerCommand),
+    /// Writes the documents of a database as of one tick to a directory, as arangodump does;
+    /// prints the tick a follower restored from it starts from.
+    Dump(dump::DumpArgs),
+    /// Loads a dump directory (tickship's or arangodump's) into the server without taking
+    /// ticks, as arangorestore does.
+    Restore(restore::RestoreArgs),
     /// Runs a leader and a follower on this machine with a live load, shows the applier
     /// following, and checks that the follower's documents equal the leader's.
     #[command(disable_help_flag = true)]
@@ -316,6 +324,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             print(&client.call("GET", path, None)?)
         }
+        Top::Dump(args) => dump::run(&client, &server.database, &server.username, args)?,
+        Top::Restore(args) => restore::run(&client, &server.database, args)?,
         Top::Demo(args) if args.help => {
             demo::DemoHelp::command().print_help()?;
         }

@@ -118,6 +118,31 @@ impl SessionError {
     }
 }
 impl Applier {
+    /// Makes an empty log begin just before `first`, the first tick of the first block received,
+    /// which holds `from + 1`: the log's floor goes there (down, if a restore had raised it) and
+    /// the store takes its contents as the state through it, with data up to `from` (a restore
+    /// from a dump at `from`; replaying the block's ticks up to `from` over it changes nothing).
+    /// Returns where the log now ends.
+    fn begin_log(&self, first: Tick, from: Tick) -> Result<Tick, SessionError> {
+        let start = first.saturating_prev();
+        let wal = &self.node.wal;
+        if wal.last_tick() == start && self.node.store.applied_max() >= from {
+            return Ok(start);
+        }
+        tokio::task::block_in_place(|| -> tickship_storage::Result<()> {
+            wal.skip_to(start, true)?;
+            self.node.store.assume_applied(start, from)
+        })
+        .map_err(|e| {
+            SessionError::fatal(
+                errors::LEADER_ERROR,
+                format!("cannot begin this server's log at tick {start}: {e}"),
+            )
+        })?;
+        tracing::info!(%start, %from, "follower: this server's log begins with the leader's tick after {start}");
+        Ok(wal.last_tick())
+    }
+
     /// The applier task: connect, tail, retry; ends on stop or on an error that retrying cannot
     /// fix.
     pub(super) async fn run(
@@ -312,6 +337,9 @@ impl Applier {
         // link one block can take longer than any timeout that catches a dead leader.
         let silence = Duration::from_secs_f64(config.request_timeout.max(1.0));
         let mut last_stored = self.node.wal.last_tick();
+        // A log that holds no block yet (an empty server, or one restored from a dump) begins
+        // with the first block received, wherever in the leader's log that is.
+        let mut log_empty = self.node.wal.first_tick().is_none();
         // A connection counts as working (failedConnects back to 0) only once it brings a new
         // block or shows this server level with the leader: one that connects and then stalls
         // must not look healthy however often it reconnects.
@@ -406,6 +434,9 @@ impl Applier {
                                 format!("invalid block from the leader: {e}"),
                             )
                         })?;
+                        if log_empty && block.ticks().last > from {
+                            last_stored = self.begin_log(block.ticks().first, from)?;
+                        }
                         let new = place_block(block.ticks(), last_stored, from)
                             .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
                         let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
@@ -416,6 +447,7 @@ impl Applier {
                             // decodes the records anyway; here only the record count is needed.
                             frame_events += u64::from(block.record_count());
                             last_stored = block.ticks().last;
+                            log_empty = false;
                             runtime.last_processed = last_stored.get();
                             drop(runtime);
                             let appended = self.node.wal.submit_block(block).map_err(|e| {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tickship_storage::docstore::{Catalog, SYSTEM_DATABASE};
+use tickship_storage::docstore::{Catalog, StoreSnapshot, SYSTEM_DATABASE};
 
 use super::{json, AppState, Req};
 use crate::api::{num, ApiError, ApiResult};
@@ -38,16 +38,17 @@ fn batch_of(
 }
 
 /// A database's collections as `inventory` lists them.
-fn collections_of(catalog: &Catalog, db: &str, include_system: bool) -> Vec<Value> {
-    catalog
+fn collections_of(snapshot: &StoreSnapshot, db: &str, include_system: bool) -> Vec<Value> {
+    snapshot
+        .catalog()
         .collections(db)
         .iter()
         .filter(|c| include_system || !c.is_system)
         .map(|c| {
-            json!({
-                "parameters": super::collections::properties_json(c),
-                "indexes": [],
-            })
+            let mut parameters = super::collections::properties_json(c);
+            // Not in ArangoDB's inventory; lets a dump show progress against a total.
+            parameters.insert("count".into(), json!(snapshot.count(c.id)));
+            json!({ "parameters": parameters, "indexes": [] })
         })
         .collect()
 }
@@ -96,7 +97,7 @@ pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
                     "id": db.id.to_string(),
                     "name": db.name,
                     "properties": database_properties(catalog, &db.name),
-                    "collections": collections_of(catalog, &db.name, include_system),
+                    "collections": collections_of(snapshot, &db.name, include_system),
                     "views": [],
                 }),
             );
@@ -106,7 +107,7 @@ pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
         if catalog.database(&req.db).is_none() {
             return Err(ApiError::database_not_found());
         }
-        let mut collections = collections_of(catalog, &req.db, include_system);
+        let mut collections = collections_of(snapshot, &req.db, include_system);
         if let Some(only) = req.query("collection").filter(|c| !c.is_empty()) {
             collections.retain(|c| c["parameters"]["name"] == only);
         }

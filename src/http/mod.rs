@@ -11,6 +11,7 @@ mod collections;
 mod documents;
 mod dump;
 mod replication;
+mod restore;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -208,7 +209,12 @@ async fn handle_inner(state: &Arc<AppState>, request: Request<Body>) -> ApiResul
     if let Err(refusal) = state.auth.authorize(req.header("authorization")) {
         return Err(ApiError::unauthorized(refusal));
     }
-    state.node.database(&req.db)?;
+    // A restore may create its database (tickship's `createDatabase=true`).
+    let creates_database =
+        path == ["_api", "replication", "restore-collection"] && req.flag("createDatabase", false);
+    if !creates_database {
+        state.node.database(&req.db)?;
+    }
     dispatch(state, &req, &path).await
 }
 
@@ -303,6 +309,15 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         }
         ["_api", "replication", "inventory"] if is(Method::GET) => dump::inventory(state, req),
         ["_api", "replication", "dump"] if is(Method::GET) => dump::dump(state, req),
+        ["_api", "replication", "restore-collection"] if is(Method::PUT) => {
+            restore::restore_collection(state, req)
+        }
+        ["_api", "replication", "restore-indexes"] if is(Method::PUT) => {
+            restore::restore_indexes(state, req)
+        }
+        ["_api", "replication", "restore-data"] if is(Method::PUT) => {
+            restore::restore_data(state, req)
+        }
         ["_api", "replication", "logger-state"] if is(Method::GET) => {
             replication::logger_state(state)
         }
@@ -405,6 +420,9 @@ fn served_path(path: &[&str]) -> bool {
                     | "make-slave"
                     | "inventory"
                     | "dump"
+                    | "restore-collection"
+                    | "restore-indexes"
+                    | "restore-data"
             ]
             | ["_api", "replication", "batch"]
             | ["_api", "replication", "batch", _]
