@@ -50,6 +50,9 @@ impl Client {
     /// Sends a request; an ArangoDB error answer becomes an error with its number and message.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
         let (status, text) = self.raw(method, path, body.map(|b| b.to_string()))?;
+        if status == 204 && text.is_empty() {
+            return Ok(Value::Null);
+        }
         let value: Value = serde_json::from_str(&text)
             .with_context(|| format!("{method} {path} answered {status} with non-JSON: {text}"))?;
         if status == 401 {
