@@ -125,6 +125,17 @@ pub struct DaemonArgs {
     )]
     pub replication_client_ttl: f64,
 
+    /// Seconds a dump's tick stays servable (the leader keeps every WAL segment after it) unless
+    /// a follower starts from it first; kept across restarts. 0: only while the dump's batch
+    /// lives. --wal.archive-size-limit still overrides it (the follower then gets 1414).
+    #[arg(
+        long = "replication.dump-barrier-ttl",
+        default_value_t = 86400.0,
+        value_parser = non_negative_seconds,
+        help_heading = "Replication"
+    )]
+    pub replication_dump_barrier_ttl: f64,
+
     /// Start the replication applier at server start when its configuration says autoStart.
     #[arg(long = "replication.auto-start", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Replication")]
     pub replication_auto_start: bool,
@@ -290,6 +301,13 @@ pub fn size_u64(text: &str) -> Result<u64, String> {
             .ok_or_else(|| format!("{text:?} is too large"))?
     };
     Ok(bytes)
+}
+
+fn non_negative_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=1e9).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?} is not a number of seconds from 0 to 1e9")),
+    }
 }
 
 pub(crate) fn size_usize(text: &str) -> Result<usize, String> {

@@ -228,9 +228,12 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         args.max_document_bytes,
     )?);
     let auth = Arc::new(auth);
-    let clients = Arc::new(Clients::new(Duration::from_secs_f64(
-        args.replication_client_ttl.max(1.0),
-    )));
+    let clients = Arc::new(Clients::open(
+        Duration::from_secs_f64(args.replication_client_ttl.max(1.0)),
+        Duration::from_secs_f64(args.replication_dump_barrier_ttl),
+        dir,
+        &wal,
+    )?);
     let identity = crate::leader::shipper::identity(
         dir,
         args.ssl_certfile.as_deref(),
@@ -261,10 +264,13 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let batches = Arc::new(crate::leader::batches::Batches::default());
     {
         let batches = batches.clone();
+        let clients = clients.clone();
+        let wal = wal.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 every.tick().await;
+                clients.sweep_dumps(&wal);
                 let ended = batches.sweep();
                 if ended > 0 {
                     tracing::info!(ended, "replication batches expired");

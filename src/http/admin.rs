@@ -375,6 +375,12 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         batches,
     );
     out.gauge(
+        "tickship_replication_dump_barriers",
+        "Dumps whose tick the leader keeps servable (every WAL segment after it) until a \
+         follower starts from it or --replication.dump-barrier-ttl passes.",
+        state.clients.dumps().len(),
+    );
+    out.gauge(
         "tickship_replication_batch_oldest_seconds",
         "Age of the oldest live replication batch (0: none).",
         oldest.as_secs_f64(),

@@ -45,6 +45,17 @@ pub fn logger_state(state: &AppState) -> ApiResult<Response<Body>> {
                 "lastServedTick": c.last_served_tick.to_string(),
             })
         })
+        .chain(state.clients.dumps().into_iter().map(|d| {
+            let at = |ms: u64| iso8601(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+            json!({
+                "syncerId": "",
+                "serverId": "",
+                "clientInfo": format!("dump barrier of batch {} (until a follower starts from its tick)", d.batch),
+                "time": at(d.created),
+                "expires": at(d.expires),
+                "lastServedTick": d.tick,
+            })
+        }))
         .collect();
     let body = json!({
         "state": {
@@ -306,6 +317,14 @@ pub fn create_batch(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     let batch = tokio::task::block_in_place(|| state.batches.create(&state.node.store, ttl))?;
     let tick = batch.snapshot.tick();
     tracing::info!(batch = batch.id, %tick, ?ttl, "replication batch created");
+    // ArangoDB pins the caller as a replication client while the batch lives; here the dump's
+    // barrier holds the log after the tick longer (`--replication.dump-barrier-ttl`).
+    if let Err(e) = state.clients.hold_for_dump(&state.node.wal, batch.id, tick) {
+        let _ = state.batches.remove(&batch.id.to_string());
+        return Err(ApiError::internal(format!(
+            "cannot keep the log after tick {tick} for the dump: {e:#}"
+        )));
+    }
     Ok(json(
         StatusCode::OK,
         &json!({"id": batch.id.to_string(), "lastTick": tick.to_string()}),

@@ -9,9 +9,12 @@
 //! effort). `logger-state` and `/_admin/metrics` list them.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
 use tickship_storage::{Tick, Wal};
 
 /// One replication client.
@@ -27,9 +30,46 @@ pub struct Client {
     pub applied: Option<(Tick, SystemTime)>,
 }
 
+/// A dump's hold on the log: every tick after `tick` is kept until a follower reads from `tick`
+/// or later (one restored from the dump has started) or `expires` passes. Kept in
+/// `DIR/dump-barriers.json`, so a leader restart does not let go of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpBarrier {
+    /// The batch the dump read through.
+    pub batch: String,
+    pub tick: String,
+    /// Unix milliseconds.
+    pub created: u64,
+    pub expires: u64,
+}
+
+impl DumpBarrier {
+    fn tick(&self) -> Tick {
+        Tick::new(self.tick.parse().unwrap_or(0))
+    }
+
+    fn wal_name(&self) -> String {
+        format!("dump:{}", self.batch)
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn from_unix_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 pub struct Clients {
     ttl: Duration,
     clients: Mutex<BTreeMap<String, Client>>,
+    /// `--replication.dump-barrier-ttl`; zero: dumps hold nothing past their batch.
+    dump_ttl: Duration,
+    /// Where the dump barriers are kept (none: in memory only, for tests of the registry).
+    dump_path: Option<PathBuf>,
+    dumps: Mutex<Vec<DumpBarrier>>,
 }
 
 impl Clients {
@@ -37,7 +77,133 @@ impl Clients {
         Clients {
             ttl,
             clients: Mutex::new(BTreeMap::new()),
+            dump_ttl: Duration::ZERO,
+            dump_path: None,
+            dumps: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The registry of a server whose data directory is `dir`: the dump barriers kept there are
+    /// put back on `wal` (those it can no longer hold are reported and dropped).
+    pub fn open(
+        ttl: Duration,
+        dump_ttl: Duration,
+        dir: &Path,
+        wal: &Wal,
+    ) -> anyhow::Result<Clients> {
+        let path = dir.join("dump-barriers.json");
+        let mut dumps: Vec<DumpBarrier> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is not a list of dump barriers; remove it to let go of them (followers                      restored from those dumps may then find their tick gone: 1414)",
+                    path.display()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+        };
+        let now = SystemTime::now();
+        dumps.retain(|d| {
+            if from_unix_ms(d.expires) <= now {
+                return false;
+            }
+            match wal.set_barrier(&d.wal_name(), d.tick(), from_unix_ms(d.expires)) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(batch = %d.batch, tick = %d.tick, "dump barrier lost: {e}");
+                    false
+                }
+            }
+        });
+        for d in &dumps {
+            if d.tick.parse::<u64>().is_err() {
+                bail!(
+                    "{}: barrier of batch {} has no tick",
+                    path.display(),
+                    d.batch
+                );
+            }
+        }
+        let clients = Clients {
+            ttl,
+            clients: Mutex::new(BTreeMap::new()),
+            dump_ttl,
+            dump_path: Some(path),
+            dumps: Mutex::new(dumps),
+        };
+        clients.save_dumps(&clients.lock_dumps())?;
+        Ok(clients)
+    }
+
+    fn lock_dumps(&self) -> std::sync::MutexGuard<'_, Vec<DumpBarrier>> {
+        self.dumps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_dumps(&self, dumps: &[DumpBarrier]) -> anyhow::Result<()> {
+        let Some(path) = &self.dump_path else {
+            return Ok(());
+        };
+        let temporary = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec_pretty(dumps)?;
+        std::fs::write(&temporary, bytes)
+            .and_then(|()| std::fs::File::open(&temporary)?.sync_all())
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .with_context(|| format!("write {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            crate::util::fsync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    /// Holds the log after `tick` for the dump reading through batch `batch`, until a follower
+    /// reads from there or `--replication.dump-barrier-ttl` passes; durable when it returns.
+    pub fn hold_for_dump(&self, wal: &Wal, batch: u64, tick: Tick) -> anyhow::Result<()> {
+        if self.dump_ttl.is_zero() {
+            return Ok(());
+        }
+        let now = SystemTime::now();
+        let barrier = DumpBarrier {
+            batch: batch.to_string(),
+            tick: tick.to_string(),
+            created: unix_ms(now),
+            expires: unix_ms(now + self.dump_ttl),
+        };
+        wal.set_barrier(&barrier.wal_name(), tick, now + self.dump_ttl)?;
+        let mut dumps = self.lock_dumps();
+        dumps.push(barrier);
+        self.save_dumps(&dumps)
+    }
+
+    /// Lets go of the dump barriers at `started` (a client reads from exactly that tick: a
+    /// follower restored from that dump has started, and its own registration holds the log
+    /// now), and of expired ones.
+    fn release_dumps(&self, wal: &Wal, started: Option<Tick>) {
+        let now = unix_ms(SystemTime::now());
+        let mut dumps = self.lock_dumps();
+        let before = dumps.len();
+        dumps.retain(|d| {
+            let keep = Some(d.tick()) != started && d.expires > now;
+            if !keep {
+                wal.drop_barrier(&d.wal_name());
+                tracing::info!(batch = %d.batch, tick = %d.tick, "dump barrier released");
+            }
+            keep
+        });
+        if dumps.len() != before {
+            if let Err(e) = self.save_dumps(&dumps) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
+    /// Ends expired dump barriers (the server's sweeper calls it).
+    pub fn sweep_dumps(&self, wal: &Wal) {
+        self.release_dumps(wal, None);
+    }
+
+    /// The live dump barriers.
+    pub fn dumps(&self) -> Vec<DumpBarrier> {
+        self.lock_dumps().clone()
     }
 
     /// Registers a read from `from` by the client with these ids; returns the WAL's verdict on
@@ -64,6 +230,9 @@ impl Clients {
         from: Tick,
         applied: Option<Tick>,
     ) -> tickship_storage::Result<()> {
+        if applied.is_none() {
+            self.release_dumps(wal, Some(from));
+        }
         let id = Clients::id(syncer_id, server_id);
         let now = SystemTime::now();
         let expires = now + self.ttl;
