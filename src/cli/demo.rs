@@ -59,7 +59,7 @@ pub struct DemoHelp {
 }
 
 /// A field of `/proc/PID/status` given in kB, in bytes.
-fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let value = status.lines().find_map(|l| l.strip_prefix(field))?;
     let kb: u64 = value.trim().trim_end_matches("kB").trim().parse().ok()?;
@@ -67,14 +67,14 @@ fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
 }
 
 /// A `tickshipd` child process.
-struct Server {
+pub struct Server {
     name: &'static str,
     child: Option<Child>,
-    endpoint: String,
+    pub endpoint: String,
 }
 
 impl Server {
-    fn start(
+    pub fn start(
         name: &'static str,
         binary: &Path,
         dir: &Path,
@@ -127,11 +127,11 @@ impl Server {
         })
     }
 
-    fn pid(&self) -> Option<u32> {
+    pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM: a graceful stop.
             // SAFETY: kill takes plain integers; the pid is our own child's, not yet waited for,

@@ -128,6 +128,22 @@ impl Applier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .safe_resume_tick;
+        // A log that holds no block yet starts where it is told (ArangoDB's applier-start with a
+        // tick: the store holds the leader's state there, say from a restored dump).
+        if let Some(start) = from.filter(|&f| f > own_last) {
+            if self.node.wal.first_tick().is_none() {
+                let start = Tick::new(start);
+                tokio::task::block_in_place(|| self.begin_at(start, start)).map_err(|e| {
+                    ApiError::internal(format!(
+                        "cannot begin this server's log at tick {start}: {e}"
+                    ))
+                })?;
+                self.runtime
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_processed = start.get();
+            }
+        }
         // Blocks up to our WAL's last tick are stored already: never ask for them again.
         let from = match from {
             Some(from) => from.max(own_last),

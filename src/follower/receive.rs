@@ -118,6 +118,17 @@ impl SessionError {
     }
 }
 impl Applier {
+    /// Moves an empty log to `start` (down too) and has the store take its contents as the
+    /// state through `start` with data up to `through`.
+    pub(super) fn begin_at(&self, start: Tick, through: Tick) -> tickship_storage::Result<()> {
+        self.node.wal.skip_to(start, true)?;
+        self.node.store.assume_applied(start, through)?;
+        self.node
+            .store_writer
+            .note_applied(self.node.store.applied_tick());
+        Ok(())
+    }
+
     /// Makes an empty log begin just before `first`, the first tick of the first block received,
     /// which holds `from + 1`: the log's floor goes there (down, if a restore had raised it) and
     /// the store takes its contents as the state through it, with data up to `from` (a restore
@@ -129,11 +140,7 @@ impl Applier {
         if wal.last_tick() == start && self.node.store.applied_max() >= from {
             return Ok(start);
         }
-        tokio::task::block_in_place(|| -> tickship_storage::Result<()> {
-            wal.skip_to(start, true)?;
-            self.node.store.assume_applied(start, from)
-        })
-        .map_err(|e| {
+        tokio::task::block_in_place(|| self.begin_at(start, from)).map_err(|e| {
             SessionError::fatal(
                 errors::LEADER_ERROR,
                 format!("cannot begin this server's log at tick {start}: {e}"),

@@ -164,6 +164,13 @@ impl StoreWriter {
         Tick::new(self.shared.applied.load(Ordering::Acquire))
     }
 
+    /// Takes `tick` as applied without a block (the store was declared to hold the log through
+    /// it: `DocStore::assume_applied`), waking those waiting for it.
+    pub fn note_applied(&self, tick: Tick) {
+        self.shared.applied.fetch_max(tick.get(), Ordering::AcqRel);
+        self.shared.wake();
+    }
+
     /// What was applied since this store writer started.
     pub fn totals(&self) -> StoreWriterTotals {
         StoreWriterTotals {
