@@ -133,6 +133,61 @@ impl Client {
         Ok((status, bytes, more))
     }
 
+    /// `GET path`, its body handed to `sink` piece by piece as it arrives (no whole-body
+    /// buffer); returns the status, the bytes received and the `checkmore` header.
+    pub fn get_streamed(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<(u16, u64, bool)> {
+        use std::io::Read;
+        let mut request = ureq::http::Request::builder()
+            .method("GET")
+            .uri(format!("{}{path}", self.base));
+        if let Some(auth) = &self.auth {
+            request = request.header("authorization", auth);
+        }
+        let request = request.body(()).context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("GET {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let more = response
+            .headers()
+            .get("x-arango-replication-checkmore")
+            .and_then(|v| v.to_str().ok())
+            == Some("true");
+        let mut reader = response
+            .into_body()
+            .into_with_config()
+            .limit(u64::MAX)
+            .reader();
+        if status >= 400 {
+            let mut text = String::new();
+            let _ = reader.read_to_string(&mut text);
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            bail!(
+                "GET {path}: {} (error {}, HTTP {status})",
+                value["errorMessage"].as_str().unwrap_or(&text),
+                value["errorNum"]
+            );
+        }
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = reader
+                .read(&mut buffer)
+                .with_context(|| format!("read the answer to GET {path}"))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            sink(&buffer[..n])?;
+        }
+        Ok((status, total, more))
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }

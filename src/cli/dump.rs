@@ -145,6 +145,9 @@ fn dump_batch(
         "lastTickAtDumpStart": tick,
         "properties": inventory["properties"],
         "useEnvelope": false,
+        // Every key once per data file (a snapshot's scan): a restore may load chunks in any
+        // order. Not written by arangodump.
+        "snapshot": true,
     });
     write_synced(&dir.join("dump.json"), dump_json.to_string().as_bytes())?;
     let mut collections: Vec<Value> = inventory["collections"]
@@ -343,20 +346,19 @@ fn dump_collection(
         crate::util::percent_encode(name)
     );
     loop {
-        let (status, body, more) = client.bytes(
-            "GET",
-            &format!("{query}&chunkSize={chunk}"),
-            Vec::new(),
-            "application/json",
-        )?;
+        let mut documents = 0u64;
+        let (status, bytes, more) =
+            client.get_streamed(&format!("{query}&chunkSize={chunk}"), &mut |piece| {
+                file.write_all(piece)
+                    .with_context(|| format!("write {}", path.display()))?;
+                documents += memchr_count(piece);
+                Ok(())
+            })?;
         totals.batches.fetch_add(1, Ordering::Relaxed);
-        if status == 204 || body.is_empty() {
+        if status == 204 || bytes == 0 {
             break;
         }
-        file.write_all(&body)
-            .with_context(|| format!("write {}", path.display()))?;
-        let documents = memchr_count(&body);
-        totals.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        totals.bytes.fetch_add(bytes, Ordering::Relaxed);
         totals.documents.fetch_add(documents, Ordering::Relaxed);
         bar.inc(documents);
         bar.set_message(format!(

@@ -87,11 +87,14 @@ pub fn run(client: &Client, database: &str, args: RestoreArgs) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("read {}/ENCRYPTION", dir.display())),
     }
     let dump_json = dir.join("dump.json");
-    let tick = if dump_json.exists() {
+    let (tick, unique_keys) = if dump_json.exists() {
         let meta = read_json(&dump_json)?;
-        meta["lastTickAtDumpStart"].as_str().map(str::to_owned)
+        (
+            meta["lastTickAtDumpStart"].as_str().map(str::to_owned),
+            meta["snapshot"] == json!(true),
+        )
     } else {
-        None
+        (None, false)
     };
     println!(
         "Connected to ArangoDB '{}', database: '{database}'",
@@ -118,7 +121,7 @@ pub fn run(client: &Client, database: &str, args: RestoreArgs) -> Result<()> {
                 {
                     break;
                 }
-                match restore_collection(client, &args, planned, &totals) {
+                match restore_collection(client, &args, planned, &totals, unique_keys) {
                     Ok(()) => done
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -240,6 +243,7 @@ fn restore_collection(
     args: &RestoreArgs,
     planned: &Planned,
     totals: &Totals,
+    unique_keys: bool,
 ) -> Result<()> {
     let name = &planned.name;
     let edge = planned.structure["parameters"]["type"].as_u64() == Some(3);
@@ -291,41 +295,77 @@ fn restore_collection(
         Box::new(counted)
     };
     let mut reader = BufReader::with_capacity(1 << 20, reader);
-    let mut chunk: Vec<u8> = Vec::with_capacity(args.batch_size + (1 << 16));
-    let mut first_line = 1usize;
-    let mut lines_in_chunk = 0usize;
-    let mut offset: u64 = 0;
     let query = format!(
         "/_api/replication/restore-data?collection={}&useEnvelope=false",
         crate::util::percent_encode(name)
     );
-    loop {
-        let before = chunk.len();
-        let read = reader.read_until(b'\n', &mut chunk).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: cannot read past byte {} (line {}) of its {}: {e}",
-                path.display(),
-                offset + before as u64,
-                first_line + lines_in_chunk,
-                if gzip { "uncompressed data" } else { "data" }
-            )
-        })?;
-        if read > 0 {
-            lines_in_chunk += 1;
-            totals.read.fetch_add(read as u64, Ordering::Relaxed);
+    // A snapshot dump of tickship has each key once, so its chunks may be stored in any order
+    // and several go at once; another dump may hold a key twice (a 2302 removal after it), so
+    // its chunks go one after the other, in order.
+    let in_flight = if unique_keys { 2 } else { 1 };
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(in_flight);
+    let receiver = Mutex::new(receiver);
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let read_result = std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..in_flight {
+            scope.spawn(|| loop {
+                let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok((chunk, first_line)) = next else { break };
+                if let Err(e) = send(client, &query, &chunk, path, first_line, totals) {
+                    failed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                    break;
+                }
+            });
         }
-        if (read == 0 && !chunk.is_empty()) || chunk.len() >= args.batch_size {
-            send(client, &query, &chunk, path, first_line, totals)?;
-            offset += chunk.len() as u64;
-            first_line += lines_in_chunk;
-            lines_in_chunk = 0;
-            chunk.clear();
-        }
-        if read == 0 {
-            break;
-        }
+        let mut chunk: Vec<u8> = Vec::with_capacity(args.batch_size + (1 << 16));
+        let mut first_line = 1usize;
+        let mut lines_in_chunk = 0usize;
+        let mut offset: u64 = 0;
+        let result = loop {
+            if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                break Ok(());
+            }
+            let before = chunk.len();
+            let read = match reader.read_until(b'\n', &mut chunk) {
+                Ok(read) => read,
+                Err(e) => {
+                    break Err(anyhow::anyhow!(
+                        "{}: cannot read past byte {} (line {}) of its {}: {e}",
+                        path.display(),
+                        offset + before as u64,
+                        first_line + lines_in_chunk,
+                        if gzip { "uncompressed data" } else { "data" }
+                    ))
+                }
+            };
+            if read > 0 {
+                lines_in_chunk += 1;
+                totals.read.fetch_add(read as u64, Ordering::Relaxed);
+            }
+            if (read == 0 && !chunk.is_empty()) || chunk.len() >= args.batch_size {
+                offset += chunk.len() as u64;
+                let full =
+                    std::mem::replace(&mut chunk, Vec::with_capacity(args.batch_size + (1 << 16)));
+                if sender.send((full, first_line)).is_err() {
+                    break Ok(());
+                }
+                first_line += lines_in_chunk;
+                lines_in_chunk = 0;
+            }
+            if read == 0 {
+                break Ok(());
+            }
+        };
+        drop(sender);
+        result
+    });
+    if let Some(error) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(error);
     }
-    Ok(())
+    read_result
 }
 
 /// Sends one chunk; a bad line is reported by its line in the file.

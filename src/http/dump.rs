@@ -11,7 +11,7 @@ use tickship_storage::docstore::{Catalog, StoreSnapshot, SYSTEM_DATABASE};
 
 use super::{json, AppState, Req};
 use crate::api::{num, ApiError, ApiResult};
-use crate::leader::batches::Batch;
+use crate::leader::batches::{Batch, DumpCursor};
 use crate::util::iso8601;
 
 /// Default and largest `chunkSize` of `dump`, in bytes.
@@ -131,6 +131,77 @@ pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     Ok(json(StatusCode::OK, &Value::Object(body)))
 }
 
+/// Bytes of one piece of a chunk: small enough that the allocator reuses them, rather than
+/// mapping (and the kernel zeroing) a whole chunk's pages for every request.
+const PIECE_BYTES: usize = 1 << 20;
+
+/// A chunk of a dump, read and serialised.
+pub struct Chunk {
+    pieces: Vec<bytes::Bytes>,
+    bytes: usize,
+    /// Documents remain after it.
+    more: bool,
+}
+
+/// Reads about `chunk` bytes of documents of collection `id` (named `name`) after the cursor,
+/// and moves the cursor past them only if all of them were read.
+fn produce(
+    batch: &Batch,
+    id: u64,
+    name: &str,
+    cursor: &mut DumpCursor,
+    chunk: usize,
+    envelope: bool,
+) -> ApiResult<Chunk> {
+    let (mut after, mut done) = (cursor.after.clone(), cursor.done);
+    let mut pieces = Vec::new();
+    let mut piece: Vec<u8> = Vec::with_capacity(PIECE_BYTES + (64 << 10));
+    let mut bytes = 0usize;
+    // Documents per read, sized from those seen so far so a chunk overshoots by little.
+    let mut average = 1024usize;
+    let mut seen = 0usize;
+    while !done && bytes + piece.len() < chunk {
+        let limit = ((chunk - bytes - piece.len()) / average).clamp(1, PAGE_DOCS);
+        let page = batch.snapshot.page(id, after.as_deref(), limit)?;
+        if page.len() < limit {
+            done = true;
+        }
+        for (_, doc) in &page {
+            if envelope {
+                piece.extend_from_slice(br#"{"type":2300,"data":"#);
+            }
+            piece.extend_from_slice(&doc.to_json_in(name));
+            if envelope {
+                piece.push(b'}');
+            }
+            piece.push(b'\n');
+            if piece.len() >= PIECE_BYTES {
+                bytes += piece.len();
+                pieces.push(bytes::Bytes::from(std::mem::replace(
+                    &mut piece,
+                    Vec::with_capacity(PIECE_BYTES + (64 << 10)),
+                )));
+            }
+        }
+        seen += page.len();
+        average = ((bytes + piece.len()) / seen.max(1)).max(64);
+        if let Some((key, _)) = page.into_iter().next_back() {
+            after = Some(key);
+        }
+    }
+    if !piece.is_empty() {
+        bytes += piece.len();
+        pieces.push(bytes::Bytes::from(piece));
+    }
+    cursor.after = after;
+    cursor.done = done;
+    Ok(Chunk {
+        pieces,
+        bytes,
+        more: !done,
+    })
+}
+
 /// `GET /_api/replication/dump?collection&batchId&chunkSize[&useEnvelope]`: the next documents
 /// of `collection` as of the batch's tick, about `chunkSize` bytes of them, one per line; 204
 /// once they have all been sent.
@@ -166,47 +237,51 @@ pub fn dump(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
         .clamp(1, CHUNK_MAX);
     let envelope = req.flag("useEnvelope", true);
     let cursor = batch.cursor(collection.id);
-    let (body, more) = tokio::task::block_in_place(|| -> ApiResult<(Vec<u8>, bool)> {
+    let name = collection.name.clone();
+    let id = collection.id;
+    let produced = tokio::task::block_in_place(|| -> ApiResult<Chunk> {
         let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = Vec::new();
-        // Documents per read, sized from those seen so far so a chunk overshoots by little.
-        let mut average = 1024usize;
-        let mut seen = 0usize;
-        while !cursor.done && out.len() < chunk {
-            let limit = ((chunk - out.len()) / average).clamp(1, PAGE_DOCS);
-            let page = snapshot.page(collection.id, cursor.after.as_deref(), limit)?;
-            if page.len() < limit {
-                cursor.done = true;
-            }
-            for (_, doc) in &page {
-                if envelope {
-                    out.extend_from_slice(br#"{"type":2300,"data":"#);
-                }
-                out.extend_from_slice(&doc.to_json_in(&collection.name));
-                if envelope {
-                    out.push(b'}');
-                }
-                out.push(b'\n');
-            }
-            seen += page.len();
-            average = (out.len() / seen.max(1)).max(64);
-            if let Some((key, _)) = page.into_iter().next_back() {
-                cursor.after = Some(key);
-            }
+        match cursor.prefetched.take() {
+            Some(chunk) => Ok(chunk),
+            None => Ok(produce(&batch, id, &name, &mut cursor, chunk, envelope)?),
         }
-        Ok((out, !cursor.done))
     })?;
-    let status = if body.is_empty() {
+    // While this chunk travels, the next one is read (one chunk ahead at most, per collection).
+    if produced.more {
+        let (batch, cursor) = (batch.clone(), cursor.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut cursor = cursor.lock().unwrap_or_else(|p| p.into_inner());
+            if cursor.prefetched.is_none() && !cursor.done {
+                if let Ok(next) = produce(&batch, id, &name, &mut cursor, chunk, envelope) {
+                    cursor.prefetched = Some(next);
+                }
+            }
+        });
+    }
+    let Chunk {
+        pieces,
+        bytes,
+        more,
+    } = produced;
+    let status = if bytes == 0 {
         StatusCode::NO_CONTENT
     } else {
         StatusCode::OK
     };
-    let included = if body.is_empty() {
+    let included = if bytes == 0 {
         "0".to_string()
     } else {
         snapshot.tick().to_string()
     };
+    let body = Body::from_stream(futures_util::stream::iter(
+        pieces.into_iter().map(Ok::<_, std::io::Error>),
+    ));
     let mut response = super::raw(status, "application/x-arango-dump", body);
+    if let Ok(length) = HeaderValue::from_str(&bytes.to_string()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONTENT_LENGTH, length);
+    }
     let headers = response.headers_mut();
     for (name, value) in [
         ("x-arango-replication-checkmore", more.to_string()),

@@ -9,7 +9,7 @@
 pub mod admin;
 mod collections;
 mod documents;
-mod dump;
+pub(crate) mod dump;
 mod replication;
 mod restore;
 

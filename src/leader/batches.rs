@@ -28,12 +28,14 @@ pub struct Batch {
 }
 
 /// How far the dump of one collection in a batch has come.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct DumpCursor {
     /// The last key handed out; the next page starts after it.
     pub after: Option<String>,
-    /// Every document has been handed out.
+    /// Every document has been handed out (or read into `prefetched`).
     pub done: bool,
+    /// The next chunk, read while the last one was being sent.
+    pub prefetched: Option<crate::http::dump::Chunk>,
 }
 
 impl Batch {

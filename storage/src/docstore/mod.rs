@@ -164,7 +164,11 @@ impl DocStore {
             write_buffers,
             level0_triggers,
         } = Tuned::new(store_options)?;
-        let sst_options = docs.clone();
+        // A restore's files are written at ingest speed: lz4, as the upper levels; compactions
+        // later give the bottommost level its own compression.
+        let mut sst_options = docs.clone();
+        sst_options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        sst_options.set_bottommost_compression_type(rocksdb::DBCompressionType::Lz4);
         let families = [
             ColumnFamilyDescriptor::new(CF_DOCS, docs),
             ColumnFamilyDescriptor::new(CF_META, meta),
