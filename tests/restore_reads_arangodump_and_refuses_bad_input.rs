@@ -366,3 +366,95 @@ fn dump_refuses_an_existing_directory_and_a_full_disk() {
         &["collection 'c'", "No space left on device", "complete in"],
     );
 }
+
+/// Mounts a tmpfs of `size` on `dir`; false if this process may not (not root).
+fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn restore_into_a_full_disk_stops_with_the_error_and_names_what_is_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    if !mount_tmpfs(&small, "48m") {
+        eprintln!("skipping: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let leader = Daemon::start(&dir.path().join("leader"), &[]);
+        let http = leader.http();
+        for name in ["a_small", "b_big"] {
+            assert_eq!(
+                http.send("POST", "/_api/collection", &json!({"name": name}))
+                    .status,
+                200
+            );
+        }
+        assert_eq!(
+            http.send("POST", "/_api/document/a_small", &json!([{"_key": "x"}]))
+                .status,
+            202
+        );
+        // About 80 MB that compress little: more than the follower's disk holds.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for batch in 0..80 {
+            let docs: Vec<_> = (0..100)
+                .map(|i| {
+                    let text: String = (0..640)
+                        .map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            format!("{:016x}", state)
+                        })
+                        .collect();
+                    json!({"_key": format!("k{batch}-{i}"), "t": text})
+                })
+                .collect();
+            assert_eq!(
+                http.send("POST", "/_api/document/b_big", &json!(docs))
+                    .status,
+                202
+            );
+        }
+        let dump = dir.path().join("dump");
+        let run = tickship(
+            &leader,
+            PASSWORD,
+            &["dump", "--output-directory", dump.to_str().unwrap()],
+        );
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let follower = Daemon::start(&small.join("follower"), &[]);
+        let run = tickship(
+            &follower,
+            PASSWORD,
+            &["restore", "--input-directory", dump.to_str().unwrap()],
+        );
+        fails_with(
+            &run,
+            &[
+                "collection 'b_big'",
+                "No space left on device",
+                "complete: 1 of 2 collection(s) (a_small)",
+            ],
+        );
+        // The server stays up and says what it holds.
+        let count = follower.http().get("/_api/collection/a_small/count");
+        assert_eq!(count.json()["count"], json!(1));
+    });
+    let _ = Command::new("umount").arg(&small).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

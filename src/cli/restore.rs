@@ -311,12 +311,16 @@ fn restore_collection(
             scope.spawn(|| loop {
                 let next = receiver.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok((chunk, first_line)) = next else { break };
-                if let Err(e) = send(client, &query, &chunk, path, first_line, totals) {
+                // After a failure the rest is drained unsent, so the reader never waits on a
+                // full channel that nobody empties.
+                if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    continue;
+                }
+                if let Err(e) = send(client, &query, chunk, path, first_line, totals) {
                     failed
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .get_or_insert(e);
-                    break;
                 }
             });
         }
@@ -372,7 +376,7 @@ fn restore_collection(
 fn send(
     client: &Client,
     query: &str,
-    chunk: &[u8],
+    chunk: Vec<u8>,
     path: &Path,
     first_line: usize,
     totals: &Totals,
@@ -380,7 +384,7 @@ fn send(
     totals.batches.fetch_add(1, Ordering::Relaxed);
     totals.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
     client
-        .bytes("PUT", query, chunk.to_vec(), "application/x-arango-dump")
+        .bytes("PUT", query, chunk, "application/x-arango-dump")
         .map(|_| ())
         .map_err(|e| {
             let text = format!("{e:#}");

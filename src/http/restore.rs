@@ -51,6 +51,9 @@ fn check_restorable(state: &AppState) -> ApiResult<()> {
 /// Moves the log's floor past its last tick once the store has applied it, unless the floor is
 /// there already: from here on no client is served a tick from before the restore.
 fn raise_floor(state: &AppState) -> ApiResult<()> {
+    // Restores of several collections at once: one moves the floor, the others see it moved.
+    static RAISING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _raising = RAISING.lock().unwrap_or_else(|p| p.into_inner());
     let node = &state.node;
     let last = node.wal.last_tick();
     if last == node.wal.floor() && last > Tick::ZERO {
