@@ -335,18 +335,7 @@ fn dump_refuses_an_existing_directory_and_a_full_disk() {
 
     // A full disk: a 1 MiB tmpfs for a 2 MB dump (needs root to mount; skipped otherwise).
     let small = dir.path().join("small");
-    std::fs::create_dir_all(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=1m",
-            "tmpfs",
-            small.to_str().unwrap(),
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = mount_tmpfs(&small, "1m");
     if !mounted {
         eprintln!("skipping the full-disk case: cannot mount a tmpfs (not root)");
         return;
