@@ -113,6 +113,23 @@ pub fn with_rev(json: &[u8], rev: Tick) -> Vec<u8> {
     out
 }
 
+/// The inverse of `with_rev`: `json` without its first attribute when that is `"_rev"` with a
+/// decimal string value, and that revision; `None` for any other shape.
+pub fn without_rev(json: &[u8]) -> Option<(Vec<u8>, Tick)> {
+    let rest = json.strip_prefix(b"{\"_rev\":\"")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let rev: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    let rest = rest[digits..].strip_prefix(b"\"")?;
+    let mut out = Vec::with_capacity(json.len());
+    out.push(b'{');
+    match rest.first()? {
+        b',' => out.extend_from_slice(&rest[1..]),
+        b'}' => out.extend_from_slice(rest),
+        _ => return None,
+    }
+    Some((out, Tick::new(rev)))
+}
+
 /// Key of document `key` of collection `collection` in the `docs` column family.
 pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
@@ -124,3 +141,21 @@ pub(crate) fn doc_key(collection: u64, key: &str) -> Vec<u8> {
 /// Bytes of the value of a document kept in the WAL: its tick alone. A document kept in the
 /// store has its tick and then at least `{}`.
 pub(super) const DOCUMENT_IN_WAL_BYTES: usize = 8;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_rev_undoes_with_rev_and_refuses_other_shapes() {
+        for json in [&br#"{"_id":"c/a","_key":"a","x":1}"#[..], b"{}"] {
+            let spliced = with_rev(json, Tick::new(42));
+            assert_eq!(without_rev(&spliced), Some((json.to_vec(), Tick::new(42))));
+        }
+        assert_eq!(without_rev(br#"{"_key":"a","_rev":"1"}"#), None);
+        assert_eq!(without_rev(br#"{"_rev":"x1","a":1}"#), None);
+        assert_eq!(without_rev(br#"{"_rev":"1" ,"a":1}"#), None);
+        assert_eq!(without_rev(br#"{"_rev":""}"#), None);
+    }
+}

@@ -31,9 +31,23 @@ impl DocStore {
 
     /// Documents `keys` of collection `collection`, in order.
     pub fn get_many(&self, collection: u64, keys: &[&str]) -> Result<Vec<Option<StoredDocument>>> {
+        self.get_many_in(collection, keys, None)
+    }
+
+    /// `get_many` as `snapshot` shows the store (the live store if none).
+    pub(super) fn get_many_in(
+        &self,
+        collection: u64,
+        keys: &[&str],
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
+    ) -> Result<Vec<Option<StoredDocument>>> {
         let store_keys: Vec<Vec<u8>> = keys.iter().map(|k| doc_key(collection, k)).collect();
+        let mut options = rocksdb::ReadOptions::default();
+        if let Some(snapshot) = snapshot {
+            options.set_snapshot(snapshot);
+        }
         self.db
-            .batched_multi_get_cf(self.docs(), &store_keys, false)
+            .batched_multi_get_cf_opt(self.docs(), &store_keys, false, &options)
             .into_iter()
             .zip(keys)
             .map(|(value, key)| {
@@ -42,8 +56,11 @@ impl DocStore {
                     .map(|v| self.decode_document(collection, key, &v))
                     .transpose();
                 match decoded {
-                    // Replaced and its old record collected between the two reads (see `get`).
-                    Err(_) if self.values.is_some() => self.get(collection, key),
+                    // Replaced and its old record collected between the two reads (see `get`);
+                    // a snapshot holds its records, so no retry reads past it.
+                    Err(_) if self.values.is_some() && snapshot.is_none() => {
+                        self.get(collection, key)
+                    }
                     other => other,
                 }
             })
@@ -60,37 +77,22 @@ impl DocStore {
         collection: u64,
         visit: impl FnMut(&str, StoredDocument) -> bool,
     ) -> Result<()> {
-        self.scan_in(collection, None, usize::MAX, None, visit)
+        self.scan_in(collection, KeyRange::ALL, usize::MAX, None, visit)
     }
 
-    /// `scan` of the first `limit` documents with keys after `after` (from the first if none),
-    /// as `snapshot` shows them (the live store if none). All `limit` are visited unless `visit`
-    /// stops, though not in key order (those kept in the WAL come in tick order).
+    /// `scan` of the first `limit` documents with keys in `range`, as `snapshot` shows them
+    /// (the live store if none). All `limit` are visited unless `visit` stops, though not in key
+    /// order (those kept in the WAL come in tick order).
     pub(super) fn scan_in(
         &self,
         collection: u64,
-        after: Option<&str>,
+        range: KeyRange<'_>,
         limit: usize,
         snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
         mut visit: impl FnMut(&str, StoredDocument) -> bool,
     ) -> Result<()> {
         let prefix = collection.to_be_bytes();
-        let mut options = rocksdb::ReadOptions::default();
-        // A scan reads each data block once: kept out of the block cache, it neither grows the
-        // process by the whole collection's keys (up to the cache's size) nor pushes out the
-        // index and filter blocks that lookups need.
-        options.fill_cache(false);
-        if let Some(snapshot) = snapshot {
-            options.set_snapshot(snapshot);
-        }
-        let mut lower = prefix.to_vec();
-        if let Some(after) = after {
-            // The smallest key after `after`: `after` followed by a zero byte.
-            lower.extend_from_slice(after.as_bytes());
-            lower.push(0);
-        }
-        options.set_iterate_lower_bound(lower);
-        options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec());
+        let options = range_options(collection, range, snapshot);
         let _scanning = ScanGuard::new(&self.active_scans);
         let iterator = self
             .db
@@ -116,6 +118,46 @@ impl DocStore {
         }
         self.visit_in_wal(collection, &mut in_wal, &mut visit)?;
         Ok(())
+    }
+
+    /// Calls `visit(key, revision)` for the documents of `collection` with keys in `range`, in
+    /// key order, as `snapshot` shows them (the live store if none), without reading documents:
+    /// what comparing two stores by key ranges needs. Stops early when `visit` returns false.
+    pub(super) fn key_revs_in(
+        &self,
+        collection: u64,
+        range: KeyRange<'_>,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
+        mut visit: impl FnMut(&str, Tick) -> bool,
+    ) -> Result<()> {
+        let prefix = collection.to_be_bytes();
+        let options = range_options(collection, range, snapshot);
+        let iterator = self
+            .db
+            .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
+        for item in iterator {
+            let (key, value) = item.map_err(|e| store_error("scan document keys", e))?;
+            let key = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| corrupt("document key is not UTF-8"))?;
+            let rev = value
+                .get(..8)
+                .and_then(decode_u64)
+                .ok_or_else(|| corrupt("document revision"))?;
+            if !visit(key, Tick::new(rev)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// `key_revs_in` of the live store.
+    pub fn key_revs(
+        &self,
+        collection: u64,
+        range: KeyRange<'_>,
+        visit: impl FnMut(&str, Tick) -> bool,
+    ) -> Result<()> {
+        self.key_revs_in(collection, range, None, visit)
     }
 
     /// Visits the documents kept in the WAL at `documents` (tick, key), in tick order, reading
@@ -310,3 +352,75 @@ thread_local! {
 /// A read's frame scratch larger than this (a document in a block without frames, say) is not
 /// kept for the next read.
 const WAL_SCRATCH_BYTES_KEPT: usize = 1 << 20;
+
+/// Keys of one collection between two bounds, either open; `low` inclusive or, with
+/// `after_low`, exclusive; `high` inclusive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyRange<'a> {
+    pub low: Option<&'a str>,
+    pub after_low: bool,
+    pub high: Option<&'a str>,
+}
+
+impl<'a> KeyRange<'a> {
+    pub const ALL: KeyRange<'static> = KeyRange {
+        low: None,
+        after_low: false,
+        high: None,
+    };
+
+    /// `low..=high`, either open.
+    pub fn between(low: Option<&'a str>, high: Option<&'a str>) -> KeyRange<'a> {
+        KeyRange {
+            low,
+            after_low: false,
+            high,
+        }
+    }
+
+    /// The keys after `after` (all if none).
+    pub fn after(after: Option<&'a str>) -> KeyRange<'a> {
+        KeyRange {
+            low: after,
+            after_low: true,
+            high: None,
+        }
+    }
+}
+
+/// Read options that bound an iterator to `range` of `collection`, reading through `snapshot`.
+fn range_options(
+    collection: u64,
+    range: KeyRange<'_>,
+    snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
+) -> rocksdb::ReadOptions {
+    let prefix = collection.to_be_bytes();
+    let mut options = rocksdb::ReadOptions::default();
+    // A scan reads each data block once: kept out of the block cache, it neither grows the
+    // process by the whole collection's keys (up to the cache's size) nor pushes out the index
+    // and filter blocks that lookups need.
+    options.fill_cache(false);
+    if let Some(snapshot) = snapshot {
+        options.set_snapshot(snapshot);
+    }
+    let mut lower = prefix.to_vec();
+    if let Some(low) = range.low {
+        lower.extend_from_slice(low.as_bytes());
+        if range.after_low {
+            // The smallest key after `low`: `low` followed by a zero byte.
+            lower.push(0);
+        }
+    }
+    options.set_iterate_lower_bound(lower);
+    match range.high {
+        Some(high) => {
+            // Exclusive bound just past `high`.
+            let mut upper = prefix.to_vec();
+            upper.extend_from_slice(high.as_bytes());
+            upper.push(0);
+            options.set_iterate_upper_bound(upper);
+        }
+        None => options.set_iterate_upper_bound((collection + 1).to_be_bytes().to_vec()),
+    }
+    options
+}

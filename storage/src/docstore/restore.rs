@@ -71,13 +71,26 @@ impl DocStore {
 
     /// Creates database `name` (with a new id) if it does not exist; true if it was created.
     pub fn restore_database(&self, name: &str) -> Result<bool> {
+        self.restore_database_as(name, None)
+    }
+
+    /// `restore_database` keeping `id` (a leader's, so that no collection id of the leader
+    /// clashes with it here) unless something here has it.
+    pub fn restore_database_as(&self, name: &str, id: Option<u64>) -> Result<bool> {
         let _applying = self.lock_apply();
         let mut catalog = (*self.catalog()).clone();
         if catalog.database(name).is_some() {
             return Ok(false);
         }
+        let taken = |id: u64| {
+            catalog.collection_by_id(id).is_some()
+                || catalog.left_out.contains_key(&id)
+                || catalog.databases().any(|d| d.id == id)
+        };
         let info = DatabaseInfo {
-            id: catalog.max_id() + 1,
+            id: id
+                .filter(|&id| id > 0 && !taken(id))
+                .unwrap_or(catalog.max_id() + 1),
             name: name.to_string(),
         };
         let json = serde_json::to_vec(&info).map_err(|e| Error::InvalidRecord(e.to_string()))?;
@@ -141,6 +154,45 @@ impl DocStore {
         self.counts_mut().insert(id, 0);
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(CollectionRestore::Created(created))
+    }
+
+    /// Drops collection `id` and its documents without a tick (a sync removing what its leader
+    /// no longer has). Durable when it returns; false if there was no such collection.
+    pub fn restore_drop_collection(&self, id: u64) -> Result<bool> {
+        let _applying = self.lock_apply();
+        let mut catalog = (*self.catalog()).clone();
+        if catalog.collection_by_id(id).is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.docs(), id.to_be_bytes(), (id + 1).to_be_bytes());
+        batch.delete_cf(self.meta(), format!("col/{id}"));
+        batch.delete_cf(self.meta(), format!("count/{id}"));
+        self.write(batch)?;
+        self.flush()?;
+        catalog.remove_collection(id);
+        self.counts_mut().remove(&id);
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        Ok(true)
+    }
+
+    /// Records collection `info` as left out by the store's filter (a sync skipping a collection
+    /// its follower does not replicate), as applying its create would: later records of it are
+    /// then counted as excluded. Durable when it returns.
+    pub fn restore_left_out(&self, info: &CollectionInfo) -> Result<()> {
+        let _applying = self.lock_apply();
+        let mut catalog = (*self.catalog()).clone();
+        if catalog.collection_by_id(info.id).is_some() || catalog.left_out.contains_key(&info.id) {
+            return Ok(());
+        }
+        let json = serde_json::to_vec(info).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta(), format!("out/{}", info.id), json);
+        self.write(batch)?;
+        self.flush()?;
+        catalog.left_out.insert(info.id, info.clone());
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+        Ok(())
     }
 
     fn counts_mut(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u64>> {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use rocksdb::{SnapshotWithThreadMode, DB};
 
 use super::catalog::catalog_from;
+use super::read::KeyRange;
 use super::{corrupt, decode_u64, store_error, Catalog, DocStore, StoredDocument, APPLIED_MAX};
 use crate::error::Result;
 use crate::Tick;
@@ -92,10 +93,20 @@ impl StoreSnapshot {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, StoredDocument)>> {
+        self.range(collection, KeyRange::after(after), limit)
+    }
+
+    /// Up to `limit` documents of `collection` with keys in `range`, in key order.
+    pub fn range(
+        &self,
+        collection: u64,
+        range: KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<(String, StoredDocument)>> {
         let mut page = Vec::new();
         self.store.scan_in(
             collection,
-            after,
+            range,
             limit,
             Some(&self.snapshot),
             |key, doc| {
@@ -105,6 +116,25 @@ impl StoreSnapshot {
         )?;
         page.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Ok(page)
+    }
+}
+
+impl StoreSnapshot {
+    /// `DocStore::key_revs` as of the view's tick.
+    pub fn key_revs(
+        &self,
+        collection: u64,
+        range: KeyRange<'_>,
+        visit: impl FnMut(&str, Tick) -> bool,
+    ) -> Result<()> {
+        self.store
+            .key_revs_in(collection, range, Some(&self.snapshot), visit)
+    }
+
+    /// Documents `keys` of `collection` as of the view's tick, in order.
+    pub fn get_many(&self, collection: u64, keys: &[&str]) -> Result<Vec<Option<StoredDocument>>> {
+        self.store
+            .get_many_in(collection, keys, Some(&self.snapshot))
     }
 }
 
