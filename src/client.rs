@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde_json::Value;
 
 /// An HTTP client for one server.
@@ -56,34 +56,37 @@ impl Client {
         let value: Value = serde_json::from_str(&text)
             .with_context(|| format!("{method} {path} answered {status} with non-JSON: {text}"))?;
         if status == 401 {
-            bail!(
-                "{method} {path}: {} (error {}, HTTP 401)\n{}",
-                value["errorMessage"].as_str().unwrap_or(&text),
-                value["errorNum"],
-                if self.auth.is_none() {
-                    format!(
-                        "No password was given for {}: pass --server.password PW or \
-                         --server.password-file FILE, or set TICKSHIP_ROOT_PASSWORD (a \
-                         tickshipd started without a password wrote one to \
-                         DIR/ROOT_PASSWORD).",
-                        self.endpoint
-                    )
-                } else {
-                    format!(
-                        "The password given is not the one of the server at {}.",
-                        self.endpoint
-                    )
-                }
-            );
+            let hint = if self.auth.is_none() {
+                format!(
+                    "No password was given for {}: pass --server.password PW or \
+                     --server.password-file FILE, or set TICKSHIP_ROOT_PASSWORD (a \
+                     tickshipd started without a password wrote one to \
+                     DIR/ROOT_PASSWORD).",
+                    self.endpoint
+                )
+            } else {
+                format!(
+                    "The password given is not the one of the server at {}.",
+                    self.endpoint
+                )
+            };
+            return Err(ServerError::new(method, path, status, &value, &text, Some(hint)).into());
         }
         if status >= 400 {
-            bail!(
-                "{method} {path}: {} (error {}, HTTP {status})",
-                value["errorMessage"].as_str().unwrap_or(&text),
-                value["errorNum"]
-            );
+            return Err(ServerError::new(method, path, status, &value, &text, None).into());
         }
         Ok(value)
+    }
+
+    /// A request to `path` of this server, with its credentials.
+    fn builder(&self, method: &str, path: &str) -> ureq::http::request::Builder {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        match &self.auth {
+            Some(auth) => request.header("authorization", auth),
+            None => request,
+        }
     }
 
     /// Sends `body` with `content_type` and returns the status, the answer's bytes and its
@@ -95,24 +98,17 @@ impl Client {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(u16, Vec<u8>, bool)> {
-        let mut request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", content_type);
-        if let Some(auth) = &self.auth {
-            request = request.header("authorization", auth);
-        }
-        let request = request.body(body).context("build request")?;
+        let request = self
+            .builder(method, path)
+            .header("content-type", content_type)
+            .body(body)
+            .context("build request")?;
         let response = self
             .agent
             .run(request)
             .with_context(|| format!("{method} {}{path}", self.base))?;
         let status = response.status().as_u16();
-        let more = response
-            .headers()
-            .get("x-arango-replication-checkmore")
-            .and_then(|v| v.to_str().ok())
-            == Some("true");
+        let more = check_more(&response);
         let bytes = response
             .into_body()
             .with_config()
@@ -121,14 +117,8 @@ impl Client {
             .with_context(|| format!("read the answer to {method} {path}"))?;
         if status >= 400 {
             let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            bail!(
-                "{method} {path}: {} (error {}, HTTP {status})",
-                value["errorMessage"].as_str().map_or_else(
-                    || String::from_utf8_lossy(&bytes).into_owned(),
-                    str::to_owned
-                ),
-                value["errorNum"]
-            );
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(ServerError::new(method, path, status, &value, &text, None).into());
         }
         Ok((status, bytes, more))
     }
@@ -141,23 +131,16 @@ impl Client {
         sink: &mut dyn FnMut(&[u8]) -> Result<()>,
     ) -> Result<(u16, u64, bool)> {
         use std::io::Read;
-        let mut request = ureq::http::Request::builder()
-            .method("GET")
-            .uri(format!("{}{path}", self.base));
-        if let Some(auth) = &self.auth {
-            request = request.header("authorization", auth);
-        }
-        let request = request.body(()).context("build request")?;
+        let request = self
+            .builder("GET", path)
+            .body(())
+            .context("build request")?;
         let response = self
             .agent
             .run(request)
             .with_context(|| format!("GET {}{path}", self.base))?;
         let status = response.status().as_u16();
-        let more = response
-            .headers()
-            .get("x-arango-replication-checkmore")
-            .and_then(|v| v.to_str().ok())
-            == Some("true");
+        let more = check_more(&response);
         let mut reader = response
             .into_body()
             .into_with_config()
@@ -167,11 +150,7 @@ impl Client {
             let mut text = String::new();
             let _ = reader.read_to_string(&mut text);
             let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            bail!(
-                "GET {path}: {} (error {}, HTTP {status})",
-                value["errorMessage"].as_str().unwrap_or(&text),
-                value["errorNum"]
-            );
+            return Err(ServerError::new("GET", path, status, &value, &text, None).into());
         }
         let mut buffer = vec![0u8; 1 << 20];
         let mut total = 0u64;
@@ -188,19 +167,96 @@ impl Client {
         Ok((status, total, more))
     }
 
+    /// Sends a request as an async job (`x-arango-async: store`) and returns the job's id, whose
+    /// answer `PUT /_api/job/{id}` fetches once it is done (`call` gives `Null` until then).
+    pub fn start_job(&self, method: &str, path: &str, body: Option<Value>) -> Result<String> {
+        let request = self
+            .builder(method, path)
+            .header("content-type", "application/json")
+            .header("x-arango-async", "store")
+            .body(body.map(|b| b.to_string()).unwrap_or_default())
+            .context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let id = response
+            .headers()
+            .get("x-arango-async-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.into_body().read_to_string()?;
+        match (status, id) {
+            (202, Some(id)) => Ok(id),
+            (status, _) if status >= 400 => {
+                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                Err(ServerError::new(method, path, status, &value, &text, None).into())
+            }
+            (status, _) => {
+                anyhow::bail!("{method} {path} as a job answered {status} without a job id: {text}")
+            }
+        }
+    }
+
+    /// The same server and credentials, for requests in database `database`.
+    pub fn in_database(&self, database: &str) -> Client {
+        let root = self
+            .base
+            .rsplit_once("/_db/")
+            .map_or(self.base.as_str(), |(root, _)| root);
+        Client {
+            base: format!("{root}/_db/{database}"),
+            ..self.clone()
+        }
+    }
+
+    /// Sends `body` (JSON) and returns the status, the answer's bytes and the value of its header
+    /// `header`; an ArangoDB error answer becomes a `ServerError`.
+    pub fn bytes_with_header(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        header: &str,
+    ) -> Result<(u16, Vec<u8>, Option<String>)> {
+        let request = self
+            .builder(method, path)
+            .header("content-type", "application/json")
+            .body(body)
+            .context("build request")?;
+        let response = self
+            .agent
+            .run(request)
+            .with_context(|| format!("{method} {}{path}", self.base))?;
+        let status = response.status().as_u16();
+        let value = response
+            .headers()
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let bytes = response
+            .into_body()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .with_context(|| format!("read the answer to {method} {path}"))?;
+        if status >= 400 {
+            let parsed: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let text = String::from_utf8_lossy(&bytes);
+            return Err(ServerError::new(method, path, status, &parsed, &text, None).into());
+        }
+        Ok((status, bytes, value))
+    }
+
     pub fn endpoint(&self) -> &str {
         &self.endpoint
     }
 
     pub fn raw(&self, method: &str, path: &str, body: Option<String>) -> Result<(u16, String)> {
-        let mut request = ureq::http::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
-        if let Some(auth) = &self.auth {
-            request = request.header("authorization", auth);
-        }
-        let request = request
+        let request = self
+            .builder(method, path)
+            .header("content-type", "application/json")
             .body(body.unwrap_or_default())
             .context("build request")?;
         let response = self
@@ -211,4 +267,62 @@ impl Client {
         let text = response.into_body().read_to_string()?;
         Ok((status, text))
     }
+}
+
+/// An error answer of the server: its HTTP status and ArangoDB error number, for callers that
+/// act on them (a sync retries a lost batch, stops on wrong credentials).
+#[derive(Debug)]
+pub struct ServerError {
+    pub status: u16,
+    /// The answer's `errorNum` (0 if it had none).
+    pub error_num: u32,
+    pub message: String,
+    text: String,
+}
+
+impl ServerError {
+    fn new(
+        method: &str,
+        path: &str,
+        status: u16,
+        value: &Value,
+        raw: &str,
+        hint: Option<String>,
+    ) -> ServerError {
+        let message = value["errorMessage"].as_str().unwrap_or(raw).to_string();
+        let mut text = format!(
+            "{method} {path}: {message} (error {}, HTTP {status})",
+            value["errorNum"]
+        );
+        if let Some(hint) = hint {
+            text.push('\n');
+            text.push_str(&hint);
+        }
+        ServerError {
+            status,
+            error_num: value["errorNum"]
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            message,
+            text,
+        }
+    }
+}
+
+impl std::fmt::Display for ServerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+/// An answer's `x-arango-replication-checkmore`: whether more follows.
+fn check_more<B>(response: &ureq::http::Response<B>) -> bool {
+    response
+        .headers()
+        .get("x-arango-replication-checkmore")
+        .and_then(|v| v.to_str().ok())
+        == Some("true")
 }

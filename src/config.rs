@@ -151,6 +151,12 @@ pub struct DaemonArgs {
     #[arg(long = "replication.receive-buffer-size", default_value = "1MiB", value_parser = receive_buffer_size, help_heading = "Replication")]
     pub replication_receive_buffer_size: u32,
 
+    /// As a follower: bytes per second an initial sync receives from the leader at most, so
+    /// that it leaves the leader's disk and the link to its clients (as pg_basebackup's
+    /// --max-rate); 0: no limit.
+    #[arg(long = "replication.sync-max-rate", default_value = "0", value_parser = size_u64, help_heading = "Replication")]
+    pub replication_sync_max_rate: u64,
+
     /// As a follower: memtable size while less than ~8k ticks behind the leader (0: always
     /// --rocksdb.write-buffer-size) [default: 2MiB with documents in the WAL, else 16MiB].
     #[arg(long = "replication.tailing-write-buffer-size", value_parser = size_usize, help_heading = "Replication")]

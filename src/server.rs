@@ -255,6 +255,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         crate::follower::Receiving {
             leader_fingerprint: args.leader_fingerprint.clone(),
             buffer_bytes: args.replication_receive_buffer_size,
+            sync_max_rate: args.replication_sync_max_rate,
         },
         saved,
         replication.handle().clone(),
@@ -286,6 +287,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         applier: applier.clone(),
         max_body_bytes: args.max_body_bytes,
         endpoint: format!("tcp://{local}"),
+        jobs: Default::default(),
     });
     if args.replication_auto_start && applier.config().auto_start {
         match applier.start(None) {

@@ -6,9 +6,7 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{wait_until, Daemon, Http, PASSWORD};
+use common::{tickship_args as tickship, wait_until, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 /// The `tickship` command lines README.md shows (`target/release/tickship ...`), split into
@@ -33,26 +31,6 @@ fn localise(args: &[String], leader: &Daemon, follower: &Daemon) -> Vec<String> 
             other => other.to_string(),
         })
         .collect()
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `tickship` with `args`, without TICKSHIP_ROOT_PASSWORD from the test's environment.
-fn tickship(args: &[String]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_tickship"))
-        .args(args)
-        .env_remove("TICKSHIP_ROOT_PASSWORD")
-        .output()
-        .expect("run tickship");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 fn strings(args: &[&str]) -> Vec<String> {

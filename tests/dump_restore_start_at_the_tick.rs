@@ -9,36 +9,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{wait_until_or, Daemon, Http, PASSWORD};
-use serde_json::{json, Value};
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+use common::{tickship_on, wait_until_or, Daemon, Http, Run, PASSWORD};
 
 fn tickship(server: &Daemon, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_tickship"))
-        .args([
-            "--server.endpoint",
-            &server.endpoint(),
-            "--server.password",
-            PASSWORD,
-        ])
-        .args(args)
-        .env_remove("TICKSHIP_ROOT_PASSWORD")
-        .output()
-        .expect("run tickship");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    tickship_on(server, PASSWORD, args)
 }
+use serde_json::{json, Value};
 
 fn ok(run: Run, what: &str) -> String {
     assert_eq!(

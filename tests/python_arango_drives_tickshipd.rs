@@ -88,3 +88,33 @@ fn python_arango_suite_passes() {
     );
     println!("{stdout}");
 }
+
+// Goal: python-arango's `synchronize` then `set_applier_config` + `start_applier(last_tick)`
+// make a real follower of a real leader (tests/python/synchronize.py).
+#[test]
+fn python_arango_synchronize_then_start_applier_follows() {
+    let python = virtualenv();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
+        || env!("CARGO_MANIFEST_DIR").into(),
+        std::path::PathBuf::from,
+    );
+    let output = Command::new(&python)
+        .arg(package.join("tests/python/synchronize.py"))
+        .arg(&leader.url)
+        .arg(&follower.url)
+        .arg(leader.endpoint())
+        .arg(PASSWORD)
+        .output()
+        .expect("run the script");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.contains("ALL CHECKS PASSED"),
+        "synchronize.py failed ({}):\n{stdout}\n{stderr}\n---- follower log ----\n{}",
+        output.status,
+        follower.log()
+    );
+}

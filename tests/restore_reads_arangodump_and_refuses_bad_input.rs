@@ -13,33 +13,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, PASSWORD};
+use common::{tickship_on as tickship, Daemon, Run, PASSWORD};
 use serde_json::json;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn tickship(server: &Daemon, password: &str, args: &[&str]) -> Run {
-    let output = Command::new(env!("CARGO_BIN_EXE_tickship"))
-        .args([
-            "--server.endpoint",
-            &server.endpoint(),
-            "--server.password",
-            password,
-        ])
-        .args(args)
-        .env_remove("TICKSHIP_ROOT_PASSWORD")
-        .output()
-        .expect("run tickship");
-    Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 fn fails_with(run: &Run, words: &[&str]) {
     assert_ne!(run.code, 0, "stdout: {}", run.stdout);

@@ -242,7 +242,7 @@ fn dump_batch(
     Ok(())
 }
 
-fn progress_bar(wanted: bool, total_docs: u64) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(wanted: bool, total_docs: u64) -> indicatif::ProgressBar {
     use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
     if !wanted || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return ProgressBar::hidden();

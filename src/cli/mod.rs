@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod dump;
 pub mod restore;
+mod setup;
 
 use std::path::PathBuf;
 
@@ -117,7 +118,9 @@ enum Top {
 
 #[derive(Subcommand)]
 enum ReplicationCommand {
-    /// Makes the server a follower of a leader (make-follower) and waits until it has caught up;
+    /// Makes the server a follower of a leader (make-follower): syncs it with a snapshot of the
+    /// leader (all of it, or with --incremental what differs), then tails the leader's log from
+    /// the snapshot's tick; prints progress while it syncs and waits until it has caught up;
     /// exits non-zero, with the error, if it could not.
     Setup(SetupArgs),
     /// Starts the applier: after tick FROM, or where it left off.
@@ -173,6 +176,33 @@ struct SetupArgs {
     /// File whose first line is the password on the leader.
     #[arg(long = "leader.password-file", value_name = "FILE")]
     leader_password_file: Option<PathBuf>,
+    /// Compare the server's data with the leader's and move only what differs (by key ranges),
+    /// instead of emptying its collections first.
+    #[arg(long)]
+    incremental: bool,
+    /// Sync again by itself (incrementally) when the leader no longer has the tick to follow
+    /// from, at most --auto-resync-retries times in a row.
+    #[arg(long)]
+    auto_resync: bool,
+    /// Resyncs in a row that autoResync tries before it gives up.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    auto_resync_retries: u64,
+    /// Replicate system collections (names starting with '_') too.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    include_system: bool,
+    /// With include, only --restrict-collections are replicated; with exclude, all but them.
+    #[arg(long, value_name = "include|exclude", value_parser = ["include", "exclude"], requires = "restrict_collections")]
+    restrict_type: Option<String>,
+    /// The collections --restrict-type names.
+    #[arg(long, value_name = "C", num_args = 1.., requires = "restrict_type")]
+    restrict_collections: Vec<String>,
+    /// Stop with 1414 when the leader no longer has the tick to follow from (false: go on from
+    /// its first tick, missing what was between, and log it).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    require_from_present: bool,
+    /// No progress bar (plain lines are printed when not on a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Subcommand)]
@@ -288,22 +318,32 @@ fn run(cli: Cli) -> Result<()> {
                 ReplicationCommand::Setup(setup) => {
                     let leader = setup
                         .leader_endpoint
-                        .or(setup.leader)
+                        .clone()
+                        .or(setup.leader.clone())
                         .context("name the leader: --leader.endpoint tcp://HOST:PORT")?;
                     let leader_password = match resolve_password(
-                        setup.leader_password,
+                        setup.leader_password.clone(),
                         None,
-                        setup.leader_password_file,
+                        setup.leader_password_file.clone(),
                     )? {
                         Some(p) => p,
                         None => password.clone().unwrap_or_default(),
                     };
-                    let body = json!({
+                    let mut body = json!({
                         "endpoint": leader,
                         "username": setup.leader_username,
                         "password": leader_password,
+                        "incremental": setup.incremental,
+                        "autoResync": setup.auto_resync,
+                        "autoResyncRetries": setup.auto_resync_retries,
+                        "includeSystem": setup.include_system,
+                        "requireFromPresent": setup.require_from_present,
                     });
-                    client.call("PUT", "/_api/replication/make-follower", Some(body))?
+                    if let Some(restrict) = &setup.restrict_type {
+                        body["restrictType"] = json!(restrict);
+                        body["restrictCollections"] = json!(setup.restrict_collections);
+                    }
+                    setup::run(&client, body, !setup.no_progress)?
                 }
             };
             print(&state);

@@ -22,10 +22,14 @@ mod config;
 mod memtables;
 mod receive;
 mod state;
+mod sync;
 
 pub use config::ApplierConfig;
 pub use receive::Receiving;
 pub use state::{is_following, load_saved, ApplierMetrics, PersistedState};
+use std::sync::atomic::{AtomicBool, Ordering};
+pub use sync::SyncReport;
+use sync::{SyncCounters, SyncMarker};
 
 /// The applier of one server (the global applier; ArangoDB's per-database appliers collapse
 /// into it because the log is shared by all databases).
@@ -43,6 +47,10 @@ pub struct Applier {
     task: Mutex<Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>>,
     /// Where the applier's task (its QUIC connection, receiving, storing) runs.
     tasks: tokio::runtime::Handle,
+    /// Held by the sync that runs (one at a time).
+    syncing: Mutex<()>,
+    /// The figures of the last (or running) sync.
+    sync_counters: SyncCounters,
 }
 impl Applier {
     /// The applier of this server, with the configuration and state `load_saved` read.
@@ -69,8 +77,12 @@ impl Applier {
             runtime_changed: Notify::new(),
             task: Mutex::new(None),
             tasks,
+            syncing: Mutex::new(()),
+            sync_counters: SyncCounters::default(),
         });
-        if is_following(&persisted) {
+        // A sync under way (or asked for) when the server stopped: its store is no leader's state,
+        // so it refuses writes until the sync is done.
+        if is_following(&persisted) || applier.sync_marker().is_some() {
             applier.follow(&applier.config());
         }
         Ok(applier)
@@ -122,6 +134,16 @@ impl Applier {
         if self.is_running() {
             return Ok(()); // idempotent
         }
+        // A sync asked for or interrupted runs first, and tailing starts at its tick.
+        if self.sync_marker().is_some() {
+            self.begin_run(
+                config,
+                0,
+                "applier started, initial sync first".into(),
+                &mut task,
+            );
+            return Ok(());
+        }
         let own_last = self.node.wal.last_tick().get();
         let saved = self
             .persisted
@@ -163,6 +185,24 @@ impl Applier {
             }
             None => 0,
         };
+        self.begin_run(
+            config,
+            from,
+            format!("applier started, tailing from tick {from}"),
+            &mut task,
+        );
+        Ok(())
+    }
+
+    /// Marks the applier running and spawns its task, tailing after `from` (or syncing first).
+    fn begin_run(
+        self: &Arc<Self>,
+        config: ApplierConfig,
+        from: u64,
+        message: String,
+        task: &mut Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>,
+    ) {
+        let own_last = self.node.wal.last_tick().get();
         {
             let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
             runtime.running = true;
@@ -172,7 +212,7 @@ impl Applier {
             runtime.last_processed = runtime.last_processed.max(own_last);
             runtime.last_error = LastError::default();
             runtime.progress_time = timestamp(SystemTime::now());
-            runtime.progress_message = format!("applier started, tailing from tick {from}");
+            runtime.progress_message = message;
         }
         let applier = self.clone();
         let stop = Arc::new(Notify::new());
@@ -182,7 +222,57 @@ impl Applier {
                 .spawn(async move { applier.run(config, Tick::new(from), signal).await }),
             stop,
         ));
-        Ok(())
+    }
+
+    fn set_phase(&self, phase: &'static str) {
+        self.runtime.lock().unwrap_or_else(|p| p.into_inner()).phase = phase;
+        self.runtime_changed.notify_waiters();
+    }
+
+    /// `PUT sync`: makes the store equal to a snapshot of the body's leader (ArangoDB's one-off
+    /// initial sync) and begins this server's log at its tick, without tailing: `lastLogTick` is
+    /// where `applier-start` continues. The server refuses writes from here on (its log is the
+    /// leader's now), until it tails or its applier state is deleted.
+    pub async fn sync(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
+        if self.is_running() {
+            return Err(running());
+        }
+        let config = self.config().merged(body, local_db)?;
+        let incremental = config.incremental;
+        self.save_config(&config)?;
+        if self.sync_marker().is_none() {
+            self.write_sync_marker(&SyncMarker {
+                endpoint: config.endpoint.clone(),
+                incremental,
+                ..SyncMarker::default()
+            })?;
+        }
+        self.set_phase("initial");
+        let result = self
+            .clone()
+            .sync_with(config, incremental, Arc::new(AtomicBool::new(false)))
+            .await;
+        self.set_phase("inactive");
+        match result {
+            Ok(report) => {
+                let collections: Vec<Value> = report
+                    .collections
+                    .iter()
+                    .map(|(id, name)| serde_json::json!({"id": id.to_string(), "name": name}))
+                    .collect();
+                Ok(serde_json::json!({
+                    "collections": collections,
+                    "lastLogTick": report.tick.to_string(),
+                }))
+            }
+            Err(error) => {
+                // Nothing changed yet: no sync is owed.
+                if self.sync_marker().is_some_and(|m| m.tick == 0) {
+                    self.remove_sync_marker()?;
+                }
+                Err(setup_failed(error.error_num, error.message))
+            }
+        }
     }
 
     /// `PUT applier-stop`: stops and waits for the task.
@@ -222,18 +312,19 @@ impl Applier {
         runtime.progress_message = message;
     }
 
-    /// `make-follower`: replaces configuration and state, starts tailing from what this server
-    /// already has (the leader's whole log for an empty server), and waits until it has caught up
-    /// with the leader's last tick at the time of the connect, or an error, or
-    /// `initialSyncMaxWaitTime`.
+    /// `make-follower`: replaces configuration and state, syncs this server with a snapshot of
+    /// the leader (`sync`: incremental with `incremental`, else its collections are emptied
+    /// first), starts tailing from the snapshot's tick, and waits until it has caught up with the
+    /// leader's last tick at the time of the connect, or an error, or `initialSyncMaxWaitTime`
+    /// after the sync.
     ///
-    /// A setup that fails before anything of the leader's log was stored (wrong credentials, no
+    /// A setup that fails before anything of the leader's was stored (wrong credentials, no
     /// leader there, the leader is this server, ...) leaves this server as it was: a leader
     /// accepting writes, with no applier configured to start. The answer is the error.
     pub async fn make_follower(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
-        self.stop().await;
         let mut config = ApplierConfig::default().merged(body, local_db)?;
         config.auto_start = true;
+        self.stop().await;
         let previous = (
             self.config(),
             self.persisted
@@ -241,67 +332,89 @@ impl Applier {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         );
+        let owed = self.sync_marker();
         self.save_config(&config)?;
         *self.persisted.lock().unwrap_or_else(|p| p.into_inner()) = PersistedState::default();
-        let from = self.node.wal.last_tick().get();
-        self.start(Some(from))?;
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .resyncs_in_a_row = 0;
+        // A sync interrupted earlier is resumed (it compares); otherwise a new one is asked for.
+        if owed.as_ref().is_none_or(|m| m.tick == 0) {
+            self.write_sync_marker(&SyncMarker {
+                endpoint: config.endpoint.clone(),
+                incremental: config.incremental,
+                ..SyncMarker::default()
+            })?;
+        }
+        self.start(None)?;
+        let wait = Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             // Registered before looking, so that a change in between is not missed.
             let changed = self.runtime_changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (running, available, processed) = {
+            let (running, phase, available, processed) = {
                 let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 (
                     runtime.running,
+                    runtime.phase,
                     runtime.last_available,
                     runtime.last_processed,
                 )
             };
+            let syncing = phase == "initial" || self.sync_marker().is_some();
+            if !syncing && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + wait);
+            }
             let applied = self.node.store_writer.applied_tick().get();
-            let caught_up = available.is_some_and(|a| processed >= a && applied >= processed);
-            if !running || caught_up || tokio::time::Instant::now() >= deadline {
+            let caught_up =
+                !syncing && available.is_some_and(|a| processed >= a && applied >= processed);
+            let late = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if !running || caught_up || late {
                 break;
             }
-            // Wait for news from the session, for the store to apply what was received, or
-            // for the deadline.
+            // Wait for news from the sync or session, for the store to apply what was received,
+            // or for the deadline.
+            let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + wait);
             tokio::select! {
                 _ = changed => {}
-                applied = self.node.store_writer.applied(Tick::new(processed)), if applied < processed => {
+                applied = self.node.store_writer.applied(Tick::new(processed)), if !syncing && applied < processed => {
                     if applied.is_err() {
                         break; // the store writer stopped: its error is in the state
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {}
+                _ = tokio::time::sleep_until(until) => {}
             }
         }
-        let (error, stored) = {
+        let error = {
             let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                (!runtime.running && runtime.last_error.error_num != 0).then(|| {
-                    (
-                        runtime.last_error.error_num,
-                        runtime.last_error.message.clone(),
-                    )
-                }),
-                runtime.last_processed > from,
-            )
+            (!runtime.running && runtime.last_error.error_num != 0).then(|| {
+                (
+                    runtime.last_error.error_num,
+                    runtime.last_error.message.clone(),
+                )
+            })
         };
         let Some((error_num, message)) = error else {
             return Ok(self.state_json());
         };
-        if stored {
-            // Some of the leader's log is stored: this server is its follower now, stopped.
+        // The sync began changing the store (or finished): this server is the leader's now.
+        let changed = self.sync_marker().is_none_or(|m| m.tick > 0);
+        if changed {
             return Err(setup_failed(
                 error_num,
                 format!(
-                "{message}; this server stays a follower of {} (writes refused); fix the cause \
-                 and start the applier again",
-                config.endpoint
-            ),
+                    "{message}; this server stays a follower of {} (writes refused); fix the cause \
+                     and start the applier again: it goes on from what has arrived",
+                    config.endpoint
+                ),
             ));
+        }
+        self.remove_sync_marker()?;
+        if let Some(owed) = owed {
+            self.write_sync_marker(&owed)?;
         }
         self.roll_back(previous)?;
         Err(setup_failed(

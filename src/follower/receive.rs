@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 
 use super::*;
 
+/// A resync whose tailing failed sooner than this after it counts as short-term (ArangoDB's).
+const SHORT_TERM_RESYNC: Duration = Duration::from_secs(120);
+
 /// How this server receives a leader's log (its command-line flags).
 #[derive(Clone, Debug)]
 pub struct Receiving {
@@ -28,6 +31,9 @@ pub struct Receiving {
     /// this server's WAL (`--replication.receive-buffer-size`). A follower far behind fills
     /// both, one close behind does not; so this is what separates their memory.
     pub buffer_bytes: u32,
+    /// Bytes per second an initial sync receives at most (0: no limit;
+    /// `--replication.sync-max-rate`).
+    pub sync_max_rate: u64,
 }
 
 impl Receiving {
@@ -88,6 +94,16 @@ pub(super) fn place_block(ticks: TickRange, last_stored: Tick, from: Tick) -> Re
         ));
     }
     Ok(true)
+}
+
+/// A connection to the leader after the handshake.
+pub(super) struct Opened {
+    pub(super) connection: tickship_net::quinn::Connection,
+    pub(super) stream: FramedStream,
+    pub(super) leader_id: String,
+    pub(super) welcome: tickship_net::Welcome,
+    /// Kept for as long as the connection: dropping the endpoint closes it.
+    _endpoint: tickship_net::quinn::Endpoint,
 }
 
 /// Why a session ended: `retry` errors count towards `maxConnectRetries` when `connect` is set.
@@ -163,10 +179,43 @@ impl Applier {
         let stopped = stop.notified();
         tokio::pin!(stopped);
         let outcome = loop {
-            let session = self.session(&config, from);
-            let result = tokio::select! {
-                _ = stopped.as_mut() => break None,
-                result = session => result,
+            let result = if let Some(marker) = self.sync_marker() {
+                // A sync is owed: this server's store is no state of the leader's log yet.
+                self.set_phase("initial");
+                let incremental = config.incremental || marker.incremental || marker.tick > 0;
+                let cancel = Arc::new(AtomicBool::new(false));
+                let sync = self
+                    .clone()
+                    .sync_with(config.clone(), incremental, cancel.clone());
+                tokio::pin!(sync);
+                let synced = tokio::select! {
+                    _ = stopped.as_mut() => {
+                        // Stopped between two requests; what arrived stays for the next run.
+                        cancel.store(true, Ordering::Release);
+                        let _ = sync.await;
+                        break None;
+                    }
+                    synced = &mut sync => synced,
+                };
+                self.set_phase("running");
+                match synced {
+                    Ok(report) => {
+                        from = report.tick;
+                        self.made_progress();
+                        self.runtime
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .last_sync = Some(Instant::now());
+                        continue;
+                    }
+                    Err(error) => Err(error),
+                }
+            } else {
+                let session = self.session(&config, from);
+                tokio::select! {
+                    _ = stopped.as_mut() => break None,
+                    result = session => result,
+                }
             };
             from = Tick::new(
                 self.runtime
@@ -185,6 +234,21 @@ impl Applier {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .follow_tick_failures += 1;
+                if config.auto_resync && config.auto_resync_retries > 0 {
+                    match self.owe_resync(&config, &error) {
+                        Ok(()) => continue,
+                        Err(stop) => break Some(stop),
+                    }
+                }
+                if !config.require_from_present {
+                    match self.continue_from_leader_first(&config, from).await {
+                        Ok(first) => {
+                            from = first;
+                            continue;
+                        }
+                        Err(error) => break Some((error.error_num, error.message)),
+                    }
+                }
             }
             // Errors that retrying cannot fix stop the applier.
             if !error.retry {
@@ -245,12 +309,106 @@ impl Applier {
         }
     }
 
-    /// One session with the leader, until it fails or ends.
-    pub(super) async fn session(
+    /// autoResync: the leader no longer has the tick to follow from, so a sync (incremental) is
+    /// owed, unless the last ones failed at once `autoResyncRetries` times in a row.
+    fn owe_resync(
+        &self,
+        config: &ApplierConfig,
+        error: &SessionError,
+    ) -> Result<(), (u32, String)> {
+        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+        // A resync whose tailing ran for two minutes worked: the count in a row starts over.
+        if runtime
+            .last_sync
+            .is_some_and(|at| at.elapsed() >= SHORT_TERM_RESYNC)
+        {
+            runtime.resyncs_in_a_row = 0;
+        }
+        if runtime.resyncs_in_a_row >= config.auto_resync_retries {
+            return Err((
+                error.error_num,
+                format!(
+                    "{}; aborting automatic resynchronization after {} short-term retries",
+                    error.message, runtime.resyncs_in_a_row
+                ),
+            ));
+        }
+        runtime.resyncs_in_a_row += 1;
+        runtime.total_resyncs += 1;
+        let attempt = runtime.resyncs_in_a_row;
+        drop(runtime);
+        let message = format!(
+            "restarting initial synchronization because autoResync option is set. retry #{attempt} of {} ({})",
+            config.auto_resync_retries, error.message
+        );
+        tracing::warn!("replication: {message}");
+        self.progress(message);
+        self.write_sync_marker(&SyncMarker {
+            endpoint: config.endpoint.clone(),
+            incremental: true,
+            ..SyncMarker::default()
+        })
+        .map_err(|e| (e.error_num, e.message))
+    }
+
+    /// `requireFromPresent: false`: the leader's log starts after `from`, so this server goes on
+    /// from the leader's first tick, missing the changes in between (ArangoDB accepts the gap
+    /// silently; here it is logged as an error, with the ticks missed).
+    async fn continue_from_leader_first(
         &self,
         config: &ApplierConfig,
         from: Tick,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Tick, SessionError> {
+        let (endpoint, username, password) = (
+            config.endpoint.clone(),
+            config.username.clone(),
+            config.password.clone(),
+        );
+        let first = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
+            let client = crate::client::Client::new(
+                &endpoint,
+                tickship_storage::docstore::SYSTEM_DATABASE,
+                &username,
+                Some(&password),
+            )?;
+            let answer = client.call("GET", "/_api/replication/logger-first-tick", None)?;
+            answer["firstTick"]
+                .as_str()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("logger-first-tick answered without firstTick"))
+        })
+        .await
+        .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?
+        .map_err(|e| {
+            SessionError::connect(format!(
+                "could not ask the leader at {} for its first tick: {e:#}",
+                config.endpoint
+            ))
+        })?;
+        let start = Tick::new(first).saturating_prev().max(from);
+        tracing::error!(
+            "replication: the leader at {} no longer has the ticks after {from} (its log starts at {first}); requireFromPresent is false, so this server goes on from tick {start} WITHOUT the changes of ticks {} to {start}: its data may differ from the leader's until a sync",
+            config.endpoint,
+            from.get() + 1,
+        );
+        tokio::task::block_in_place(|| self.begin_at(start, start)).map_err(|e| {
+            SessionError::fatal(
+                errors::LEADER_ERROR,
+                format!("cannot move this server's log to tick {start}: {e}"),
+            )
+        })?;
+        self.progress(format!(
+            "the leader's log starts at tick {first}: going on from there without ticks {} to {start} (requireFromPresent is false)",
+            from.get() + 1
+        ));
+        Ok(start)
+    }
+
+    /// Connects to `config`'s leader over QUIC and completes the handshake (the leader's
+    /// certificate checked against `--replication.leader-fingerprint`, the credentials by SCRAM):
+    /// the connection, its stream, and the leader's id and welcome. Refuses a leader that is this
+    /// server (1405).
+    pub(super) async fn handshake(&self, config: &ApplierConfig) -> Result<Opened, SessionError> {
         let addr = config.leader_addr().map_err(|m| {
             SessionError::connect(format!(
                 "could not connect to leader at {}: {m}",
@@ -304,6 +462,28 @@ impl Applier {
                 ),
             ));
         }
+        Ok(Opened {
+            connection,
+            stream,
+            leader_id,
+            welcome,
+            _endpoint: endpoint,
+        })
+    }
+
+    /// One session with the leader, until it fails or ends.
+    pub(super) async fn session(
+        &self,
+        config: &ApplierConfig,
+        from: Tick,
+    ) -> Result<(), SessionError> {
+        let Opened {
+            connection: _connection,
+            mut stream,
+            leader_id,
+            welcome,
+            ..
+        } = self.handshake(config).await?;
         {
             let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
             if persisted.server_id.is_empty() {

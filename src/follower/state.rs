@@ -53,6 +53,15 @@ pub(super) struct Runtime {
     pub(super) total_bytes_received: u64,
     /// Times the leader no longer had the tick to follow from (1414).
     pub(super) follow_tick_failures: u64,
+    /// Syncs run by autoResync since the start, and in a row (each within two minutes of the
+    /// last: the tailing that followed failed at once).
+    pub(super) total_resyncs: u64,
+    pub(super) resyncs_in_a_row: u64,
+    /// Documents stored and removed by the syncs of this run (beside those applied from the log).
+    pub(super) synced_documents: u64,
+    pub(super) synced_removals: u64,
+    /// When the last sync finished.
+    pub(super) last_sync: Option<std::time::Instant>,
     pub(super) last_error: LastError,
 }
 
@@ -69,6 +78,13 @@ pub struct ApplierMetrics {
     pub excluded: u64,
     pub bytes_received: u64,
     pub follow_tick_failures: u64,
+    pub total_resyncs: u64,
+    /// Of the last (or running) initial sync.
+    pub sync_running: bool,
+    pub sync_bytes: u64,
+    pub sync_documents: u64,
+    pub sync_removed: u64,
+    pub sync_requests: u64,
     pub fetch_seconds: f64,
     pub apply_seconds: f64,
     pub ticks_behind: u64,
@@ -167,6 +183,8 @@ impl Applier {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ApiError::internal(format!("remove the applier state: {e}"))),
         }
+        // A sync left unfinished is given up: the data stays as it is, a leader's to write to.
+        self.remove_sync_marker()?;
         self.node.set_follower_of(None);
         self.node.store.set_filter(None);
         Ok(())
@@ -197,6 +215,12 @@ impl Applier {
             excluded: store.excluded,
             bytes_received: runtime.total_bytes_received,
             follow_tick_failures: runtime.follow_tick_failures,
+            total_resyncs: runtime.total_resyncs,
+            sync_running: runtime.phase == "initial",
+            sync_bytes: self.sync_counters.bytes.load(Ordering::Relaxed),
+            sync_documents: self.sync_counters.documents.load(Ordering::Relaxed),
+            sync_removed: self.sync_counters.removed.load(Ordering::Relaxed),
+            sync_requests: self.sync_counters.requests.load(Ordering::Relaxed),
             fetch_seconds: runtime.total_fetch_time,
             apply_seconds: runtime.total_apply_time,
             ticks_behind: if runtime.running {
@@ -268,15 +292,23 @@ impl Applier {
             "totalRequests": runtime.total_requests,
             "totalFailedConnects": runtime.total_failed_connects,
             "totalEvents": runtime.total_events,
-            "totalDocuments": store_totals.documents,
-            "totalRemovals": store_totals.removals,
-            "totalResyncs": 0,
+            "totalDocuments": store_totals.documents + runtime.synced_documents,
+            "totalRemovals": store_totals.removals + runtime.synced_removals,
+            "totalResyncs": runtime.total_resyncs,
             "totalOperationsExcluded": store_totals.excluded,
             "totalApplyTime": runtime.total_apply_time,
             "averageApplyTime": average(runtime.total_apply_time, runtime.apply_batches),
             "totalFetchTime": runtime.total_fetch_time,
             "averageFetchTime": average(runtime.total_fetch_time, runtime.fetch_batches),
             "lastError": last_error,
+            "initialSync": {
+                "running": runtime.phase == "initial",
+                "bytesReceived": self.sync_counters.bytes.load(Ordering::Relaxed),
+                "documents": self.sync_counters.documents.load(Ordering::Relaxed),
+                "removed": self.sync_counters.removed.load(Ordering::Relaxed),
+                "requests": self.sync_counters.requests.load(Ordering::Relaxed),
+                "documentsOnLeader": self.sync_counters.on_leader.load(Ordering::Relaxed),
+            },
             "time": timestamp(SystemTime::now()),
         });
         if let (Value::Object(state), Value::Object(more)) = (&mut state, more) {

@@ -406,6 +406,36 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         applier.follow_tick_failures,
     );
     out.counter(
+        "tickship_replication_resyncs_total",
+        "Initial syncs autoResync ran because the leader no longer had the tick to follow from.",
+        applier.total_resyncs,
+    );
+    out.gauge(
+        "tickship_replication_initial_sync_running",
+        "1 while an initial sync (setup, sync, autoResync) runs.",
+        u64::from(applier.sync_running),
+    );
+    out.gauge(
+        "tickship_replication_initial_sync_bytes",
+        "Bytes received from the leader by the last (or running) initial sync.",
+        applier.sync_bytes,
+    );
+    out.gauge(
+        "tickship_replication_initial_sync_documents",
+        "Documents stored by the last (or running) initial sync.",
+        applier.sync_documents,
+    );
+    out.gauge(
+        "tickship_replication_initial_sync_removed",
+        "Documents removed by the last (or running) initial sync (the leader had them no more).",
+        applier.sync_removed,
+    );
+    out.gauge(
+        "tickship_replication_initial_sync_requests",
+        "Requests to the leader of the last (or running) initial sync.",
+        applier.sync_requests,
+    );
+    out.counter(
         "arangodb_replication_tailing_request_time_total",
         "Milliseconds spent waiting for frames of the leader's log.",
         applier.fetch_seconds * 1000.0,

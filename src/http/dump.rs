@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
-use tickship_storage::docstore::{Catalog, StoreSnapshot, SYSTEM_DATABASE};
+use tickship_storage::docstore::{Catalog, KeyRange, StoreSnapshot, SYSTEM_DATABASE};
 
 use super::{json, AppState, Req};
 use crate::api::{num, ApiError, ApiResult};
@@ -131,6 +131,24 @@ pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     Ok(json(StatusCode::OK, &Value::Object(body)))
 }
 
+/// Collection `name` (or id) of the request's database as of the batch's tick.
+fn snapshot_collection(
+    batch: &Batch,
+    req: &Req,
+    name: &str,
+) -> ApiResult<Arc<tickship_storage::docstore::CollectionInfo>> {
+    let catalog = batch.snapshot.catalog();
+    catalog
+        .collection(&req.db, name)
+        .or_else(|| {
+            name.parse::<u64>()
+                .ok()
+                .and_then(|id| catalog.collection_by_id(id))
+        })
+        .filter(|c| c.database == req.db)
+        .ok_or_else(ApiError::collection_not_found)
+}
+
 /// Bytes of one piece of a chunk: small enough that the allocator reuses them, rather than
 /// mapping (and the kernel zeroing) a whole chunk's pages for every request.
 const PIECE_BYTES: usize = 1 << 20;
@@ -220,16 +238,7 @@ pub fn dump(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
         ));
     }
     let snapshot = &batch.snapshot;
-    let catalog = snapshot.catalog();
-    let collection = catalog
-        .collection(&req.db, name)
-        .or_else(|| {
-            name.parse::<u64>()
-                .ok()
-                .and_then(|id| catalog.collection_by_id(id))
-        })
-        .filter(|c| c.database == req.db)
-        .ok_or_else(ApiError::collection_not_found)?;
+    let collection = snapshot_collection(&batch, req, name)?;
     let chunk = req
         .query("chunkSize")
         .and_then(|c| c.parse::<usize>().ok())
@@ -290,6 +299,191 @@ pub fn dump(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+/// The batch and collection a key-range request names (`batchId`, `collection`).
+fn range_request(
+    state: &AppState,
+    req: &Req,
+) -> ApiResult<(Arc<Batch>, Arc<tickship_storage::docstore::CollectionInfo>)> {
+    let batch = batch_of(
+        state,
+        req,
+        "batchId not specified",
+        "context was not found",
+        num::CURSOR_NOT_FOUND,
+    )?;
+    let name = req.query("collection").unwrap_or("");
+    if name.is_empty() {
+        return Err(ApiError::bad_parameter(
+            "invalid collection parameter: collection missing",
+        ));
+    }
+    let collection = snapshot_collection(&batch, req, name)?;
+    Ok((batch, collection))
+}
+
+/// The key range of a request: `low` (included) or `after` (excluded), and `high` (included).
+fn key_range<'a>(
+    low: Option<&'a str>,
+    after: Option<&'a str>,
+    high: Option<&'a str>,
+) -> KeyRange<'a> {
+    let empty_is_none = |v: Option<&'a str>| v.filter(|v| !v.is_empty());
+    match empty_is_none(after) {
+        Some(after) => KeyRange {
+            low: Some(after),
+            after_low: true,
+            high: empty_is_none(high),
+        },
+        None => KeyRange::between(empty_is_none(low), empty_is_none(high)),
+    }
+}
+
+/// Chunks one `ranges` answer holds at most; a follower asks again after the last for more.
+const RANGES_MAX: usize = 65_536;
+/// Pairs one `range-keys` answer holds at most.
+const RANGE_KEYS_MAX: usize = 100_000;
+/// Keys one `range-documents` request may name.
+const RANGE_DOCUMENTS_KEYS_MAX: usize = 100_000;
+/// Bytes of documents after which a `range-documents` answer for a range stops.
+const RANGE_DOCUMENTS_BYTES: usize = 16 << 20;
+
+/// `GET /_api/replication/ranges?batchId&collection&chunkSize[&low|&after][&high]` (tickship):
+/// the collection's keys in the range as of the batch's tick, cut into chunks of `chunkSize`
+/// consecutive keys, each with its first and last key, count and hash (`leader::ranges`).
+/// `more` says chunks remain after the last (ask again with `after` its `high`).
+pub fn ranges(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let (batch, collection) = range_request(state, req)?;
+    let size = match req.query("chunkSize").map(str::parse::<u64>) {
+        None => 4096,
+        Some(Ok(size)) if (1..=1 << 20).contains(&size) => size,
+        Some(_) => {
+            return Err(ApiError::bad_parameter(
+                "invalid chunkSize: expecting 1 to 1048576 keys",
+            ))
+        }
+    };
+    let range = key_range(req.query("low"), req.query("after"), req.query("high"));
+    let (chunks, more) = tokio::task::block_in_place(|| {
+        crate::leader::ranges::chunk_pairs(size, RANGES_MAX, |visit| {
+            batch.snapshot.key_revs(collection.id, range, visit)
+        })
+    })?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "count": chunks.iter().map(|c| c.count).sum::<u64>(),
+            "ranges": chunks,
+            "more": more,
+        }),
+    ))
+}
+
+/// `GET /_api/replication/range-keys?batchId&collection[&low|&after][&high]` (tickship): the
+/// `[key, revision]` pairs of the range as of the batch's tick, in key order.
+pub fn range_keys(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let (batch, collection) = range_request(state, req)?;
+    let range = key_range(req.query("low"), req.query("after"), req.query("high"));
+    let mut pairs: Vec<Value> = Vec::new();
+    let mut too_many = false;
+    tokio::task::block_in_place(|| {
+        batch.snapshot.key_revs(collection.id, range, |key, rev| {
+            if pairs.len() >= RANGE_KEYS_MAX {
+                too_many = true;
+                return false;
+            }
+            pairs.push(json!([key, rev.to_string()]));
+            true
+        })
+    })?;
+    if too_many {
+        return Err(ApiError::bad_parameter(format!(
+            "the range holds more than {RANGE_KEYS_MAX} keys: ask for its chunks (ranges) first"
+        )));
+    }
+    Ok(json(StatusCode::OK, &Value::Array(pairs)))
+}
+
+/// `PUT /_api/replication/range-documents?batchId&collection` (tickship): the documents named
+/// by the body's `keys`, or those in its range (`low` or `after`, and `high`), as of the batch's
+/// tick, one per line as `dump` without envelope writes them. Keys the snapshot does not hold are
+/// left out. A range stops after about 16 MiB: `x-arango-replication-checkmore` is then true and
+/// `x-tickship-last-key` names the last key sent.
+pub fn range_documents(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let (batch, collection) = range_request(state, req)?;
+    let body = req.json()?;
+    let text = |name: &str| body.get(name).and_then(Value::as_str);
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut last_key = String::new();
+    match body.get("keys") {
+        Some(Value::Array(keys)) => {
+            if keys.len() > RANGE_DOCUMENTS_KEYS_MAX {
+                return Err(ApiError::bad_parameter(format!(
+                    "at most {RANGE_DOCUMENTS_KEYS_MAX} keys per request"
+                )));
+            }
+            let keys: Vec<&str> = keys
+                .iter()
+                .map(|k| {
+                    k.as_str()
+                        .ok_or_else(|| ApiError::bad_parameter("\"keys\" must hold strings"))
+                })
+                .collect::<ApiResult<_>>()?;
+            let found =
+                tokio::task::block_in_place(|| batch.snapshot.get_many(collection.id, &keys))?;
+            for doc in found.into_iter().flatten() {
+                out.extend_from_slice(&doc.to_json_in(&collection.name));
+                out.push(b'\n');
+            }
+        }
+        Some(_) => return Err(ApiError::bad_parameter("\"keys\" must be an array")),
+        None => {
+            let first = key_range(text("low"), text("after"), text("high"));
+            tokio::task::block_in_place(|| -> ApiResult<()> {
+                loop {
+                    let range = if last_key.is_empty() {
+                        first
+                    } else {
+                        KeyRange {
+                            low: Some(&last_key),
+                            after_low: true,
+                            high: first.high,
+                        }
+                    };
+                    let page = batch.snapshot.range(collection.id, range, PAGE_DOCS)?;
+                    let full = page.len() == PAGE_DOCS;
+                    for (_, doc) in &page {
+                        out.extend_from_slice(&doc.to_json_in(&collection.name));
+                        out.push(b'\n');
+                    }
+                    if let Some((key, _)) = page.into_iter().next_back() {
+                        last_key = key;
+                    }
+                    if !full {
+                        return Ok(());
+                    }
+                    if out.len() >= RANGE_DOCUMENTS_BYTES {
+                        more = true;
+                        return Ok(());
+                    }
+                }
+            })?;
+        }
+    }
+    let mut response = super::raw(StatusCode::OK, "application/x-arango-dump", out);
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-arango-replication-checkmore",
+        HeaderValue::from_static(if more { "true" } else { "false" }),
+    );
+    if more {
+        if let Ok(value) = HeaderValue::from_str(&last_key) {
+            headers.insert("x-tickship-last-key", value);
         }
     }
     Ok(response)

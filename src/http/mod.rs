@@ -10,8 +10,9 @@ pub mod admin;
 mod collections;
 mod documents;
 pub(crate) mod dump;
+mod jobs;
 mod replication;
-mod restore;
+pub(crate) mod restore;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub applier: Arc<crate::follower::Applier>,
     pub max_body_bytes: usize,
     pub endpoint: String,
+    /// Requests sent with `x-arango-async: store`, and their answers.
+    pub jobs: jobs::Jobs,
 }
 
 /// A parsed request.
@@ -215,7 +218,20 @@ async fn handle_inner(state: &Arc<AppState>, request: Request<Body>) -> ApiResul
     if !creates_database {
         state.node.database(&req.db)?;
     }
+    if path.first() != Some(&"_api") || path.get(1) != Some(&"job") {
+        match req.header("x-arango-async") {
+            Some("store") => return Ok(jobs::start(state, req, true)),
+            Some("true") => return Ok(jobs::start(state, req, false)),
+            _ => {}
+        }
+    }
     dispatch(state, &req, &path).await
+}
+
+/// Runs one request to its answer (also for a job, on a task of its own).
+pub(crate) async fn run_request(state: &Arc<AppState>, req: &Req) -> ApiResult<Response<Body>> {
+    let path: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    dispatch(state, req, &path).await
 }
 
 async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<Response<Body>> {
@@ -309,6 +325,19 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         }
         ["_api", "replication", "inventory"] if is(Method::GET) => dump::inventory(state, req),
         ["_api", "replication", "dump"] if is(Method::GET) => dump::dump(state, req),
+        ["_api", "replication", "ranges"] if is(Method::GET) => dump::ranges(state, req),
+        ["_api", "replication", "range-keys"] if is(Method::GET) => dump::range_keys(state, req),
+        ["_api", "replication", "range-documents"] if is(Method::PUT) => {
+            dump::range_documents(state, req)
+        }
+        ["_api", "replication", "sync"] if is(Method::PUT) => {
+            let body = req.json()?;
+            let synced = state.applier.sync(&body, &req.db).await?;
+            Ok(json(StatusCode::OK, &synced))
+        }
+        ["_api", "job", id] if is(Method::PUT) => jobs::fetch(state, id),
+        ["_api", "job", id] if is(Method::GET) => jobs::status(state, id),
+        ["_api", "job", id] if is(Method::DELETE) => jobs::delete(state, id),
         ["_api", "replication", "restore-collection"] if is(Method::PUT) => {
             restore::restore_collection(state, req)
         }
@@ -423,7 +452,12 @@ fn served_path(path: &[&str]) -> bool {
                     | "restore-collection"
                     | "restore-indexes"
                     | "restore-data"
+                    | "ranges"
+                    | "range-keys"
+                    | "range-documents"
+                    | "sync"
             ]
+            | ["_api", "job", _]
             | ["_api", "replication", "batch"]
             | ["_api", "replication", "batch", _]
             | ["_api", "wal", "range" | "lastTick" | "tail"]

@@ -65,6 +65,7 @@ fn raise_floor(state: &AppState) -> ApiResult<()> {
         .ok_or_else(|| ApiError::internal("tick space exhausted"))?;
     node.wal.skip_to(floor, false)?;
     node.store.assume_applied(floor, floor)?;
+    node.store_writer.note_applied(node.store.applied_tick());
     tracing::info!(%floor, "restore: the log's floor moved past its last tick");
     Ok(())
 }
@@ -82,18 +83,8 @@ fn dumped_id(parameters: &Value) -> u64 {
         .unwrap_or(0)
 }
 
-/// `PUT /_api/replication/restore-collection?overwrite[&createDatabase]`: creates the collection
-/// of a dump's structure file, empty. tickship's `createDatabase=true` creates the database too
-/// (without a tick, unlike `POST /_api/database`).
-pub fn restore_collection(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
-    check_restorable(state)?;
-    let body = req.json()?;
-    let parameters = body
-        .get("parameters")
-        .filter(|p| p.is_object())
-        .ok_or_else(|| {
-            ApiError::bad_parameter("restore-collection: body has no \"parameters\" object")
-        })?;
+/// The collection a dump's (or an inventory's) `parameters` describe, in database `db`.
+pub(crate) fn collection_info(parameters: &Value, db: &str) -> ApiResult<CollectionInfo> {
     let name = parameters
         .get("name")
         .and_then(Value::as_str)
@@ -123,7 +114,7 @@ pub fn restore_collection(state: &AppState, req: &Req) -> ApiResult<Response<Bod
     let info = CollectionInfo {
         id: dumped_id(parameters),
         name: name.to_string(),
-        database: req.db.clone(),
+        database: db.to_string(),
         kind,
         wait_for_sync: parameters
             .get("waitForSync")
@@ -142,6 +133,23 @@ pub fn restore_collection(state: &AppState, req: &Req) -> ApiResult<Response<Bod
         },
         is_system: name.starts_with('_'),
     };
+    Ok(info)
+}
+
+/// `PUT /_api/replication/restore-collection?overwrite[&createDatabase]`: creates the collection
+/// of a dump's structure file, empty. tickship's `createDatabase=true` creates the database too
+/// (without a tick, unlike `POST /_api/database`).
+pub fn restore_collection(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    check_restorable(state)?;
+    let body = req.json()?;
+    let parameters = body
+        .get("parameters")
+        .filter(|p| p.is_object())
+        .ok_or_else(|| {
+            ApiError::bad_parameter("restore-collection: body has no \"parameters\" object")
+        })?;
+    let info = collection_info(parameters, &req.db)?;
+    let name = info.name.clone();
     let overwrite = req.flag("overwrite", false);
     let create_database = req.flag("createDatabase", false);
     tokio::task::block_in_place(|| -> ApiResult<Response<Body>> {
@@ -223,7 +231,7 @@ fn bad_line(line: usize, error_num: u32, what: impl std::fmt::Display) -> ApiErr
 /// (3.8+ without envelope), `{"type":2300|2302,"data":{...}}`, or the MMFiles form with `key`
 /// and `rev` beside them. A `_rev` that is not a tick (ArangoDB's own revisions) becomes
 /// `fallback_rev`.
-fn parse_line(
+pub(crate) fn parse_line(
     text: &[u8],
     line: usize,
     collection: &CollectionInfo,

@@ -1,4 +1,5 @@
-//! The leader's side: replication batches (read views for dumps), the write path of document requests (`write`: plan, lock, decide, log,
+//! The leader's side: replication batches (read views for dumps and syncs), key-range hashes
+//! (incremental sync), the write path of document requests (`write`: plan, lock, decide, log,
 //! answer), the key generator and per-key locks it uses, the shipper that streams the WAL to
 //! followers over QUIC, and the registry of followers and `wal/tail` clients the logger reports.
 
@@ -6,6 +7,7 @@ pub mod batches;
 pub mod followers;
 pub(crate) mod keys;
 pub(crate) mod locks;
+pub mod ranges;
 pub mod shipper;
 pub mod write;
 

@@ -372,3 +372,37 @@ pub fn wait_until_or(what: &str, check: impl FnMut() -> bool, describe: impl Fn(
 pub fn wait_until(what: &str, check: impl FnMut() -> bool) {
     wait_within(what, Duration::from_secs(60), check, String::new);
 }
+
+/// What a `tickship` command did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `tickship --server.endpoint E --server.password P ARGS` against `server`, without
+/// TICKSHIP_ROOT_PASSWORD from the test's environment.
+pub fn tickship_on(server: &Daemon, password: &str, args: &[&str]) -> Run {
+    let mut all = vec![
+        "--server.endpoint".to_string(),
+        server.endpoint(),
+        "--server.password".to_string(),
+        password.to_string(),
+    ];
+    all.extend(args.iter().map(|a| a.to_string()));
+    tickship_args(&all)
+}
+
+/// Runs `tickship` with exactly `args`, without TICKSHIP_ROOT_PASSWORD from the environment.
+pub fn tickship_args(args: &[String]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_tickship"))
+        .args(args)
+        .env_remove("TICKSHIP_ROOT_PASSWORD")
+        .output()
+        .expect("run tickship");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -1,0 +1,995 @@
+//! The initial synchronisation (ArangoDB's initial syncer, `sync` and the first step of
+//! `make-follower`): make this server's store equal to a snapshot of the leader at tick T, then
+//! begin its log at T so that tailing continues from there.
+//!
+//! The leader holds the snapshot in a batch. For each collection the follower asks for the
+//! leader's keys in chunks with a hash of their `(key, revision)` pairs (`leader::ranges`), and
+//! compares each with its own keys in the same range: a range that agrees is skipped, one that
+//! differs is split into smaller chunks until they are small enough to compare key by key, and a
+//! range this server holds nothing of is fetched whole. So an empty follower gets everything (in
+//! ranges fetched in parallel), and one that holds most of it already (restored from a dump,
+//! behind the leader's retention, or interrupted in an earlier sync) moves only what differs.
+//!
+//! Documents are stored as a restore stores them: sorted into store files that RocksDB ingests
+//! whole, with the leader's revisions, outside the WAL. A sync interrupted at any point (either
+//! side killed, link cut) leaves a marker file; the next run compares again against a new
+//! snapshot, so what had arrived is kept and only the rest moves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tickship_storage::docstore::{
+    without_rev, CollectionInfo, CollectionRestore, KeyRange, Restored,
+};
+
+use super::receive::SessionError;
+use super::*;
+use crate::client::{Client, ServerError};
+use crate::leader::ranges::{KeyChunk, RangeHash};
+
+/// Present while a sync has not finished: the store is not the state of any one tick, so the
+/// applier must sync (again) before it tails.
+pub(super) const SYNC_FILE: &str = "sync-in-progress.json";
+/// Seconds the leader keeps a sync's batch between two of its requests.
+const BATCH_TTL: u64 = 600;
+/// Keys per chunk when a collection is first compared or fetched.
+const TOP_CHUNK: u64 = 4096;
+/// A differing chunk is split into this many.
+const FANOUT: u64 = 16;
+/// Chunks of at most this many keys are compared key by key.
+const LEAF: u64 = 64;
+/// Keys named in one `range-documents` request.
+const KEYS_PER_FETCH: usize = 4096;
+/// Removals or documents stored at a time.
+const INGEST_ITEMS: usize = 16_384;
+/// Ranges fetched at once from an empty collection: one fetches while another is stored.
+const PARALLEL_FETCHES: usize = 3;
+/// How long a sync waits for this server's store to apply its own log before starting.
+const APPLIED_WAIT: Duration = Duration::from_secs(60);
+
+/// What the marker file records.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(super) struct SyncMarker {
+    /// The leader's server id, once known.
+    pub leader: String,
+    pub endpoint: String,
+    /// The snapshot tick of the sync under way (0: asked for, not begun; nothing changed yet).
+    pub tick: u64,
+    /// Whether existing data is to be compared (else collections are emptied first).
+    pub incremental: bool,
+}
+
+/// What a finished sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    pub tick: Tick,
+    pub collections: Vec<(u64, String)>,
+    pub bytes: u64,
+    pub documents: u64,
+    pub removed: u64,
+    pub requests: u64,
+    pub seconds: f64,
+}
+
+/// Running totals of a sync, shown in the state's progress and in the metrics.
+#[derive(Default)]
+pub(super) struct SyncCounters {
+    pub bytes: AtomicU64,
+    pub documents: AtomicU64,
+    pub removed: AtomicU64,
+    pub requests: AtomicU64,
+    pub ranges_compared: AtomicU64,
+    pub ranges_differing: AtomicU64,
+    /// Documents of the collections synced, on the leader.
+    pub on_leader: AtomicU64,
+}
+
+impl SyncCounters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+fn encode(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+/// A failed request as the applier handles it: the leader unreachable or restarted (its batch
+/// gone) is retried like a lost connection; what the leader refuses is not.
+fn request_error(endpoint: &str, error: anyhow::Error) -> SessionError {
+    match error.downcast_ref::<ServerError>() {
+        Some(server) => match (server.status, server.error_num) {
+            (_, num::CURSOR_NOT_FOUND) | (503, _) => SessionError::connect(format!(
+                "the leader at {endpoint} lost the sync's snapshot (restarted?): {error}"
+            )),
+            (401, _) => SessionError::fatal(
+                errors::UNAUTHORIZED,
+                format!(
+                    "the leader at {endpoint} refused the credentials: {}",
+                    server.message
+                ),
+            ),
+            (_, 0) => SessionError::fatal(num::NO_RESPONSE, format!("{error:#}")),
+            (_, error_num) => SessionError::fatal(error_num, format!("{error:#}")),
+        },
+        None => SessionError::connect(format!(
+            "could not connect to leader at {endpoint}: {error:#}"
+        )),
+    }
+}
+
+impl Applier {
+    fn sync_file(&self) -> PathBuf {
+        self.dir.join(SYNC_FILE)
+    }
+
+    /// The marker of a sync asked for or interrupted, if there is one.
+    pub(super) fn sync_marker(&self) -> Option<SyncMarker> {
+        let bytes = std::fs::read(self.sync_file()).ok()?;
+        match serde_json::from_slice(&bytes) {
+            Ok(marker) => Some(marker),
+            // A damaged marker still says a sync is owed; it starts over as a comparison.
+            Err(_) => Some(SyncMarker {
+                incremental: true,
+                tick: 1,
+                ..SyncMarker::default()
+            }),
+        }
+    }
+
+    pub(super) fn write_sync_marker(&self, marker: &SyncMarker) -> ApiResult<()> {
+        let bytes = serde_json::to_vec_pretty(marker)
+            .map_err(|e| ApiError::internal(format!("encode the sync marker: {e}")))?;
+        crate::util::write_private(&self.sync_file(), &bytes)
+            .map_err(|e| ApiError::internal(format!("write the sync marker: {e:#}")))
+    }
+
+    pub(super) fn remove_sync_marker(&self) -> ApiResult<()> {
+        match std::fs::remove_file(self.sync_file()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ApiError::internal(format!("remove the sync marker: {e}"))),
+        }
+    }
+
+    /// `sync_blocking` after the leader has passed the replication handshake (its certificate
+    /// against `--replication.leader-fingerprint`, the credentials by SCRAM, not this server):
+    /// the sync's HTTP requests then go to that leader only.
+    pub(super) async fn sync_with(
+        self: Arc<Self>,
+        config: ApplierConfig,
+        incremental: bool,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<SyncReport, SessionError> {
+        self.progress(format!("connecting to leader at {}", config.endpoint));
+        let opened = self.handshake(&config).await?;
+        let leader_id = opened.leader_id.clone();
+        opened.connection.close(0u32.into(), b"sync over HTTP");
+        drop(opened);
+        let applier = self.clone();
+        tokio::task::spawn_blocking(move || {
+            applier.sync_blocking(&config, incremental, &cancel, &leader_id)
+        })
+        .await
+        .map_err(|e| SessionError::fatal(num::INTERNAL, format!("the sync failed: {e}")))?
+    }
+
+    /// Makes the store equal to a snapshot of `config`'s leader (the one with id `expected`)
+    /// and begins the log at its tick. Blocking; `cancel` stops it between two requests.
+    pub(super) fn sync_blocking(
+        &self,
+        config: &ApplierConfig,
+        incremental: bool,
+        cancel: &AtomicBool,
+        expected: &str,
+    ) -> Result<SyncReport, SessionError> {
+        if cancel.load(Ordering::Acquire) {
+            return Err(SessionError::fatal(0, "the sync was stopped".into()));
+        }
+        let _one = self
+            .syncing
+            .try_lock()
+            .map_err(|_| SessionError::fatal(num::RUNNING, "a sync is running already".into()))?;
+        let started = Instant::now();
+        let endpoint = config.endpoint.as_str();
+        let client = Client::new(
+            endpoint,
+            tickship_storage::docstore::SYSTEM_DATABASE,
+            &config.username,
+            Some(&config.password),
+        )
+        .map_err(|e| SessionError::fatal(num::INVALID_CONFIGURATION, format!("{e:#}")))?;
+        let counters = &self.sync_counters;
+        for counter in [
+            &counters.bytes,
+            &counters.documents,
+            &counters.removed,
+            &counters.requests,
+            &counters.ranges_compared,
+            &counters.ranges_differing,
+            &counters.on_leader,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
+        self.progress(format!("fetching leader state information from {endpoint}"));
+        let leader = client
+            .call("GET", "/_api/replication/server-id", None)
+            .map_err(|e| request_error(endpoint, e))?;
+        let leader_id = leader["serverId"].as_str().unwrap_or("").to_string();
+        if leader_id.is_empty() {
+            return Err(SessionError::fatal(
+                num::INVALID_RESPONSE,
+                format!("the leader at {endpoint} answered server-id without a serverId"),
+            ));
+        }
+        if leader_id == self.node.server_id {
+            return Err(SessionError::fatal(
+                num::LOOP,
+                format!("loop detected: the leader at {endpoint} is this server"),
+            ));
+        }
+        if leader_id != expected {
+            return Err(SessionError::fatal(
+                num::LEADER_CHANGE,
+                format!(
+                    "the HTTP endpoint {endpoint} is server {leader_id}, but its replication \
+                     endpoint is server {expected}: they must be the same leader"
+                ),
+            ));
+        }
+        let marker = self.sync_marker().unwrap_or_default();
+        // Resuming a sync of the same leader compares what arrived rather than fetching again.
+        let incremental = incremental
+            || (marker.tick > 0 && (marker.leader.is_empty() || marker.leader == leader_id));
+        // Everything this server's own log holds is applied before the store changes under it.
+        let wal = &self.node.wal;
+        let applied = self
+            .node
+            .store
+            .applied_tick()
+            .max(self.node.store_writer.applied_tick());
+        let wait_for = if wal.last_tick() > applied {
+            wal.last_tick()
+        } else {
+            Tick::ZERO
+        };
+        self.node
+            .store_writer
+            .wait_applied(wait_for, APPLIED_WAIT)
+            .map_err(|e| {
+                SessionError::fatal(
+                    errors::LEADER_ERROR,
+                    format!("this server's store did not apply its own log: {e}"),
+                )
+            })?;
+        let batch = client
+            .call(
+                "POST",
+                "/_api/replication/batch",
+                Some(json!({ "ttl": BATCH_TTL })),
+            )
+            .map_err(|e| request_error(endpoint, e))?;
+        let batch_id = batch["id"].as_str().unwrap_or("").to_string();
+        let tick = batch["lastTick"]
+            .as_str()
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Tick::new)
+            .ok_or_else(|| {
+                SessionError::fatal(
+                    num::INVALID_RESPONSE,
+                    format!("the leader at {endpoint} answered a batch without lastTick: {batch}"),
+                )
+            })?;
+        let syncer = Syncer {
+            applier: self,
+            client,
+            endpoint,
+            batch: batch_id,
+            extended: std::sync::Mutex::new(Instant::now()),
+            cancel,
+            started,
+        };
+        let result = syncer.run(config, &leader_id, tick, incremental);
+        // The batch is not needed any more whatever happened (it expires by itself otherwise).
+        let _ = syncer.client.call(
+            "DELETE",
+            &format!("/_api/replication/batch/{}", syncer.batch),
+            None,
+        );
+        let mut report = result?;
+        report.seconds = started.elapsed().as_secs_f64();
+        report.bytes = SyncCounters::get(&counters.bytes);
+        report.documents = SyncCounters::get(&counters.documents);
+        report.removed = SyncCounters::get(&counters.removed);
+        report.requests = SyncCounters::get(&counters.requests);
+        {
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.synced_documents += report.documents;
+            runtime.synced_removals += report.removed;
+        }
+        tracing::info!(
+            tick = %report.tick,
+            collections = report.collections.len(),
+            bytes = report.bytes,
+            documents = report.documents,
+            removed = report.removed,
+            seconds = report.seconds,
+            incremental,
+            "initial sync finished"
+        );
+        self.progress(format!(
+            "initial sync finished at leader tick {}: {} collection(s), {} document(s) stored, {} \
+             removed, {} bytes received in {:.1} s",
+            report.tick,
+            report.collections.len(),
+            report.documents,
+            report.removed,
+            report.bytes,
+            report.seconds
+        ));
+        Ok(report)
+    }
+}
+
+/// One sync against one batch of the leader.
+struct Syncer<'a> {
+    applier: &'a Applier,
+    client: Client,
+    endpoint: &'a str,
+    batch: String,
+    extended: std::sync::Mutex<Instant>,
+    cancel: &'a AtomicBool,
+    started: Instant,
+}
+
+/// A collection being synced: the leader's name and database, this server's copy.
+struct Target {
+    client: Client,
+    info: Arc<CollectionInfo>,
+}
+
+impl Syncer<'_> {
+    fn counters(&self) -> &SyncCounters {
+        &self.applier.sync_counters
+    }
+
+    fn check_cancel(&self) -> Result<(), SessionError> {
+        if self.cancel.load(Ordering::Acquire) {
+            return Err(SessionError::fatal(0, "the sync was stopped".into()));
+        }
+        Ok(())
+    }
+
+    /// Keeps the batch alive: extended once a minute while requests go on.
+    fn keep_batch(&self) -> Result<(), SessionError> {
+        self.check_cancel()?;
+        let mut extended = self.extended.lock().unwrap_or_else(|p| p.into_inner());
+        if extended.elapsed() < Duration::from_secs(60) {
+            return Ok(());
+        }
+        self.client
+            .call(
+                "PUT",
+                &format!("/_api/replication/batch/{}", self.batch),
+                Some(json!({ "ttl": BATCH_TTL })),
+            )
+            .map_err(|e| request_error(self.endpoint, e))?;
+        *extended = Instant::now();
+        Ok(())
+    }
+
+    /// Holds this thread back while the sync is ahead of `--replication.sync-max-rate`.
+    fn limit_rate(&self) {
+        let rate = self.applier.receiving.sync_max_rate;
+        if rate == 0 {
+            return;
+        }
+        let received = SyncCounters::get(&self.counters().bytes) as f64;
+        let due = Duration::from_secs_f64(received / rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+
+    fn store_error(&self, what: &str, e: impl std::fmt::Display) -> SessionError {
+        SessionError::fatal(
+            errors::LEADER_ERROR,
+            format!("initial sync: cannot {what}: {e}"),
+        )
+    }
+
+    fn run(
+        &self,
+        config: &ApplierConfig,
+        leader_id: &str,
+        tick: Tick,
+        incremental: bool,
+    ) -> Result<SyncReport, SessionError> {
+        let applier = self.applier;
+        let node = &applier.node;
+        let wal = &node.wal;
+        if wal.first_tick().is_some() && wal.last_tick() > tick {
+            return Err(SessionError::fatal(
+                num::INVALID_CONFIGURATION,
+                format!(
+                    "this server's log holds ticks up to {}, past the leader's snapshot at tick \
+                     {tick}: it has changes the leader never had (its own writes, or another \
+                     leader's). Make an empty server (a new data directory) the follower",
+                    wal.last_tick()
+                ),
+            ));
+        }
+        // From here on the store changes: a restart must sync again before it tails.
+        applier
+            .write_sync_marker(&SyncMarker {
+                leader: leader_id.to_string(),
+                endpoint: config.endpoint.clone(),
+                tick: tick.get(),
+                incremental,
+            })
+            .map_err(|e| SessionError::fatal(errors::LEADER_ERROR, e.message))?;
+        applier.follow(config);
+        {
+            let mut persisted = applier.persisted.lock().unwrap_or_else(|p| p.into_inner());
+            persisted.server_id = leader_id.to_string();
+        }
+        applier.save_state();
+        self.keep_batch()?;
+        self.applier.progress("fetching leader inventory".into());
+        SyncCounters::add(&self.counters().requests, 1);
+        let inventory = self
+            .client
+            .call(
+                "GET",
+                &format!(
+                    "/_api/replication/inventory?batchId={}&global=true&includeSystem={}",
+                    self.batch, config.include_system
+                ),
+                None,
+            )
+            .map_err(|e| request_error(self.endpoint, e))?;
+        let databases = inventory["databases"].as_object().ok_or_else(|| {
+            SessionError::fatal(
+                num::INVALID_RESPONSE,
+                "the leader's inventory has no \"databases\"".into(),
+            )
+        })?;
+        let store = &node.store;
+        let filter = config.filter();
+        // The leader's collections this server replicates, with their counts.
+        let mut wanted: Vec<(CollectionInfo, u64)> = Vec::new();
+        for (name, database) in databases {
+            let id = database["id"].as_str().and_then(|i| i.parse::<u64>().ok());
+            store
+                .restore_database_as(name, id)
+                .map_err(|e| self.store_error(&format!("create database '{name}'"), e))?;
+            for collection in database["collections"].as_array().into_iter().flatten() {
+                let parameters = &collection["parameters"];
+                let info = crate::http::restore::collection_info(parameters, name)
+                    .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.message))?;
+                if !filter.admits(&info.name) {
+                    store.restore_left_out(&info).map_err(|e| {
+                        self.store_error(&format!("record '{}' as left out", info.name), e)
+                    })?;
+                    continue;
+                }
+                let count = parameters["count"].as_u64().unwrap_or(0);
+                wanted.push((info, count));
+            }
+        }
+        // What this server has of the replicated collections that the leader does not (or has
+        // under another id, which its log names) goes.
+        let catalog = store.catalog();
+        for database in catalog.databases() {
+            for local in catalog.collections(&database.name) {
+                let kept = wanted.iter().any(|(info, _)| {
+                    info.database == local.database
+                        && info.name == local.name
+                        && info.id == local.id
+                });
+                if !kept && filter.admits(&local.name) {
+                    store
+                        .restore_drop_collection(local.id)
+                        .map_err(|e| self.store_error(&format!("drop '{}'", local.name), e))?;
+                    tracing::info!(collection = %local.name, id = local.id, "initial sync: dropped a collection the leader does not have");
+                }
+            }
+        }
+        let mut targets = Vec::new();
+        for (info, count) in wanted {
+            let existing = store.catalog().collection(&info.database, &info.name);
+            let info = match existing {
+                Some(local) if incremental => local,
+                _ => {
+                    let leader_id = info.id;
+                    let name = info.name.clone();
+                    let created = match store
+                        .restore_collection(info, true)
+                        .map_err(|e| self.store_error(&format!("create '{name}'"), e))?
+                    {
+                        CollectionRestore::Created(created)
+                        | CollectionRestore::Exists(created) => created,
+                    };
+                    if created.id != leader_id {
+                        return Err(SessionError::fatal(
+                            num::INVALID_CONFIGURATION,
+                            format!(
+                                "collection '{name}' has id {leader_id} on the leader, which \
+                                 something else has here: make an empty server the follower"
+                            ),
+                        ));
+                    }
+                    created
+                }
+            };
+            targets.push((
+                Target {
+                    client: self.client.in_database(&info.database),
+                    info,
+                },
+                count,
+            ));
+        }
+        let on_leader: u64 = targets.iter().map(|(_, count)| count).sum();
+        self.counters()
+            .on_leader
+            .store(on_leader, Ordering::Relaxed);
+        for (target, count) in &targets {
+            self.sync_collection(target, *count)?;
+        }
+        // The store now holds the leader's state at `tick`: the log continues from there.
+        applier
+            .begin_at(tick, tick)
+            .map_err(|e| self.store_error(&format!("begin this server's log at tick {tick}"), e))?;
+        {
+            let mut runtime = applier.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.last_processed = tick.get();
+        }
+        applier.save_state();
+        applier
+            .remove_sync_marker()
+            .map_err(|e| SessionError::fatal(errors::LEADER_ERROR, e.message))?;
+        Ok(SyncReport {
+            tick,
+            collections: targets
+                .iter()
+                .map(|(t, _)| (t.info.id, t.info.name.clone()))
+                .collect(),
+            ..SyncReport::default()
+        })
+    }
+
+    /// Makes collection `target` equal to the leader's, which holds `count` documents.
+    fn sync_collection(&self, target: &Target, count: u64) -> Result<(), SessionError> {
+        let store = &self.applier.node.store;
+        let id = target.info.id;
+        let local = store.count(id);
+        let kind = if target.info.kind == 3 {
+            "edge"
+        } else {
+            "document"
+        };
+        self.applier.progress(format!(
+            "syncing collection '{}', type: {kind}, id {id}: leader has {count} document(s), \
+             this server {local}",
+            target.info.name
+        ));
+        if local == 0 {
+            return self.fetch_all(target);
+        }
+        let mut removals = Vec::new();
+        let mut fetch = Vec::new();
+        self.compare(target, None, None, TOP_CHUNK, &mut removals, &mut fetch)?;
+        self.flush_removals(target, &mut removals)?;
+        self.fetch_keys(target, &mut fetch)?;
+        let c = self.counters();
+        self.applier.progress(format!(
+            "incremental sync of collection '{}': ranges compared: {}, differing: {}, documents \
+             stored: {}, removed: {}, bytes received: {}",
+            target.info.name,
+            SyncCounters::get(&c.ranges_compared),
+            SyncCounters::get(&c.ranges_differing),
+            SyncCounters::get(&c.documents),
+            SyncCounters::get(&c.removed),
+            SyncCounters::get(&c.bytes),
+        ));
+        Ok(())
+    }
+
+    /// The leader's chunks of `size` keys in `low..=high`.
+    fn chunks(
+        &self,
+        target: &Target,
+        low: Option<&str>,
+        high: Option<&str>,
+        size: u64,
+    ) -> Result<Vec<KeyChunk>, SessionError> {
+        let mut chunks: Vec<KeyChunk> = Vec::new();
+        loop {
+            self.keep_batch()?;
+            let mut path = format!(
+                "/_api/replication/ranges?batchId={}&collection={}&chunkSize={size}",
+                self.batch,
+                encode(&target.info.name)
+            );
+            match (chunks.last(), low) {
+                (Some(last), _) => path.push_str(&format!("&after={}", encode(&last.high))),
+                (None, Some(low)) => path.push_str(&format!("&low={}", encode(low))),
+                (None, None) => {}
+            }
+            if let Some(high) = high {
+                path.push_str(&format!("&high={}", encode(high)));
+            }
+            let (_, bytes, _) = self
+                .client_for(target)
+                .bytes("GET", &path, Vec::new(), "application/json")
+                .map_err(|e| request_error(self.endpoint, e))?;
+            SyncCounters::add(&self.counters().requests, 1);
+            SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+            let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                SessionError::fatal(num::INVALID_RESPONSE, format!("invalid ranges answer: {e}"))
+            })?;
+            let page: Vec<KeyChunk> =
+                serde_json::from_value(answer["ranges"].clone()).map_err(|e| {
+                    SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        format!("invalid ranges answer: {e}"),
+                    )
+                })?;
+            // Each page continues after the last: ranges must come in key order.
+            if let (Some(last), Some(first)) = (chunks.last(), page.first()) {
+                if first.low <= last.high {
+                    return Err(SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        "the leader's ranges are not in key order".into(),
+                    ));
+                }
+            }
+            chunks.extend(page);
+            if answer["more"] != json!(true) {
+                return Ok(chunks);
+            }
+        }
+    }
+
+    fn client_for<'t>(&self, target: &'t Target) -> &'t Client {
+        &target.client
+    }
+
+    /// Compares `low..=high` of the leader and of this server in chunks of `size` keys: equal
+    /// chunks are left, differing ones split, compared key by key when small, fetched whole when
+    /// this server has none of their keys. Keys to remove and to fetch are collected.
+    fn compare(
+        &self,
+        target: &Target,
+        low: Option<&str>,
+        high: Option<&str>,
+        size: u64,
+        removals: &mut Vec<String>,
+        fetch: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        let chunks = self.chunks(target, low, high, size)?;
+        let store = &self.applier.node.store;
+        let id = target.info.id;
+        // One walk over this server's keys of the range: each goes into the hash of the chunk
+        // that spans it, or is to be removed when none does.
+        let mut hashes: Vec<RangeHash> = chunks.iter().map(|_| RangeHash::default()).collect();
+        let mut at = 0usize;
+        let mut walk_error = None;
+        store
+            .key_revs(id, KeyRange::between(low, high), |key, rev| {
+                while at < chunks.len() && key > chunks[at].high.as_str() {
+                    at += 1;
+                }
+                match chunks.get(at) {
+                    Some(chunk) if key >= chunk.low.as_str() => hashes[at].add(key, rev),
+                    _ => {
+                        removals.push(key.to_owned());
+                        if removals.len() >= INGEST_ITEMS {
+                            if let Err(e) = self.flush_removals(target, removals) {
+                                walk_error = Some(e);
+                                return false;
+                            }
+                        }
+                    }
+                }
+                true
+            })
+            .map_err(|e| self.store_error("read this server's keys", e))?;
+        if let Some(error) = walk_error {
+            return Err(error);
+        }
+        SyncCounters::add(&self.counters().ranges_compared, chunks.len() as u64);
+        for (chunk, hash) in chunks.iter().zip(hashes) {
+            if hash.count() == chunk.count && hash.finish() == chunk.hash {
+                continue;
+            }
+            SyncCounters::add(&self.counters().ranges_differing, 1);
+            self.keep_batch()?;
+            let mut local_count = 0u64;
+            store
+                .key_revs(
+                    id,
+                    KeyRange::between(Some(&chunk.low), Some(&chunk.high)),
+                    |_, _| {
+                        local_count += 1;
+                        false
+                    },
+                )
+                .map_err(|e| self.store_error("read this server's keys", e))?;
+            if local_count == 0 {
+                self.fetch_range(target, &chunk.low, &chunk.high)?;
+            } else if chunk.count <= LEAF || size <= LEAF {
+                self.compare_keys(target, chunk, removals, fetch)?;
+            } else {
+                let smaller = (size / FANOUT).max(LEAF);
+                self.compare(
+                    target,
+                    Some(&chunk.low),
+                    Some(&chunk.high),
+                    smaller,
+                    removals,
+                    fetch,
+                )?;
+            }
+            if removals.len() >= INGEST_ITEMS {
+                self.flush_removals(target, removals)?;
+            }
+            if fetch.len() >= KEYS_PER_FETCH {
+                self.fetch_keys(target, fetch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Compares one chunk key by key with the leader's `[key, revision]` pairs.
+    fn compare_keys(
+        &self,
+        target: &Target,
+        chunk: &KeyChunk,
+        removals: &mut Vec<String>,
+        fetch: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        let path = format!(
+            "/_api/replication/range-keys?batchId={}&collection={}&low={}&high={}",
+            self.batch,
+            encode(&target.info.name),
+            encode(&chunk.low),
+            encode(&chunk.high)
+        );
+        let (_, bytes, _) = target
+            .client
+            .bytes("GET", &path, Vec::new(), "application/json")
+            .map_err(|e| request_error(self.endpoint, e))?;
+        SyncCounters::add(&self.counters().requests, 1);
+        SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
+            SessionError::fatal(
+                num::INVALID_RESPONSE,
+                format!("invalid range-keys answer: {e}"),
+            )
+        })?;
+        let mut local: Vec<(String, Tick)> = Vec::new();
+        self.applier
+            .node
+            .store
+            .key_revs(
+                target.info.id,
+                KeyRange::between(Some(&chunk.low), Some(&chunk.high)),
+                |key, rev| {
+                    local.push((key.to_owned(), rev));
+                    true
+                },
+            )
+            .map_err(|e| self.store_error("read this server's keys", e))?;
+        let mut mine = local.into_iter().peekable();
+        for (key, rev) in pairs {
+            let rev: u64 = rev.parse().map_err(|_| {
+                SessionError::fatal(num::INVALID_RESPONSE, format!("invalid revision {rev:?}"))
+            })?;
+            while let Some((local_key, _)) = mine.peek() {
+                if *local_key < key {
+                    removals.push(local_key.clone());
+                    mine.next();
+                } else {
+                    break;
+                }
+            }
+            match mine.peek() {
+                Some((local_key, local_rev)) if *local_key == key => {
+                    if local_rev.get() != rev {
+                        fetch.push(key);
+                    }
+                    mine.next();
+                }
+                _ => fetch.push(key),
+            }
+        }
+        removals.extend(mine.map(|(key, _)| key));
+        Ok(())
+    }
+
+    fn flush_removals(
+        &self,
+        target: &Target,
+        removals: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
+        if removals.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<Restored> = removals
+            .drain(..)
+            .map(|key| Restored::Remove { key })
+            .collect();
+        let stats = self
+            .applier
+            .node
+            .store
+            .restore_documents(target.info.id, items)
+            .map_err(|e| self.store_error(&format!("remove from '{}'", target.info.name), e))?;
+        SyncCounters::add(&self.counters().removed, stats.removed);
+        Ok(())
+    }
+
+    /// Fetches the documents `keys` names and stores them.
+    fn fetch_keys(&self, target: &Target, keys: &mut Vec<String>) -> Result<(), SessionError> {
+        while !keys.is_empty() {
+            self.keep_batch()?;
+            let take = keys.len().min(KEYS_PER_FETCH);
+            let batch: Vec<String> = keys.drain(..take).collect();
+            let path = format!(
+                "/_api/replication/range-documents?batchId={}&collection={}",
+                self.batch,
+                encode(&target.info.name)
+            );
+            let body = serde_json::to_vec(&json!({ "keys": batch }))
+                .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
+            let (_, bytes, _) = target
+                .client
+                .bytes_with_header("PUT", &path, body, "x-arango-replication-checkmore")
+                .map_err(|e| request_error(self.endpoint, e))?;
+            self.store_lines(target, &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches every document of `low..=high` and stores it.
+    fn fetch_range(&self, target: &Target, low: &str, high: &str) -> Result<(), SessionError> {
+        let mut after: Option<String> = None;
+        loop {
+            self.keep_batch()?;
+            let path = format!(
+                "/_api/replication/range-documents?batchId={}&collection={}",
+                self.batch,
+                encode(&target.info.name)
+            );
+            let body = match &after {
+                Some(after) => json!({ "after": after, "high": high }),
+                None => json!({ "low": low, "high": high }),
+            };
+            let body = serde_json::to_vec(&body)
+                .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
+            let (_, bytes, last) = target
+                .client
+                .bytes_with_header("PUT", &path, body, "x-tickship-last-key")
+                .map_err(|e| request_error(self.endpoint, e))?;
+            self.store_lines(target, &bytes)?;
+            match last {
+                Some(last) if after.as_deref() != Some(last.as_str()) => after = Some(last),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Every document of an empty collection: its chunks fetched by several workers at once.
+    fn fetch_all(&self, target: &Target) -> Result<(), SessionError> {
+        let chunks = self.chunks(target, None, None, TOP_CHUNK)?;
+        let next = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        let mut first_error = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_FETCHES.min(chunks.len()) {
+                scope.spawn(|| loop {
+                    if failed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let at = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(chunk) = chunks.get(at) else { return };
+                    if let Err(e) = self.fetch_range(target, &chunk.low, &chunk.high) {
+                        failed.store(true, Ordering::Release);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                    let c = self.counters();
+                    self.applier.progress(format!(
+                        "fetching leader collection dump for collection '{}', type: {}, id {}, \
+                         batch {}, markers processed: {}, bytes received: {}",
+                        target.info.name,
+                        if target.info.kind == 3 {
+                            "edge"
+                        } else {
+                            "document"
+                        },
+                        target.info.id,
+                        at + 1,
+                        SyncCounters::get(&c.documents),
+                        SyncCounters::get(&c.bytes),
+                    ));
+                });
+            }
+        });
+        match first_error
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    /// Stores the documents of one answer (one per line), refusing the whole answer if any line
+    /// is not a valid document of the collection.
+    fn store_lines(&self, target: &Target, bytes: &[u8]) -> Result<(), SessionError> {
+        SyncCounters::add(&self.counters().requests, 1);
+        SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+        self.limit_rate();
+        let mut items = Vec::new();
+        let fallback = self.applier.node.wal.floor().max(Tick::new(1));
+        for (index, text) in bytes.split(|&b| b == b'\n').enumerate() {
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let item = crate::http::restore::parse_line(text, index + 1, &target.info, fallback)
+                .map_err(|e| {
+                    SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        format!(
+                            "the leader sent a document of '{}' that cannot be stored: {}",
+                            target.info.name, e.message
+                        ),
+                    )
+                })?;
+            let item = match item {
+                // The leader's stored bytes as they are (attribute order included), so that the
+                // two stores hold the same document, byte for byte; the line was checked above.
+                Restored::Put { key, rev, json } => match without_rev(text) {
+                    Some((stored, sent)) if sent == rev => Restored::Put {
+                        key,
+                        rev,
+                        json: stored,
+                    },
+                    _ => Restored::Put { key, rev, json },
+                },
+                other => other,
+            };
+            if let Restored::Put { key, .. } = &item {
+                if let Ok(number) = key.parse::<u64>() {
+                    self.applier.node.keygen.track(number);
+                }
+            }
+            items.push(item);
+        }
+        let stats = self
+            .applier
+            .node
+            .store
+            .restore_documents(target.info.id, items)
+            .map_err(|e| {
+                self.store_error(&format!("store documents of '{}'", target.info.name), e)
+            })?;
+        SyncCounters::add(&self.counters().documents, stats.created + stats.replaced);
+        Ok(())
+    }
+}

@@ -1,0 +1,465 @@
+//! The manual's Approach 1, as a user runs it: `tickship replication setup LEADER` (make-follower
+//! with a sync) on an empty follower of a leader whose WAL was pruned, on a follower restored from
+//! a dump (`--incremental`: only what changed moves), after a kill -9 in the middle of a sync,
+//! and on a follower that fell behind the leader's retention (1414, or autoResync). Equality is
+//! the collection checksum with revisions and data, and the count, on both servers.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use common::{tickship_on, wait_until_or, wait_within, Daemon, Http, Run, PASSWORD};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A leader that deletes WAL segments as soon as it may, and forgets stopped followers at once.
+const PRUNING: [&str; 10] = [
+    "--wal.historic-logfiles",
+    "0",
+    "--wal.file-timeout",
+    "1",
+    "--wal.file-timeout-initial",
+    "0",
+    "--store.flush-interval",
+    "1",
+    "--replication.client-ttl",
+    "1",
+];
+
+fn tickship(server: &Daemon, args: &[&str]) -> Run {
+    tickship_on(server, PASSWORD, args)
+}
+
+fn ok(run: Run, what: &str) -> String {
+    assert_eq!(
+        run.code, 0,
+        "{what}\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    run.stdout
+}
+
+fn create(http: &Http, name: &str, kind: u64) {
+    let answer = http.send(
+        "POST",
+        "/_api/collection",
+        &json!({"name": name, "type": kind}),
+    );
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}
+
+/// Documents `from..to` of about 1 KB that compress little, with `version` in them.
+fn fill(http: &Http, collection: &str, from: u64, to: u64, version: u64) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (from * 7919 + version);
+    let mut start = from;
+    while start < to {
+        let end = (start + 500).min(to);
+        let docs: Vec<Value> = (start..end)
+            .map(|i| {
+                let text: String = (0..60)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        format!("{:016x}", state)
+                    })
+                    .collect();
+                json!({"_key": format!("k{i:06}"), "v": version, "text": text})
+            })
+            .collect();
+        let answer = http.send(
+            "POST",
+            &format!("/_api/document/{collection}?overwriteMode=replace"),
+            &json!(docs),
+        );
+        assert!(
+            answer.status == 201 || answer.status == 202,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        start = end;
+    }
+}
+
+fn remove(http: &Http, collection: &str, keys: impl Iterator<Item = u64>) {
+    let keys: Vec<String> = keys.map(|i| format!("k{i:06}")).collect();
+    let answer = http.send(
+        "DELETE",
+        &format!("/_api/document/{collection}"),
+        &json!(keys),
+    );
+    assert!(answer.status == 200 || answer.status == 202);
+}
+
+/// (count, checksum over keys, revisions and data), or None if the collection is missing.
+fn state_of(http: &Http, collection: &str) -> Option<(u64, String)> {
+    let answer = http.get(&format!(
+        "/_api/collection/{collection}/checksum?withRevisions=true&withData=true"
+    ));
+    if answer.status == 404 {
+        return None;
+    }
+    let checksum = answer.json()["checksum"].as_str().unwrap().to_string();
+    let count = http
+        .get(&format!("/_api/collection/{collection}/count"))
+        .json()["count"]
+        .as_u64()
+        .unwrap();
+    Some((count, checksum))
+}
+
+fn in_database(daemon: &Daemon, db: &str) -> Http {
+    let mut http = daemon.http();
+    http.base = format!("{}/_db/{db}", daemon.url);
+    http
+}
+
+fn converged(leader: &Daemon, follower: &Daemon, collections: &[(&str, &str)]) {
+    for (db, collection) in collections {
+        let (lh, fh) = (in_database(leader, db), in_database(follower, db));
+        wait_until_or(
+            &format!("{db}/{collection} on the follower equals the leader's"),
+            || state_of(&lh, collection) == state_of(&fh, collection),
+            || {
+                format!(
+                    "\nleader {:?}, follower {:?}\nfollower state {}",
+                    state_of(&lh, collection),
+                    state_of(&fh, collection),
+                    fh.get("/_api/replication/applier-state").json()
+                )
+            },
+        );
+    }
+}
+
+fn first_tick(http: &Http) -> u64 {
+    http.get("/_api/replication/logger-first-tick").json()["firstTick"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn applier_state(http: &Http) -> Value {
+    http.get("/_api/replication/applier-state").json()["state"].clone()
+}
+
+fn sync_bytes(http: &Http) -> u64 {
+    applier_state(http)["initialSync"]["bytesReceived"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &PRUNING);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    create(&lh, "links", 3);
+    assert_eq!(
+        lh.send("POST", "/_api/database", &json!({"name": "other"}))
+            .status,
+        201
+    );
+    let oh = in_database(&leader, "other");
+    create(&oh, "o", 2);
+    fill(&lh, "docs", 0, 9000, 1);
+    fill(&oh, "o", 0, 300, 1);
+    let edges: Vec<Value> = (0..300)
+        .map(|i| json!({"_key": format!("e{i}"), "_from": format!("docs/k{i:06}"), "_to": "docs/k000000"}))
+        .collect();
+    assert_eq!(
+        lh.send("POST", "/_api/document/links", &json!(edges))
+            .status,
+        202
+    );
+    fill(&lh, "docs", 100, 400, 2);
+    remove(&lh, "docs", 500..600);
+    wait_until_or(
+        "retention deletes the leader's first WAL segments",
+        || first_tick(&lh) > 1,
+        || format!("first tick {}", first_tick(&lh)),
+    );
+
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    let stdout = ok(
+        tickship(&follower, &["replication", "setup", &leader.endpoint()]),
+        "replication setup",
+    );
+    let state: Value = serde_json::from_str(
+        &stdout[stdout
+            .find("{\n")
+            .unwrap_or_else(|| panic!("no state in {stdout}"))..],
+    )
+    .unwrap();
+    assert_eq!(state["state"]["running"], json!(true), "{state}");
+    assert_eq!(state["state"]["phase"], json!("running"), "{state}");
+    assert_eq!(state["state"]["lastError"]["errorNum"], json!(0), "{state}");
+    let all = [("_system", "docs"), ("_system", "links"), ("other", "o")];
+    for (db, collection) in all {
+        let (l, f) = (in_database(&leader, db), in_database(&follower, db));
+        assert_eq!(
+            state_of(&l, collection),
+            state_of(&f, collection),
+            "{db}/{collection} equal when setup returns"
+        );
+    }
+    let stored = fh.metric("tickship_replication_initial_sync_documents");
+    assert_eq!(stored, 8900 + 300 + 300, "documents the sync stored");
+    assert!(fh.metric("tickship_replication_initial_sync_bytes") > 8_900_000);
+
+    // It tails: new writes, removals, a new collection.
+    fill(&lh, "docs", 9000, 9500, 3);
+    remove(&lh, "docs", 0..50);
+    create(&lh, "later", 2);
+    fill(&lh, "later", 0, 20, 1);
+    converged(
+        &leader,
+        &follower,
+        &[("_system", "docs"), ("_system", "later")],
+    );
+    // Its writes are refused: it is a follower.
+    let refused = fh.send("POST", "/_api/document/docs", &json!({"_key": "mine"}));
+    assert!(refused.status >= 400, "a follower refuses writes");
+    assert_eq!(applier_state(&fh)["totalResyncs"], json!(0));
+}
+
+#[test]
+fn a_follower_restored_from_a_dump_moves_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 6000, 1);
+    let dump_dir = dir.path().join("dump");
+    ok(
+        tickship(
+            &leader,
+            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
+        ),
+        "dump",
+    );
+    let restored = Daemon::start(&dir.path().join("restored"), &[]);
+    ok(
+        tickship(
+            &restored,
+            &["restore", "--input-directory", dump_dir.to_str().unwrap()],
+        ),
+        "restore",
+    );
+    // 1% of the documents change after the dump: new versions, removals, new ones.
+    fill(&lh, "docs", 1000, 1040, 2);
+    remove(&lh, "docs", 3000..3010);
+    fill(&lh, "docs", 6000, 6010, 1);
+
+    ok(
+        tickship(
+            &restored,
+            &["replication", "setup", &leader.endpoint(), "--incremental"],
+        ),
+        "setup --incremental",
+    );
+    converged(&leader, &restored, &[("_system", "docs")]);
+    let incremental = sync_bytes(&restored.http());
+
+    let empty = Daemon::start(&dir.path().join("empty"), &[]);
+    ok(
+        tickship(&empty, &["replication", "setup", &leader.endpoint()]),
+        "full setup",
+    );
+    converged(&leader, &empty, &[("_system", "docs")]);
+    let full = sync_bytes(&empty.http());
+    println!("bytes received: incremental {incremental}, full {full}");
+    assert!(full > 6_000_000, "a full sync moves the documents: {full}");
+    assert!(
+        incremental * 10 < full,
+        "an incremental sync after 1% changed moves under a tenth of a full one: {incremental} \
+         vs {full}"
+    );
+    assert_eq!(
+        restored
+            .http()
+            .metric("tickship_replication_initial_sync_removed"),
+        10
+    );
+    // Both tail.
+    fill(&lh, "docs", 7000, 7100, 1);
+    converged(&leader, &restored, &[("_system", "docs")]);
+    converged(&leader, &empty, &[("_system", "docs")]);
+}
+
+#[test]
+fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader_dir = dir.path().join("leader");
+    let mut leader = Daemon::start(&leader_dir, &[]);
+    let port = leader.port();
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 24_000, 1);
+    // About 24 MB in chunks of 4 MB at 4 MB/s: seconds to stop it part-way, twice.
+    let limited = ["--replication.sync-max-rate", "4MB"];
+    let follower_dir = dir.path().join("follower");
+    let mut follower = Daemon::start(&follower_dir, &limited);
+    let fh = follower.http();
+    let body = json!({"endpoint": leader.endpoint(), "password": PASSWORD,
+                      "connectionRetryWaitTime": 0.2, "maxConnectRetries": 100});
+    // make-follower answers once the sync is done; the follower dies before that.
+    let setup = {
+        let http = Http::new(fh.base.clone());
+        std::thread::spawn(move || http.try_send("PUT", "/_api/replication/make-follower", &body))
+    };
+    let documents = |http: &Http| {
+        applier_state(http)["initialSync"]["documents"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_until_or(
+        "a sixth of the documents arrived",
+        || documents(&fh) >= 4000,
+        || format!("{}", applier_state(&fh)),
+    );
+    follower.kill9();
+    assert!(setup.join().unwrap().is_err(), "the follower died mid-sync");
+    let follower = Daemon::start(&follower_dir, &limited);
+    let fh = follower.http();
+    // The restarted follower goes on by itself (make-follower set autoStart).
+    wait_until_or(
+        "the resumed sync stored a sixth more",
+        || documents(&fh) >= 4000 && applier_state(&fh)["phase"] == json!("initial"),
+        || format!("{}", applier_state(&fh)),
+    );
+    let before_leader_kill = sync_bytes(&fh);
+    leader.kill9();
+    let leader = Daemon::start_on(&leader_dir, port, &[]);
+    wait_within(
+        "the sync completes after the leader's restart",
+        Duration::from_secs(120),
+        || {
+            applier_state(&fh)["phase"] == json!("running")
+                && applier_state(&fh)["lastAvailableContinuousTick"].is_string()
+        },
+        || format!("{}\n{}", applier_state(&fh), follower.log()),
+    );
+    converged(&leader, &follower, &[("_system", "docs")]);
+    // Resuming compared what had arrived: the resumed sync moved less than a whole one would.
+    let resumed = sync_bytes(&fh);
+    println!("bytes received by the last resumed sync: {resumed} (before the leader's kill: {before_leader_kill})");
+    assert!(
+        resumed < 24_000_000,
+        "a resumed sync moves less than the whole collection: {resumed}"
+    );
+    fill(&leader.http(), "docs", 20_000, 20_100, 1);
+    converged(&leader, &follower, &[("_system", "docs")]);
+}
+
+#[test]
+fn a_follower_behind_retention_stops_with_1414_or_resyncs_with_auto_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &PRUNING);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 1000, 1);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    ok(
+        tickship(&follower, &["replication", "setup", &leader.endpoint()]),
+        "setup",
+    );
+    converged(&leader, &follower, &[("_system", "docs")]);
+    ok(tickship(&follower, &["replication", "stop"]), "stop");
+    let stopped_at: u64 = applier_state(&fh)["lastProcessedContinuousTick"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    fill(&lh, "docs", 1000, 10_000, 2);
+    wait_until_or(
+        "the leader's log no longer holds the follower's tick",
+        || first_tick(&lh) > stopped_at + 1,
+        || format!("first tick {}, follower at {stopped_at}", first_tick(&lh)),
+    );
+
+    // Without autoResync: 1414, stopped.
+    ok(tickship(&follower, &["replication", "start"]), "start");
+    wait_until_or(
+        "the applier stops with 1414",
+        || {
+            let state = applier_state(&fh);
+            state["running"] == json!(false) && state["lastError"]["errorNum"] == json!(1414)
+        },
+        || format!("{}", applier_state(&fh)),
+    );
+    assert_eq!(applier_state(&fh)["totalResyncs"], json!(0));
+
+    // With it: a resync, then tailing.
+    ok(
+        tickship(
+            &follower,
+            &["replication", "properties", r#"{"autoResync": true}"#],
+        ),
+        "properties",
+    );
+    ok(
+        tickship(&follower, &["replication", "start"]),
+        "start again",
+    );
+    converged(&leader, &follower, &[("_system", "docs")]);
+    wait_until_or(
+        "the follower tails after its resync",
+        || {
+            let state = applier_state(&fh);
+            state["running"] == json!(true) && state["phase"] == json!("running")
+        },
+        || format!("{}", applier_state(&fh)),
+    );
+    let state = applier_state(&fh);
+    assert_eq!(state["totalResyncs"], json!(1), "{state}");
+    assert!(
+        sync_bytes(&fh) < 9_500_000,
+        "the resync compared what the follower had: {}",
+        sync_bytes(&fh)
+    );
+    fill(&lh, "docs", 20_000, 20_100, 1);
+    converged(&leader, &follower, &[("_system", "docs")]);
+}
+
+#[test]
+fn setup_refuses_wrong_credentials_and_this_server_and_leaves_it_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    create(&leader.http(), "docs", 2);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    let wrong = fh.send(
+        "PUT",
+        "/_api/replication/make-follower",
+        &json!({"endpoint": leader.endpoint(), "password": "wrong"}),
+    );
+    wrong.assert_error(401, 11);
+    let itself = fh.send(
+        "PUT",
+        "/_api/replication/make-follower",
+        &json!({"endpoint": follower.endpoint(), "password": PASSWORD}),
+    );
+    itself.assert_error(500, 1405);
+    let synced = fh.send(
+        "PUT",
+        "/_api/replication/sync",
+        &json!({"endpoint": leader.endpoint(), "password": "wrong"}),
+    );
+    synced.assert_error(401, 11);
+    // Nothing changed: it still takes writes.
+    create(&fh, "mine", 2);
+    assert_eq!(
+        fh.send("POST", "/_api/document/mine", &json!({"_key": "a"}))
+            .status,
+        202
+    );
+}
