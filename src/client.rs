@@ -211,15 +211,15 @@ impl Client {
         }
     }
 
-    /// Sends `body` (JSON) and returns the status, the answer's bytes and the value of its header
-    /// `header`; an ArangoDB error answer becomes a `ServerError`.
-    pub fn bytes_with_header(
+    /// Sends `body` (JSON) and returns the status, the answer's bytes and the values of its
+    /// headers `names`; an ArangoDB error answer becomes a `ServerError`.
+    pub fn bytes_with_headers(
         &self,
         method: &str,
         path: &str,
         body: Vec<u8>,
-        header: &str,
-    ) -> Result<(u16, Vec<u8>, Option<String>)> {
+        names: &[&str],
+    ) -> Result<(u16, Vec<u8>, Vec<Option<String>>)> {
         let request = self
             .builder(method, path)
             .header("content-type", "application/json")
@@ -230,11 +230,16 @@ impl Client {
             .run(request)
             .with_context(|| format!("{method} {}{path}", self.base))?;
         let status = response.status().as_u16();
-        let value = response
-            .headers()
-            .get(header)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let values = names
+            .iter()
+            .map(|name| {
+                response
+                    .headers()
+                    .get(*name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .collect();
         let bytes = response
             .into_body()
             .with_config()
@@ -246,7 +251,7 @@ impl Client {
             let text = String::from_utf8_lossy(&bytes);
             return Err(ServerError::new(method, path, status, &parsed, &text, None).into());
         }
-        Ok((status, bytes, value))
+        Ok((status, bytes, values))
     }
 
     pub fn endpoint(&self) -> &str {

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 
-use common::{tickship_on as tickship, Daemon, Run, PASSWORD};
+use common::{mount_tmpfs, tickship_on as tickship, Daemon, Run, PASSWORD};
 use serde_json::json;
 
 fn fails_with(run: &Run, words: &[&str]) {
@@ -329,22 +329,6 @@ fn dump_refuses_an_existing_directory_and_a_full_disk() {
         &run,
         &["collection 'c'", "No space left on device", "complete in"],
     );
-}
-
-/// Mounts a tmpfs of `size` on `dir`; false if this process may not (not root).
-fn mount_tmpfs(dir: &Path, size: &str) -> bool {
-    std::fs::create_dir_all(dir).unwrap();
-    Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("size={size}"),
-            "tmpfs",
-            dir.to_str().unwrap(),
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[test]

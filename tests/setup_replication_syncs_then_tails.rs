@@ -463,3 +463,51 @@ fn setup_refuses_wrong_credentials_and_this_server_and_leaves_it_writable() {
         202
     );
 }
+
+#[test]
+fn a_sync_into_a_full_disk_stops_with_the_error_and_resumes_once_space_is_freed_and_it_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = dir.path().join("small");
+    if !common::mount_tmpfs(&small, "40m") {
+        eprintln!("skipping: cannot mount a tmpfs (not root)");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let leader = Daemon::start(&dir.path().join("leader"), &[]);
+        let lh = leader.http();
+        create(&lh, "docs", 2);
+        // About 60 MB that compress little: more than the follower's disk holds.
+        fill(&lh, "docs", 0, 60_000, 1);
+        let follower = Daemon::start(&small.join("follower"), &[]);
+        let fh = follower.http();
+        let run = tickship(&follower, &["replication", "setup", &leader.endpoint()]);
+        assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr.contains("No space left on device")
+                && run.stderr.contains("stays a follower"),
+            "{}",
+            run.stderr
+        );
+        let arrived = applier_state(&fh)["initialSync"]["documents"]
+            .as_u64()
+            .unwrap();
+        // Space freed: the applier started again goes on from what had arrived.
+        let grown = std::process::Command::new("mount")
+            .args(["-o", "remount,size=400m"])
+            .arg(&small)
+            .status()
+            .unwrap();
+        assert!(grown.success());
+        // The store refuses writes after a failed flush until the server restarts (RocksDB's
+        // background error); restarted, the follower syncs on by itself (setup set autoStart).
+        let mut follower = follower;
+        follower.kill9();
+        let follower = Daemon::start(&small.join("follower"), &[]);
+        converged(&leader, &follower, &[("_system", "docs")]);
+        println!("stored before the disk was full: {arrived}");
+    });
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

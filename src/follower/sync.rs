@@ -47,6 +47,8 @@ const KEYS_PER_FETCH: usize = 4096;
 const INGEST_ITEMS: usize = 16_384;
 /// Ranges fetched at once from an empty collection: one fetches while another is stored.
 const PARALLEL_FETCHES: usize = 3;
+/// Times an answer that fails its checksum is asked for before the sync gives up.
+const FETCH_ATTEMPTS: u32 = 3;
 /// How long a sync waits for this server's store to apply its own log before starting.
 const APPLIED_WAIT: Duration = Duration::from_secs(60);
 
@@ -628,12 +630,7 @@ impl Syncer<'_> {
             if let Some(high) = high {
                 path.push_str(&format!("&high={}", encode(high)));
             }
-            let (_, bytes, _) = self
-                .client_for(target)
-                .bytes("GET", &path, Vec::new(), "application/json")
-                .map_err(|e| request_error(self.endpoint, e))?;
-            SyncCounters::add(&self.counters().requests, 1);
-            SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+            let (bytes, _) = self.fetch(&target.client, "GET", &path, Vec::new(), None)?;
             let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                 SessionError::fatal(num::INVALID_RESPONSE, format!("invalid ranges answer: {e}"))
             })?;
@@ -660,8 +657,48 @@ impl Syncer<'_> {
         }
     }
 
-    fn client_for<'t>(&self, target: &'t Target) -> &'t Client {
-        &target.client
+    /// Sends a request to the leader; returns the answer's bytes and its header `header`. The
+    /// answer is checked against the CRC-32C the leader sent with it: one damaged on the way is
+    /// refused, never stored, and asked for again (`FETCH_ATTEMPTS` in all).
+    fn fetch(
+        &self,
+        client: &Client,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        header: Option<&str>,
+    ) -> Result<(Vec<u8>, Option<String>), SessionError> {
+        use crate::leader::ranges::{check_crc, CRC_HEADER};
+        let names = [CRC_HEADER, header.unwrap_or(CRC_HEADER)];
+        let mut attempt = 1;
+        loop {
+            let (_, bytes, mut values) = client
+                .bytes_with_headers(method, path, body.clone(), &names)
+                .map_err(|e| request_error(self.endpoint, e))?;
+            SyncCounters::add(&self.counters().requests, 1);
+            SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+            match check_crc(&bytes, values[0].as_deref()) {
+                Ok(()) => {
+                    let wanted = header.and_then(|_| values.pop().flatten());
+                    return Ok((bytes, wanted));
+                }
+                Err(why) if attempt < FETCH_ATTEMPTS => {
+                    tracing::warn!(
+                        "initial sync: refused the answer to {method} {path}: {why}; asking again"
+                    );
+                    attempt += 1;
+                }
+                Err(why) => {
+                    return Err(SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        format!(
+                            "initial sync: the answer to {method} {path} failed its check \
+                             {FETCH_ATTEMPTS} times ({why}); nothing of it was stored"
+                        ),
+                    ))
+                }
+            }
+        }
     }
 
     /// Compares `low..=high` of the leader and of this server in chunks of `size` keys: equal
@@ -765,12 +802,7 @@ impl Syncer<'_> {
             encode(&chunk.low),
             encode(&chunk.high)
         );
-        let (_, bytes, _) = target
-            .client
-            .bytes("GET", &path, Vec::new(), "application/json")
-            .map_err(|e| request_error(self.endpoint, e))?;
-        SyncCounters::add(&self.counters().requests, 1);
-        SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
+        let (bytes, _) = self.fetch(&target.client, "GET", &path, Vec::new(), None)?;
         let pairs: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
             SessionError::fatal(
                 num::INVALID_RESPONSE,
@@ -852,10 +884,7 @@ impl Syncer<'_> {
             );
             let body = serde_json::to_vec(&json!({ "keys": batch }))
                 .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
-            let (_, bytes, _) = target
-                .client
-                .bytes_with_header("PUT", &path, body, "x-arango-replication-checkmore")
-                .map_err(|e| request_error(self.endpoint, e))?;
+            let (bytes, _) = self.fetch(&target.client, "PUT", &path, body, None)?;
             self.store_lines(target, &bytes)?;
         }
         Ok(())
@@ -877,10 +906,13 @@ impl Syncer<'_> {
             };
             let body = serde_json::to_vec(&body)
                 .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
-            let (_, bytes, last) = target
-                .client
-                .bytes_with_header("PUT", &path, body, "x-tickship-last-key")
-                .map_err(|e| request_error(self.endpoint, e))?;
+            let (bytes, last) = self.fetch(
+                &target.client,
+                "PUT",
+                &path,
+                body,
+                Some("x-tickship-last-key"),
+            )?;
             self.store_lines(target, &bytes)?;
             match last {
                 Some(last) if after.as_deref() != Some(last.as_str()) => after = Some(last),
@@ -942,8 +974,6 @@ impl Syncer<'_> {
     /// Stores the documents of one answer (one per line), refusing the whole answer if any line
     /// is not a valid document of the collection.
     fn store_lines(&self, target: &Target, bytes: &[u8]) -> Result<(), SessionError> {
-        SyncCounters::add(&self.counters().requests, 1);
-        SyncCounters::add(&self.counters().bytes, bytes.len() as u64);
         self.limit_rate();
         let mut items = Vec::new();
         let fallback = self.applier.node.wal.floor().max(Tick::new(1));

@@ -373,14 +373,24 @@ pub fn ranges(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
             batch.snapshot.key_revs(collection.id, range, visit)
         })
     })?;
-    Ok(json(
-        StatusCode::OK,
-        &json!({
-            "count": chunks.iter().map(|c| c.count).sum::<u64>(),
-            "ranges": chunks,
-            "more": more,
-        }),
-    ))
+    Ok(checked(json!({
+        "count": chunks.iter().map(|c| c.count).sum::<u64>(),
+        "ranges": chunks,
+        "more": more,
+    })))
+}
+
+/// A JSON answer with the CRC-32C of its body (`leader::ranges::CRC_HEADER`).
+fn checked(value: Value) -> Response<Body> {
+    let body = serde_json::to_vec(&value).unwrap_or_default();
+    let crc = crate::leader::ranges::crc_of(&body);
+    let mut response = super::raw(StatusCode::OK, "application/json", body);
+    if let Ok(crc) = HeaderValue::from_str(&crc) {
+        response
+            .headers_mut()
+            .insert(crate::leader::ranges::CRC_HEADER, crc);
+    }
+    response
 }
 
 /// `GET /_api/replication/range-keys?batchId&collection[&low|&after][&high]` (tickship): the
@@ -405,7 +415,7 @@ pub fn range_keys(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
             "the range holds more than {RANGE_KEYS_MAX} keys: ask for its chunks (ranges) first"
         )));
     }
-    Ok(json(StatusCode::OK, &Value::Array(pairs)))
+    Ok(checked(Value::Array(pairs)))
 }
 
 /// `PUT /_api/replication/range-documents?batchId&collection` (tickship): the documents named
@@ -475,8 +485,12 @@ pub fn range_documents(state: &AppState, req: &Req) -> ApiResult<Response<Body>>
             })?;
         }
     }
+    let crc = crate::leader::ranges::crc_of(&out);
     let mut response = super::raw(StatusCode::OK, "application/x-arango-dump", out);
     let headers = response.headers_mut();
+    if let Ok(crc) = HeaderValue::from_str(&crc) {
+        headers.insert(crate::leader::ranges::CRC_HEADER, crc);
+    }
     headers.insert(
         "x-arango-replication-checkmore",
         HeaderValue::from_static(if more { "true" } else { "false" }),

@@ -9,6 +9,28 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tickship_storage::Tick;
 
+/// The header in which the leader sends the CRC-32C of a sync answer's body (hex), so that the
+/// follower refuses an answer damaged on the way, end to end.
+pub const CRC_HEADER: &str = "x-tickship-crc32c";
+
+/// The value of `CRC_HEADER` for `body`.
+pub fn crc_of(body: &[u8]) -> String {
+    format!("{:08x}", crc32c::crc32c(body))
+}
+
+/// Whether `body` is what `header` (the leader's `CRC_HEADER`) says it is.
+pub fn check_crc(body: &[u8], header: Option<&str>) -> Result<(), String> {
+    match header {
+        None => Err(format!("the answer has no {CRC_HEADER} header")),
+        Some(sent) if sent.eq_ignore_ascii_case(&crc_of(body)) => Ok(()),
+        Some(sent) => Err(format!(
+            "the answer's {} bytes have CRC-32C {}, the leader sent {sent}",
+            body.len(),
+            crc_of(body)
+        )),
+    }
+}
+
 /// The hash of the `(key, revision)` pairs of one range, fed in key order.
 pub struct RangeHash {
     hasher: Sha256,
@@ -151,6 +173,16 @@ mod tests {
         swapped[4].0 = "k0004".into();
         swapped[5].0 = "k0005".into();
         assert_ne!(chunked(&swapped, 4, 100).0[1].hash, chunks[1].hash);
+    }
+
+    #[test]
+    fn a_damaged_or_unchecked_answer_is_refused() {
+        let body = b"{\"_key\":\"a\"}\n";
+        assert_eq!(check_crc(body, Some(&crc_of(body))), Ok(()));
+        let mut damaged = body.to_vec();
+        damaged[3] ^= 1;
+        assert!(check_crc(&damaged, Some(&crc_of(body))).is_err());
+        assert!(check_crc(body, None).is_err());
     }
 
     #[test]

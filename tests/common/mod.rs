@@ -406,3 +406,19 @@ pub fn tickship_args(args: &[String]) -> Run {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Mounts a tmpfs of `size` on `dir`; false if this process may not (not root).
+pub fn mount_tmpfs(dir: &Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
