@@ -34,6 +34,11 @@ struct Args {
     /// Print the results as one JSON object too.
     #[arg(long)]
     json: bool,
+    /// `dump`: the manual's Approach 2 (dump, restore, start at the tick). `setup`: Approach 1
+    /// (`tickship replication setup`, a full sync, until tailing and level), then 1% of the
+    /// documents changed on the leader and the same follower set up again with `--incremental`.
+    #[arg(long, default_value = "dump", value_parser = ["dump", "setup"])]
+    approach: String,
 }
 
 const PASSWORD: &str = "initbench";
@@ -142,6 +147,113 @@ fn load(client: &Client, docs: u64, clients: u64) -> Result<()> {
     })
 }
 
+/// Replaces every hundredth document (1%) with a new version.
+fn change_one_percent(client: &Client, docs: u64) -> Result<u64> {
+    let mut generator = tickship::docgen::DocGen::new(99);
+    let keys: Vec<u64> = (0..docs).step_by(100).collect();
+    for chunk in keys.chunks(1000) {
+        let mut body = String::from("[");
+        for (i, n) in chunk.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&generator.doc(&tickship::docgen::DocGen::key("d", *n), *n + 1));
+        }
+        body.push(']');
+        let (status, text) = client.raw(
+            "POST",
+            "/_api/document/docs?silent=true&overwriteMode=replace",
+            Some(body),
+        )?;
+        if status >= 300 {
+            bail!("update: HTTP {status}: {text}");
+        }
+    }
+    Ok(keys.len() as u64)
+}
+
+/// The manual's Approach 1: a full sync of an empty follower until it tails level with the
+/// leader, then an incremental one of the same follower after 1% changed.
+fn setup(args: &Args, daemon: &Path, root: &Path, mut leader: Server, lc: &Client) -> Result<()> {
+    let mut follower = Server::start("follower", daemon, &root.join("follower"), PASSWORD, &[])?;
+    let fc = Client::new(&follower.endpoint, "_system", "root", Some(PASSWORD))?;
+    let sync_state = |c: &Client| -> Result<(u64, u64)> {
+        let state = c.call("GET", "/_api/replication/applier-state", None)?;
+        let sync = &state["state"]["initialSync"];
+        Ok((
+            sync["bytesReceived"].as_u64().unwrap_or(0),
+            sync["documents"].as_u64().unwrap_or(0),
+        ))
+    };
+    let (_, full_seconds, _) = tickship(
+        &follower.endpoint,
+        &["replication", "setup", &leader.endpoint, "--no-progress"],
+    )?;
+    let (full_bytes, full_docs) = sync_state(&fc)?;
+    println!(
+        "  full sync, tailing and level: {full_seconds:.2} s, {:.0} MB received ({:.0} MB/s), {full_docs} documents",
+        full_bytes as f64 / 1e6,
+        full_bytes as f64 / 1e6 / full_seconds
+    );
+    tickship(&follower.endpoint, &["replication", "stop"])?;
+    let changed = change_one_percent(lc, args.docs)?;
+    let (_, incremental_seconds, _) = tickship(
+        &follower.endpoint,
+        &[
+            "replication",
+            "setup",
+            &leader.endpoint,
+            "--incremental",
+            "--no-progress",
+        ],
+    )?;
+    let (incremental_bytes, incremental_docs) = sync_state(&fc)?;
+    println!(
+        "  incremental sync after {changed} documents changed (1%), tailing and level: \
+         {incremental_seconds:.2} s ({:.1}% of the full), {:.1} MB received ({:.1}% of the full), \
+         {incremental_docs} documents stored",
+        incremental_seconds * 100.0 / full_seconds,
+        incremental_bytes as f64 / 1e6,
+        incremental_bytes as f64 * 100.0 / full_bytes.max(1) as f64
+    );
+    let count = |c: &Client| -> Result<Value> {
+        Ok(c.call(
+            "GET",
+            "/_api/collection/docs/checksum?withRevisions=true&withData=true",
+            None,
+        )?["checksum"]
+            .clone())
+    };
+    let (leader_sum, follower_sum) = (count(lc)?, count(&fc)?);
+    if leader_sum != follower_sum {
+        bail!("leader checksum {leader_sum}, follower {follower_sum}");
+    }
+    let rss = |s: &Server| {
+        s.pid()
+            .and_then(|p| proc_status_bytes(p, "VmHWM:"))
+            .unwrap_or(0)
+    };
+    let (leader_rss, follower_rss) = (rss(&leader), rss(&follower));
+    println!(
+        "  equal checksums (with revisions and data); peak RSS leader {} MiB, follower {} MiB",
+        leader_rss >> 20,
+        follower_rss >> 20
+    );
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "docs": args.docs, "full_seconds": full_seconds, "full_bytes": full_bytes,
+                "incremental_seconds": incremental_seconds, "incremental_bytes": incremental_bytes,
+                "changed": changed, "leader_rss": leader_rss, "follower_rss": follower_rss,
+            })
+        );
+    }
+    follower.stop();
+    leader.stop();
+    Ok(())
+}
+
 fn tick(value: &Value) -> u64 {
     value.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
@@ -185,6 +297,9 @@ fn main() -> Result<()> {
         tick(&lc.call("GET", "/_api/replication/logger-state", None)?["state"]["lastLogTick"]);
     println!("  loaded in {load_seconds:.1} s; leader at tick {leader_last}");
 
+    if args.approach == "setup" {
+        return setup(&args, &daemon, &root, leader, &lc);
+    }
     let threads = args.threads.to_string();
     let dump_dir = root.join("dump");
     let dump_arg = dump_dir.to_str().context("dump path")?;
