@@ -98,28 +98,14 @@ impl Client {
         body: Vec<u8>,
         content_type: &str,
     ) -> Result<(u16, Vec<u8>, bool)> {
-        let request = self
-            .builder(method, path)
-            .header("content-type", content_type)
-            .body(body)
-            .context("build request")?;
-        let response = self
-            .agent
-            .run(request)
-            .with_context(|| format!("{method} {}{path}", self.base))?;
-        let status = response.status().as_u16();
-        let more = check_more(&response);
-        let bytes = response
-            .into_body()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_vec()
-            .with_context(|| format!("read the answer to {method} {path}"))?;
-        if status >= 400 {
-            let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let text = String::from_utf8_lossy(&bytes);
-            return Err(ServerError::new(method, path, status, &value, &text, None).into());
-        }
+        let (status, bytes, mut values) = self.send_bytes(
+            method,
+            path,
+            body,
+            content_type,
+            &["x-arango-replication-checkmore"],
+        )?;
+        let more = values.pop().flatten().as_deref() == Some("true");
         Ok((status, bytes, more))
     }
 
@@ -220,9 +206,22 @@ impl Client {
         body: Vec<u8>,
         names: &[&str],
     ) -> Result<(u16, Vec<u8>, Vec<Option<String>>)> {
+        self.send_bytes(method, path, body, "application/json", names)
+    }
+
+    /// Sends `body` with `content_type`; the status, the answer's bytes and the values of its
+    /// headers `names`. An ArangoDB error answer becomes a `ServerError`.
+    fn send_bytes(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        names: &[&str],
+    ) -> Result<(u16, Vec<u8>, Vec<Option<String>>)> {
         let request = self
             .builder(method, path)
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(body)
             .context("build request")?;
         let response = self

@@ -27,22 +27,7 @@ fn ok(run: Run, what: &str) -> String {
     run.stdout
 }
 
-/// (count, checksum over keys, revisions and data), or None if the collection is missing.
-fn state_of(http: &Http, collection: &str) -> Option<(u64, String)> {
-    let answer = http.get(&format!(
-        "/_api/collection/{collection}/checksum?withRevisions=true&withData=true"
-    ));
-    if answer.status == 404 {
-        return None;
-    }
-    let checksum = answer.json()["checksum"].as_str().unwrap().to_string();
-    let count = http
-        .get(&format!("/_api/collection/{collection}/count"))
-        .json()["count"]
-        .as_u64()
-        .unwrap();
-    Some((count, checksum))
-}
+use common::collection_state as state_of;
 
 fn insert(http: &Http, collection: &str, docs: Value) {
     let answer = http.send("POST", &format!("/_api/document/{collection}"), &docs);

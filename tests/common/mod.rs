@@ -422,3 +422,20 @@ pub fn mount_tmpfs(dir: &Path, size: &str) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// (count, checksum over keys, revisions and data) of `collection`, or None if it is missing.
+pub fn collection_state(http: &Http, collection: &str) -> Option<(u64, String)> {
+    let answer = http.get(&format!(
+        "/_api/collection/{collection}/checksum?withRevisions=true&withData=true"
+    ));
+    if answer.status == 404 {
+        return None;
+    }
+    let checksum = answer.json()["checksum"].as_str().unwrap().to_string();
+    let count = http
+        .get(&format!("/_api/collection/{collection}/count"))
+        .json()["count"]
+        .as_u64()
+        .unwrap();
+    Some((count, checksum))
+}
