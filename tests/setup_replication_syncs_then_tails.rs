@@ -213,6 +213,16 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
     let refused = fh.send("POST", "/_api/document/docs", &json!({"_key": "mine"}));
     assert!(refused.status >= 400, "a follower refuses writes");
     assert_eq!(applier_state(&fh)["totalResyncs"], json!(0));
+
+    // Cascading: a follower of the follower syncs from it and tails it.
+    let second = Daemon::start(&dir.path().join("second"), &[]);
+    ok(
+        tickship(&second, &["replication", "setup", &follower.endpoint()]),
+        "setup from a follower",
+    );
+    fill(&lh, "docs", 9500, 9600, 4);
+    converged(&leader, &follower, &[("_system", "docs")]);
+    converged(&follower, &second, &[("_system", "docs"), ("other", "o")]);
 }
 
 #[test]
