@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::client::Client;
 
 /// How often the job and the applier state are asked for.
-const POLL: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(100);
 
 pub(super) fn run(client: &Client, body: Value, bar_wanted: bool) -> Result<Value> {
     let job = client.start_job("PUT", "/_api/replication/make-follower", Some(body))?;

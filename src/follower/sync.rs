@@ -39,8 +39,10 @@ const BATCH_TTL: u64 = 600;
 const TOP_CHUNK: u64 = 4096;
 /// A differing chunk is split into this many.
 const FANOUT: u64 = 16;
-/// Chunks of at most this many keys are compared key by key.
-const LEAF: u64 = 64;
+/// Chunks of at most this many keys are compared key by key: one request for their pairs
+/// costs less than the requests that would split them further (requests, not bytes, bound an
+/// incremental sync: docs/benchmarks/2026-12-06-initial-sync.md).
+const LEAF: u64 = 256;
 /// Keys named in one `range-documents` request.
 const KEYS_PER_FETCH: usize = 4096;
 /// Removals or documents stored at a time.
