@@ -18,14 +18,7 @@ fn tickship(server: &Daemon, args: &[&str]) -> Run {
 }
 use serde_json::{json, Value};
 
-fn ok(run: Run, what: &str) -> String {
-    assert_eq!(
-        run.code, 0,
-        "{what}\nstdout: {}\nstderr: {}",
-        run.stdout, run.stderr
-    );
-    run.stdout
-}
+use common::ok;
 
 use common::collection_state as state_of;
 

@@ -29,14 +29,7 @@ fn tickship(server: &Daemon, args: &[&str]) -> Run {
     tickship_on(server, PASSWORD, args)
 }
 
-fn ok(run: Run, what: &str) -> String {
-    assert_eq!(
-        run.code, 0,
-        "{what}\nstdout: {}\nstderr: {}",
-        run.stdout, run.stderr
-    );
-    run.stdout
-}
+use common::ok;
 
 fn create(http: &Http, name: &str, kind: u64) {
     let answer = http.send(

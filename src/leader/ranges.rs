@@ -98,28 +98,24 @@ pub fn chunk_pairs<E>(
         high.clear();
         high.push_str(key);
         if hash.count() >= size {
-            if let Some((low, high, hash)) = current.take() {
-                let count = hash.count();
-                chunks.push(KeyChunk {
-                    low,
-                    high,
-                    count,
-                    hash: hash.finish(),
-                });
-            }
+            chunks.extend(current.take().map(KeyChunk::of));
         }
         true
     })?;
-    if let Some((low, high, hash)) = current.take() {
-        let count = hash.count();
-        chunks.push(KeyChunk {
+    chunks.extend(current.take().map(KeyChunk::of));
+    Ok((chunks, more))
+}
+
+impl KeyChunk {
+    /// The chunk from `low` to `high` whose pairs `hash` took.
+    fn of((low, high, hash): (String, String, RangeHash)) -> KeyChunk {
+        KeyChunk {
             low,
             high,
-            count,
+            count: hash.count(),
             hash: hash.finish(),
-        });
+        }
     }
-    Ok((chunks, more))
 }
 
 #[cfg(test)]

@@ -439,3 +439,13 @@ pub fn collection_state(http: &Http, collection: &str) -> Option<(u64, String)> 
         .unwrap();
     Some((count, checksum))
 }
+
+/// The stdout of `run`, which must have exited 0 (`what` names it in the failure).
+pub fn ok(run: Run, what: &str) -> String {
+    assert_eq!(
+        run.code, 0,
+        "{what}\nstdout: {}\nstderr: {}",
+        run.stdout, run.stderr
+    );
+    run.stdout
+}
