@@ -102,7 +102,7 @@ impl Client {
             method,
             path,
             body,
-            content_type,
+            &[("content-type", content_type)],
             &["x-arango-replication-checkmore"],
         )?;
         let more = values.pop().flatten().as_deref() == Some("true");
@@ -156,32 +156,23 @@ impl Client {
     /// Sends a request as an async job (`x-arango-async: store`) and returns the job's id, whose
     /// answer `PUT /_api/job/{id}` fetches once it is done (`call` gives `Null` until then).
     pub fn start_job(&self, method: &str, path: &str, body: Option<Value>) -> Result<String> {
-        let request = self
-            .builder(method, path)
-            .header("content-type", "application/json")
-            .header("x-arango-async", "store")
-            .body(body.map(|b| b.to_string()).unwrap_or_default())
-            .context("build request")?;
-        let response = self
-            .agent
-            .run(request)
-            .with_context(|| format!("{method} {}{path}", self.base))?;
-        let status = response.status().as_u16();
-        let id = response
-            .headers()
-            .get("x-arango-async-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let text = response.into_body().read_to_string()?;
-        match (status, id) {
+        let body = body.map(|b| b.to_string()).unwrap_or_default().into_bytes();
+        let (status, text, mut id) = self.send_bytes(
+            method,
+            path,
+            body,
+            &[
+                ("content-type", "application/json"),
+                ("x-arango-async", "store"),
+            ],
+            &["x-arango-async-id"],
+        )?;
+        match (status, id.pop().flatten()) {
             (202, Some(id)) => Ok(id),
-            (status, _) if status >= 400 => {
-                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                Err(ServerError::new(method, path, status, &value, &text, None).into())
-            }
-            (status, _) => {
-                anyhow::bail!("{method} {path} as a job answered {status} without a job id: {text}")
-            }
+            (status, _) => anyhow::bail!(
+                "{method} {path} as a job answered {status} without a job id: {}",
+                String::from_utf8_lossy(&text)
+            ),
         }
     }
 
@@ -206,22 +197,30 @@ impl Client {
         body: Vec<u8>,
         names: &[&str],
     ) -> Result<(u16, Vec<u8>, Vec<Option<String>>)> {
-        self.send_bytes(method, path, body, "application/json", names)
+        self.send_bytes(
+            method,
+            path,
+            body,
+            &[("content-type", "application/json")],
+            names,
+        )
     }
 
-    /// Sends `body` with `content_type`; the status, the answer's bytes and the values of its
-    /// headers `names`. An ArangoDB error answer becomes a `ServerError`.
+    /// Sends `body` with request headers `headers`; the status, the answer's bytes and the
+    /// values of its headers `names`. An ArangoDB error answer becomes a `ServerError`.
     fn send_bytes(
         &self,
         method: &str,
         path: &str,
         body: Vec<u8>,
-        content_type: &str,
+        headers: &[(&str, &str)],
         names: &[&str],
     ) -> Result<(u16, Vec<u8>, Vec<Option<String>>)> {
-        let request = self
-            .builder(method, path)
-            .header("content-type", content_type)
+        let request = headers
+            .iter()
+            .fold(self.builder(method, path), |request, (name, value)| {
+                request.header(*name, *value)
+            })
             .body(body)
             .context("build request")?;
         let response = self

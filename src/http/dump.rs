@@ -131,12 +131,17 @@ pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     Ok(json(StatusCode::OK, &Value::Object(body)))
 }
 
-/// Collection `name` (or id) of the request's database as of the batch's tick.
+/// The request's `collection` (a name or id) of its database as of the batch's tick.
 fn snapshot_collection(
     batch: &Batch,
     req: &Req,
-    name: &str,
 ) -> ApiResult<Arc<tickship_storage::docstore::CollectionInfo>> {
+    let name = req.query("collection").unwrap_or("");
+    if name.is_empty() {
+        return Err(ApiError::bad_parameter(
+            "invalid collection parameter: collection missing",
+        ));
+    }
     let catalog = batch.snapshot.catalog();
     catalog
         .collection(&req.db, name)
@@ -231,14 +236,8 @@ pub fn dump(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
         "replication dump - unable to find context (it could be expired)",
         num::HTTP_BAD_PARAMETER,
     )?;
-    let name = req.query("collection").unwrap_or("");
-    if name.is_empty() {
-        return Err(ApiError::bad_parameter(
-            "invalid collection parameter: collection missing",
-        ));
-    }
     let snapshot = &batch.snapshot;
-    let collection = snapshot_collection(&batch, req, name)?;
+    let collection = snapshot_collection(&batch, req)?;
     let chunk = req
         .query("chunkSize")
         .and_then(|c| c.parse::<usize>().ok())
@@ -316,13 +315,7 @@ fn range_request(
         "context was not found",
         num::CURSOR_NOT_FOUND,
     )?;
-    let name = req.query("collection").unwrap_or("");
-    if name.is_empty() {
-        return Err(ApiError::bad_parameter(
-            "invalid collection parameter: collection missing",
-        ));
-    }
-    let collection = snapshot_collection(&batch, req, name)?;
+    let collection = snapshot_collection(&batch, req)?;
     Ok((batch, collection))
 }
 
