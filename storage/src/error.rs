@@ -56,6 +56,12 @@ pub enum Error {
     #[error("wal is closed")]
     Closed,
 
+    /// A record cannot be applied to this store as it is (a follower's collection named like
+    /// one of its leader's): nothing of its group was applied, and the store writer waits until
+    /// the conflict is allowed to be skipped (`DocStore::set_ignore_conflicts`) or resolved.
+    #[error("tick {tick}: {reason}")]
+    ApplyConflict { tick: Tick, reason: String },
+
     /// The document store (RocksDB) failed.
     #[error("document store: {op}: {reason}")]
     Store { op: &'static str, reason: String },

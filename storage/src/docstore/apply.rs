@@ -14,8 +14,14 @@
 //! the keys it changed earlier in the same call). Records of a collection that no longer exists
 //! are skipped (a write that raced with the drop of its collection); records of a transaction
 //! aborted in the same block are skipped too. Index records are accepted and ignored (no
-//! secondary indexes yet). With a [`CollectionFilter`] set on the store, the records of the
-//! collections it leaves out are not applied and are counted as excluded.
+//! secondary indexes yet). With a [`StoreFilter`] set on the store, the records of the
+//! databases and collections it leaves out are not applied and are counted as excluded, and
+//! those below a database's floor are skipped.
+//!
+//! A **catch-up** (`catch_up`) applies the records of one database from an older range of the
+//! log, which the store skipped while that database was left out: it writes their documents
+//! and catalog changes but no applied tick, and keeps every document's bytes in the store
+//! (the WAL segments it read may have had their live documents collected already).
 //!
 //! This file is longer than most because it is one step: decoding, partitioning, barriers and
 //! joining share the state of the call (`Applying`) and are read together.
@@ -30,7 +36,7 @@ use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::document::doc_key;
 use super::{
-    Catalog, CollectionFilter, CollectionInfo, DatabaseInfo, DocStore, APPLIED_MAX, APPLIED_TICK,
+    Catalog, CollectionInfo, DatabaseInfo, DocStore, StoreFilter, APPLIED_MAX, APPLIED_TICK,
 };
 use crate::error::{Error, Result};
 use crate::tick::{Tick, TickRange};
@@ -61,6 +67,8 @@ pub struct ApplyStats {
     pub skipped: u64,
     /// Records left out by the store's collection filter (ArangoDB's `totalOperationsExcluded`).
     pub excluded: u64,
+    /// Conflicting records skipped because the store was allowed to (`ignoreErrors`).
+    pub ignored: u64,
     pub ticks: Option<TickRange>,
 }
 
@@ -183,8 +191,31 @@ struct Partition {
     emptied: FxHashSet<u64>,
 }
 
+/// What was applied of one database's records (kept only while the store keeps databases one
+/// by one, for per-database appliers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatabaseTotals {
+    pub documents: u64,
+    pub removals: u64,
+    pub excluded: u64,
+}
+
+/// The totals of `db` in `list`, added if missing (a list of a few databases).
+fn tally<'l>(list: &'l mut Vec<(String, DatabaseTotals)>, db: &str) -> &'l mut DatabaseTotals {
+    let at = match list.iter().position(|(name, _)| name == db) {
+        Some(at) => at,
+        None => {
+            list.push((db.to_string(), DatabaseTotals::default()));
+            list.len() - 1
+        }
+    };
+    &mut list[at].1
+}
+
 /// What one partition wrote for one run of document records.
 struct PartitionBatch {
+    /// Per database, if the store keeps databases one by one.
+    by_db: Vec<(String, DatabaseTotals)>,
     batch: WriteBatch,
     /// Change of each collection's count.
     deltas: FxHashMap<u64, i64>,
@@ -212,6 +243,8 @@ impl Partition {
         catalog: &Catalog,
         excluded: &FxHashSet<u64>,
         items: &[&Item<'_>],
+        filter: Option<&StoreFilter>,
+        lookup_through: Tick,
     ) -> Result<PartitionBatch> {
         // Sized up front: a batch grown by doubling holds up to twice its bytes, and this one is
         // as large as the partition's share of the group (without the documents kept in the WAL,
@@ -231,20 +264,23 @@ impl Partition {
             replaced: 0,
             skipped: 0,
             excluded: 0,
+            by_db: Vec::new(),
         };
+        let per_db = matches!(filter, Some(StoreFilter::Databases(_)));
         if items.is_empty() {
             return Ok(out);
         }
         // Where each record goes, and which keys are not known yet and must be looked up.
         let mut keys: Vec<Target> = Vec::with_capacity(items.len());
         let mut lookup: Vec<usize> = Vec::new();
-        // Inserts up to here may have been applied and persisted already, past the recorded
-        // applied tick (see `DocStore::applied_max`): a replay looks them up too.
-        let persisted_max = store.applied_max();
         for Item { tick, record, .. } in items {
             let id = collection_id(record)?;
             if excluded.contains(&id) {
                 keys.push(Target::Excluded);
+                continue;
+            }
+            if filter.is_some_and(|f| f.below_floor(record.db, *tick)) {
+                keys.push(Target::Gone);
                 continue;
             }
             if catalog.collection_by_id(id).is_none() {
@@ -257,7 +293,7 @@ impl Partition {
                 // An insert's key did not exist at its tick (the leader read it under its
                 // lock); the state here is that of the tick before, so it is not looked up,
                 // unless the store may hold it already.
-                let insert = record.kind == RecordType::DocumentInsert && *tick > persisted_max;
+                let insert = record.kind == RecordType::DocumentInsert && *tick > lookup_through;
                 if !self.emptied.contains(&id) && !insert {
                     lookup.push(keys.len());
                 }
@@ -293,9 +329,30 @@ impl Partition {
                 }
                 Target::Excluded => {
                     out.excluded += 1;
+                    if per_db {
+                        tally(&mut out.by_db, record.db).excluded += 1;
+                    }
                     continue;
                 }
             };
+            if per_db {
+                let totals = tally(&mut out.by_db, record.db);
+                if record.kind.is_put() {
+                    totals.documents += 1;
+                } else {
+                    totals.removals += 1;
+                }
+            }
+            if filter.is_some_and(|f| f.verbose(record.db)) {
+                tracing::info!(
+                    tick = tick.get(),
+                    kind = ?record.kind,
+                    database = record.db,
+                    collection = id,
+                    key = record.key,
+                    "applied"
+                );
+            }
             let now = record.kind.is_put();
             let existed = match self.exists.get_mut(&key) {
                 Some(slot) => std::mem::replace(slot, now),
@@ -338,7 +395,7 @@ struct Applying<'s> {
     store: &'s DocStore,
     catalog: Catalog,
     catalog_changed: bool,
-    filter: Option<Arc<CollectionFilter>>,
+    filter: Option<Arc<StoreFilter>>,
     /// The collections whose records are left out: those of `catalog` whose names `filter`
     /// does not admit, and those left out when they were created.
     excluded: FxHashSet<u64>,
@@ -346,6 +403,11 @@ struct Applying<'s> {
     partitions: Vec<Partition>,
     /// The batches to join, in order.
     pieces: Vec<WriteBatch>,
+    /// What was applied per database (see `DatabaseTotals`).
+    by_db: Vec<(String, DatabaseTotals)>,
+    /// Inserts up to this tick are looked up: the store may hold their keys already (see
+    /// `DocStore::applied_max`; a catch-up looks every key up).
+    lookup_through: Tick,
 }
 
 impl Applying<'_> {
@@ -358,7 +420,7 @@ impl Applying<'_> {
                 self.catalog
                     .collections
                     .values()
-                    .filter(|c| !filter.admits(&c.name))
+                    .filter(|c| !filter.admits(&c.database, &c.name))
                     .map(|c| c.id),
             );
         }
@@ -380,8 +442,9 @@ impl Applying<'_> {
             return Ok(());
         }
         let (store, catalog, excluded) = (self.store, &self.catalog, &self.excluded);
+        let (filter, lookup_through) = (self.filter.as_deref(), self.lookup_through);
         let work = |(partition, items): (&mut Partition, &Vec<&Item<'_>>)| {
-            partition.apply(store, catalog, excluded, items)
+            partition.apply(store, catalog, excluded, items, filter, lookup_through)
         };
         let batches = match pool {
             Some(pool) => pool.install(|| {
@@ -409,6 +472,12 @@ impl Applying<'_> {
             stats.replaced += part.replaced;
             stats.skipped += part.skipped;
             stats.excluded += part.excluded;
+            for (db, totals) in part.by_db {
+                let sum = tally(&mut self.by_db, &db);
+                sum.documents += totals.documents;
+                sum.removals += totals.removals;
+                sum.excluded += totals.excluded;
+            }
             if !part.batch.is_empty() {
                 self.pieces.push(part.batch);
             }
@@ -427,17 +496,74 @@ impl Applying<'_> {
     }
 
     /// Applies a record that changes collections or databases.
-    fn barrier(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
-        let result = self.change(record, stats);
+    fn barrier(&mut self, tick: Tick, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
+        let excluded = stats.excluded;
+        let result = self.change(tick, record, stats);
+        if stats.excluded > excluded
+            && matches!(self.filter.as_deref(), Some(StoreFilter::Databases(_)))
+        {
+            tally(&mut self.by_db, record.db).excluded += stats.excluded - excluded;
+        }
+        if result.is_ok() && self.filter.as_ref().is_some_and(|f| f.verbose(record.db)) {
+            tracing::info!(tick = tick.get(), kind = ?record.kind, database = record.db, collection = record.collection, "applied");
+        }
         // The record may have created, renamed or dropped a collection (barriers are rare, the
         // catalog small).
         self.refresh_excluded();
         result
     }
 
-    fn change(&mut self, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
+    /// A conflict with what this store holds at `tick`: skipped and counted while the store
+    /// allows it, else the error that stops the store writer before this group.
+    fn conflict(&self, tick: Tick, reason: String, stats: &mut ApplyStats) -> Result<()> {
+        if self.store.may_ignore_conflict(stats.ignored) {
+            tracing::warn!("skipped the record at tick {tick} (ignoreErrors): {reason}");
+            stats.ignored += 1;
+            return Ok(());
+        }
+        Err(Error::ApplyConflict { tick, reason })
+    }
+
+    /// The collection of database `db` named `name` other than `id`, if there is one.
+    fn named_otherwise(&self, db: &str, name: &str, id: u64) -> Option<u64> {
+        self.catalog
+            .collection(db, name)
+            .map(|c| c.id)
+            .filter(|&other| other != id)
+    }
+
+    fn change(&mut self, tick: Tick, record: &Record<'_>, stats: &mut ApplyStats) -> Result<()> {
         let (docs, meta) = (self.store.docs(), self.store.meta());
         let mut batch = WriteBatch::default();
+        if let Some(filter) = &self.filter {
+            if filter.below_floor(record.db, tick) {
+                stats.skipped += 1;
+                return Ok(());
+            }
+            if filter.rule(record.db).is_none()
+                && matches!(
+                    record.kind,
+                    RecordType::DatabaseCreate | RecordType::DatabaseDrop
+                )
+            {
+                stats.excluded += 1;
+                return Ok(());
+            }
+        }
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|f| f.skips_create_drop(record.db))
+            && matches!(
+                record.kind,
+                RecordType::CollectionCreate
+                    | RecordType::CollectionDrop
+                    | RecordType::CollectionRename
+            )
+        {
+            stats.excluded += 1;
+            return Ok(());
+        }
         let collection_record = matches!(
             record.kind,
             RecordType::CollectionDrop
@@ -476,7 +602,10 @@ impl Applying<'_> {
             RecordType::CollectionCreate => {
                 let info: CollectionInfo = serde_json::from_slice(record.data)
                     .map_err(|_| invalid("collection create without definition"))?;
-                let admitted = self.filter.as_ref().is_none_or(|f| f.admits(&info.name));
+                let admitted = self
+                    .filter
+                    .as_ref()
+                    .is_none_or(|f| f.admits(&info.database, &info.name));
                 if !admitted && self.catalog.collection_by_id(info.id).is_none() {
                     stats.excluded += 1;
                     batch.put_cf(meta, format!("out/{}", info.id), record.data);
@@ -489,6 +618,17 @@ impl Applying<'_> {
                     // Created here before the filter left it out (a replayed create).
                     stats.excluded += 1;
                     return Ok(());
+                }
+                if let Some(other) = self.named_otherwise(&info.database, &info.name, info.id) {
+                    return self.conflict(
+                        tick,
+                        format!(
+                            "duplicate name: the leader creates collection '{}' (id {}) in database \
+                             '{}', where this server has a collection of that name (id {other})",
+                            info.name, info.id, info.database
+                        ),
+                        stats,
+                    );
                 }
                 if self.catalog.left_out.remove(&info.id).is_some() {
                     // Left out before, admitted by the filter now (a replayed create).
@@ -523,6 +663,18 @@ impl Applying<'_> {
                     .map_err(|_| invalid("collection change is not JSON"))?;
                 let mut info = (*current).clone();
                 if let Some(name) = change.get("name").and_then(|v| v.as_str()) {
+                    if let Some(other) = self.named_otherwise(&info.database, name, id) {
+                        return self.conflict(
+                            tick,
+                            format!(
+                                "duplicate name: the leader renames collection '{}' (id {id}) to \
+                                 '{name}' in database '{}', where this server has a collection of \
+                                 that name (id {other})",
+                                info.name, info.database
+                            ),
+                            stats,
+                        );
+                    }
                     info.name = name.to_string();
                 }
                 if let Some(wait) = change.get("waitForSync").and_then(|v| v.as_bool()) {
@@ -588,6 +740,23 @@ impl Applying<'_> {
     }
 }
 
+/// Makes the counts and catalog an apply call wrote visible.
+fn publish(store: &DocStore, counts: FxHashMap<u64, u64>, catalog: Catalog, changed: bool) {
+    {
+        let mut stored = store.counts.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, count) in counts {
+            if catalog.collection_by_id(id).is_some() {
+                stored.insert(id, count);
+            } else {
+                stored.remove(&id);
+            }
+        }
+    }
+    if changed {
+        *store.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
+    }
+}
+
 /// RocksDB's write batch representation: an 8-byte sequence number, a 4-byte record count
 /// (both little-endian), then the records, each self-delimiting (`db/write_batch.cc`).
 const BATCH_HEADER_BYTES: usize = 12;
@@ -625,11 +794,25 @@ fn join(mut pieces: Vec<WriteBatch>) -> Result<WriteBatch> {
     Ok(joined)
 }
 
+/// How an apply call treats the ticks of its blocks.
+pub(super) enum Mode {
+    /// The log's next blocks: records after the store's applied tick, which then moves to the
+    /// last one; the tick recorded with them is limited to the WAL's durable tick.
+    Next { durable: Tick },
+    /// A catch-up: the records of the range `after..=through` that `filter` keeps, with no
+    /// applied tick written.
+    CatchUp {
+        after: Tick,
+        through: Tick,
+        filter: Arc<StoreFilter>,
+    },
+}
+
 pub(super) fn apply(
     store: &DocStore,
     blocks: &[Block],
     context: &mut ApplyContext,
-    durable: Tick,
+    mode: Mode,
 ) -> Result<ApplyStats> {
     let mut stats = ApplyStats::default();
     let (Some(first), Some(last)) = (blocks.first(), blocks.last()) else {
@@ -638,7 +821,20 @@ pub(super) fn apply(
     stats.blocks = blocks.len() as u64;
     stats.ticks = Some(TickRange::new(first.ticks().first, last.ticks().last));
     let _applying = store.lock_apply();
-    let applied = store.applied_tick();
+    let (applied, through, filter, lookup_through) = match &mode {
+        Mode::Next { .. } => (
+            store.applied_tick(),
+            Tick::new(u64::MAX),
+            store.filter(),
+            store.applied_max(),
+        ),
+        Mode::CatchUp {
+            after,
+            through,
+            filter,
+        } => (*after, *through, Some(filter.clone()), Tick::new(u64::MAX)),
+    };
+    let catch_up = matches!(mode, Mode::CatchUp { .. });
     if last.ticks().last <= applied {
         return Ok(stats);
     }
@@ -654,7 +850,10 @@ pub(super) fn apply(
             *buffer = Vec::new();
         }
     }
-    let todo: Vec<&Block> = blocks.iter().filter(|b| b.ticks().last > applied).collect();
+    let todo: Vec<&Block> = blocks
+        .iter()
+        .filter(|b| b.ticks().last > applied && b.ticks().first <= through)
+        .collect();
     if scratch.len() < todo.len() {
         scratch.resize_with(todo.len(), Vec::new);
     }
@@ -662,13 +861,27 @@ pub(super) fn apply(
         Some(pool) if todo.len() > 1 => pool.install(|| {
             todo.par_iter()
                 .zip(scratch.par_iter_mut())
-                .map(|(block, scratch)| decode(block, scratch, applied, keeps_in_wal(store, block)))
+                .map(|(block, scratch)| {
+                    decode(
+                        block,
+                        scratch,
+                        applied,
+                        !catch_up && keeps_in_wal(store, block),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()
         })?,
         _ => todo
             .iter()
             .zip(scratch.iter_mut())
-            .map(|(block, scratch)| decode(block, scratch, applied, keeps_in_wal(store, block)))
+            .map(|(block, scratch)| {
+                decode(
+                    block,
+                    scratch,
+                    applied,
+                    !catch_up && keeps_in_wal(store, block),
+                )
+            })
             .collect::<Result<Vec<_>>>()?,
     };
     let records = decoded.iter().map(|(items, _)| items.len()).sum::<usize>();
@@ -682,15 +895,20 @@ pub(super) fn apply(
         store,
         catalog: (*store.catalog()).clone(),
         catalog_changed: false,
-        filter: store.filter(),
+        filter,
         excluded: FxHashSet::default(),
         counts: FxHashMap::default(),
         partitions: (0..parts).map(|_| Partition::default()).collect(),
         pieces: Vec::new(),
+        lookup_through,
+        by_db: Vec::new(),
     };
     applying.refresh_excluded();
     let mut gathered: Vec<Vec<&Item<'_>>> = vec![Vec::new(); parts];
     for item in decoded.iter().flat_map(|(items, _)| items) {
+        if item.tick > through {
+            break;
+        }
         stats.records += 1;
         match item.record.kind {
             RecordType::DocumentPut | RecordType::DocumentInsert | RecordType::DocumentRemove => {
@@ -703,7 +921,7 @@ pub(super) fn apply(
             | RecordType::TransactionAbort => {}
             _ => {
                 applying.run(&mut gathered, pool, &mut stats)?;
-                applying.barrier(&item.record, &mut stats)?;
+                applying.barrier(item.tick, &item.record, &mut stats)?;
             }
         }
     }
@@ -714,6 +932,7 @@ pub(super) fn apply(
         catalog_changed,
         counts,
         mut pieces,
+        by_db,
         ..
     } = applying;
     let meta = store.meta();
@@ -723,6 +942,17 @@ pub(super) fn apply(
             tail.put_cf(meta, format!("count/{id}"), count.to_le_bytes());
         }
     }
+    if let Mode::CatchUp { .. } = mode {
+        pieces.push(tail);
+        store.write(join(pieces)?)?;
+        store.used_ignored_conflicts(stats.ignored);
+        store.add_database_totals(by_db);
+        publish(store, counts, catalog, catalog_changed);
+        return Ok(stats);
+    }
+    let Mode::Next { durable } = mode else {
+        unreachable!("a catch-up returned above");
+    };
     let tick_last = last.ticks().last;
     // Never record a tick the WAL may not have after a crash (a follower applies blocks from its
     // leader before they are durable here): the restart replays from the recorded tick.
@@ -741,21 +971,11 @@ pub(super) fn apply(
     pieces.push(tail);
     store.write(join(pieces)?)?;
     store.recorded.fetch_max(recorded.get(), Ordering::AcqRel);
+    store.used_ignored_conflicts(stats.ignored);
+    store.add_database_totals(by_db);
 
     // Publish: counts and catalog first, then the tick that says they are there.
-    {
-        let mut stored = store.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, count) in counts {
-            if catalog.collection_by_id(id).is_some() {
-                stored.insert(id, count);
-            } else {
-                stored.remove(&id);
-            }
-        }
-    }
-    if catalog_changed {
-        *store.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
-    }
+    publish(store, counts, catalog, catalog_changed);
     assert!(tick_last > applied, "applied ticks only grow");
     store.applied.store(tick_last.get(), Ordering::Release);
     Ok(stats)

@@ -47,12 +47,13 @@ use rocksdb::{
     WriteOptions, DB,
 };
 
+pub use self::apply::DatabaseTotals;
 pub use self::apply::{ApplyContext, ApplyStats};
 pub use self::catalog::{Catalog, CollectionInfo, DatabaseInfo, KeyOptions, SYSTEM_DATABASE};
 use self::collect::PendingRewrite;
 pub use self::collect::{PreparedCollection, PreparedRewrite, SegmentSample};
 pub use self::document::{with_rev, without_rev, StoredDocument};
-pub use self::filter::{CollectionFilter, Restrict};
+pub use self::filter::{CollectionFilter, DatabaseRule, Restrict, StoreFilter};
 pub use self::options::{BlobCompression, StoreMemory, StoreOptions};
 pub use self::read::KeyRange;
 pub use self::restore::{CollectionRestore, RestoreStats, Restored};
@@ -104,7 +105,12 @@ pub struct DocStore {
     /// `APPLIED_MAX` as loaded: a replay looks up inserts up to it, which the store may hold.
     applied_max: AtomicU64,
     /// The collections this store keeps, if not all (a follower's `restrictCollections`).
-    filter: RwLock<Option<Arc<CollectionFilter>>>,
+    filter: RwLock<Option<Arc<StoreFilter>>>,
+    /// Apply conflicts still to be skipped rather than stop the store writer (a follower's
+    /// `ignoreErrors`; `u64::MAX`: all of them).
+    ignore_conflicts: AtomicU64,
+    /// What was applied per database while databases are kept one by one.
+    database_totals: Mutex<HashMap<String, DatabaseTotals>>,
     /// Whether blob garbage collection may run (`StoreOptions::blob_gc`), and whether it does.
     blob_gc_allowed: bool,
     blob_gc_on: AtomicBool,
@@ -189,6 +195,8 @@ impl DocStore {
             recorded: AtomicU64::new(0),
             applied_max: AtomicU64::new(0),
             filter: RwLock::new(None),
+            ignore_conflicts: AtomicU64::new(0),
+            database_totals: Mutex::new(HashMap::new()),
             blob_gc_allowed: store_options.blob_gc,
             blob_gc_on: AtomicBool::new(false),
             write_buffer_bytes,
@@ -408,7 +416,32 @@ impl DocStore {
             self,
             blocks,
             &mut ApplyContext::serial(),
-            Tick::new(u64::MAX),
+            apply::Mode::Next {
+                durable: Tick::new(u64::MAX),
+            },
+        )
+    }
+
+    /// Applies what `filter` keeps of the records `after..=through` of `blocks` (a range the
+    /// store applied before while leaving them out), writing no applied tick. Documents are
+    /// stored with their bytes, never as WAL positions. The caller is the single store writer.
+    pub fn catch_up(
+        &self,
+        blocks: &[Block],
+        context: &mut ApplyContext,
+        after: Tick,
+        through: Tick,
+        filter: Arc<StoreFilter>,
+    ) -> Result<ApplyStats> {
+        apply::apply(
+            self,
+            blocks,
+            context,
+            apply::Mode::CatchUp {
+                after,
+                through,
+                filter,
+            },
         )
     }
 
@@ -421,7 +454,7 @@ impl DocStore {
         context: &mut ApplyContext,
         durable: Tick,
     ) -> Result<ApplyStats> {
-        let stats = apply::apply(self, blocks, context, durable)?;
+        let stats = apply::apply(self, blocks, context, apply::Mode::Next { durable })?;
         if stats.removals + stats.replaced > 0 {
             self.dead_since_look
                 .fetch_add(stats.removals + stats.replaced, Ordering::AcqRel);
@@ -432,11 +465,71 @@ impl DocStore {
     /// From the next applied group on, applies only the records of collections `filter`
     /// admits (`None`: all of them). A follower sets it from its applier configuration.
     pub fn set_filter(&self, filter: Option<CollectionFilter>) {
+        self.set_store_filter(filter.map(StoreFilter::All));
+    }
+
+    /// From the next applied group on, applies what `filter` keeps (`None`: everything). To
+    /// change which databases are kept while a store writer runs, go through it
+    /// (`StoreWriter::admit_database`, `StoreWriter::leave_out_database`), which knows the tick
+    /// at which the change takes effect.
+    pub fn set_store_filter(&self, filter: Option<StoreFilter>) {
         let filter = filter.filter(|f| !f.keeps_all()).map(Arc::new);
         *self.filter.write().unwrap_or_else(|p| p.into_inner()) = filter;
     }
 
-    pub fn filter(&self) -> Option<Arc<CollectionFilter>> {
+    /// Lets the next `count` apply conflicts be skipped (and counted) instead of stopping the
+    /// store writer; `u64::MAX` skips them all.
+    pub fn set_ignore_conflicts(&self, count: u64) {
+        self.ignore_conflicts.store(count, Ordering::Release);
+    }
+
+    /// Whether a conflict may be skipped when `already` were skipped in the same apply call
+    /// (a call that fails uses none of the allowance).
+    pub(super) fn may_ignore_conflict(&self, already: u64) -> bool {
+        self.ignore_conflicts.load(Ordering::Acquire) > already
+    }
+
+    /// Takes `count` conflicts skipped by an apply call that was written from the allowance.
+    pub(super) fn used_ignored_conflicts(&self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let _ = self
+            .ignore_conflicts
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| match left {
+                u64::MAX => None,
+                left => Some(left.saturating_sub(count)),
+            });
+    }
+
+    /// What was applied of database `db` since this store opened, while databases were kept
+    /// one by one.
+    pub fn database_totals(&self, db: &str) -> DatabaseTotals {
+        self.database_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(db)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub(super) fn add_database_totals(&self, list: Vec<(String, DatabaseTotals)>) {
+        if list.is_empty() {
+            return;
+        }
+        let mut totals = self
+            .database_totals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (db, add) in list {
+            let sum = totals.entry(db).or_default();
+            sum.documents += add.documents;
+            sum.removals += add.removals;
+            sum.excluded += add.excluded;
+        }
+    }
+
+    pub fn filter(&self) -> Option<Arc<StoreFilter>> {
         self.filter
             .read()
             .unwrap_or_else(|p| p.into_inner())

@@ -15,10 +15,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{ApplyContext, DocStore, PreparedCollection, PreparedRewrite};
+use super::{CollectionFilter, DatabaseRule, StoreFilter};
 use crate::error::{Error, Result};
 use crate::tick::{SegmentId, Tick};
 use crate::wal::segment::SealedSegment;
 use crate::wal::{SegmentRange, Wal};
+use std::collections::BTreeMap;
 
 /// When the store writer asks RocksDB to persist the store.
 #[derive(Clone, Debug)]
@@ -62,6 +64,8 @@ pub struct StoreWriterTotals {
     pub removals: u64,
     /// Records left out by the store's collection filter.
     pub excluded: u64,
+    /// Conflicting records skipped as allowed (`DocStore::set_ignore_conflicts`).
+    pub ignored: u64,
 }
 
 impl StoreWriterTotals {
@@ -71,6 +75,7 @@ impl StoreWriterTotals {
             documents: self.documents.saturating_sub(base.documents),
             removals: self.removals.saturating_sub(base.removals),
             excluded: self.excluded.saturating_sub(base.excluded),
+            ignored: self.ignored.saturating_sub(base.ignored),
         }
     }
 }
@@ -82,7 +87,14 @@ struct Shared {
     documents: AtomicU64,
     removals: AtomicU64,
     excluded: AtomicU64,
+    ignored: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// The conflict the store writer waits on (`Error::ApplyConflict`): its tick and reason.
+    conflict: Mutex<Option<(Tick, String)>>,
+    /// Set to make the store writer try the group that conflicted again.
+    retry: AtomicBool,
+    /// Changes of which databases the store keeps, done by the thread between two groups.
+    requests: Mutex<Vec<Request>>,
     stop: AtomicBool,
     changed: Condvar,
     lock: Mutex<()>,
@@ -111,6 +123,20 @@ impl Shared {
     }
 }
 
+/// A change of which databases the store keeps, with where its outcome goes.
+enum Request {
+    Admit {
+        db: String,
+        collections: CollectionFilter,
+        after: Tick,
+        done: std::sync::mpsc::Sender<Result<Tick>>,
+    },
+    LeaveOut {
+        db: String,
+        done: std::sync::mpsc::Sender<Result<Tick>>,
+    },
+}
+
 /// Handle of the store writer thread.
 pub struct StoreWriter {
     shared: Arc<Shared>,
@@ -130,7 +156,11 @@ impl StoreWriter {
             documents: AtomicU64::new(0),
             removals: AtomicU64::new(0),
             excluded: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
             failed: Mutex::new(None),
+            conflict: Mutex::new(None),
+            retry: AtomicBool::new(false),
+            requests: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
             changed: Condvar::new(),
             lock: Mutex::new(()),
@@ -177,7 +207,82 @@ impl StoreWriter {
             documents: self.shared.documents.load(Ordering::Relaxed),
             removals: self.shared.removals.load(Ordering::Relaxed),
             excluded: self.shared.excluded.load(Ordering::Relaxed),
+            ignored: self.shared.ignored.load(Ordering::Relaxed),
         }
+    }
+
+    /// The conflict that holds the store writer before a group, if any: its tick and reason.
+    pub fn conflict(&self) -> Option<(Tick, String)> {
+        self.shared
+            .conflict
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Makes the store keep database `db` (under `collections`) from the state after tick
+    /// `after`: if the store applied the log past `after` while leaving `db` out, its records
+    /// from there on are applied from this server's WAL first (a catch-up, then a flush); if
+    /// not, its records up to `after` will be skipped. The store's filter must keep databases
+    /// one by one (`StoreFilter::Databases`). Answers the applied tick at which `db` joined.
+    /// Blocking: the store writer does it between two groups.
+    pub fn admit_database(
+        &self,
+        db: &str,
+        collections: CollectionFilter,
+        after: Tick,
+    ) -> Result<Tick> {
+        let (done, outcome) = std::sync::mpsc::channel();
+        self.request(Request::Admit {
+            db: db.to_string(),
+            collections,
+            after,
+            done,
+        })?;
+        self.wait_request(&outcome)
+    }
+
+    /// Makes the store leave database `db` out from the next group on, and flushes it: answers
+    /// the tick through which its records are applied and persisted (applying the log again
+    /// from there, with `admit_database`, loses nothing).
+    pub fn leave_out_database(&self, db: &str) -> Result<Tick> {
+        let (done, outcome) = std::sync::mpsc::channel();
+        self.request(Request::LeaveOut {
+            db: db.to_string(),
+            done,
+        })?;
+        self.wait_request(&outcome)
+    }
+
+    fn request(&self, request: Request) -> Result<()> {
+        self.check()?;
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(request);
+        self.shared.wake();
+        Ok(())
+    }
+
+    fn wait_request(&self, outcome: &std::sync::mpsc::Receiver<Result<Tick>>) -> Result<Tick> {
+        loop {
+            match outcome.recv_timeout(Duration::from_millis(200)) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    self.check()?;
+                    return Err(Error::Closed);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => self.check()?,
+            }
+        }
+    }
+
+    /// Makes a store writer held by a conflict try its group again (after the conflict was
+    /// resolved, or allowed to be skipped).
+    pub fn retry(&self) {
+        self.shared.retry.store(true, Ordering::Release);
+        self.shared.wake();
     }
 
     fn check(&self) -> Result<()> {
@@ -209,6 +314,9 @@ impl StoreWriter {
         let mut guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
         while !reached(&self.shared) {
             self.check()?;
+            if let Some((tick, reason)) = self.conflict() {
+                return Err(Error::ApplyConflict { tick, reason });
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Closed);
@@ -223,7 +331,8 @@ impl StoreWriter {
         Ok(())
     }
 
-    /// Waits, asynchronously, until `tick` is applied or the store writer stops.
+    /// Waits, asynchronously, until `tick` is applied, or the store writer stops or is held by a
+    /// conflict.
     pub async fn applied(&self, tick: Tick) -> Result<()> {
         loop {
             let notified = self.shared.notify.notified();
@@ -233,6 +342,9 @@ impl StoreWriter {
                 return Ok(());
             }
             self.check()?;
+            if let Some((tick, reason)) = self.conflict() {
+                return Err(Error::ApplyConflict { tick, reason });
+            }
             notified.await;
         }
     }
@@ -262,6 +374,7 @@ fn run(
 ) -> Result<()> {
     let mut upkeep = Upkeep::new(wal, store)?;
     loop {
+        serve_requests(wal, store, context, shared, options);
         // Wait for at least one block, then take what else is there, up to the group size.
         let first = match reader.wait_next(Duration::from_millis(200))? {
             Some(block) => block,
@@ -288,12 +401,15 @@ fn run(
             }
         }
         settle_before_write(wal, store)?;
-        let stats = store.apply_with(&group, context, wal.durable_tick())?;
+        let Some(stats) = apply_or_hold(wal, store, &group, context, shared, options)? else {
+            break; // stopping while held by a conflict
+        };
         shared
             .documents
             .fetch_add(stats.documents, Ordering::Relaxed);
         shared.removals.fetch_add(stats.removals, Ordering::Relaxed);
         shared.excluded.fetch_add(stats.excluded, Ordering::Relaxed);
+        shared.ignored.fetch_add(stats.ignored, Ordering::Relaxed);
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);
         shared.wake();
@@ -307,6 +423,142 @@ fn run(
     store.flush()?;
     report_store_tick(wal, store, store.persisted_tick()?);
     Ok(())
+}
+
+/// Does the requests waiting (between two groups, so that each takes effect at one tick).
+fn serve_requests(
+    wal: &Wal,
+    store: &DocStore,
+    context: &mut ApplyContext,
+    shared: &Shared,
+    options: &StoreWriterOptions,
+) {
+    let requests = std::mem::take(&mut *shared.requests.lock().unwrap_or_else(|p| p.into_inner()));
+    for request in requests {
+        match request {
+            Request::Admit {
+                db,
+                collections,
+                after,
+                done,
+            } => {
+                let _ = done.send(admit(wal, store, context, options, &db, collections, after));
+            }
+            Request::LeaveOut { db, done } => {
+                let _ = done.send(leave_out(store, &db));
+            }
+        }
+    }
+}
+
+/// The databases `store` keeps one by one, or an error if it keeps every database.
+fn database_rules(store: &DocStore) -> Result<BTreeMap<String, DatabaseRule>> {
+    match store.filter().as_deref() {
+        Some(StoreFilter::Databases(rules)) => Ok(rules.clone()),
+        _ => Err(Error::Store {
+            op: "change the databases kept",
+            reason: "the store keeps every database (a server-level applier), not some".into(),
+        }),
+    }
+}
+
+fn admit(
+    wal: &Wal,
+    store: &DocStore,
+    context: &mut ApplyContext,
+    options: &StoreWriterOptions,
+    db: &str,
+    collections: CollectionFilter,
+    after: Tick,
+) -> Result<Tick> {
+    let mut rules = database_rules(store)?;
+    let applied = store.applied_tick();
+    let floor = if after < applied {
+        let only = Arc::new(StoreFilter::Databases(BTreeMap::from([(
+            db.to_string(),
+            DatabaseRule {
+                collections: collections.clone(),
+                floor: Tick::ZERO,
+            },
+        )])));
+        let mut reader = wal.reader_after(after)?;
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        loop {
+            let block = reader.next_block()?;
+            let end = block.as_ref().is_none_or(|b| b.ticks().first > applied);
+            if let Some(block) = block.filter(|_| !end) {
+                bytes += block.bytes().len();
+                group.push(block);
+            }
+            if (end || bytes >= options.group_bytes_max) && !group.is_empty() {
+                store.catch_up(&group, context, after, applied, only.clone())?;
+                group.clear();
+                bytes = 0;
+            }
+            if end {
+                break;
+            }
+        }
+        // The caught-up records are older than the store's recorded tick: a replay would not
+        // bring them back, so they are persisted before the database counts as kept.
+        store.flush()?;
+        tracing::info!(database = db, from = %after, through = %applied, "caught a database up from this server's log");
+        Tick::ZERO
+    } else {
+        after
+    };
+    rules.insert(db.to_string(), DatabaseRule { collections, floor });
+    store.set_store_filter(Some(StoreFilter::Databases(rules)));
+    Ok(applied)
+}
+
+fn leave_out(store: &DocStore, db: &str) -> Result<Tick> {
+    let mut rules = database_rules(store)?;
+    rules.remove(db);
+    store.set_store_filter(Some(StoreFilter::Databases(rules)));
+    store.flush()?;
+    store.persisted_tick()
+}
+
+/// Applies `group`; on a conflict, holds it (publishing the conflict) and tries again each time
+/// `StoreWriter::retry` asks. `None`: the store writer is stopping while held.
+fn apply_or_hold(
+    wal: &Wal,
+    store: &DocStore,
+    group: &[crate::wal::Block],
+    context: &mut ApplyContext,
+    shared: &Shared,
+    options: &StoreWriterOptions,
+) -> Result<Option<super::ApplyStats>> {
+    loop {
+        match store.apply_with(group, context, wal.durable_tick()) {
+            Err(Error::ApplyConflict { tick, reason }) => {
+                tracing::error!("store writer held at tick {tick}: {reason}");
+                *shared.conflict.lock().unwrap_or_else(|p| p.into_inner()) = Some((tick, reason));
+                shared.wake();
+                let mut guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+                while !shared.retry.swap(false, Ordering::AcqRel) {
+                    if shared.stop.load(Ordering::Acquire) {
+                        return Ok(None);
+                    }
+                    // Databases may be admitted or left out while held (the conflict may be
+                    // in one of them).
+                    drop(guard);
+                    serve_requests(wal, store, context, shared, options);
+                    guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+                    guard = shared
+                        .changed
+                        .wait_timeout(guard, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                drop(guard);
+                *shared.conflict.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            other => return other.map(Some),
+        }
+    }
 }
 
 /// How long the store writer waits for its WAL to make applied ticks durable before it fails.
