@@ -197,6 +197,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     let saved = crate::follower::load_saved(dir)?;
     if crate::follower::is_following(&saved.1) {
         store.set_filter(Some(saved.0.filter()));
+        store.set_ignore_conflicts(saved.0.ignore_errors);
     }
     let applier_options = StoreWriterOptions {
         flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
@@ -211,8 +212,15 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         .context("start the store writer")?;
     // Serve only once every durable tick is applied: reads must see every acknowledged write.
     let target = wal.last_tick();
-    tokio::task::block_in_place(|| applier.wait_applied(target, Duration::from_secs(3600)))
-        .context("replay the WAL into the document store")?;
+    match tokio::task::block_in_place(|| applier.wait_applied(target, Duration::from_secs(3600))) {
+        // A follower's record that conflicts with what this server holds: serve, so that its
+        // applier can show the error and be started again once the conflict is resolved.
+        Err(tickship_storage::Error::ApplyConflict { tick, reason }) => tracing::error!(
+            "the replay stopped at tick {tick}: {reason}; start the applier once that is resolved \
+             (or with ignoreErrors)"
+        ),
+        other => other.context("replay the WAL into the document store")?,
+    }
     tracing::info!(
         from = %replay_from,
         to = %target,

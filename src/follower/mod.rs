@@ -203,6 +203,12 @@ impl Applier {
         task: &mut Option<(tokio::task::JoinHandle<()>, Arc<Notify>)>,
     ) {
         let own_last = self.node.wal.last_tick().get();
+        // ignoreErrors counts from each start, as ArangoDB's; a store writer held by a conflict
+        // tries again (the user may have resolved it).
+        self.node.store.set_ignore_conflicts(config.ignore_errors);
+        if self.node.store_writer.conflict().is_some() {
+            self.node.store_writer.retry();
+        }
         {
             let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
             runtime.running = true;
@@ -324,6 +330,8 @@ impl Applier {
     pub async fn make_follower(self: &Arc<Self>, body: &Value, local_db: &str) -> ApiResult<Value> {
         let mut config = ApplierConfig::default().merged(body, local_db)?;
         config.auto_start = true;
+        // As in ArangoDB: a follower made by setup applies the leader's collection changes.
+        config.skip_create_drop = false;
         self.stop().await;
         let previous = (
             self.config(),

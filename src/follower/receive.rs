@@ -7,7 +7,7 @@ use crate::util::iso8601 as timestamp;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tickship_net::frame::{Kind, Piece, BLOCKS_BYTES_MAX};
+use tickship_net::frame::{Kind, Piece};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
@@ -426,7 +426,7 @@ impl Applier {
             self.receiving.buffer_bytes,
         )
         .map_err(connect_failed)?;
-        let timeout = Duration::from_secs_f64(config.connect_timeout.max(0.1));
+        let timeout = Duration::from_secs_f64(config.connect_timeout);
         self.runtime
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -438,7 +438,7 @@ impl Applier {
             .open_bi()
             .await
             .map_err(|e| connect_failed(NetError::Transport(e.to_string())))?;
-        let mut stream = FramedStream::new(send, recv, BLOCKS_BYTES_MAX);
+        let mut stream = FramedStream::new(send, recv, config.frame_bytes_max());
         let client_info = format!("tickship follower {}", self.node.server_id);
         let side = FollowerSide {
             server_id: &self.node.server_id,
@@ -507,7 +507,8 @@ impl Applier {
             .unwrap_or_else(|p| p.into_inner())
             .last_available = Some(welcome.last_tick);
         self.track_distance(welcome.last_tick);
-        let chunk = chunk_bytes(config.chunk_size, self.receiving.buffer_bytes);
+        let chunk = chunk_bytes(config.chunk_size, self.receiving.buffer_bytes)
+            .min(config.frame_bytes_max() as u64);
         stream.streaming_blocks();
         stream
             .send(&Tail {
@@ -522,7 +523,7 @@ impl Applier {
         ));
         // requestTimeout bounds the leader's silence, never a frame still arriving: on a slow
         // link one block can take longer than any timeout that catches a dead leader.
-        let silence = Duration::from_secs_f64(config.request_timeout.max(1.0));
+        let silence = Duration::from_secs_f64(config.request_timeout);
         let mut last_stored = self.node.wal.last_tick();
         // A log that holds no block yet (an empty server, or one restored from a dump) begins
         // with the first block received, wherever in the leader's log that is.
@@ -598,14 +599,40 @@ impl Applier {
                     untaken += 1;
                     continue;
                 }
+                held = self.node.store_writer.applied(Tick::new(u64::MAX)) => {
+                    return Err(match held {
+                        Err(tickship_storage::Error::ApplyConflict { tick, reason }) => {
+                            SessionError::fatal(
+                                num::DUPLICATE_NAME,
+                                format!(
+                                    "cannot apply the leader's tick {tick}: {reason}; resolve the \
+                                     conflict (or set ignoreErrors) and start the applier again"
+                                ),
+                            )
+                        }
+                        other => SessionError::fatal(
+                            errors::LEADER_ERROR,
+                            format!("this server's store writer stopped: {other:?}"),
+                        ),
+                    });
+                }
                 piece = stream.recv_piece(silence),
                     if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => piece,
             };
-            let piece = piece.map_err(|e| {
-                SessionError::connect(format!(
+            let piece = piece.map_err(|e| match e {
+                // A leader that sends what the protocol (or maxPacketSize) does not allow will
+                // send it again on a new connection.
+                NetError::Protocol(message) => SessionError::fatal(
+                    num::INVALID_RESPONSE,
+                    format!(
+                        "invalid frame from the leader at {}: {message} (maxPacketSize is {})",
+                        config.endpoint, config.max_packet_size
+                    ),
+                ),
+                e => SessionError::connect(format!(
                     "connection to leader at {} lost: {e}",
                     config.endpoint
-                ))
+                )),
             })?;
             let leader_last = match piece {
                 Piece::Block {

@@ -391,6 +391,12 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         applier.excluded,
     );
     out.counter(
+        "tickship_replication_tailing_errors_ignored_total",
+        "Operations of the leader's log that conflicted with this server and were skipped as \
+         ignoreErrors allows.",
+        applier.errors_ignored,
+    );
+    out.counter(
         "arangodb_replication_tailing_bytes_received_total",
         "Bytes of the leader's log received.",
         applier.bytes_received,
