@@ -138,7 +138,10 @@ fn databases_left_out_are_caught_up_from_the_wal_when_admitted_again() {
     assert_eq!(store.count(2001), 16, "10 + 7 - 1");
     assert!(store.get(2001, "x0").unwrap().is_none());
     let doc = store.get(2001, "y6").unwrap().expect("caught up");
-    assert!(String::from_utf8_lossy(&doc.json).contains("\"y6\""), "bytes kept");
+    assert!(
+        String::from_utf8_lossy(&doc.json).contains("\"y6\""),
+        "bytes kept"
+    );
     // And from then on follows the log.
     put(&wal, "b", 2001, "z", 3);
     settle(&writer, &wal);

@@ -135,8 +135,9 @@ impl DocStore {
         if info.id == 0
             || catalog.collection_by_id(info.id).is_some()
             || catalog.left_out.contains_key(&info.id)
-            || catalog.databases().any(|d| d.id == info.id)
         {
+            // A database's id is only a label (the log names databases by name): a collection
+            // may share it, as a follower's must when its own databases took its leader's ids.
             info.id = catalog.max_id() + 1;
         }
         let id = info.id;

@@ -473,7 +473,10 @@ fn admit(
 ) -> Result<Tick> {
     let mut rules = database_rules(store)?;
     let applied = store.applied_tick();
-    let floor = if after < applied {
+    // Ticks at or below the log's floor were never in this log (the store got their state from
+    // a restore or a sync): there is nothing of them to catch up.
+    let from = after.max(wal.floor());
+    let floor = if from < applied && wal.first_tick().is_some() {
         let only = Arc::new(StoreFilter::Databases(BTreeMap::from([(
             db.to_string(),
             DatabaseRule {
@@ -481,7 +484,7 @@ fn admit(
                 floor: Tick::ZERO,
             },
         )])));
-        let mut reader = wal.reader_after(after)?;
+        let mut reader = wal.reader_after(from)?;
         let mut group = Vec::new();
         let mut bytes = 0;
         loop {
@@ -492,7 +495,7 @@ fn admit(
                 group.push(block);
             }
             if (end || bytes >= options.group_bytes_max) && !group.is_empty() {
-                store.catch_up(&group, context, after, applied, only.clone())?;
+                store.catch_up(&group, context, from, applied, only.clone())?;
                 group.clear();
                 bytes = 0;
             }
@@ -503,7 +506,7 @@ fn admit(
         // The caught-up records are older than the store's recorded tick: a replay would not
         // bring them back, so they are persisted before the database counts as kept.
         store.flush()?;
-        tracing::info!(database = db, from = %after, through = %applied, "caught a database up from this server's log");
+        tracing::info!(database = db, from = %from, through = %applied, "caught a database up from this server's log");
         Tick::ZERO
     } else {
         after
