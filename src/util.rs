@@ -88,7 +88,15 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
     file.write_all(contents)?;
     file.sync_all()?;
     std::fs::rename(&temp, path).with_context(|| format!("rename {}", path.display()))?;
+    // The rename is durable only once its directory is.
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+        .with_context(|| format!("sync the directory of {}", path.display()))?;
     Ok(())
+}
+
+/// Makes `dir`'s entries (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// A data directory held by this process: an exclusive `flock` on `DIR/tickshipd.lock`, which
