@@ -195,7 +195,13 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
     // A follower's WAL holds its leader's blocks: the replay keeps only the collections its
     // applier configuration replicates.
     let saved = crate::follower::load_saved(dir)?;
-    if crate::follower::is_following(&saved.1) {
+    // Per-database appliers that apply their databases: the replay keeps those databases only.
+    let database_filter = crate::follower::saved_filter(dir)?;
+    let for_databases = database_filter.is_some();
+    if let Some(filter) = database_filter {
+        store.set_store_filter(Some(filter));
+        store.set_ignore_conflicts(saved.0.ignore_errors);
+    } else if crate::follower::is_following(&saved.1) {
         store.set_filter(Some(saved.0.filter()));
         store.set_ignore_conflicts(saved.0.ignore_errors);
     }
@@ -267,7 +273,9 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         },
         saved,
         replication.handle().clone(),
+        for_databases,
     )?;
+    let appliers = crate::follower::DatabaseAppliers::open(applier.clone(), dir)?;
     // Batches end at their TTL even when no client asks for them again: each holds segment
     // collection off while it lives.
     let batches = Arc::new(crate::leader::batches::Batches::default());
@@ -293,11 +301,14 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         clients,
         batches: batches.clone(),
         applier: applier.clone(),
+        appliers: appliers.clone(),
         max_body_bytes: args.max_body_bytes,
         endpoint: format!("tcp://{local}"),
         jobs: Default::default(),
     });
-    if args.replication_auto_start && applier.config().auto_start {
+    if args.replication_auto_start && for_databases {
+        appliers.auto_start().await;
+    } else if args.replication_auto_start && applier.config().auto_start {
         match applier.start(None) {
             Ok(()) => tracing::info!("replication applier started (autoStart)"),
             Err(e) => tracing::warn!("replication applier did not start: {}", e.message),

@@ -1,4 +1,4 @@
-//! The manual's Approach 1, as a user runs it: `tickship replication setup LEADER` (make-follower
+//! The manual's Approach 1, as a user runs it: `tickship replication setup --global LEADER` (make-follower
 //! with a sync) on an empty follower of a leader whose WAL was pruned, on a follower restored from
 //! a dump (`--incremental`: only what changed moves), after a kill -9 in the middle of a sync,
 //! and on a follower that fell behind the leader's retention (1414, or autoResync). Equality is
@@ -107,7 +107,7 @@ fn converged(leader: &Daemon, follower: &Daemon, collections: &[(&str, &str)]) {
                     "\nleader {:?}, follower {:?}\nfollower state {}",
                     state_of(&lh, collection),
                     state_of(&fh, collection),
-                    fh.get("/_api/replication/applier-state").json()
+                    fh.get("/_api/replication/applier-state?global=true").json()
                 )
             },
         );
@@ -123,7 +123,9 @@ fn first_tick(http: &Http) -> u64 {
 }
 
 fn applier_state(http: &Http) -> Value {
-    http.get("/_api/replication/applier-state").json()["state"].clone()
+    http.get("/_api/replication/applier-state?global=true")
+        .json()["state"]
+        .clone()
 }
 
 fn sync_bytes(http: &Http) -> u64 {
@@ -167,7 +169,10 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
     let fh = follower.http();
     let stdout = ok(
-        tickship(&follower, &["replication", "setup", &leader.endpoint()]),
+        tickship(
+            &follower,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        ),
         "replication setup",
     );
     let state: Value = serde_json::from_str(
@@ -210,7 +215,10 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
     // Cascading: a follower of the follower syncs from it and tails it.
     let second = Daemon::start(&dir.path().join("second"), &[]);
     ok(
-        tickship(&second, &["replication", "setup", &follower.endpoint()]),
+        tickship(
+            &second,
+            &["replication", "setup", "--global", &follower.endpoint()],
+        ),
         "setup from a follower",
     );
     fill(&lh, "docs", 9500, 9600, 4);
@@ -249,7 +257,13 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     ok(
         tickship(
             &restored,
-            &["replication", "setup", &leader.endpoint(), "--incremental"],
+            &[
+                "replication",
+                "setup",
+                "--global",
+                &leader.endpoint(),
+                "--incremental",
+            ],
         ),
         "setup --incremental",
     );
@@ -258,7 +272,10 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
 
     let empty = Daemon::start(&dir.path().join("empty"), &[]);
     ok(
-        tickship(&empty, &["replication", "setup", &leader.endpoint()]),
+        tickship(
+            &empty,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        ),
         "full setup",
     );
     converged(&leader, &empty, &[("_system", "docs")]);
@@ -301,7 +318,9 @@ fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
     // make-follower answers once the sync is done; the follower dies before that.
     let setup = {
         let http = Http::new(fh.base.clone());
-        std::thread::spawn(move || http.try_send("PUT", "/_api/replication/make-follower", &body))
+        std::thread::spawn(move || {
+            http.try_send("PUT", "/_api/replication/make-follower?global=true", &body)
+        })
     };
     let documents = |http: &Http| {
         applier_state(http)["initialSync"]["documents"]
@@ -357,11 +376,17 @@ fn a_follower_behind_retention_stops_with_1414_or_resyncs_with_auto_resync() {
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
     let fh = follower.http();
     ok(
-        tickship(&follower, &["replication", "setup", &leader.endpoint()]),
+        tickship(
+            &follower,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        ),
         "setup",
     );
     converged(&leader, &follower, &[("_system", "docs")]);
-    ok(tickship(&follower, &["replication", "stop"]), "stop");
+    ok(
+        tickship(&follower, &["replication", "stop", "--global"]),
+        "stop",
+    );
     let stopped_at: u64 = applier_state(&fh)["lastProcessedContinuousTick"]
         .as_str()
         .unwrap()
@@ -375,7 +400,10 @@ fn a_follower_behind_retention_stops_with_1414_or_resyncs_with_auto_resync() {
     );
 
     // Without autoResync: 1414, stopped.
-    ok(tickship(&follower, &["replication", "start"]), "start");
+    ok(
+        tickship(&follower, &["replication", "start", "--global"]),
+        "start",
+    );
     wait_until_or(
         "the applier stops with 1414",
         || {
@@ -390,12 +418,17 @@ fn a_follower_behind_retention_stops_with_1414_or_resyncs_with_auto_resync() {
     ok(
         tickship(
             &follower,
-            &["replication", "properties", r#"{"autoResync": true}"#],
+            &[
+                "replication",
+                "properties",
+                "--global",
+                r#"{"autoResync": true}"#,
+            ],
         ),
         "properties",
     );
     ok(
-        tickship(&follower, &["replication", "start"]),
+        tickship(&follower, &["replication", "start", "--global"]),
         "start again",
     );
     converged(&leader, &follower, &[("_system", "docs")]);
@@ -427,19 +460,19 @@ fn setup_refuses_wrong_credentials_and_this_server_and_leaves_it_writable() {
     let fh = follower.http();
     let wrong = fh.send(
         "PUT",
-        "/_api/replication/make-follower",
+        "/_api/replication/make-follower?global=true",
         &json!({"endpoint": leader.endpoint(), "password": "wrong"}),
     );
     wrong.assert_error(401, 11);
     let itself = fh.send(
         "PUT",
-        "/_api/replication/make-follower",
+        "/_api/replication/make-follower?global=true",
         &json!({"endpoint": follower.endpoint(), "password": PASSWORD}),
     );
     itself.assert_error(500, 1405);
     let synced = fh.send(
         "PUT",
-        "/_api/replication/sync",
+        "/_api/replication/sync?global=true",
         &json!({"endpoint": leader.endpoint(), "password": "wrong"}),
     );
     synced.assert_error(401, 11);
@@ -468,7 +501,10 @@ fn a_sync_into_a_full_disk_stops_with_the_error_and_resumes_once_space_is_freed_
         fill(&lh, "docs", 0, 60_000, 1);
         let follower = Daemon::start(&small.join("follower"), &[]);
         let fh = follower.http();
-        let run = tickship(&follower, &["replication", "setup", &leader.endpoint()]);
+        let run = tickship(
+            &follower,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        );
         assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
         assert!(
             run.stderr.contains("No space left on device")

@@ -97,10 +97,9 @@ const SERVER_ARG_IDS: [&str; 5] = [
 
 #[derive(Subcommand)]
 enum Top {
-    /// The replication applier of the server (a follower): set up, start, stop, state,
-    /// properties.
-    #[command(subcommand)]
-    Replication(ReplicationCommand),
+    /// The replication applier of a database of the server (a follower), or with --global the
+    /// server's: set up, start, stop, state, properties.
+    Replication(ReplicationArgs),
     /// The replication logger of the server (a leader): state, first tick, tick ranges.
     #[command(subcommand)]
     Logger(LoggerCommand),
@@ -114,6 +113,16 @@ enum Top {
     /// following, and checks that the follower's documents equal the leader's.
     #[command(disable_help_flag = true)]
     Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplicationArgs {
+    /// The server-level applier, which replicates every database (ArangoDB's global=true);
+    /// without it, the applier of --server.database, which replicates that database only.
+    #[arg(long, global = true)]
+    global: bool,
+    #[command(subcommand)]
+    command: ReplicationCommand,
 }
 
 #[derive(Subcommand)]
@@ -132,7 +141,11 @@ enum ReplicationCommand {
     /// Stops the applier.
     Stop,
     /// Prints the applier state document; exits non-zero if it holds an error.
-    State,
+    State {
+        /// The state of every database's applier (applier-state-all), by database.
+        #[arg(long, conflicts_with = "global")]
+        all: bool,
+    },
     /// Prints the applier configuration, or changes it with a JSON object.
     Properties {
         /// Attributes to change, e.g. '{"endpoint":"tcp://127.0.0.1:8529","password":"PW"}'.
@@ -285,33 +298,79 @@ fn run(cli: Cli) -> Result<()> {
         println!("{text}");
     };
     match cli.command {
-        Top::Replication(command) => {
+        Top::Replication(ReplicationArgs { global, command }) => {
+            // `?global=true` (or `&` after another parameter) for the server-level applier.
+            let scope = |first: bool| match (global, first) {
+                (false, _) => "",
+                (true, true) => "?global=true",
+                (true, false) => "&global=true",
+            };
             let state = match command {
                 ReplicationCommand::Start { from } => {
                     let path = match from {
-                        Some(from) => format!("/_api/replication/applier-start?from={from}"),
-                        None => "/_api/replication/applier-start".into(),
+                        Some(from) => {
+                            format!(
+                                "/_api/replication/applier-start?from={from}{}",
+                                scope(false)
+                            )
+                        }
+                        None => format!("/_api/replication/applier-start{}", scope(true)),
                     };
                     client
                         .call("PUT", &path, Some(json!({})))
                         .map_err(|e| unconfigured_hint(e, &server.endpoint))?
                 }
-                ReplicationCommand::Stop => {
-                    client.call("PUT", "/_api/replication/applier-stop", Some(json!({})))?
+                ReplicationCommand::Stop => client.call(
+                    "PUT",
+                    &format!("/_api/replication/applier-stop{}", scope(true)),
+                    Some(json!({})),
+                )?,
+                ReplicationCommand::State { all: true } => {
+                    let all = client.call("GET", "/_api/replication/applier-state-all", None)?;
+                    print(&all);
+                    let failed: Vec<String> = all
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, s)| {
+                            s["state"]["lastError"]["errorNum"].as_u64().unwrap_or(0) != 0
+                        })
+                        .map(|(db, s)| {
+                            format!(
+                                "{db}: {}",
+                                s["state"]["lastError"]["errorMessage"]
+                                    .as_str()
+                                    .unwrap_or("")
+                            )
+                        })
+                        .collect();
+                    if !failed.is_empty() {
+                        bail!("appliers report errors: {}", failed.join("; "));
+                    }
+                    return Ok(());
                 }
-                ReplicationCommand::State => {
-                    client.call("GET", "/_api/replication/applier-state", None)?
-                }
+                ReplicationCommand::State { all: false } => client.call(
+                    "GET",
+                    &format!("/_api/replication/applier-state{}", scope(true)),
+                    None,
+                )?,
                 ReplicationCommand::Properties { json: None } => {
-                    let config = client.call("GET", "/_api/replication/applier-config", None)?;
+                    let config = client.call(
+                        "GET",
+                        &format!("/_api/replication/applier-config{}", scope(true)),
+                        None,
+                    )?;
                     print(&config);
                     return Ok(());
                 }
                 ReplicationCommand::Properties { json: Some(text) } => {
                     let body: Value =
                         serde_json::from_str(&text).context("properties must be a JSON object")?;
-                    let config =
-                        client.call("PUT", "/_api/replication/applier-config", Some(body))?;
+                    let config = client.call(
+                        "PUT",
+                        &format!("/_api/replication/applier-config{}", scope(true)),
+                        Some(body),
+                    )?;
                     print(&config);
                     return Ok(());
                 }
@@ -343,7 +402,7 @@ fn run(cli: Cli) -> Result<()> {
                         body["restrictType"] = json!(restrict);
                         body["restrictCollections"] = json!(setup.restrict_collections);
                     }
-                    setup::run(&client, body, !setup.no_progress)?
+                    setup::run(&client, body, !setup.no_progress, scope(true))?
                 }
             };
             print(&state);

@@ -14,8 +14,13 @@ use crate::client::Client;
 /// How often the job and the applier state are asked for.
 const POLL: Duration = Duration::from_millis(100);
 
-pub(super) fn run(client: &Client, body: Value, bar_wanted: bool) -> Result<Value> {
-    let job = client.start_job("PUT", "/_api/replication/make-follower", Some(body))?;
+/// `scope` is `"?global=true"` for the server-level applier, else empty (the database's).
+pub(super) fn run(client: &Client, body: Value, bar_wanted: bool, scope: &str) -> Result<Value> {
+    let job = client.start_job(
+        "PUT",
+        &format!("/_api/replication/make-follower{scope}"),
+        Some(body),
+    )?;
     let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = super::dump::progress_bar(bar_wanted && on_terminal, 0);
     let started = Instant::now();
@@ -33,7 +38,11 @@ pub(super) fn run(client: &Client, body: Value, bar_wanted: bool) -> Result<Valu
                 return Err(e);
             }
         }
-        let state = client.call("GET", "/_api/replication/applier-state", None)?;
+        let state = client.call(
+            "GET",
+            &format!("/_api/replication/applier-state{scope}"),
+            None,
+        )?;
         let state = &state["state"];
         let progress = &state["progress"];
         let sync = &state["initialSync"];

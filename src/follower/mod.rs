@@ -19,12 +19,14 @@ use memtables::tailing_at;
 use state::{LastError, Runtime};
 
 mod config;
+mod databases;
 mod memtables;
 mod receive;
 mod state;
 mod sync;
 
 pub use config::ApplierConfig;
+pub use databases::{saved_filter, DatabaseAppliers};
 pub use receive::Receiving;
 pub use state::{is_following, load_saved, ApplierMetrics, PersistedState};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +53,9 @@ pub struct Applier {
     syncing: Mutex<()>,
     /// The figures of the last (or running) sync.
     sync_counters: SyncCounters,
+    /// Set while per-database appliers drive this one (`DatabaseAppliers`): the store's filter is
+    /// theirs, one rule per database, and following does not replace it.
+    for_databases: AtomicBool,
 }
 impl Applier {
     /// The applier of this server, with the configuration and state `load_saved` read.
@@ -60,6 +65,7 @@ impl Applier {
         receiving: Receiving,
         (config, persisted): (ApplierConfig, PersistedState),
         tasks: tokio::runtime::Handle,
+        for_databases: bool,
     ) -> anyhow::Result<Arc<Applier>> {
         let runtime = Runtime {
             phase: "inactive",
@@ -79,6 +85,7 @@ impl Applier {
             tasks,
             syncing: Mutex::new(()),
             sync_counters: SyncCounters::default(),
+            for_databases: AtomicBool::new(for_databases),
         });
         // A sync under way (or asked for) when the server stopped: its store is no leader's state,
         // so it refuses writes until the sync is done.
@@ -99,7 +106,9 @@ impl Applier {
                 .store_totals_base = self.node.store_writer.totals();
         }
         self.node.set_follower_of(Some(config.endpoint.clone()));
-        self.node.store.set_filter(Some(config.filter()));
+        if !self.for_databases.load(Ordering::Acquire) {
+            self.node.store.set_filter(Some(config.filter()));
+        }
     }
 
     pub fn config(&self) -> ApplierConfig {
@@ -150,6 +159,9 @@ impl Applier {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .safe_resume_tick;
+        if let Some(from) = from {
+            self.check_own_ticks(from)?;
+        }
         // A log that holds no block yet starts where it is told (ArangoDB's applier-start with a
         // tick: the store holds the leader's state there, say from a restored dump).
         if let Some(start) = from.filter(|&f| f > own_last) {
@@ -191,6 +203,28 @@ impl Applier {
             format!("applier started, tailing from tick {from}"),
             &mut task,
         );
+        Ok(())
+    }
+
+    /// Refuses to tail from `from` when this server's log holds ticks of its own after it (it
+    /// took writes as a leader and never followed): the leader's ticks up to there could not be
+    /// stored after them, and would be silently missed.
+    pub(super) fn check_own_ticks(&self, from: u64) -> ApiResult<()> {
+        let own_last = self.node.wal.last_tick().get();
+        let never_followed = self
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .server_id
+            .is_empty();
+        if never_followed && self.node.wal.first_tick().is_some() && from < own_last {
+            return Err(config::invalid(&format!(
+                "this server's log holds ticks up to {own_last} of its own (it took writes as a \
+                 leader), past tick {from}: the leader's log from there cannot follow them. Set \
+                 it up with make-follower (setupReplication), which syncs its data with the \
+                 leader's first, or start it from an empty data directory"
+            )));
+        }
         Ok(())
     }
 
@@ -256,7 +290,7 @@ impl Applier {
         self.set_phase("initial");
         let result = self
             .clone()
-            .sync_with(config, incremental, Arc::new(AtomicBool::new(false)))
+            .sync_with(config, incremental, Arc::new(AtomicBool::new(false)), None)
             .await;
         self.set_phase("inactive");
         match result {
@@ -356,7 +390,46 @@ impl Applier {
             })?;
         }
         self.start(None)?;
-        let wait = Duration::from_secs_f64(config.initial_sync_max_wait_time);
+        self.wait_caught_up(Duration::from_secs_f64(config.initial_sync_max_wait_time))
+            .await;
+        let error = {
+            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            (!runtime.running && runtime.last_error.error_num != 0).then(|| {
+                (
+                    runtime.last_error.error_num,
+                    runtime.last_error.message.clone(),
+                )
+            })
+        };
+        let Some((error_num, message)) = error else {
+            return Ok(self.state_json());
+        };
+        // The sync began changing the store (or finished): this server is the leader's now.
+        let changed = self.sync_marker().is_none_or(|m| m.tick > 0);
+        if changed {
+            return Err(setup_failed(
+                error_num,
+                format!(
+                    "{message}; this server stays a follower of {} (writes refused); fix the cause \
+                     and start the applier again: it goes on from what has arrived",
+                    config.endpoint
+                ),
+            ));
+        }
+        self.remove_sync_marker()?;
+        if let Some(owed) = owed {
+            self.write_sync_marker(&owed)?;
+        }
+        self.roll_back(previous)?;
+        Err(setup_failed(
+            error_num,
+            format!("{message}; this server was not made a follower and accepts writes as before"),
+        ))
+    }
+
+    /// Waits until a started applier has synced (if it owed a sync) and caught up with the
+    /// leader's last tick as of its connect, or stopped, or `wait` has passed after the sync.
+    pub(super) async fn wait_caught_up(&self, wait: Duration) {
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             // Registered before looking, so that a change in between is not missed.
@@ -396,39 +469,6 @@ impl Applier {
                 _ = tokio::time::sleep_until(until) => {}
             }
         }
-        let error = {
-            let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            (!runtime.running && runtime.last_error.error_num != 0).then(|| {
-                (
-                    runtime.last_error.error_num,
-                    runtime.last_error.message.clone(),
-                )
-            })
-        };
-        let Some((error_num, message)) = error else {
-            return Ok(self.state_json());
-        };
-        // The sync began changing the store (or finished): this server is the leader's now.
-        let changed = self.sync_marker().is_none_or(|m| m.tick > 0);
-        if changed {
-            return Err(setup_failed(
-                error_num,
-                format!(
-                    "{message}; this server stays a follower of {} (writes refused); fix the cause \
-                     and start the applier again: it goes on from what has arrived",
-                    config.endpoint
-                ),
-            ));
-        }
-        self.remove_sync_marker()?;
-        if let Some(owed) = owed {
-            self.write_sync_marker(&owed)?;
-        }
-        self.roll_back(previous)?;
-        Err(setup_failed(
-            error_num,
-            format!("{message}; this server was not made a follower and accepts writes as before"),
-        ))
     }
 
     /// Puts back the configuration and state from before a failed `make-follower`.

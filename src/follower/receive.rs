@@ -184,9 +184,9 @@ impl Applier {
                 self.set_phase("initial");
                 let incremental = config.incremental || marker.incremental || marker.tick > 0;
                 let cancel = Arc::new(AtomicBool::new(false));
-                let sync = self
-                    .clone()
-                    .sync_with(config.clone(), incremental, cancel.clone());
+                let sync =
+                    self.clone()
+                        .sync_with(config.clone(), incremental, cancel.clone(), None);
                 tokio::pin!(sync);
                 let synced = tokio::select! {
                     _ = stopped.as_mut() => {

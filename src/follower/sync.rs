@@ -171,6 +171,7 @@ impl Applier {
         config: ApplierConfig,
         incremental: bool,
         cancel: Arc<AtomicBool>,
+        only: Option<String>,
     ) -> Result<SyncReport, SessionError> {
         self.progress(format!("connecting to leader at {}", config.endpoint));
         let opened = self.handshake(&config).await?;
@@ -179,7 +180,7 @@ impl Applier {
         drop(opened);
         let applier = self.clone();
         tokio::task::spawn_blocking(move || {
-            applier.sync_blocking(&config, incremental, &cancel, &leader_id)
+            applier.sync_blocking(&config, incremental, &cancel, &leader_id, only.as_deref())
         })
         .await
         .map_err(|e| SessionError::fatal(num::INTERNAL, format!("the sync failed: {e}")))?
@@ -187,12 +188,18 @@ impl Applier {
 
     /// Makes the store equal to a snapshot of `config`'s leader (the one with id `expected`)
     /// and begins the log at its tick. Blocking; `cancel` stops it between two requests.
+    ///
+    /// With `only`, just that database is synced (a per-database applier): the others are left
+    /// as they are, no sync marker is kept (a sync cut short is run again by the user), and the
+    /// log begins at the snapshot's tick only if it holds no block yet; otherwise the caller
+    /// admits the database from that tick (`StoreWriter::admit_database`).
     pub(super) fn sync_blocking(
         &self,
         config: &ApplierConfig,
         incremental: bool,
         cancel: &AtomicBool,
         expected: &str,
+        only: Option<&str>,
     ) -> Result<SyncReport, SessionError> {
         if cancel.load(Ordering::Acquire) {
             return Err(SessionError::fatal(0, "the sync was stopped".into()));
@@ -299,6 +306,7 @@ impl Applier {
             extended: std::sync::Mutex::new(Instant::now()),
             cancel,
             started,
+            only,
         };
         let result = syncer.run(config, &leader_id, tick, incremental);
         // The batch is not needed any more whatever happened (it expires by itself otherwise).
@@ -351,6 +359,8 @@ struct Syncer<'a> {
     extended: std::sync::Mutex<Instant>,
     cancel: &'a AtomicBool,
     started: Instant,
+    /// The one database synced, if not all.
+    only: Option<&'a str>,
 }
 
 /// A collection being synced: the leader's name and database, this server's copy.
@@ -420,7 +430,16 @@ impl Syncer<'_> {
         let applier = self.applier;
         let node = &applier.node;
         let wal = &node.wal;
-        if wal.first_tick().is_some() && wal.last_tick() > tick {
+        // A database synced alone joins a log that goes on (see `sync_blocking`), unless the
+        // log is this server's own (it never followed): then the leader's log begins here too.
+        let own_log = applier
+            .persisted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .server_id
+            .is_empty();
+        let begin_log = self.only.is_none() || wal.first_tick().is_none() || own_log;
+        if begin_log && wal.first_tick().is_some() && wal.last_tick() > tick {
             return Err(SessionError::fatal(
                 num::INVALID_CONFIGURATION,
                 format!(
@@ -432,14 +451,16 @@ impl Syncer<'_> {
             ));
         }
         // From here on the store changes: a restart must sync again before it tails.
-        applier
-            .write_sync_marker(&SyncMarker {
-                leader: leader_id.to_string(),
-                endpoint: config.endpoint.clone(),
-                tick: tick.get(),
-                incremental,
-            })
-            .map_err(|e| SessionError::fatal(errors::LEADER_ERROR, e.message))?;
+        if self.only.is_none() {
+            applier
+                .write_sync_marker(&SyncMarker {
+                    leader: leader_id.to_string(),
+                    endpoint: config.endpoint.clone(),
+                    tick: tick.get(),
+                    incremental,
+                })
+                .map_err(|e| SessionError::fatal(errors::LEADER_ERROR, e.message))?;
+        }
         applier.follow(config);
         {
             let mut persisted = applier.persisted.lock().unwrap_or_else(|p| p.into_inner());
@@ -471,6 +492,9 @@ impl Syncer<'_> {
         // The leader's collections this server replicates, with their counts.
         let mut wanted: Vec<(CollectionInfo, u64)> = Vec::new();
         for (name, database) in databases {
+            if self.only.is_some_and(|only| only != name) {
+                continue;
+            }
             let id = database["id"].as_str().and_then(|i| i.parse::<u64>().ok());
             store
                 .restore_database_as(name, id)
@@ -493,6 +517,9 @@ impl Syncer<'_> {
         // under another id, which its log names) goes.
         let catalog = store.catalog();
         for database in catalog.databases() {
+            if self.only.is_some_and(|only| only != database.name) {
+                continue;
+            }
             for local in catalog.collections(&database.name) {
                 let kept = wanted.iter().any(|(info, _)| {
                     info.database == local.database
@@ -550,10 +577,10 @@ impl Syncer<'_> {
             self.sync_collection(target, *count)?;
         }
         // The store now holds the leader's state at `tick`: the log continues from there.
-        applier
-            .begin_at(tick, tick)
-            .map_err(|e| self.store_error(&format!("begin this server's log at tick {tick}"), e))?;
-        {
+        if begin_log {
+            applier.begin_at(tick, tick).map_err(|e| {
+                self.store_error(&format!("begin this server's log at tick {tick}"), e)
+            })?;
             let mut runtime = applier.runtime.lock().unwrap_or_else(|p| p.into_inner());
             runtime.last_processed = tick.get();
         }

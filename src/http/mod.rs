@@ -35,7 +35,11 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     pub clients: Arc<Clients>,
     pub batches: Arc<crate::leader::batches::Batches>,
+    /// The server-level applier (`global=true`), which is also the one session with the leader
+    /// that the per-database appliers use.
     pub applier: Arc<crate::follower::Applier>,
+    /// The appliers of this server's databases.
+    pub appliers: Arc<crate::follower::DatabaseAppliers>,
     pub max_body_bytes: usize,
     pub endpoint: String,
     /// Requests sent with `x-arango-async: store`, and their answers.
@@ -330,11 +334,6 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "replication", "range-documents"] if is(Method::PUT) => {
             dump::range_documents(state, req)
         }
-        ["_api", "replication", "sync"] if is(Method::PUT) => {
-            let body = req.json()?;
-            let synced = state.applier.sync(&body, &req.db).await?;
-            Ok(json(StatusCode::OK, &synced))
-        }
         ["_api", "job", id] if is(Method::PUT) => jobs::fetch(state, id),
         ["_api", "job", id] if is(Method::GET) => jobs::status(state, id),
         ["_api", "job", id] if is(Method::DELETE) => jobs::delete(state, id),
@@ -357,46 +356,18 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
             replication::logger_tick_ranges(state)
         }
         ["_api", "replication", "server-id"] if is(Method::GET) => replication::server_id(state),
-        ["_api", "replication", "applier-config"] if is(Method::GET) => {
-            Ok(json(StatusCode::OK, &state.applier.config().public_json()))
-        }
-        ["_api", "replication", "applier-config"] if is(Method::PUT) => {
-            let body = req.json()?;
-            let config = state.applier.configure(&body, &req.db)?;
-            Ok(json(StatusCode::OK, &config.public_json()))
-        }
-        ["_api", "replication", "applier-start"] if is(Method::PUT) => {
-            let from = match req.query("from") {
-                Some(from) if !from.is_empty() => Some(from.parse::<u64>().map_err(|_| {
-                    ApiError::bad_parameter(format!("invalid value for <from>: {from}"))
-                })?),
-                _ => None,
-            };
-            state.applier.start(from)?;
-            Ok(json(StatusCode::OK, &state.applier.state_json()))
-        }
-        ["_api", "replication", "applier-stop"] if is(Method::PUT) => {
-            state.applier.stop().await;
-            Ok(json(StatusCode::OK, &state.applier.state_json()))
-        }
-        ["_api", "replication", "applier-state"] if is(Method::GET) => {
-            Ok(json(StatusCode::OK, &state.applier.state_json()))
-        }
-        ["_api", "replication", "applier-state"] if is(Method::DELETE) => {
-            state.applier.forget_state()?;
-            Ok(json(StatusCode::OK, &state.applier.state_json()))
+        ["_api", "replication", "applier-config" | "applier-start" | "applier-stop" | "applier-state" | "make-follower"
+        | "make-slave" | "sync"]
+            if is(Method::GET) || is(Method::PUT) || is(Method::DELETE) =>
+        {
+            replication::applier(state, req, path[2]).await
         }
         ["_api", "replication", "applier-state-all"] if is(Method::GET) => {
             let mut all = serde_json::Map::new();
-            all.insert(req.db.clone(), state.applier.state_json());
+            for db in state.node.store.catalog().databases() {
+                all.insert(db.name.clone(), state.appliers.state_json(&db.name));
+            }
             Ok(json(StatusCode::OK, &serde_json::Value::Object(all)))
-        }
-        ["_api", "replication", "make-follower"] | ["_api", "replication", "make-slave"]
-            if is(Method::PUT) =>
-        {
-            let body = req.json()?;
-            let state_doc = state.applier.make_follower(&body, &req.db).await?;
-            Ok(json(StatusCode::OK, &state_doc))
         }
         ["_api", "wal", "range"] if is(Method::GET) => replication::wal_range(state),
         ["_api", "wal", "lastTick"] if is(Method::GET) => replication::wal_last_tick(state),

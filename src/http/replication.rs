@@ -352,3 +352,90 @@ pub fn delete_batch(state: &AppState, id: &str) -> ApiResult<Response<Body>> {
         Vec::new(),
     ))
 }
+
+/// The applier routes: `global=true` (from `_system` only) addresses the server-level applier,
+/// which replicates every database; without it, the applier of the request's database.
+pub async fn applier(state: &Arc<AppState>, req: &Req, route: &str) -> ApiResult<Response<Body>> {
+    use axum::http::Method;
+    let global = req.flag("global", false);
+    if global && req.db != tickship_storage::docstore::SYSTEM_DATABASE {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            num::HTTP_FORBIDDEN,
+            "the global applier can only be addressed from within the _system database",
+        ));
+    }
+    let from = || -> ApiResult<Option<u64>> {
+        match req.query("from") {
+            Some(from) if !from.is_empty() => from
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| ApiError::bad_parameter(format!("invalid value for <from>: {from}"))),
+            _ => Ok(None),
+        }
+    };
+    let (applier, appliers, db) = (&state.applier, &state.appliers, req.db.as_str());
+    // The server-level applier and the database appliers share one session with the leader:
+    // one kind at a time.
+    let databases_busy = || -> ApiResult<()> {
+        if appliers.any_enabled() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                num::RUNNING,
+                "per-database appliers apply their databases on this server: stop them before \
+                 starting the server-level applier",
+            ));
+        }
+        Ok(())
+    };
+    let answer = match (route, &req.method) {
+        ("applier-config", &Method::GET) if global => applier.config().public_json(),
+        ("applier-config", &Method::GET) => appliers.config(db).public_json(),
+        ("applier-config", &Method::PUT) if global => {
+            applier.configure(&req.json()?, db)?.public_json()
+        }
+        ("applier-config", &Method::PUT) => appliers.configure(db, &req.json()?)?.public_json(),
+        ("applier-start", &Method::PUT) if global => {
+            databases_busy()?;
+            applier.start(from()?)?;
+            applier.state_json()
+        }
+        ("applier-start", &Method::PUT) => {
+            appliers.start(db, from()?).await?;
+            appliers.state_json(db)
+        }
+        ("applier-stop", &Method::PUT) if global => {
+            applier.stop().await;
+            applier.state_json()
+        }
+        ("applier-stop", &Method::PUT) => {
+            appliers.stop(db).await?;
+            appliers.state_json(db)
+        }
+        ("applier-state", &Method::GET) if global => applier.state_json(),
+        ("applier-state", &Method::GET) => appliers.state_json(db),
+        ("applier-state", &Method::DELETE) if global => {
+            databases_busy()?;
+            applier.forget_state()?;
+            applier.state_json()
+        }
+        ("applier-state", &Method::DELETE) => {
+            appliers.forget(db)?;
+            appliers.state_json(db)
+        }
+        ("make-follower" | "make-slave", &Method::PUT) if global => {
+            databases_busy()?;
+            applier.make_follower(&req.json()?, db).await?
+        }
+        ("make-follower" | "make-slave", &Method::PUT) => {
+            appliers.make_follower(db, &req.json()?).await?
+        }
+        ("sync", &Method::PUT) if global => {
+            databases_busy()?;
+            applier.sync(&req.json()?, db).await?
+        }
+        ("sync", &Method::PUT) => appliers.sync(db, &req.json()?).await?,
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    Ok(json(StatusCode::OK, &answer))
+}
