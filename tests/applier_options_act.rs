@@ -118,7 +118,7 @@ fn verbose_skip_create_drop_and_foxx_queues_act() {
     follow(
         &fh,
         &leader,
-        json!({"verbose": true, "includeFoxxQueues": false}),
+        json!({"verbose": true, "includeFoxxQueues": false, "idleMinWaitTime": 5.0}),
     );
     level(&lh, &fh);
     assert_eq!(count(&fh, "c"), Some(2));
@@ -127,6 +127,10 @@ fn verbose_skip_create_drop_and_foxx_queues_act() {
     assert!(
         log.contains("verbose-key-2") && log.contains("applied"),
         "verbose logs each applied operation"
+    );
+    assert!(
+        log.contains("idleMinWaitTime = 5.0 has no effect"),
+        "an option without effect says so when set"
     );
 
     stop(&fh);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{wait_until_or, Daemon, Http, PASSWORD};
+use common::{tickship_on, wait_until_or, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 fn in_db(daemon: &Daemon, db: &str) -> Http {
@@ -85,7 +85,7 @@ fn setup(follower: &Http, leader: &Daemon) -> Value {
 fn each_database_has_its_own_applier() {
     let dir = tempfile::tempdir().unwrap();
     let leader = Daemon::start(&dir.path().join("leader"), &[]);
-    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let mut follower = Daemon::start(&dir.path().join("follower"), &[]);
     let (lh, fh) = (leader.http(), follower.http());
     for db in ["a", "b", "c"] {
         ok(
@@ -173,6 +173,44 @@ fn each_database_has_its_own_applier() {
         &in_db(&leader, "b"),
         &in_db(&follower, "b"),
         "b follows again",
+    );
+
+    // The CLI follows the database, and shows them all.
+    let run = tickship_on(
+        &follower,
+        PASSWORD,
+        &["--server.database", "b", "replication", "state"],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("\"database\": \"b\""), "{}", run.stdout);
+    let run = tickship_on(&follower, PASSWORD, &["replication", "state", "--all"]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let all: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(all["a"]["state"]["running"], json!(true), "{all}");
+    assert_eq!(all["b"]["state"]["running"], json!(true), "{all}");
+
+    // Killed while the leader writes to all three, the follower restarts with its appliers
+    // (autoStart), replays its log keeping a and b only, and goes on.
+    follower.kill9();
+    for db in ["a", "b", "c"] {
+        insert(&in_db(&leader, db), "w", 40);
+    }
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    converge(
+        &in_db(&leader, "a"),
+        &in_db(&follower, "a"),
+        "a after the restart",
+    );
+    converge(
+        &in_db(&leader, "b"),
+        &in_db(&follower, "b"),
+        "b after the restart",
+    );
+    assert_eq!(
+        fh.get("/_api/database").json()["result"],
+        json!(["_system", "a", "b"]),
+        "c never arrives"
     );
 
     // Another leader for a third database (`_system`'s): refused, naming the leader this server

@@ -195,7 +195,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     lc.call("POST", "/_api/collection", Some(json!({"name": "demo"})))?;
     let setup = fc.call(
         "PUT",
-        "/_api/replication/make-follower",
+        "/_api/replication/make-follower?global=true",
         Some(json!({"endpoint": leader.endpoint, "username": "root", "password": password})),
     )?;
     println!(
@@ -203,7 +203,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
         setup["state"]["phase"], setup["endpoint"]
     );
     if args.catch_up {
-        fc.call("PUT", "/_api/replication/applier-stop", Some(json!({})))?;
+        fc.call(
+            "PUT",
+            "/_api/replication/applier-stop?global=true",
+            Some(json!({})),
+        )?;
         println!("== catch-up run: the follower's applier is stopped during the load");
     }
     // The load: batches of ~1 KB documents from several writers, bounded in time and count.
@@ -260,7 +264,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     while writers.iter().any(|w| !w.is_finished()) {
         std::thread::sleep(Duration::from_millis(500));
         sample_memory();
-        let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+        let state = fc.call("GET", "/_api/replication/applier-state?global=true", None)?;
         let s = &state["state"];
         // How far what is visible on the follower trails what the leader has acknowledged.
         let leader_tick = tick(&lc.call("GET", "/_api/wal/lastTick", None)?["tick"]);
@@ -294,18 +298,22 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let catch_up = Instant::now();
     if args.catch_up {
         let applied = tick(
-            &fc.call("GET", "/_api/replication/applier-state", None)?["state"]
+            &fc.call("GET", "/_api/replication/applier-state?global=true", None)?["state"]
                 ["lastAppliedContinuousTick"],
         );
         println!(
             "== load done; starting the follower's applier {} ticks behind",
             leader_last.saturating_sub(applied)
         );
-        fc.call("PUT", "/_api/replication/applier-start", Some(json!({})))?;
+        fc.call(
+            "PUT",
+            "/_api/replication/applier-start?global=true",
+            Some(json!({})),
+        )?;
     }
     loop {
         sample_memory();
-        let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+        let state = fc.call("GET", "/_api/replication/applier-state?global=true", None)?;
         let s = &state["state"];
         if tick(&s["lastAppliedContinuousTick"]) >= leader_last {
             break;
@@ -328,7 +336,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
             .unwrap_or(0))
     };
     let (lcount, fcount) = (count(&lc)?, count(&fc)?);
-    let state = fc.call("GET", "/_api/replication/applier-state", None)?;
+    let state = fc.call("GET", "/_api/replication/applier-state?global=true", None)?;
     // What crossed the wire: the leader's WAL blocks, verbatim (lz4-compressed records).
     let (_, metrics) = lc.raw("GET", "/_admin/metrics", None)?;
     let metric = |name: &str| -> f64 {

@@ -178,7 +178,7 @@ fn setup(args: &Args, daemon: &Path, root: &Path, mut leader: Server, lc: &Clien
     let mut follower = Server::start("follower", daemon, &root.join("follower"), PASSWORD, &[])?;
     let fc = Client::new(&follower.endpoint, "_system", "root", Some(PASSWORD))?;
     let sync_state = |c: &Client| -> Result<(u64, u64)> {
-        let state = c.call("GET", "/_api/replication/applier-state", None)?;
+        let state = c.call("GET", "/_api/replication/applier-state?global=true", None)?;
         let sync = &state["state"]["initialSync"];
         Ok((
             sync["bytesReceived"].as_u64().unwrap_or(0),
@@ -187,7 +187,13 @@ fn setup(args: &Args, daemon: &Path, root: &Path, mut leader: Server, lc: &Clien
     };
     let (_, full_seconds, _) = tickship(
         &follower.endpoint,
-        &["replication", "setup", &leader.endpoint, "--no-progress"],
+        &[
+            "replication",
+            "setup",
+            "--global",
+            &leader.endpoint,
+            "--no-progress",
+        ],
     )?;
     let (full_bytes, full_docs) = sync_state(&fc)?;
     println!(
