@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{wait_until, wait_until_or, Daemon, Http, PASSWORD};
+use common::{accepted as ok, wait_until, wait_until_or, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 fn state(http: &Http) -> Value {
@@ -45,6 +45,18 @@ fn follow(follower: &Http, leader: &Daemon, extra: Value) {
     );
 }
 
+/// Waits until the applier stops by itself, with error `error_num` and a message naming
+/// `needle`.
+fn stops_with(follower: &Http, error_num: u64, needle: &str) {
+    wait_until("the applier stops with an error", || {
+        state(follower)["running"] == json!(false)
+    });
+    let st = state(follower);
+    assert_eq!(st["lastError"]["errorNum"], json!(error_num), "{st}");
+    let message = st["lastError"]["errorMessage"].as_str().unwrap();
+    assert!(message.contains(needle), "{message}");
+}
+
 fn stop(follower: &Http) {
     let answer = follower.send("PUT", "/_api/replication/applier-stop", &json!({}));
     assert_eq!(answer.status, 200);
@@ -66,16 +78,13 @@ fn create(http: &Http, name: &str) {
 
 fn insert(http: &Http, collection: &str, keys: &[&str]) {
     let docs: Vec<Value> = keys.iter().map(|k| json!({"_key": k, "v": 1})).collect();
-    let answer = http.send(
-        "POST",
-        &format!("/_api/document/{collection}"),
-        &json!(docs),
-    );
-    assert_eq!(
-        answer.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
+    ok(
+        http.send(
+            "POST",
+            &format!("/_api/document/{collection}"),
+            &json!(docs),
+        ),
+        "insert",
     );
 }
 
@@ -204,13 +213,7 @@ fn max_packet_size_limits_frames_and_bad_values_are_refused() {
     );
     assert_eq!(answer.status, 202);
     follow(&fh, &leader, json!({"maxPacketSize": 65536}));
-    wait_until("the applier stops on the large frame", || {
-        state(&fh)["running"] == json!(false)
-    });
-    let st = state(&fh);
-    assert_eq!(st["lastError"]["errorNum"], json!(1401), "{st}");
-    let message = st["lastError"]["errorMessage"].as_str().unwrap();
-    assert!(message.contains("maxPacketSize"), "{message}");
+    stops_with(&fh, 1401, "maxPacketSize");
     // With the default it arrives.
     follow(&fh, &leader, json!({"maxPacketSize": 536870912}));
     level(&lh, &fh);
@@ -261,13 +264,7 @@ fn ignore_errors_skips_conflicts_up_to_the_count_then_stops() {
         insert(&lh, name, &["a", "b"]);
     }
     follow(&fh, &leader, json!({"ignoreErrors": 1}));
-    wait_until("the applier stops at the second conflict", || {
-        state(&fh)["running"] == json!(false)
-    });
-    let st = state(&fh);
-    assert_eq!(st["lastError"]["errorNum"], json!(1207), "{st}");
-    let message = st["lastError"]["errorMessage"].as_str().unwrap();
-    assert!(message.contains("'c2'"), "{message}");
+    stops_with(&fh, 1207, "'c2'");
     assert_eq!(
         count(&fh, "c3"),
         None,

@@ -7,23 +7,13 @@
 
 mod common;
 
-use common::{tickship_on, wait_until_or, Daemon, Http, PASSWORD};
+use common::{accepted as ok, tickship_on, wait_until_or, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 fn in_db(daemon: &Daemon, db: &str) -> Http {
     let mut http = daemon.http();
     http.base = format!("{}/_db/{db}", http.base);
     http
-}
-
-fn ok(answer: common::Answer, what: &str) -> Value {
-    assert!(
-        answer.status < 300,
-        "{what}: {} {}",
-        answer.status,
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()
 }
 
 fn insert(http: &Http, prefix: &str, count: usize) {
@@ -251,4 +241,49 @@ fn each_database_has_its_own_applier() {
             &json!({}),
         )
         .assert_error(403, 403);
+}
+
+// Goal: a server that took writes as a leader is told what to do when started at a tick before
+// its own (never a 1401 later, never a silent gap), and a setup in the database (which syncs
+// first) makes it follow.
+#[test]
+fn a_server_with_writes_of_its_own_is_set_up_by_a_sync_not_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let (lh, fh) = (leader.http(), follower.http());
+    ok(
+        lh.send("POST", "/_api/collection", &json!({"name": "c"})),
+        "create c",
+    );
+    insert(&lh, "s", 30);
+    ok(
+        fh.send("POST", "/_api/collection", &json!({"name": "mine"})),
+        "create mine",
+    );
+    ok(
+        fh.send(
+            "PUT",
+            "/_api/replication/applier-config",
+            &json!({"endpoint": leader.endpoint(), "password": PASSWORD}),
+        ),
+        "configure",
+    );
+    let refused = fh.send("PUT", "/_api/replication/applier-start?from=0", &json!({}));
+    refused.assert_error(400, 1410);
+    let message = refused.json()["errorMessage"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("of its own") && message.contains("make-follower"),
+        "{message}"
+    );
+    // Refused before anything changed: it still takes writes.
+    ok(
+        fh.send("POST", "/_api/collection", &json!({"name": "mine2"})),
+        "still a leader",
+    );
+    let doc = setup(&fh, &leader);
+    assert_eq!(doc["state"]["lastError"]["errorNum"], json!(0), "{doc}");
+    converge(&lh, &fh, "c arrives");
+    insert(&lh, "t", 10);
+    converge(&lh, &fh, "and follows");
 }

@@ -449,3 +449,14 @@ pub fn ok(run: Run, what: &str) -> String {
     );
     run.stdout
 }
+
+/// The JSON of an answer that succeeded (status below 300), or a failure naming `what`.
+pub fn accepted(answer: Answer, what: &str) -> serde_json::Value {
+    assert!(
+        answer.status < 300,
+        "{what}: {} {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()
+}

@@ -857,31 +857,19 @@ pub(super) fn apply(
     if scratch.len() < todo.len() {
         scratch.resize_with(todo.len(), Vec::new);
     }
+    // A catch-up keeps document bytes in the store (see the module's notes).
+    let in_wal = |block: &Block| !catch_up && keeps_in_wal(store, block);
     let decoded = match pool {
         Some(pool) if todo.len() > 1 => pool.install(|| {
             todo.par_iter()
                 .zip(scratch.par_iter_mut())
-                .map(|(block, scratch)| {
-                    decode(
-                        block,
-                        scratch,
-                        applied,
-                        !catch_up && keeps_in_wal(store, block),
-                    )
-                })
+                .map(|(block, scratch)| decode(block, scratch, applied, in_wal(block)))
                 .collect::<Result<Vec<_>>>()
         })?,
         _ => todo
             .iter()
             .zip(scratch.iter_mut())
-            .map(|(block, scratch)| {
-                decode(
-                    block,
-                    scratch,
-                    applied,
-                    !catch_up && keeps_in_wal(store, block),
-                )
-            })
+            .map(|(block, scratch)| decode(block, scratch, applied, in_wal(block)))
             .collect::<Result<Vec<_>>>()?,
     };
     let records = decoded.iter().map(|(items, _)| items.len()).sum::<usize>();
