@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{accepted as ok, wait_until, wait_until_or, Daemon, Http, PASSWORD};
+use common::{accepted as ok, applier_body, wait_until, wait_until_or, Daemon, Http};
 use serde_json::{json, Value};
 
 fn state(http: &Http) -> Value {
@@ -15,16 +15,7 @@ fn state(http: &Http) -> Value {
 /// Configures the follower's applier for `leader` with `extra`, checks that each attribute of
 /// `extra` reads back as set, and starts it from tick 0.
 fn follow(follower: &Http, leader: &Daemon, extra: Value) {
-    let mut body = json!({
-        "endpoint": leader.endpoint(),
-        "username": "root",
-        "password": PASSWORD,
-        "connectionRetryWaitTime": 0.1,
-        "maxConnectRetries": 3,
-    });
-    body.as_object_mut()
-        .unwrap()
-        .extend(extra.as_object().unwrap().clone());
+    let body = applier_body(leader, extra.clone());
     let answer = follower.send("PUT", "/_api/replication/applier-config", &body);
     assert_eq!(
         answer.status,

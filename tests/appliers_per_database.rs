@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{accepted as ok, tickship_on, wait_until_or, Daemon, Http, PASSWORD};
+use common::{accepted as ok, applier_body, tickship_on, wait_until_or, Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
 
 fn in_db(daemon: &Daemon, db: &str) -> Http {
@@ -54,14 +54,7 @@ fn setup(follower: &Http, leader: &Daemon) -> Value {
         follower.send(
             "PUT",
             "/_api/replication/make-follower",
-            &json!({
-                "endpoint": leader.endpoint(),
-                "username": "root",
-                "password": PASSWORD,
-                "connectionRetryWaitTime": 0.1,
-                "maxConnectRetries": 5,
-                "initialSyncMaxWaitTime": 30,
-            }),
+            &applier_body(leader, json!({"maxConnectRetries": 5})),
         ),
         "make-follower",
     )

@@ -104,17 +104,7 @@ fn state(follower: &Http) -> Value {
 }
 
 fn make_follower(follower: &Http, leader: &Daemon, extra: Value) -> Value {
-    let mut body = json!({
-        "endpoint": leader.endpoint(),
-        "username": "root",
-        "password": PASSWORD,
-        "connectionRetryWaitTime": 0.1,
-        "maxConnectRetries": 3,
-        "initialSyncMaxWaitTime": 30,
-    });
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
+    let body = common::applier_body(leader, extra);
     let answer = follower.send("PUT", "/_api/replication/make-follower", &body);
     assert_eq!(
         answer.status,

@@ -460,3 +460,20 @@ pub fn accepted(answer: Answer, what: &str) -> serde_json::Value {
     );
     answer.json()
 }
+
+/// An applier configuration for following `leader` as a test does (root, quick retries), with
+/// the attributes of `extra` on top.
+pub fn applier_body(leader: &Daemon, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "endpoint": leader.endpoint(),
+        "username": "root",
+        "password": PASSWORD,
+        "connectionRetryWaitTime": 0.1,
+        "maxConnectRetries": 3,
+        "initialSyncMaxWaitTime": 30,
+    });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
+    body
+}
