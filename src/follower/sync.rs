@@ -35,14 +35,11 @@ use crate::leader::ranges::{KeyChunk, RangeHash};
 pub(super) const SYNC_FILE: &str = "sync-in-progress.json";
 /// Seconds the leader keeps a sync's batch between two of its requests.
 const BATCH_TTL: u64 = 600;
-/// Keys per chunk when a collection is first compared or fetched.
+/// Keys per chunk when a collection is compared, and per range when an empty one is fetched.
+/// A differing chunk is compared key by key at once: requests, not bytes, bound an incremental
+/// sync, and splitting chunks further (a deeper hash tree) measured slower, since every level
+/// walks the follower's keys again (docs/benchmarks/2026-12-06-initial-sync.md).
 const TOP_CHUNK: u64 = 4096;
-/// A differing chunk is split into this many.
-const FANOUT: u64 = 16;
-/// Chunks of at most this many keys are compared key by key: one request for their pairs
-/// costs less than the requests that would split them further (requests, not bytes, bound an
-/// incremental sync: docs/benchmarks/2026-12-06-initial-sync.md).
-const LEAF: u64 = 256;
 /// Keys named in one `range-documents` request.
 const KEYS_PER_FETCH: usize = 4096;
 /// Removals or documents stored at a time.
@@ -618,7 +615,7 @@ impl Syncer<'_> {
         }
         let mut removals = Vec::new();
         let mut fetch = Vec::new();
-        self.compare(target, None, None, TOP_CHUNK, &mut removals, &mut fetch)?;
+        self.compare(target, &mut removals, &mut fetch)?;
         self.flush_removals(target, &mut removals)?;
         self.fetch_keys(target, &mut fetch)?;
         let c = self.counters();
@@ -635,29 +632,18 @@ impl Syncer<'_> {
         Ok(())
     }
 
-    /// The leader's chunks of `size` keys in `low..=high`.
-    fn chunks(
-        &self,
-        target: &Target,
-        low: Option<&str>,
-        high: Option<&str>,
-        size: u64,
-    ) -> Result<Vec<KeyChunk>, SessionError> {
+    /// The leader's chunks of `TOP_CHUNK` keys of the collection.
+    fn chunks(&self, target: &Target) -> Result<Vec<KeyChunk>, SessionError> {
         let mut chunks: Vec<KeyChunk> = Vec::new();
         loop {
             self.keep_batch()?;
             let mut path = format!(
-                "/_api/replication/ranges?batchId={}&collection={}&chunkSize={size}",
+                "/_api/replication/ranges?batchId={}&collection={}&chunkSize={TOP_CHUNK}",
                 self.batch,
                 encode(&target.info.name)
             );
-            match (chunks.last(), low) {
-                (Some(last), _) => path.push_str(&format!("&after={}", encode(&last.high))),
-                (None, Some(low)) => path.push_str(&format!("&low={}", encode(low))),
-                (None, None) => {}
-            }
-            if let Some(high) = high {
-                path.push_str(&format!("&high={}", encode(high)));
+            if let Some(last) = chunks.last() {
+                path.push_str(&format!("&after={}", encode(&last.high)));
             }
             let (bytes, _) = self.fetch(&target.client, "GET", &path, Vec::new(), None)?;
             let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -730,19 +716,16 @@ impl Syncer<'_> {
         }
     }
 
-    /// Compares `low..=high` of the leader and of this server in chunks of `size` keys: equal
-    /// chunks are left, differing ones split, compared key by key when small, fetched whole when
-    /// this server has none of their keys. Keys to remove and to fetch are collected.
+    /// Compares the collection of the leader and of this server in chunks of `TOP_CHUNK` keys:
+    /// equal chunks are left, differing ones compared key by key, or fetched whole when this
+    /// server has none of their keys. Keys to remove and to fetch are collected.
     fn compare(
         &self,
         target: &Target,
-        low: Option<&str>,
-        high: Option<&str>,
-        size: u64,
         removals: &mut Vec<String>,
         fetch: &mut Vec<String>,
     ) -> Result<(), SessionError> {
-        let chunks = self.chunks(target, low, high, size)?;
+        let chunks = self.chunks(target)?;
         let store = &self.applier.node.store;
         let id = target.info.id;
         // One walk over this server's keys of the range: each goes into the hash of the chunk
@@ -751,7 +734,7 @@ impl Syncer<'_> {
         let mut at = 0usize;
         let mut walk_error = None;
         store
-            .key_revs(id, KeyRange::between(low, high), |key, rev| {
+            .key_revs(id, KeyRange::between(None, None), |key, rev| {
                 while at < chunks.len() && key > chunks[at].high.as_str() {
                     at += 1;
                 }
@@ -793,18 +776,8 @@ impl Syncer<'_> {
                 .map_err(|e| self.store_error("read this server's keys", e))?;
             if local_count == 0 {
                 self.fetch_range(target, &chunk.low, &chunk.high)?;
-            } else if chunk.count <= LEAF || size <= LEAF {
-                self.compare_keys(target, chunk, removals, fetch)?;
             } else {
-                let smaller = (size / FANOUT).max(LEAF);
-                self.compare(
-                    target,
-                    Some(&chunk.low),
-                    Some(&chunk.high),
-                    smaller,
-                    removals,
-                    fetch,
-                )?;
+                self.compare_keys(target, chunk, removals, fetch)?;
             }
             if removals.len() >= INGEST_ITEMS {
                 self.flush_removals(target, removals)?;
@@ -952,7 +925,7 @@ impl Syncer<'_> {
 
     /// Every document of an empty collection: its chunks fetched by several workers at once.
     fn fetch_all(&self, target: &Target) -> Result<(), SessionError> {
-        let chunks = self.chunks(target, None, None, TOP_CHUNK)?;
+        let chunks = self.chunks(target)?;
         let next = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
         let mut first_error = std::sync::Mutex::new(None);
