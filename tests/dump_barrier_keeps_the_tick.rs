@@ -209,3 +209,37 @@ fn a_dump_barrier_ends_with_its_ttl_and_the_tick_is_then_refused() {
         "{message}"
     );
 }
+
+// Goal: a batch that names the server it syncs (`serverId`, as a follower's sync sends it)
+// replaces that server's earlier barrier, so a sync started again after a failure holds the log
+// once, not once per attempt; batches without it (dumps) each keep their own.
+#[test]
+fn a_sync_started_again_replaces_its_earlier_barrier() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    let batch = |query: &str| {
+        let answer = lh.send(
+            "POST",
+            &format!("/_api/replication/batch{query}"),
+            &json!({"ttl": 30}),
+        );
+        assert_eq!(
+            answer.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    };
+    batch("?serverId=42");
+    batch("?serverId=42");
+    assert_eq!(
+        lh.metric("tickship_replication_dump_barriers"),
+        1,
+        "one per syncing server"
+    );
+    batch("?serverId=43");
+    batch("");
+    batch("");
+    assert_eq!(lh.metric("tickship_replication_dump_barriers"), 4);
+}

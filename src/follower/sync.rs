@@ -280,7 +280,7 @@ impl Applier {
         let batch = client
             .call(
                 "POST",
-                "/_api/replication/batch",
+                &format!("/_api/replication/batch?serverId={}", self.node.server_id),
                 Some(json!({ "ttl": BATCH_TTL })),
             )
             .map_err(|e| request_error(endpoint, e))?;

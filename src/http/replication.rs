@@ -319,7 +319,13 @@ pub fn create_batch(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     tracing::info!(batch = batch.id, %tick, ?ttl, "replication batch created");
     // ArangoDB pins the caller as a replication client while the batch lives; here the dump's
     // barrier holds the log after the tick longer (`--replication.dump-barrier-ttl`).
-    if let Err(e) = state.clients.hold_for_dump(&state.node.wal, batch.id, tick) {
+    // ArangoDB's syncer names itself with `serverId`; tickship's sync does, so that a sync
+    // started again replaces the barrier of the one before.
+    let server_id = req.query("serverId").unwrap_or("");
+    if let Err(e) = state
+        .clients
+        .hold_for_dump(&state.node.wal, batch.id, tick, server_id)
+    {
         let _ = state.batches.remove(&batch.id.to_string());
         return Err(ApiError::internal(format!(
             "cannot keep the log after tick {tick} for the dump: {e:#}"

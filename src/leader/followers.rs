@@ -41,6 +41,9 @@ pub struct DumpBarrier {
     /// Unix milliseconds.
     pub created: u64,
     pub expires: u64,
+    /// The server whose sync created the batch (`serverId` of `POST batch`), if one said so.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub server_id: String,
 }
 
 impl DumpBarrier {
@@ -157,7 +160,16 @@ impl Clients {
 
     /// Holds the log after `tick` for the dump reading through batch `batch`, until a follower
     /// reads from there or `--replication.dump-barrier-ttl` passes; durable when it returns.
-    pub fn hold_for_dump(&self, wal: &Wal, batch: u64, tick: Tick) -> anyhow::Result<()> {
+    /// A batch named by `server_id` (a follower's sync) replaces that server's earlier dump
+    /// barriers: a sync that failed and starts again would otherwise leave one behind for
+    /// `--replication.dump-barrier-ttl`, holding the log.
+    pub fn hold_for_dump(
+        &self,
+        wal: &Wal,
+        batch: u64,
+        tick: Tick,
+        server_id: &str,
+    ) -> anyhow::Result<()> {
         if self.dump_ttl.is_zero() {
             return Ok(());
         }
@@ -167,9 +179,20 @@ impl Clients {
             tick: tick.to_string(),
             created: unix_ms(now),
             expires: unix_ms(now + self.dump_ttl),
+            server_id: server_id.to_string(),
         };
         wal.set_barrier(&barrier.wal_name(), tick, now + self.dump_ttl)?;
         let mut dumps = self.lock_dumps();
+        if !server_id.is_empty() {
+            dumps.retain(|d| {
+                let earlier = d.server_id == server_id;
+                if earlier {
+                    wal.drop_barrier(&d.wal_name());
+                    tracing::info!(batch = %d.batch, tick = %d.tick, server_id, "dump barrier of an earlier sync released");
+                }
+                !earlier
+            });
+        }
         dumps.push(barrier);
         self.save_dumps(&dumps)
     }
