@@ -757,11 +757,19 @@ impl Syncer<'_> {
             return Err(error);
         }
         SyncCounters::add(&self.counters().ranges_compared, chunks.len() as u64);
-        for (chunk, hash) in chunks.iter().zip(hashes) {
-            if hash.count() == chunk.count && hash.finish() == chunk.hash {
-                continue;
-            }
-            SyncCounters::add(&self.counters().ranges_differing, 1);
+        let differing: Vec<&KeyChunk> = chunks
+            .iter()
+            .zip(hashes)
+            .filter_map(|(chunk, hash)| {
+                (hash.count() != chunk.count || hash.finish() != chunk.hash).then_some(chunk)
+            })
+            .collect();
+        SyncCounters::add(&self.counters().ranges_differing, differing.len() as u64);
+        // Several differing chunks at once: each is a round trip to the leader, and round trips,
+        // not bytes, bound an incremental sync. What they find is gathered here and stored in
+        // bounded lots.
+        let found = std::sync::Mutex::new((std::mem::take(removals), std::mem::take(fetch)));
+        self.in_parallel(&differing, |_, chunk| {
             self.keep_batch()?;
             let mut local_count = 0u64;
             store
@@ -775,18 +783,68 @@ impl Syncer<'_> {
                 )
                 .map_err(|e| self.store_error("read this server's keys", e))?;
             if local_count == 0 {
-                self.fetch_range(target, &chunk.low, &chunk.high)?;
-            } else {
-                self.compare_keys(target, chunk, removals, fetch)?;
+                return self.fetch_range(target, &chunk.low, &chunk.high);
             }
-            if removals.len() >= INGEST_ITEMS {
-                self.flush_removals(target, removals)?;
+            let (mut mine_removed, mut mine_fetched) = (Vec::new(), Vec::new());
+            self.compare_keys(target, chunk, &mut mine_removed, &mut mine_fetched)?;
+            let (mut full_removals, mut full_fetch) = (Vec::new(), Vec::new());
+            {
+                let mut found = found.lock().unwrap_or_else(|p| p.into_inner());
+                found.0.append(&mut mine_removed);
+                found.1.append(&mut mine_fetched);
+                if found.0.len() >= INGEST_ITEMS {
+                    full_removals = std::mem::take(&mut found.0);
+                }
+                if found.1.len() >= KEYS_PER_FETCH {
+                    full_fetch = std::mem::take(&mut found.1);
+                }
             }
-            if fetch.len() >= KEYS_PER_FETCH {
-                self.fetch_keys(target, fetch)?;
-            }
-        }
+            self.flush_removals(target, &mut full_removals)?;
+            self.fetch_keys(target, &mut full_fetch)
+        })?;
+        let (left_removals, left_fetch) = found.into_inner().unwrap_or_else(|p| p.into_inner());
+        *removals = left_removals;
+        *fetch = left_fetch;
         Ok(())
+    }
+
+    /// Runs `work` on each of `items`, `PARALLEL_FETCHES` at a time; the first error stops the
+    /// others before their next item.
+    fn in_parallel<T: Sync>(
+        &self,
+        items: &[T],
+        work: impl Fn(usize, &T) -> Result<(), SessionError> + Sync,
+    ) -> Result<(), SessionError> {
+        let next = AtomicU64::new(0);
+        let failed = AtomicBool::new(false);
+        let mut first_error = std::sync::Mutex::new(None);
+        std::thread::scope(|scope| {
+            for _ in 0..PARALLEL_FETCHES.min(items.len()) {
+                scope.spawn(|| loop {
+                    if failed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let at = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(item) = items.get(at) else { return };
+                    if let Err(e) = work(at, item) {
+                        failed.store(true, Ordering::Release);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        match first_error
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Compares one chunk key by key with the leader's `[key, revision]` pairs.
@@ -926,51 +984,25 @@ impl Syncer<'_> {
     /// Every document of an empty collection: its chunks fetched by several workers at once.
     fn fetch_all(&self, target: &Target) -> Result<(), SessionError> {
         let chunks = self.chunks(target)?;
-        let next = AtomicU64::new(0);
-        let failed = AtomicBool::new(false);
-        let mut first_error = std::sync::Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..PARALLEL_FETCHES.min(chunks.len()) {
-                scope.spawn(|| loop {
-                    if failed.load(Ordering::Acquire) {
-                        return;
-                    }
-                    let at = next.fetch_add(1, Ordering::Relaxed) as usize;
-                    let Some(chunk) = chunks.get(at) else { return };
-                    if let Err(e) = self.fetch_range(target, &chunk.low, &chunk.high) {
-                        failed.store(true, Ordering::Release);
-                        first_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                        return;
-                    }
-                    let c = self.counters();
-                    self.applier.progress(format!(
-                        "fetching leader collection dump for collection '{}', type: {}, id {}, \
+        self.in_parallel(&chunks, |at, chunk| {
+            self.fetch_range(target, &chunk.low, &chunk.high)?;
+            let c = self.counters();
+            self.applier.progress(format!(
+                "fetching leader collection dump for collection '{}', type: {}, id {}, \
                          batch {}, markers processed: {}, bytes received: {}",
-                        target.info.name,
-                        if target.info.kind == 3 {
-                            "edge"
-                        } else {
-                            "document"
-                        },
-                        target.info.id,
-                        at + 1,
-                        SyncCounters::get(&c.documents),
-                        SyncCounters::get(&c.bytes),
-                    ));
-                });
-            }
-        });
-        match first_error
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+                target.info.name,
+                if target.info.kind == 3 {
+                    "edge"
+                } else {
+                    "document"
+                },
+                target.info.id,
+                at + 1,
+                SyncCounters::get(&c.documents),
+                SyncCounters::get(&c.bytes),
+            ));
+            Ok(())
+        })
     }
 
     /// Stores the documents of one answer (one per line), refusing the whole answer if any line
