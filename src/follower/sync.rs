@@ -40,6 +40,8 @@ const BATCH_TTL: u64 = 600;
 /// sync, and splitting chunks further (a deeper hash tree) measured slower, since every level
 /// walks the follower's keys again (docs/benchmarks/2026-12-06-initial-sync.md).
 const TOP_CHUNK: u64 = 4096;
+/// Chunks asked for at a time: what a compare holds of the leader's chunk list (about 400 KB).
+const CHUNKS_PER_PAGE: usize = 4096;
 /// Keys named in one `range-documents` request.
 const KEYS_PER_FETCH: usize = 4096;
 /// Removals or documents stored at a time.
@@ -632,18 +634,25 @@ impl Syncer<'_> {
         Ok(())
     }
 
-    /// The leader's chunks of `TOP_CHUNK` keys of the collection.
-    fn chunks(&self, target: &Target) -> Result<Vec<KeyChunk>, SessionError> {
-        let mut chunks: Vec<KeyChunk> = Vec::new();
+    /// Calls `each` with the leader's chunks of `TOP_CHUNK` keys of the collection, a page of
+    /// `CHUNKS_PER_PAGE` at a time (memory does not grow with the collection), in key order, with
+    /// whether more pages follow.
+    fn chunk_pages(
+        &self,
+        target: &Target,
+        mut each: impl FnMut(&[KeyChunk], bool) -> Result<(), SessionError>,
+    ) -> Result<(), SessionError> {
+        let mut after: Option<String> = None;
         loop {
             self.keep_batch()?;
             let mut path = format!(
-                "/_api/replication/ranges?batchId={}&collection={}&chunkSize={TOP_CHUNK}",
+                "/_api/replication/ranges?batchId={}&collection={}&chunkSize={TOP_CHUNK}\
+                 &maxRanges={CHUNKS_PER_PAGE}",
                 self.batch,
                 encode(&target.info.name)
             );
-            if let Some(last) = chunks.last() {
-                path.push_str(&format!("&after={}", encode(&last.high)));
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={}", encode(after)));
             }
             let (bytes, _) = self.fetch(&target.client, "GET", &path, Vec::new(), None)?;
             let answer: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -656,19 +665,25 @@ impl Syncer<'_> {
                         format!("invalid ranges answer: {e}"),
                     )
                 })?;
-            // Each page continues after the last: ranges must come in key order.
-            if let (Some(last), Some(first)) = (chunks.last(), page.first()) {
-                if first.low <= last.high {
-                    return Err(SessionError::fatal(
-                        num::INVALID_RESPONSE,
-                        "the leader's ranges are not in key order".into(),
-                    ));
-                }
+            // Each page continues after the last, and chunks come in key order.
+            let ordered = page.windows(2).all(|w| w[0].high < w[1].low)
+                && page.iter().all(|c| c.low <= c.high)
+                && match (&after, page.first()) {
+                    (Some(after), Some(first)) => first.low > *after,
+                    _ => true,
+                };
+            if !ordered {
+                return Err(SessionError::fatal(
+                    num::INVALID_RESPONSE,
+                    "the leader's ranges are not in key order".into(),
+                ));
             }
-            chunks.extend(page);
-            if answer["more"] != json!(true) {
-                return Ok(chunks);
+            let more = answer["more"] == json!(true) && !page.is_empty();
+            each(&page, more)?;
+            if !more {
+                return Ok(());
             }
+            after = page.last().map(|c| c.high.clone());
         }
     }
 
@@ -725,7 +740,35 @@ impl Syncer<'_> {
         removals: &mut Vec<String>,
         fetch: &mut Vec<String>,
     ) -> Result<(), SessionError> {
-        let chunks = self.chunks(target)?;
+        let mut after: Option<String> = None;
+        self.chunk_pages(target, |chunks, more| {
+            // This page's share of this server's keys: after the last page's, up to its last
+            // chunk (or all that are left).
+            let high = if more {
+                chunks.last().map(|c| c.high.clone())
+            } else {
+                None
+            };
+            let range = KeyRange {
+                low: after.as_deref(),
+                after_low: true,
+                high: high.as_deref(),
+            };
+            self.compare_page(target, chunks, range, removals, fetch)?;
+            after = high;
+            Ok(())
+        })
+    }
+
+    /// Compares one page of the leader's chunks with this server's keys in `range`.
+    fn compare_page(
+        &self,
+        target: &Target,
+        chunks: &[KeyChunk],
+        range: KeyRange<'_>,
+        removals: &mut Vec<String>,
+        fetch: &mut Vec<String>,
+    ) -> Result<(), SessionError> {
         let store = &self.applier.node.store;
         let id = target.info.id;
         // One walk over this server's keys of the range: each goes into the hash of the chunk
@@ -734,7 +777,7 @@ impl Syncer<'_> {
         let mut at = 0usize;
         let mut walk_error = None;
         store
-            .key_revs(id, KeyRange::between(None, None), |key, rev| {
+            .key_revs(id, range, |key, rev| {
                 while at < chunks.len() && key > chunks[at].high.as_str() {
                     at += 1;
                 }
@@ -983,25 +1026,30 @@ impl Syncer<'_> {
 
     /// Every document of an empty collection: its chunks fetched by several workers at once.
     fn fetch_all(&self, target: &Target) -> Result<(), SessionError> {
-        let chunks = self.chunks(target)?;
-        self.in_parallel(&chunks, |at, chunk| {
-            self.fetch_range(target, &chunk.low, &chunk.high)?;
-            let c = self.counters();
-            self.applier.progress(format!(
-                "fetching leader collection dump for collection '{}', type: {}, id {}, \
+        let mut done = 0usize;
+        self.chunk_pages(target, |chunks, _| {
+            let first = done;
+            done += chunks.len();
+            self.in_parallel(chunks, |at, chunk| {
+                let at = first + at;
+                self.fetch_range(target, &chunk.low, &chunk.high)?;
+                let c = self.counters();
+                self.applier.progress(format!(
+                    "fetching leader collection dump for collection '{}', type: {}, id {}, \
                          batch {}, markers processed: {}, bytes received: {}",
-                target.info.name,
-                if target.info.kind == 3 {
-                    "edge"
-                } else {
-                    "document"
-                },
-                target.info.id,
-                at + 1,
-                SyncCounters::get(&c.documents),
-                SyncCounters::get(&c.bytes),
-            ));
-            Ok(())
+                    target.info.name,
+                    if target.info.kind == 3 {
+                        "edge"
+                    } else {
+                        "document"
+                    },
+                    target.info.id,
+                    at + 1,
+                    SyncCounters::get(&c.documents),
+                    SyncCounters::get(&c.bytes),
+                ));
+                Ok(())
+            })
         })
     }
 

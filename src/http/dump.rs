@@ -360,9 +360,18 @@ pub fn ranges(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
             ))
         }
     };
+    let most = match req.query("maxRanges").map(str::parse::<usize>) {
+        None => RANGES_MAX,
+        Some(Ok(most)) if (1..=RANGES_MAX).contains(&most) => most,
+        Some(_) => {
+            return Err(ApiError::bad_parameter(format!(
+                "invalid maxRanges: expecting 1 to {RANGES_MAX}"
+            )))
+        }
+    };
     let range = key_range(req.query("low"), req.query("after"), req.query("high"));
     let (chunks, more) = tokio::task::block_in_place(|| {
-        crate::leader::ranges::chunk_pairs(size, RANGES_MAX, |visit| {
+        crate::leader::ranges::chunk_pairs(size, most, |visit| {
             batch.snapshot.key_revs(collection.id, range, visit)
         })
     })?;
