@@ -21,7 +21,7 @@ pub(crate) enum Effect {
 /// table and `ApplierConfig` name the same options, and that docs/http-api.md lists them all.
 pub(crate) const OPTIONS: &[(&str, Effect)] = &[
     ("endpoint", Effect::Acts("the leader; tcp://, http+tcp://, http:// and udp:// with HOST:PORT, [IPv6]:PORT; ssl:// and other schemes are refused (1410)")),
-    ("database", Effect::Acts("must name a database of the leader; every database is replicated by the one applier")),
+    ("database", Effect::Acts("the leader's database a database applier replicates: its own name (another is refused, 1410: the log names databases); for the server-level applier, a database of the leader, checked at connect")),
     ("username", Effect::Acts("SCRAM-SHA-256-PLUS on the QUIC session, Basic on the sync's HTTP")),
     ("password", Effect::Acts("never echoed")),
     ("maxConnectRetries", Effect::Acts("failed connects in a row before the applier stops with 1400")),
