@@ -187,16 +187,9 @@ fn max_packet_size_limits_frames_and_bad_values_are_refused() {
         assert!(message.contains(name), "{body}: {message}");
     }
     create(&lh, "c");
-    // One document of ~300 KB of digits that lz4 cannot shrink much: a block above 64 KiB.
-    let mut x: u64 = 88172645463325252;
-    let text: String = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect();
+    // One document of ~300 KB of noise that lz4 cannot shrink much: a block above 64 KiB.
+    let mut state: u64 = 88172645463325252;
+    let text = common::noise_text(&mut state, 300_000 / 16);
     let answer = lh.send(
         "POST",
         "/_api/document/c",

@@ -27,14 +27,7 @@ fn write_heavily(http: &Http, tag: &str, megabytes: usize) {
     for batch in 0..megabytes {
         let docs: Vec<Value> = (0..16)
             .map(|i| {
-                let text: String = (0..4096)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        format!("{:016x}", state)
-                    })
-                    .collect::<String>()
+                let text: String = common::noise_text(&mut state, 4096)
                     .chars()
                     .take(65_000)
                     .collect();

@@ -561,14 +561,7 @@ fn documents_kept_in_the_wal_replicate_and_survive_restarts() {
     for batch in 0..60 {
         let docs: Vec<Value> = (0..100)
             .map(|i| {
-                let text: String = (0..256)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        format!("{:016x}", state)
-                    })
-                    .collect();
+                let text: String = common::noise_text(&mut state, 256);
                 json!({"_key": format!("big-{batch}-{i}"), "text": text})
             })
             .collect();

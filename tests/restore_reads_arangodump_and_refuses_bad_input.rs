@@ -359,14 +359,7 @@ fn restore_into_a_full_disk_stops_with_the_error_and_names_what_is_complete() {
         for batch in 0..80 {
             let docs: Vec<_> = (0..100)
                 .map(|i| {
-                    let text: String = (0..640)
-                        .map(|_| {
-                            state ^= state << 13;
-                            state ^= state >> 7;
-                            state ^= state << 17;
-                            format!("{:016x}", state)
-                        })
-                        .collect();
+                    let text: String = common::noise_text(&mut state, 640);
                     json!({"_key": format!("k{batch}-{i}"), "t": text})
                 })
                 .collect();

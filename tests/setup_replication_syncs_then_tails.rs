@@ -53,14 +53,7 @@ fn fill(http: &Http, collection: &str, from: u64, to: u64, version: u64) {
         let end = (start + 500).min(to);
         let docs: Vec<Value> = (start..end)
             .map(|i| {
-                let text: String = (0..60)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        format!("{:016x}", state)
-                    })
-                    .collect();
+                let text: String = common::noise_text(&mut state, 60);
                 json!({"_key": format!("k{i:06}"), "v": version, "text": text})
             })
             .collect();

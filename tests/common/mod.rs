@@ -477,3 +477,15 @@ pub fn applier_body(leader: &Daemon, extra: serde_json::Value) -> serde_json::Va
     }
     body
 }
+
+/// `words` hex words of xorshift noise, going on from `state`: text that compresses little.
+pub fn noise_text(state: &mut u64, words: usize) -> String {
+    (0..words)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            format!("{:016x}", *state)
+        })
+        .collect()
+}
