@@ -68,7 +68,8 @@ pub(super) fn run(client: &Client, body: Value, bar_wanted: bool, scope: &str) -
             "still synchronizing... last received status: {}: {message}",
             progress["time"].as_str().unwrap_or("")
         );
-        if line != last_line {
+        // Before the applier has said anything there is no status to report.
+        if line != last_line && !message.is_empty() {
             eprintln!("{line}");
             if sync["running"] == Value::Bool(true) {
                 eprintln!(

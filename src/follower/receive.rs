@@ -521,6 +521,9 @@ impl Applier {
             "fetching leader log from tick {from}, leader's last tick {}",
             welcome.last_tick
         ));
+        // A setup waiting for the applier to be level learns the leader's last tick now, not at
+        // the leader's next idle message a second later.
+        self.runtime_changed.notify_waiters();
         // requestTimeout bounds the leader's silence, never a frame still arriving: on a slow
         // link one block can take longer than any timeout that catches a dead leader.
         let silence = Duration::from_secs_f64(config.request_timeout);
