@@ -28,6 +28,13 @@ pub fn records(pool: &[(String, String)], start: usize, count: usize) -> Vec<Rec
         .collect()
 }
 
+/// Whether the binary runs under `cargo test` (criterion's test mode: each benchmark once, to
+/// show it still works) rather than `cargo bench`, which passes `--bench`. Benchmarks with a big
+/// setup shrink it then, so that the test suite stays fast.
+pub fn under_test() -> bool {
+    !std::env::args().any(|a| a == "--bench")
+}
+
 /// A fresh directory on the real disk (not tmpfs).
 pub fn bench_dir(name: &str) -> tempfile::TempDir {
     tempfile::Builder::new()

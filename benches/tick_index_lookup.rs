@@ -22,6 +22,10 @@ fn lookups(c: &mut Criterion) {
         sealed.extend_from_slice(&offset.to_le_bytes());
     }
     let sealed = SealedIndex::new(&sealed);
+    println!(
+        "tick index: {blocks} blocks, one every 100 ticks, random probes; sealed index {} bytes",
+        blocks * 16
+    );
     let mut group = c.benchmark_group("tick_index_1m_blocks");
     group
         .warm_up_time(Duration::from_secs(1))
@@ -58,6 +62,11 @@ fn lookups(c: &mut Criterion) {
         start += 10;
     }
     let last = wal.last_tick().get();
+    println!(
+        "reader: WAL of {} segments of 1 MiB, blocks of 10 documents of ~1 KB, ticks 1..={last}, \
+         positioned at a random tick then one block read",
+        wal.tick_ranges().len()
+    );
     let mut group = c.benchmark_group("reader_after");
     group
         .warm_up_time(Duration::from_secs(1))
