@@ -175,13 +175,18 @@ impl Applier {
         stop: Arc<Notify>,
     ) {
         // Freed memory goes back to the system at once while following (see `PurgeAtOnce`).
-        let _purge = crate::util::PurgeAtOnce::new();
+        let mut purge = Some(crate::util::PurgeAtOnce::new());
         let stopped = stop.notified();
         tokio::pin!(stopped);
         let outcome = loop {
             let result = if let Some(marker) = self.sync_marker() {
                 // A sync is owed: this server's store is no state of the leader's log yet.
                 self.set_phase("initial");
+                // But not while syncing: a sync frees its answers (megabytes each) as fast as it
+                // receives them, and handing each back at once cost it a sixth of its time in
+                // page faults and madvise; the process's purge delay bounds what it holds to
+                // that delay's worth (docs/benchmarks/2026-12-06-initial-sync.md).
+                drop(purge.take());
                 let incremental = config.incremental || marker.incremental || marker.tick > 0;
                 let cancel = Arc::new(AtomicBool::new(false));
                 let sync =
@@ -198,6 +203,7 @@ impl Applier {
                     synced = &mut sync => synced,
                 };
                 self.set_phase("running");
+                purge.get_or_insert_with(crate::util::PurgeAtOnce::new);
                 match synced {
                     Ok(report) => {
                         from = report.tick;
