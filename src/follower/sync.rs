@@ -42,6 +42,10 @@ const BATCH_TTL: u64 = 600;
 const TOP_CHUNK: u64 = 4096;
 /// Chunks asked for at a time: what a compare holds of the leader's chunk list (about 400 KB).
 const CHUNKS_PER_PAGE: usize = 4096;
+/// This server's pairs of one chunk kept from its walk for the key-by-key compare: twice a
+/// chunk, so that only a chunk where this server holds far more keys than the leader is read
+/// twice.
+const LOCAL_PAIRS_KEPT: u64 = 2 * TOP_CHUNK;
 /// Keys named in one `range-documents` request.
 const KEYS_PER_FETCH: usize = 4096;
 /// Removals or documents stored at a time.
@@ -761,6 +765,15 @@ impl Syncer<'_> {
     }
 
     /// Compares one page of the leader's chunks with this server's keys in `range`.
+    ///
+    /// Each chunk is one piece of work, several at once: walk this server's keys from after the
+    /// previous chunk up to this one's last key (the page's `range.high` for the last chunk),
+    /// hash those inside the chunk, and only if the hash differs ask the leader for the chunk's
+    /// pairs and compare them with what the walk kept. Keys in the gap before a chunk (and past
+    /// the last one) are this server's alone and go. So every key is read once, by several
+    /// workers whose walks overlap the others' round trips to the leader (one walk over the
+    /// whole page first, then a second over each differing chunk, left a core idle a third of the
+    /// time).
     fn compare_page(
         &self,
         target: &Target,
@@ -771,65 +784,65 @@ impl Syncer<'_> {
     ) -> Result<(), SessionError> {
         let store = &self.applier.node.store;
         let id = target.info.id;
-        // One walk over this server's keys of the range: each goes into the hash of the chunk
-        // that spans it, or is to be removed when none does.
-        let mut hashes: Vec<RangeHash> = chunks.iter().map(|_| RangeHash::default()).collect();
-        let mut at = 0usize;
-        let mut walk_error = None;
-        store
-            .key_revs(id, range, |key, rev| {
-                while at < chunks.len() && key > chunks[at].high.as_str() {
-                    at += 1;
-                }
-                match chunks.get(at) {
-                    Some(chunk) if key >= chunk.low.as_str() => hashes[at].add(key, rev),
-                    _ => {
-                        removals.push(key.to_owned());
-                        if removals.len() >= INGEST_ITEMS {
-                            if let Err(e) = self.flush_removals(target, removals) {
+        SyncCounters::add(&self.counters().ranges_compared, chunks.len() as u64);
+        // What the workers find, stored in bounded lots.
+        let found = std::sync::Mutex::new((std::mem::take(removals), std::mem::take(fetch)));
+        self.in_parallel(chunks, |at, chunk| {
+            self.keep_batch()?;
+            let walk = KeyRange {
+                low: if at == 0 {
+                    range.low
+                } else {
+                    Some(chunks[at - 1].high.as_str())
+                },
+                after_low: at > 0 || range.after_low,
+                high: if at + 1 == chunks.len() {
+                    range.high
+                } else {
+                    Some(chunk.high.as_str())
+                },
+            };
+            let (mut mine_removed, mut mine_fetched) = (Vec::new(), Vec::new());
+            // The chunk's pairs for the key-by-key compare, unless this server holds far more
+            // of them than the leader (then they are read again): memory stays bounded.
+            let mut local: Option<Vec<(String, Tick)>> = Some(Vec::new());
+            let mut hash = RangeHash::default();
+            let mut walk_error = None;
+            store
+                .key_revs(id, walk, |key, rev| {
+                    if key < chunk.low.as_str() || key > chunk.high.as_str() {
+                        mine_removed.push(key.to_owned());
+                        if mine_removed.len() >= INGEST_ITEMS {
+                            if let Err(e) = self.flush_removals(target, &mut mine_removed) {
                                 walk_error = Some(e);
                                 return false;
                             }
                         }
+                    } else {
+                        hash.add(key, rev);
+                        if let Some(kept) = &mut local {
+                            if kept.len() as u64 >= LOCAL_PAIRS_KEPT {
+                                local = None;
+                            } else {
+                                kept.push((key.to_owned(), rev));
+                            }
+                        }
                     }
-                }
-                true
-            })
-            .map_err(|e| self.store_error("read this server's keys", e))?;
-        if let Some(error) = walk_error {
-            return Err(error);
-        }
-        SyncCounters::add(&self.counters().ranges_compared, chunks.len() as u64);
-        let differing: Vec<&KeyChunk> = chunks
-            .iter()
-            .zip(hashes)
-            .filter_map(|(chunk, hash)| {
-                (hash.count() != chunk.count || hash.finish() != chunk.hash).then_some(chunk)
-            })
-            .collect();
-        SyncCounters::add(&self.counters().ranges_differing, differing.len() as u64);
-        // Several differing chunks at once: each is a round trip to the leader, and round trips,
-        // not bytes, bound an incremental sync. What they find is gathered here and stored in
-        // bounded lots.
-        let found = std::sync::Mutex::new((std::mem::take(removals), std::mem::take(fetch)));
-        self.in_parallel(&differing, |_, chunk| {
-            self.keep_batch()?;
-            let mut local_count = 0u64;
-            store
-                .key_revs(
-                    id,
-                    KeyRange::between(Some(&chunk.low), Some(&chunk.high)),
-                    |_, _| {
-                        local_count += 1;
-                        false
-                    },
-                )
+                    true
+                })
                 .map_err(|e| self.store_error("read this server's keys", e))?;
-            if local_count == 0 {
-                return self.fetch_range(target, &chunk.low, &chunk.high);
+            if let Some(error) = walk_error {
+                return Err(error);
             }
-            let (mut mine_removed, mut mine_fetched) = (Vec::new(), Vec::new());
-            self.compare_keys(target, chunk, &mut mine_removed, &mut mine_fetched)?;
+            let count = hash.count();
+            if count != chunk.count || hash.finish() != chunk.hash {
+                SyncCounters::add(&self.counters().ranges_differing, 1);
+                if count == 0 {
+                    self.fetch_range(target, &chunk.low, &chunk.high)?;
+                } else {
+                    self.compare_keys(target, chunk, local, &mut mine_removed, &mut mine_fetched)?;
+                }
+            }
             let (mut full_removals, mut full_fetch) = (Vec::new(), Vec::new());
             {
                 let mut found = found.lock().unwrap_or_else(|p| p.into_inner());
@@ -890,11 +903,13 @@ impl Syncer<'_> {
         }
     }
 
-    /// Compares one chunk key by key with the leader's `[key, revision]` pairs.
+    /// Compares one chunk key by key: the leader's `[key, revision]` pairs against this
+    /// server's pairs of the chunk, `local` if the walk kept them (in key order), else read again.
     fn compare_keys(
         &self,
         target: &Target,
         chunk: &KeyChunk,
+        local: Option<Vec<(String, Tick)>>,
         removals: &mut Vec<String>,
         fetch: &mut Vec<String>,
     ) -> Result<(), SessionError> {
@@ -906,49 +921,47 @@ impl Syncer<'_> {
             encode(&chunk.high)
         );
         let (bytes, _) = self.fetch(&target.client, "GET", &path, Vec::new(), None)?;
-        let pairs: Vec<(String, String)> = serde_json::from_slice(&bytes).map_err(|e| {
-            SessionError::fatal(
-                num::INVALID_RESPONSE,
-                format!("invalid range-keys answer: {e}"),
-            )
-        })?;
-        let mut local: Vec<(String, Tick)> = Vec::new();
-        self.applier
-            .node
-            .store
-            .key_revs(
-                target.info.id,
-                KeyRange::between(Some(&chunk.low), Some(&chunk.high)),
-                |key, rev| {
-                    local.push((key.to_owned(), rev));
-                    true
-                },
-            )
-            .map_err(|e| self.store_error("read this server's keys", e))?;
-        let mut mine = local.into_iter().peekable();
+        let invalid = |why: String| SessionError::fatal(num::INVALID_RESPONSE, why);
+        let pairs: Vec<(String, String)> = serde_json::from_slice(&bytes)
+            .map_err(|e| invalid(format!("invalid range-keys answer: {e}")))?;
+        let mut leader = Vec::with_capacity(pairs.len());
         for (key, rev) in pairs {
-            let rev: u64 = rev.parse().map_err(|_| {
-                SessionError::fatal(num::INVALID_RESPONSE, format!("invalid revision {rev:?}"))
-            })?;
-            while let Some((local_key, _)) = mine.peek() {
-                if *local_key < key {
-                    removals.push(local_key.clone());
-                    mine.next();
-                } else {
-                    break;
-                }
+            let rev: u64 = rev
+                .parse()
+                .map_err(|_| invalid(format!("invalid revision {rev:?}")))?;
+            // The merge below decides what to remove: out-of-order or out-of-range keys would
+            // remove documents the leader has.
+            let in_order = leader.last().is_none_or(|(last, _): &(String, u64)| *last < key);
+            if !in_order || key < chunk.low || key > chunk.high {
+                return Err(invalid(format!(
+                    "range-keys answer out of order or outside {}..={} at {key:?}",
+                    chunk.low, chunk.high
+                )));
             }
-            match mine.peek() {
-                Some((local_key, local_rev)) if *local_key == key => {
-                    if local_rev.get() != rev {
-                        fetch.push(key);
-                    }
-                    mine.next();
-                }
-                _ => fetch.push(key),
-            }
+            leader.push((key, rev));
         }
-        removals.extend(mine.map(|(key, _)| key));
+        let mut merge = Merge {
+            leader: leader.into_iter().peekable(),
+            removals,
+            fetch,
+        };
+        match local {
+            Some(local) => local.iter().for_each(|(key, rev)| merge.local(key, *rev)),
+            None => self
+                .applier
+                .node
+                .store
+                .key_revs(
+                    target.info.id,
+                    KeyRange::between(Some(&chunk.low), Some(&chunk.high)),
+                    |key, rev| {
+                        merge.local(key, rev);
+                        true
+                    },
+                )
+                .map_err(|e| self.store_error("read this server's keys", e))?,
+        }
+        merge.finish();
         Ok(())
     }
 
@@ -1103,5 +1116,38 @@ impl Syncer<'_> {
             })?;
         SyncCounters::add(&self.counters().documents, stats.created + stats.replaced);
         Ok(())
+    }
+}
+
+/// Merges this server's pairs of a chunk (fed in key order) with the leader's: a key only here
+/// is removed, one only there or with another revision is fetched.
+struct Merge<'a> {
+    leader: std::iter::Peekable<std::vec::IntoIter<(String, u64)>>,
+    removals: &'a mut Vec<String>,
+    fetch: &'a mut Vec<String>,
+}
+
+impl Merge<'_> {
+    fn local(&mut self, key: &str, rev: Tick) {
+        while let Some((leader_key, _)) = self.leader.peek() {
+            if leader_key.as_str() >= key {
+                break;
+            }
+            let (leader_key, _) = self.leader.next().expect("peeked");
+            self.fetch.push(leader_key);
+        }
+        match self.leader.peek() {
+            Some((leader_key, leader_rev)) if leader_key == key => {
+                if *leader_rev != rev.get() {
+                    self.fetch.push(key.to_owned());
+                }
+                self.leader.next();
+            }
+            _ => self.removals.push(key.to_owned()),
+        }
+    }
+
+    fn finish(self) {
+        self.fetch.extend(self.leader.map(|(key, _)| key));
     }
 }
