@@ -279,19 +279,7 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let temporary = match &args.dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("tickship-initbench-")
-                .tempdir_in("/var/tmp")?,
-        ),
-    };
-    let root = args
-        .dir
-        .clone()
-        .or_else(|| temporary.as_ref().map(|t| t.path().to_path_buf()))
-        .context("a data directory")?;
+    let (_temporary, root) = tickship_tools::data_dir(args.dir.as_deref(), "tickship-initbench-")?;
     let daemon = sibling("tickshipd")?;
     println!("loading {} documents into the leader...", args.docs);
     let mut leader = Server::start("leader", &daemon, &root.join("leader"), PASSWORD, &[])?;

@@ -106,10 +106,7 @@ impl Meter {
         values: &mut BTreeMap<&'static str, f64>,
     ) -> Result<()> {
         values.insert("seconds", self.started.elapsed().as_secs_f64());
-        values.insert(
-            "leader_cpu",
-            procs::tree_cpu(self.leader.0) - self.leader.1,
-        );
+        values.insert("leader_cpu", procs::tree_cpu(self.leader.0) - self.leader.1);
         values.insert("leader_rss", procs::tree_peak_rss(self.leader.0) as f64);
         if let Some(pid) = system.follower_pid() {
             // A follower started during the row (a restarted standby, a new one) used nothing
@@ -163,7 +160,11 @@ fn leader_count(system: &dyn System) -> Result<u64> {
     system.conn(false)?.count()
 }
 
-fn quantiles(values: &mut BTreeMap<&'static str, f64>, prefix: &str, h: &hdrhistogram::Histogram<u64>) {
+fn quantiles(
+    values: &mut BTreeMap<&'static str, f64>,
+    prefix: &str,
+    h: &hdrhistogram::Histogram<u64>,
+) {
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let name = |s: &str| -> &'static str { Box::leak(format!("{prefix}_{s}").into_boxed_str()) };
     values.insert(name("p50_ms"), ms(0.5));
@@ -185,7 +186,13 @@ impl Run<'_> {
         self.args.scenarios.iter().any(|s| s == scenario)
     }
 
-    fn push(&mut self, system: &dyn System, scenario: &'static str, values: BTreeMap<&'static str, f64>, note: Option<String>) {
+    fn push(
+        &mut self,
+        system: &dyn System,
+        scenario: &'static str,
+        values: BTreeMap<&'static str, f64>,
+        note: Option<String>,
+    ) {
         let line = report::one_line(scenario, &values, note.as_deref());
         println!("  {:<9} {:<14} {line}", system.name(), scenario);
         self.samples.push(Sample {
@@ -197,7 +204,14 @@ impl Run<'_> {
         });
     }
 
-    fn spec(&mut self, batch: usize, seconds: f64, max_docs: u64, rate: f64, probe: bool) -> load::Spec {
+    fn spec(
+        &mut self,
+        batch: usize,
+        seconds: f64,
+        max_docs: u64,
+        rate: f64,
+        probe: bool,
+    ) -> load::Spec {
         self.next_run += 1;
         load::Spec {
             clients: self.args.clients,
@@ -211,7 +225,11 @@ impl Run<'_> {
     }
 
     /// A timed load with the follower attached; the row's values, and the documents per second.
-    fn ingest(&mut self, system: &dyn System, spec: load::Spec) -> Result<(BTreeMap<&'static str, f64>, f64)> {
+    fn ingest(
+        &mut self,
+        system: &dyn System,
+        spec: load::Spec,
+    ) -> Result<(BTreeMap<&'static str, f64>, f64)> {
         let meter = Meter::start(system, self.wire)?;
         let out = load::run(system, &spec)?;
         let mut values = BTreeMap::new();
@@ -312,7 +330,12 @@ impl Run<'_> {
                 system.dump_restore()?
             };
             let Some(used) = used else {
-                self.push(system, scenario, BTreeMap::new(), Some(system.missing(scenario).to_string()));
+                self.push(
+                    system,
+                    scenario,
+                    BTreeMap::new(),
+                    Some(system.missing(scenario).to_string()),
+                );
                 continue;
             };
             wait_level(system, &keys, docs, 900)?;
@@ -324,7 +347,16 @@ impl Run<'_> {
             values.insert("mb_per_s", loaded.bytes as f64 / 1e6 / s);
             values.insert("client_cpu", used.cpu);
             values.insert("client_rss", used.peak_rss as f64);
-            self.push(system, if scenario == "init" { "init" } else { "dump-restore" }, values, None);
+            self.push(
+                system,
+                if scenario == "init" {
+                    "init"
+                } else {
+                    "dump-restore"
+                },
+                values,
+                None,
+            );
         }
         Ok(())
     }
@@ -358,23 +390,13 @@ fn main() -> Result<()> {
     let wire = match procs::Wire::new() {
         Ok(w) => Some(w),
         Err(e) => {
-            eprintln!("tickship-bench: no bytes-on-the-wire column ({e:#}); it needs root and iptables");
+            eprintln!(
+                "tickship-bench: no bytes-on-the-wire column ({e:#}); it needs root and iptables"
+            );
             None
         }
     };
-    let temporary = match &args.dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("tickship-bench-")
-                .tempdir_in("/var/tmp")?,
-        ),
-    };
-    let root = args
-        .dir
-        .clone()
-        .or_else(|| temporary.as_ref().map(|t| t.path().to_path_buf()))
-        .context("a data directory")?;
+    let (_temporary, root) = tickship_tools::data_dir(args.dir.as_deref(), "tickship-bench-")?;
     // The peers' servers run as their own users and must reach their directories.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;

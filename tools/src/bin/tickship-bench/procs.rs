@@ -24,7 +24,12 @@ fn stat(pid: u32) -> Option<(u32, u64)> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ppid = fields.get(1)?.parse().ok()?;
     let cpu: u64 = (11..=14)
-        .map(|i| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0))
+        .map(|i| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
         .sum();
     Some((ppid, cpu))
 }
@@ -54,7 +59,11 @@ pub fn tree(root: u32) -> Vec<u32> {
 /// CPU seconds used so far by `root`'s tree, the children it has reaped included (cutime), so
 /// that the difference of two readings counts processes that ran and exited in between.
 pub fn tree_cpu(root: u32) -> f64 {
-    let ticks: u64 = tree(root).iter().filter_map(|p| stat(*p)).map(|s| s.1).sum();
+    let ticks: u64 = tree(root)
+        .iter()
+        .filter_map(|p| stat(*p))
+        .map(|s| s.1)
+        .sum();
     ticks as f64 / clock_ticks()
 }
 

@@ -46,7 +46,10 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// median [min–max] of one value over the samples, or None when no sample has it.
 fn spread(samples: &[&Sample], key: &str) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = samples.iter().filter_map(|s| s.values.get(key).copied()).collect();
+    let mut v: Vec<f64> = samples
+        .iter()
+        .filter_map(|s| s.values.get(key).copied())
+        .collect();
     if v.is_empty() {
         return None;
     }
@@ -127,7 +130,11 @@ fn result_text(scenario: &str, s: &[&Sample]) -> String {
 }
 
 /// The progress line of one sample.
-pub fn one_line(scenario: &str, values: &BTreeMap<&'static str, f64>, note: Option<&str>) -> String {
+pub fn one_line(
+    scenario: &str,
+    values: &BTreeMap<&'static str, f64>,
+    note: Option<&str>,
+) -> String {
     if let Some(n) = note {
         return format!("n/a: {n}");
     }
@@ -247,7 +254,10 @@ fn table(samples: &[Sample]) -> String {
                 continue;
             }
             let r = if system == "tickship" {
-                format!("({} 1: tickship ahead)", if higher { "above" } else { "below" })
+                format!(
+                    "({} 1: tickship ahead)",
+                    if higher { "above" } else { "below" }
+                )
             } else {
                 ratio(&tickship, &rows, key)
             };
@@ -308,7 +318,14 @@ pub fn finish(
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let commit = shell("git rev-parse --short HEAD 2>/dev/null");
     let dirty = !shell("git status --porcelain --untracked-files=no 2>/dev/null").is_empty();
-    let commit = format!("{commit}{}", if dirty { " (with uncommitted changes)" } else { "" });
+    let commit = format!(
+        "{commit}{}",
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        }
+    );
     let machine = machine();
     println!("\n{table}");
     println!(
@@ -340,7 +357,11 @@ pub fn finish(
         }
     };
     let mut md = String::new();
-    let _ = writeln!(md, "# tickship-bench, {}\n", shell("date -u '+%Y-%m-%d %H:%M UTC'"));
+    let _ = writeln!(
+        md,
+        "# tickship-bench, {}\n",
+        shell("date -u '+%Y-%m-%d %H:%M UTC'")
+    );
     let _ = writeln!(md, "- Command: `{command}`");
     let _ = writeln!(md, "- Commit: {commit}");
     let _ = writeln!(md, "- Machine: {machine}");

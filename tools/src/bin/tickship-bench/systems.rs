@@ -250,7 +250,10 @@ impl Conn for TickshipConn {
         self.body = body;
         let (status, text) = answer?;
         if status >= 300 {
-            bail!("tickship: HTTP {status}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "tickship: HTTP {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         Ok(())
     }
@@ -262,14 +265,20 @@ impl Conn for TickshipConn {
         match status {
             200 => Ok(true),
             404 => Ok(false),
-            _ => bail!("tickship: HTTP {status}: {}", String::from_utf8_lossy(&text)),
+            _ => bail!(
+                "tickship: HTTP {status}: {}",
+                String::from_utf8_lossy(&text)
+            ),
         }
     }
 
     fn count(&mut self) -> Result<u64> {
         let (status, text) = self.http.call("GET", "/_api/collection/docs/count", b"")?;
         if status != 200 {
-            bail!("tickship: HTTP {status}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "tickship: HTTP {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         let v: serde_json::Value = serde_json::from_slice(&text)?;
         v["count"].as_u64().context("no count")
@@ -299,7 +308,10 @@ impl System for Tickship {
         let mut http = Http::new(port_of(&self.leader_endpoint()), "root", PASSWORD)?;
         let (status, text) = http.call("POST", "/_api/collection", br#"{"name":"docs"}"#)?;
         if status >= 300 {
-            bail!("create collection: HTTP {status}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "create collection: HTTP {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         self.start_follower()?;
         self.tickship(
@@ -343,18 +355,27 @@ impl System for Tickship {
         let mut http = Http::new(self.leader_port(), "root", PASSWORD)?;
         let (status, text) = http.call("PUT", "/_api/collection/docs/truncate", b"")?;
         if status >= 300 {
-            bail!("truncate: HTTP {status}: {}", String::from_utf8_lossy(&text));
+            bail!(
+                "truncate: HTTP {status}: {}",
+                String::from_utf8_lossy(&text)
+            );
         }
         Ok(())
     }
 
     fn pause(&mut self) -> Result<()> {
-        self.tickship(&self.follower_endpoint(), &["replication", "stop", "--global"])?;
+        self.tickship(
+            &self.follower_endpoint(),
+            &["replication", "stop", "--global"],
+        )?;
         Ok(())
     }
 
     fn resume(&mut self) -> Result<()> {
-        self.tickship(&self.follower_endpoint(), &["replication", "start", "--global"])?;
+        self.tickship(
+            &self.follower_endpoint(),
+            &["replication", "start", "--global"],
+        )?;
         Ok(())
     }
 
@@ -493,23 +514,47 @@ fn values_sql(table: &str, docs: &[(&str, &str)], backslash: bool) -> String {
     sql
 }
 
-struct PgConn(Pg);
+/// A SQL server's connection as the load needs it: one statement, the first column of each row.
+trait Sql {
+    fn query(&mut self, sql: &str) -> Result<Vec<Option<String>>>;
+}
 
-impl Conn for PgConn {
+impl Sql for Pg {
+    fn query(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
+        Pg::query(self, sql)
+    }
+}
+
+impl Sql for My {
+    fn query(&mut self, sql: &str) -> Result<Vec<Option<String>>> {
+        My::query(self, sql)
+    }
+}
+
+/// The documents table `table` (key `k`, document `doc`) on a SQL server; `backslash`: whether
+/// the server reads backslashes in string literals as escapes (MariaDB does, PostgreSQL not).
+struct SqlConn<S> {
+    server: S,
+    table: &'static str,
+    backslash: bool,
+}
+
+impl<S: Sql + Send> Conn for SqlConn<S> {
     fn insert(&mut self, docs: &[(&str, &str)]) -> Result<()> {
-        self.0.query(&values_sql("docs", docs, false))?;
+        self.server
+            .query(&values_sql(self.table, docs, self.backslash))?;
         Ok(())
     }
 
     fn exists(&mut self, key: &str) -> Result<bool> {
-        Ok(!self
-            .0
-            .query(&format!("SELECT 1 FROM docs WHERE k = '{key}'"))?
-            .is_empty())
+        let sql = format!("SELECT 1 FROM {} WHERE k = '{key}'", self.table);
+        Ok(!self.server.query(&sql)?.is_empty())
     }
 
     fn count(&mut self) -> Result<u64> {
-        let rows = self.0.query("SELECT count(*) FROM docs")?;
+        let rows = self
+            .server
+            .query(&format!("SELECT count(*) FROM {}", self.table))?;
         rows.first()
             .cloned()
             .flatten()
@@ -543,7 +588,9 @@ impl Postgres {
     fn pg_ctl(&self, data: &Path, action: &str) -> Result<()> {
         let log = data.with_extension("log");
         let mut c = as_postgres("pg_ctl");
-        c.arg("-D").arg(data).args(["-w", "-t", "600", "-m", "fast"]);
+        c.arg("-D")
+            .arg(data)
+            .args(["-w", "-t", "600", "-m", "fast"]);
         if action == "start" {
             c.arg("-l").arg(&log);
         }
@@ -573,7 +620,11 @@ impl Postgres {
             .append(true)
             .open(standby.join("postgresql.conf"))?;
         use std::io::Write;
-        writeln!(conf, "port = {}\ncluster_name = '{slot}'", self.follower_port)?;
+        writeln!(
+            conf,
+            "port = {}\ncluster_name = '{slot}'",
+            self.follower_port
+        )?;
         self.pg_ctl(&standby, "start")?;
         Ok(used)
     }
@@ -596,12 +647,14 @@ impl System for Postgres {
         self.generation = 1;
         std::fs::create_dir_all(self.dir.join("sock"))?;
         run_tool(Command::new("chown").args(["-R", "postgres:"]).arg(dir))?;
-        run_tool(
-            as_postgres("initdb")
-                .arg("-D")
-                .arg(self.primary())
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale"]),
-        )?;
+        run_tool(as_postgres("initdb").arg("-D").arg(self.primary()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]))?;
         self.leader_port = free_port()?;
         use std::io::Write;
         let mut conf = std::fs::OpenOptions::new()
@@ -650,7 +703,11 @@ impl System for Postgres {
         } else {
             self.leader_port
         };
-        Ok(Box::new(PgConn(Pg::new(port, "postgres", "postgres")?)))
+        Ok(Box::new(SqlConn {
+            server: Pg::new(port, "postgres", "postgres")?,
+            table: "docs",
+            backslash: false,
+        }))
     }
 
     fn clear(&mut self) -> Result<()> {
@@ -715,32 +772,6 @@ pub struct Mariadb {
     leader_port: u16,
     follower_port: u16,
     generation: u32,
-}
-
-struct MyConn(My);
-
-impl Conn for MyConn {
-    fn insert(&mut self, docs: &[(&str, &str)]) -> Result<()> {
-        self.0.query(&values_sql("bench.docs", docs, true))?;
-        Ok(())
-    }
-
-    fn exists(&mut self, key: &str) -> Result<bool> {
-        Ok(!self
-            .0
-            .query(&format!("SELECT 1 FROM bench.docs WHERE k = '{key}'"))?
-            .is_empty())
-    }
-
-    fn count(&mut self) -> Result<u64> {
-        let rows = self.0.query("SELECT COUNT(*) FROM bench.docs")?;
-        rows.first()
-            .cloned()
-            .flatten()
-            .context("no count")?
-            .parse()
-            .context("count")
-    }
 }
 
 impl Mariadb {
@@ -894,12 +925,9 @@ impl System for Mariadb {
             1,
             &[&binlog, "--binlog-format=ROW", "--sync-binlog=1"],
         )?);
-        My::new(self.leader_port, "bench")?.query(
-            "CREATE DATABASE bench",
-        )?;
-        My::new(self.leader_port, "bench")?.query(
-            "CREATE TABLE bench.docs (k varchar(64) PRIMARY KEY, doc json) ENGINE=InnoDB",
-        )?;
+        My::new(self.leader_port, "bench")?.query("CREATE DATABASE bench")?;
+        My::new(self.leader_port, "bench")?
+            .query("CREATE TABLE bench.docs (k varchar(64) PRIMARY KEY, doc json) ENGINE=InnoDB")?;
         self.start_replica()?;
         self.change_master()?;
         let port = self.follower_port;
@@ -928,7 +956,11 @@ impl System for Mariadb {
         } else {
             self.leader_port
         };
-        Ok(Box::new(MyConn(My::new(port, "bench")?)))
+        Ok(Box::new(SqlConn {
+            server: My::new(port, "bench")?,
+            table: "bench.docs",
+            backslash: true,
+        }))
     }
 
     fn clear(&mut self) -> Result<()> {
@@ -972,7 +1004,12 @@ impl System for Mariadb {
         let mut dump = Command::new("mariadb-dump");
         dump.args(["-h", "127.0.0.1", "-P", &self.leader_port.to_string()])
             .args(["-u", "repl", "-preplpw"])
-            .args(["--single-transaction", "--gtid", "--master-data=1", "--quick"])
+            .args([
+                "--single-transaction",
+                "--gtid",
+                "--master-data=1",
+                "--quick",
+            ])
             .args(["--databases", "bench"]);
         let (_, mut used) = run_tool_to(&mut dump, out)?;
         let input = std::fs::File::open(&file)?;
@@ -1117,9 +1154,7 @@ impl Redis {
             .spawn()
             .context("start redis-server")?;
         wait_for("redis-server", 60, || {
-            Resp::new(port)
-                .and_then(|mut r| r.text(&[b"PING"]))
-                .is_ok()
+            Resp::new(port).and_then(|mut r| r.text(&[b"PING"])).is_ok()
         })?;
         Ok(child)
     }
@@ -1129,8 +1164,11 @@ impl Redis {
     }
 
     fn replicate(&self) -> Result<()> {
-        self.follower()?
-            .text(&[b"REPLICAOF", b"127.0.0.1", self.leader_port.to_string().as_bytes()])?;
+        self.follower()?.text(&[
+            b"REPLICAOF",
+            b"127.0.0.1",
+            self.leader_port.to_string().as_bytes(),
+        ])?;
         Ok(())
     }
 

@@ -136,7 +136,9 @@ impl Pg {
             let (kind, body) = pg.message()?;
             match kind {
                 b'R' if body.get(..4) == Some(&[0, 0, 0, 0]) => {}
-                b'R' => bail!("PostgreSQL asks for authentication the bench does not do (trust expected)"),
+                b'R' => bail!(
+                    "PostgreSQL asks for authentication the bench does not do (trust expected)"
+                ),
                 b'E' => bail!("PostgreSQL refused the connection: {}", pg_error(&body)),
                 b'Z' => return Ok(pg),
                 _ => {}
@@ -245,7 +247,10 @@ impl My {
 
     fn send(&mut self, seq: u8, payload: &[u8]) -> Result<()> {
         if payload.len() >= 0xff_ffff {
-            bail!("a MariaDB packet of {} bytes needs splitting, which the bench does not do", payload.len());
+            bail!(
+                "a MariaDB packet of {} bytes needs splitting, which the bench does not do",
+                payload.len()
+            );
         }
         let mut head = (payload.len() as u32).to_le_bytes();
         head[3] = seq;
@@ -319,7 +324,10 @@ fn lenenc(b: &[u8], at: usize) -> Option<(u64, usize)> {
 }
 
 fn my_error(p: &[u8]) -> String {
-    let code = p.get(1..3).map(|c| u16::from_le_bytes([c[0], c[1]])).unwrap_or(0);
+    let code = p
+        .get(1..3)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .unwrap_or(0);
     let text = if p.get(3) == Some(&b'#') {
         p.get(9..)
     } else {
