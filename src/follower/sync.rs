@@ -931,7 +931,9 @@ impl Syncer<'_> {
                 .map_err(|_| invalid(format!("invalid revision {rev:?}")))?;
             // The merge below decides what to remove: out-of-order or out-of-range keys would
             // remove documents the leader has.
-            let in_order = leader.last().is_none_or(|(last, _): &(String, u64)| *last < key);
+            let in_order = leader
+                .last()
+                .is_none_or(|(last, _): &(String, u64)| *last < key);
             if !in_order || key < chunk.low || key > chunk.high {
                 return Err(invalid(format!(
                     "range-keys answer out of order or outside {}..={} at {key:?}",
