@@ -784,6 +784,23 @@ impl Syncer<'_> {
     ) -> Result<(), SessionError> {
         let store = &self.applier.node.store;
         let id = target.info.id;
+        if chunks.is_empty() {
+            // The leader holds nothing in the range: all this server has there goes.
+            let mut walk_error = None;
+            store
+                .key_revs(id, range, |key, _| {
+                    removals.push(key.to_owned());
+                    if removals.len() >= INGEST_ITEMS {
+                        if let Err(e) = self.flush_removals(target, removals) {
+                            walk_error = Some(e);
+                            return false;
+                        }
+                    }
+                    true
+                })
+                .map_err(|e| self.store_error("read this server's keys", e))?;
+            return walk_error.map_or(Ok(()), Err);
+        }
         SyncCounters::add(&self.counters().ranges_compared, chunks.len() as u64);
         // What the workers find, stored in bounded lots.
         let found = std::sync::Mutex::new((std::mem::take(removals), std::mem::take(fetch)));
