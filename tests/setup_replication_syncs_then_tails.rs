@@ -269,7 +269,11 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
         ),
         "setup --incremental",
     );
-    converged(&leader, &restored, &[("_system", "docs"), ("_system", "emptied")]);
+    converged(
+        &leader,
+        &restored,
+        &[("_system", "docs"), ("_system", "emptied")],
+    );
     let incremental = sync_bytes(&restored.http());
 
     let empty = Daemon::start(&dir.path().join("empty"), &[]);

@@ -789,12 +789,9 @@ impl Syncer<'_> {
             let mut walk_error = None;
             store
                 .key_revs(id, range, |key, _| {
-                    removals.push(key.to_owned());
-                    if removals.len() >= INGEST_ITEMS {
-                        if let Err(e) = self.flush_removals(target, removals) {
-                            walk_error = Some(e);
-                            return false;
-                        }
+                    if let Err(e) = self.remove_later(target, removals, key) {
+                        walk_error = Some(e);
+                        return false;
                     }
                     true
                 })
@@ -828,12 +825,9 @@ impl Syncer<'_> {
             store
                 .key_revs(id, walk, |key, rev| {
                     if key < chunk.low.as_str() || key > chunk.high.as_str() {
-                        mine_removed.push(key.to_owned());
-                        if mine_removed.len() >= INGEST_ITEMS {
-                            if let Err(e) = self.flush_removals(target, &mut mine_removed) {
-                                walk_error = Some(e);
-                                return false;
-                            }
+                        if let Err(e) = self.remove_later(target, &mut mine_removed, key) {
+                            walk_error = Some(e);
+                            return false;
                         }
                     } else {
                         hash.add(key, rev);
@@ -981,6 +975,21 @@ impl Syncer<'_> {
                 .map_err(|e| self.store_error("read this server's keys", e))?,
         }
         merge.finish();
+        Ok(())
+    }
+
+    /// Adds `key` to the removals, storing them once there are `INGEST_ITEMS` (so that a walk
+    /// over many keys this server alone has holds a bounded lot of them).
+    fn remove_later(
+        &self,
+        target: &Target,
+        removals: &mut Vec<String>,
+        key: &str,
+    ) -> Result<(), SessionError> {
+        removals.push(key.to_owned());
+        if removals.len() >= INGEST_ITEMS {
+            self.flush_removals(target, removals)?;
+        }
         Ok(())
     }
 
