@@ -273,6 +273,33 @@ pub fn release_large_frees() -> bool {
     false
 }
 
+/// glibc malloc arenas allowed (`M_ARENA_MAX`): one per core of the machines tickship is
+/// measured on. glibc's default is eight per core.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_ARENAS: i32 = 2;
+
+/// Limits glibc's malloc, which RocksDB allocates through, to `GLIBC_ARENAS` arenas. Each thread
+/// that allocates while the others hold their arenas gets one of its own, up to eight per core,
+/// and an arena's freed memory stays with it: an incremental sync's compare, which turns the
+/// whole block cache over from several threads, left a 20 GB follower at 709–797 MiB where a
+/// 10 GB one peaked at 380 MiB (docs/benchmarks/2026-12-06-initial-sync.md). Left alone when the
+/// environment sets it (`MALLOC_ARENA_MAX`, or `GLIBC_TUNABLES` naming `glibc.malloc.arena_max`).
+/// Returns whether it set it. Call it first in `main`, before other threads start.
+pub fn fewer_malloc_arenas() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::var_os("MALLOC_ARENA_MAX").is_some()
+            || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
+        if tuned {
+            return false;
+        }
+        // SAFETY: mallopt takes plain integers and glibc's own lock.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, GLIBC_ARENAS) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
+}
+
 /// Appliers running, each holding a `PurgeAtOnce`.
 static PURGING_AT_ONCE: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
 
@@ -407,6 +434,91 @@ mod tests {
                 libc::free(buffer);
             }
         }
+    }
+
+    /// Set for the child process of `malloc_arenas_are_limited`: "limited" or "default".
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    const ARENA_CHILD: &str = "TICKSHIP_TEST_ARENA_CHILD";
+
+    /// Runs `child_counts_arenas` in a process of its own and returns the arenas it ended with.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn arenas_used(mode: &str) -> usize {
+        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "util::tests::child_counts_arenas", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env(ARENA_CHILD, mode)
+            .env_remove("GLIBC_TUNABLES")
+            .env_remove("MALLOC_ARENA_MAX")
+            .output()
+            .expect("run the child");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "child failed: {stdout}");
+        stdout
+            .lines()
+            .find_map(|line| line.split("ARENAS ").nth(1))
+            .unwrap_or_else(|| panic!("no figure from the child: {stdout}"))
+            .trim()
+            .parse()
+            .expect("a number")
+    }
+
+    // Goal: with the limit set, eight threads allocating at the same time share at most
+    // `GLIBC_ARENAS` arenas, where glibc alone gives them more.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn malloc_arenas_are_limited() {
+        let limited = arenas_used("limited");
+        let default = arenas_used("default");
+        println!("{limited} arenas limited, {default} by default");
+        assert!(limited <= GLIBC_ARENAS as usize, "{limited} arenas");
+        assert!(limited >= 1);
+    }
+
+    /// The child of `malloc_arenas_are_limited`; does nothing in a normal test run.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn child_counts_arenas() {
+        let Ok(mode) = std::env::var(ARENA_CHILD) else {
+            return;
+        };
+        if mode == "limited" {
+            assert!(fewer_malloc_arenas(), "limit not set");
+        }
+        // Eight threads hold allocations while all of them allocate more, so that glibc meets
+        // contended arenas and would hand out new ones.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    // SAFETY: each buffer is freed once, by glibc's free.
+                    unsafe {
+                        let buffers: Vec<_> = (0..20_000).map(|_| libc::malloc(256)).collect();
+                        barrier.wait();
+                        for buffer in buffers {
+                            libc::free(buffer);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        let mut text: *mut libc::c_char = std::ptr::null_mut();
+        let mut size: libc::size_t = 0;
+        // SAFETY: open_memstream fills `text` and `size` at fclose; the buffer is freed after.
+        let info = unsafe {
+            let stream = libc::open_memstream(&mut text, &mut size);
+            assert!(!stream.is_null());
+            assert_eq!(libc::malloc_info(0, stream), 0);
+            libc::fclose(stream);
+            let info = std::slice::from_raw_parts(text.cast::<u8>(), size).to_vec();
+            libc::free(text.cast());
+            String::from_utf8(info).expect("malloc_info writes text")
+        };
+        println!("ARENAS {}", info.matches("<heap nr=").count());
     }
 
     // Goal: freed memory is purged at once while any applier runs, and after the last one

@@ -12,6 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     tickship::util::purge_sooner();
     let glibc_releases = tickship::util::release_large_frees();
+    let glibc_arenas = tickship::util::fewer_malloc_arenas();
     // Before anything allocates much: see `no_transparent_huge_pages`.
     let huge_pages = tickship::util::no_transparent_huge_pages();
     let args = DaemonArgs::parse();
@@ -26,6 +27,9 @@ fn main() -> std::process::ExitCode {
         .init();
     if !glibc_releases {
         tracing::debug!("glibc's malloc thresholds left as the environment sets them");
+    }
+    if !glibc_arenas {
+        tracing::debug!("glibc's malloc arenas left as the environment sets them");
     }
     if let Err(e) = huge_pages {
         tracing::warn!("cannot turn transparent huge pages off, memory use may be higher: {e}");
