@@ -150,6 +150,35 @@ impl DocStore {
         Ok(())
     }
 
+    /// Calls `visit(key, value)` with the stored value of each document of `collection` after
+    /// key `after`, in key order, as `snapshot` shows them: the 8-byte tick of a document kept in
+    /// the WAL, or the tick and the document. What a physical copy of the store ships.
+    pub(super) fn raw_values_in(
+        &self,
+        collection: u64,
+        after: Option<&str>,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, rocksdb::DB>>,
+        mut visit: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<()> {
+        let prefix = collection.to_be_bytes();
+        let options = range_options(collection, KeyRange::after(after), snapshot);
+        let iterator = self
+            .db
+            .iterator_cf_opt(self.docs(), options, rocksdb::IteratorMode::Start);
+        for item in iterator {
+            let (key, value) = item.map_err(|e| store_error("scan documents", e))?;
+            let key = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| corrupt("document key is not UTF-8"))?;
+            if value.len() < DOCUMENT_IN_WAL_BYTES {
+                return Err(corrupt("document value shorter than its revision"));
+            }
+            if !visit(key, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// `key_revs_in` of the live store.
     pub fn key_revs(
         &self,

@@ -131,6 +131,22 @@ impl StoreSnapshot {
             .key_revs_in(collection, range, Some(&self.snapshot), visit)
     }
 
+    /// `DocStore::raw_values_in` as of the view's tick.
+    pub fn raw_values(
+        &self,
+        collection: u64,
+        after: Option<&str>,
+        visit: impl FnMut(&str, &[u8]) -> bool,
+    ) -> Result<()> {
+        self.store
+            .raw_values_in(collection, after, Some(&self.snapshot), visit)
+    }
+
+    /// The files holding the view's documents, opened (`DocStore::physical_files`).
+    pub fn physical_files(&self) -> Result<std::result::Result<Vec<super::PhysicalFile>, String>> {
+        self.store.physical_files(self.tick)
+    }
+
     /// Documents `keys` of `collection` as of the view's tick, in order.
     pub fn get_many(&self, collection: u64, keys: &[&str]) -> Result<Vec<Option<StoredDocument>>> {
         self.store

@@ -141,6 +141,26 @@ impl ValueFiles {
         self.insert(opened)
     }
 
+    /// Makes the sealed file at `staged` the value file `id` named after `tick_first`: renamed
+    /// into place (the directory synced), its seal checked, refused if it overlaps another.
+    pub fn install(&self, staged: &Path, id: SegmentId, tick_first: Tick) -> Result<()> {
+        let target = self
+            .dir
+            .join(format!("{}{SUFFIX}", value_stem(id, tick_first)));
+        std::fs::rename(staged, &target).map_err(|e| Error::io("rename", &target, e))?;
+        crate::fs::fsync_dir(&self.dir)?;
+        let installed = (|| {
+            let opened = open_value_file(&target, id, tick_first, "installed value file")?;
+            opened.map()?;
+            self.insert(opened)
+        })();
+        if installed.is_err() {
+            // Not left where the next open would refuse the whole store for it.
+            let _ = std::fs::remove_file(&target);
+        }
+        installed
+    }
+
     /// Removes the value file made from segment `source`, if any: a collection a crash kept
     /// from being recorded is done again, from the store's state then.
     pub fn forget(&self, source: SegmentId) -> Result<()> {

@@ -186,6 +186,9 @@ pub struct SegmentRange {
     pub tick_min: Tick,
     pub tick_max: Tick,
     pub file_bytes: u64,
+    /// Where its data ends: the seal block of a sealed segment, the end of the last block
+    /// published of the open one.
+    pub data_end: u64,
 }
 
 impl SegmentRange {
@@ -811,6 +814,7 @@ impl Wal {
                 tick_min: s.ticks.first,
                 tick_max: s.ticks.last,
                 file_bytes: s.file_bytes,
+                data_end: s.data_end,
             })
             .collect();
         if let Some(active) = &state.active {
@@ -821,6 +825,7 @@ impl Wal {
                 tick_min: active.ticks.first,
                 tick_max: active.ticks.last,
                 file_bytes: active.map.len() as u64,
+                data_end: active.data_end,
             });
         }
         ranges
@@ -973,6 +978,7 @@ impl Wal {
             tick_min: segment.ticks.first,
             tick_max: segment.ticks.last,
             file_bytes: segment.file_bytes,
+            data_end: segment.data_end,
         })
     }
 
