@@ -157,6 +157,12 @@ pub struct DaemonArgs {
     #[arg(long = "replication.sync-max-rate", default_value = "0", value_parser = size_u64, help_heading = "Replication")]
     pub replication_sync_max_rate: u64,
 
+    /// As a follower: a full sync into an empty store copies the leader's files (value files,
+    /// WAL segments, checked block by block) and its key index, instead of its documents, when
+    /// this server keeps documents in the WAL; false: always copy documents.
+    #[arg(long = "replication.sync-copy-files", default_value_t = true, action = ArgAction::Set, help_heading = "Replication")]
+    pub replication_sync_copy_files: bool,
+
     /// As a follower: memtable size while less than ~8k ticks behind the leader (0: always
     /// --rocksdb.write-buffer-size) [default: 2MiB with documents in the WAL, else 16MiB].
     #[arg(long = "replication.tailing-write-buffer-size", value_parser = size_usize, help_heading = "Replication")]

@@ -270,6 +270,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             leader_fingerprint: args.leader_fingerprint.clone(),
             buffer_bytes: args.replication_receive_buffer_size,
             sync_max_rate: args.replication_sync_max_rate,
+            sync_copy_files: args.replication_sync_copy_files,
         },
         saved,
         replication.handle().clone(),

@@ -189,6 +189,23 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
     let stored = fh.metric("tickship_replication_initial_sync_documents");
     assert_eq!(stored, 8900 + 300 + 300, "documents the sync stored");
     assert!(fh.metric("tickship_replication_initial_sync_bytes") > 8_900_000);
+    // The sync copied the leader's files (`--replication.sync-copy-files`, on by default): they
+    // are the follower's value files now, named in the range kept for them, and the copies'
+    // staging directory is gone.
+    let follower_dir = dir.path().join("follower");
+    let installed = std::fs::read_dir(follower_dir.join("store-values"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("4000") && name.ends_with(".val")
+        })
+        .count();
+    assert!(
+        installed >= 2,
+        "{installed} value files copied from the leader"
+    );
+    assert!(!follower_dir.join("sync-files").exists());
 
     // It tails: new writes, removals, a new collection.
     fill(&lh, "docs", 9000, 9500, 3);
@@ -307,6 +324,18 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
 
 #[test]
 fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
+    killed_half_way_resumes("true");
+}
+
+// The same with the leader's documents copied rather than its files.
+#[test]
+fn a_sync_copying_documents_killed_half_way_resumes_with_what_arrived() {
+    killed_half_way_resumes("false");
+}
+
+/// A sync (`--replication.sync-copy-files` as `copy_files`) killed on the follower's side, then
+/// on the leader's, goes on with what had arrived and ends equal.
+fn killed_half_way_resumes(copy_files: &str) {
     let dir = tempfile::tempdir().unwrap();
     let leader_dir = dir.path().join("leader");
     let mut leader = Daemon::start(&leader_dir, &[]);
@@ -314,8 +343,13 @@ fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
     let lh = leader.http();
     create(&lh, "docs", 2);
     fill(&lh, "docs", 0, 24_000, 1);
-    // About 24 MB in chunks of 4 MB at 4 MB/s: seconds to stop it part-way, twice.
-    let limited = ["--replication.sync-max-rate", "4MB"];
+    // About 24 MB in pieces of at most 8 MB at 4 MB/s: seconds to stop it part-way, twice.
+    let limited = [
+        "--replication.sync-max-rate",
+        "4MB",
+        "--replication.sync-copy-files",
+        copy_files,
+    ];
     let follower_dir = dir.path().join("follower");
     let mut follower = Daemon::start(&follower_dir, &limited);
     let fh = follower.http();
@@ -328,14 +362,9 @@ fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
             http.try_send("PUT", "/_api/replication/make-follower?global=true", &body)
         })
     };
-    let documents = |http: &Http| {
-        applier_state(http)["initialSync"]["documents"]
-            .as_u64()
-            .unwrap_or(0)
-    };
     wait_until_or(
-        "a sixth of the documents arrived",
-        || documents(&fh) >= 4000,
+        "a sixth of the bytes arrived",
+        || sync_bytes(&fh) >= 4_000_000,
         || format!("{}", applier_state(&fh)),
     );
     follower.kill9();
@@ -344,8 +373,8 @@ fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
     let fh = follower.http();
     // The restarted follower goes on by itself (make-follower set autoStart).
     wait_until_or(
-        "the resumed sync stored a sixth more",
-        || documents(&fh) >= 4000 && applier_state(&fh)["phase"] == json!("initial"),
+        "the resumed sync received a sixth more",
+        || sync_bytes(&fh) >= 4_000_000 && applier_state(&fh)["phase"] == json!("initial"),
         || format!("{}", applier_state(&fh)),
     );
     let before_leader_kill = sync_bytes(&fh);

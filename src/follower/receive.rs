@@ -34,6 +34,9 @@ pub struct Receiving {
     /// Bytes per second an initial sync receives at most (0: no limit;
     /// `--replication.sync-max-rate`).
     pub sync_max_rate: u64,
+    /// Whether a full sync into an empty store copies the leader's files
+    /// (`--replication.sync-copy-files`).
+    pub sync_copy_files: bool,
 }
 
 impl Receiving {

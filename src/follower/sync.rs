@@ -25,6 +25,8 @@ use tickship_storage::docstore::{
     without_rev, CollectionInfo, CollectionRestore, KeyRange, Restored,
 };
 
+mod copy_files;
+
 use super::receive::SessionError;
 use super::*;
 use crate::client::{Client, ServerError};
@@ -576,8 +578,11 @@ impl Syncer<'_> {
         self.counters()
             .on_leader
             .store(on_leader, Ordering::Relaxed);
-        for (target, count) in &targets {
-            self.sync_collection(target, *count)?;
+        // An empty store copies the leader's files when it can, else its documents.
+        if !self.copy_files(&targets, tick)? {
+            for (target, count) in &targets {
+                self.sync_collection(target, *count)?;
+            }
         }
         // The store now holds the leader's state at `tick`: the log continues from there.
         if begin_log {
@@ -882,11 +887,21 @@ impl Syncer<'_> {
         items: &[T],
         work: impl Fn(usize, &T) -> Result<(), SessionError> + Sync,
     ) -> Result<(), SessionError> {
+        self.in_parallel_n(items, PARALLEL_FETCHES, work)
+    }
+
+    /// `in_parallel` with `workers` threads.
+    fn in_parallel_n<T: Sync>(
+        &self,
+        items: &[T],
+        workers: usize,
+        work: impl Fn(usize, &T) -> Result<(), SessionError> + Sync,
+    ) -> Result<(), SessionError> {
         let next = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
         let mut first_error = std::sync::Mutex::new(None);
         std::thread::scope(|scope| {
-            for _ in 0..PARALLEL_FETCHES.min(items.len()) {
+            for _ in 0..workers.min(items.len()) {
                 scope.spawn(|| loop {
                     if failed.load(Ordering::Acquire) {
                         return;

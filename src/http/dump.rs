@@ -504,3 +504,130 @@ pub fn range_documents(state: &AppState, req: &Req) -> ApiResult<Response<Body>>
     }
     Ok(response)
 }
+
+/// Largest piece of a file one `file` request returns.
+const FILE_PIECE_MAX: usize = 16 << 20;
+/// Bytes of keys and values after which a `key-values` page ends.
+const KEY_VALUES_PAGE_BYTES: usize = 4 << 20;
+
+fn batch_for_copy(state: &AppState, req: &Req) -> ApiResult<Arc<Batch>> {
+    batch_of(
+        state,
+        req,
+        "batchId not specified",
+        "context was not found",
+        num::CURSOR_NOT_FOUND,
+    )
+}
+
+/// `GET /_api/replication/files?batchId` (tickship): the files holding the batch's documents,
+/// for a physical sync: each with its index (for `file`), the leader's id of it, the ticks it is
+/// sealed as covering, the bytes to copy and its inode (what tells a resumed copy it is the same
+/// file). `files` is null, with `reason`, when the batch cannot be copied as files.
+pub fn files(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let batch = batch_for_copy(state, req)?;
+    let listed = tokio::task::block_in_place(|| batch.files());
+    let tick = batch.snapshot.tick().to_string();
+    let body = match listed {
+        Ok(files) => {
+            let files: Vec<Value> = files
+                .iter()
+                .enumerate()
+                .map(|(index, f)| {
+                    json!({
+                        "index": index,
+                        "id": f.id.get().to_string(),
+                        "valueFile": f.value_file,
+                        "tickFirst": f.ticks.first.to_string(),
+                        "tickLast": f.ticks.last.to_string(),
+                        "bytes": f.data_end,
+                        "inode": f.inode.to_string(),
+                    })
+                })
+                .collect();
+            json!({ "tick": tick, "files": files })
+        }
+        Err(reason) => json!({ "tick": tick, "files": null, "reason": reason }),
+    };
+    Ok(checked(body))
+}
+
+/// `GET /_api/replication/file?batchId&index&offset&length` (tickship): bytes of file `index`
+/// of the batch's `files`, from `offset`, at most `length` (16 MiB at most), as they are on disk.
+pub fn file(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let batch = batch_for_copy(state, req)?;
+    let number = |name: &str| -> ApiResult<u64> {
+        req.query(name)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ApiError::bad_parameter(format!("invalid or missing {name}")))
+    };
+    let index = number("index")? as usize;
+    let offset = number("offset")?;
+    let length = (number("length")? as usize).min(FILE_PIECE_MAX);
+    let files = batch.files().map_err(ApiError::bad_parameter)?;
+    let file = files
+        .get(index)
+        .ok_or_else(|| ApiError::bad_parameter(format!("the batch has no file {index}")))?;
+    if offset > file.data_end {
+        return Err(ApiError::bad_parameter(format!(
+            "offset {offset} is past the file's {} bytes",
+            file.data_end
+        )));
+    }
+    let bytes = tokio::task::block_in_place(|| file.read(offset, length))?;
+    let crc = crate::leader::ranges::crc_of(&bytes);
+    let mut response = super::raw(StatusCode::OK, "application/octet-stream", bytes);
+    if let Ok(crc) = HeaderValue::from_str(&crc) {
+        response
+            .headers_mut()
+            .insert(crate::leader::ranges::CRC_HEADER, crc);
+    }
+    Ok(response)
+}
+
+/// `GET /_api/replication/key-values?batchId&collection[&after]` (tickship): the collection's
+/// stored values as of the batch's tick, in key order after `after`, for a physical sync: each
+/// as `key length (u16 LE) | key | value length (u32 LE) | value`, where the value is the
+/// document's revision (8 bytes LE) followed by the document if the store keeps it itself. A
+/// page ends after about 4 MiB: `x-arango-replication-checkmore` is then true and
+/// `x-tickship-last-key` names its last key.
+pub fn key_values(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let (batch, collection) = range_request(state, req)?;
+    let after = req.query("after").filter(|a| !a.is_empty());
+    let mut out = Vec::new();
+    let mut more = false;
+    let mut last_key = String::new();
+    tokio::task::block_in_place(|| {
+        batch
+            .snapshot
+            .raw_values(collection.id, after, |key, value| {
+                if out.len() >= KEY_VALUES_PAGE_BYTES {
+                    more = true;
+                    return false;
+                }
+                out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                out.extend_from_slice(value);
+                last_key.clear();
+                last_key.push_str(key);
+                true
+            })
+    })?;
+    let crc = crate::leader::ranges::crc_of(&out);
+    let mut response = super::raw(StatusCode::OK, "application/octet-stream", out);
+    let headers = response.headers_mut();
+    if let Ok(crc) = HeaderValue::from_str(&crc) {
+        headers.insert(crate::leader::ranges::CRC_HEADER, crc);
+    }
+    headers.insert(
+        "x-arango-replication-checkmore",
+        HeaderValue::from_static(if more { "true" } else { "false" }),
+    );
+    if more {
+        if let Ok(last) = HeaderValue::from_str(&last_key) {
+            headers.insert("x-tickship-last-key", last);
+        }
+    }
+    Ok(response)
+}

@@ -334,6 +334,9 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "replication", "range-documents"] if is(Method::PUT) => {
             dump::range_documents(state, req)
         }
+        ["_api", "replication", "files"] if is(Method::GET) => dump::files(state, req),
+        ["_api", "replication", "file"] if is(Method::GET) => dump::file(state, req),
+        ["_api", "replication", "key-values"] if is(Method::GET) => dump::key_values(state, req),
         ["_api", "job", id] if is(Method::PUT) => jobs::fetch(state, id),
         ["_api", "job", id] if is(Method::GET) => jobs::status(state, id),
         ["_api", "job", id] if is(Method::DELETE) => jobs::delete(state, id),
@@ -426,6 +429,9 @@ fn served_path(path: &[&str]) -> bool {
                     | "ranges"
                     | "range-keys"
                     | "range-documents"
+                    | "files"
+                    | "file"
+                    | "key-values"
                     | "sync"
             ]
             | ["_api", "job", _]

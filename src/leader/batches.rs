@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tickship_storage::docstore::{DocStore, StoreSnapshot};
+use tickship_storage::docstore::{DocStore, PhysicalFile, StoreSnapshot};
 
 use crate::api::{num, ApiError, ApiResult};
 
@@ -25,6 +25,9 @@ pub struct Batch {
     /// Where each collection's dump stands: ArangoDB's batches keep one iterator per collection,
     /// so that repeated `dump` calls page through it without naming a position.
     cursors: Mutex<HashMap<u64, Arc<Mutex<DumpCursor>>>>,
+    /// The files holding the view's documents, opened on the first request for them (a
+    /// physical sync): `Err` says why the view cannot be copied as files.
+    files: std::sync::OnceLock<Result<Arc<Vec<PhysicalFile>>, String>>,
 }
 
 /// How far the dump of one collection in a batch has come.
@@ -39,6 +42,18 @@ pub struct DumpCursor {
 }
 
 impl Batch {
+    /// The view's files (`StoreSnapshot::physical_files`), listed and opened once per batch, so
+    /// that every request reads the files the listing saw.
+    pub fn files(&self) -> Result<Arc<Vec<PhysicalFile>>, String> {
+        self.files
+            .get_or_init(|| match self.snapshot.physical_files() {
+                Ok(Ok(files)) => Ok(Arc::new(files)),
+                Ok(Err(why)) => Err(why),
+                Err(e) => Err(format!("cannot list the store's files: {e}")),
+            })
+            .clone()
+    }
+
     /// The dump cursor of `collection`; holding its lock keeps a second request for the same
     /// collection from handing out the same page twice.
     pub fn cursor(&self, collection: u64) -> Arc<Mutex<DumpCursor>> {
@@ -106,6 +121,7 @@ impl Batches {
             created: now,
             expires: Mutex::new(now + ttl),
             cursors: Mutex::new(HashMap::new()),
+            files: std::sync::OnceLock::new(),
         });
         self.live().insert(batch.id, batch.clone());
         Ok(batch)
