@@ -570,3 +570,57 @@ fn a_sync_into_a_full_disk_stops_with_the_error_and_resumes_once_space_is_freed_
         std::panic::resume_unwind(panic);
     }
 }
+
+// Goal: a leader file whose bytes fail their checks (damaged on the leader's disk) is refused
+// with the file and offset: the sync stops, nothing of it is installed, no document stored.
+#[test]
+fn a_damaged_leader_file_is_refused_and_nothing_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader_dir = dir.path().join("leader");
+    let leader = Daemon::start(&leader_dir, &[]);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 3000, 1);
+    // One byte in the middle of the open segment's written blocks (the WAL maps the file; the
+    // write goes through the same page cache).
+    let segment = std::fs::read_dir(leader_dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "wal"))
+        .expect("a segment");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&segment)
+        .unwrap();
+    let at = 1_000_000;
+    let mut byte = [0u8; 1];
+    std::os::unix::fs::FileExt::read_exact_at(&file, &mut byte, at).unwrap();
+    byte[0] ^= 0x5a;
+    std::os::unix::fs::FileExt::write_all_at(&file, &byte, at).unwrap();
+
+    let follower_dir = dir.path().join("follower");
+    let follower = Daemon::start(&follower_dir, &[]);
+    let run = tickship(
+        &follower,
+        &["replication", "setup", "--global", &leader.endpoint()],
+    );
+    assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("failed its checks") && run.stderr.contains("corrupt at offset"),
+        "{}",
+        run.stderr
+    );
+    let installed = std::fs::read_dir(follower_dir.join("store-values"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().ends_with(".val")
+        })
+        .count();
+    assert_eq!(installed, 0, "nothing of the damaged copy is installed");
+    let count = follower
+        .http()
+        .send("GET", "/_api/collection/docs/count", &json!(null));
+    assert_eq!(count.json()["count"], json!(0));
+}
