@@ -208,6 +208,7 @@ impl Syncer<'_> {
             installed.insert(w.first, w.clone());
             self.save_installed(&installed)?;
         }
+        let files_seconds = started.elapsed().as_secs_f64();
         let ranges: Vec<TickRange> = wanted.iter().map(Wanted::ticks).collect();
         for (target, _) in targets {
             self.copy_keys(target, tick, &ranges)?;
@@ -219,6 +220,8 @@ impl Syncer<'_> {
             files = wanted.len(),
             bytes = total,
             resumed_bytes = resumed_from,
+            files_seconds,
+            keys_seconds = started.elapsed().as_secs_f64() - files_seconds,
             "initial sync: copied the leader's files"
         );
         Ok(true)
@@ -432,7 +435,7 @@ impl Syncer<'_> {
         self.applier
             .node
             .store
-            .restore_documents(target.info.id, batch)
+            .restore_new_documents(target.info.id, batch)
             .map_err(|e| {
                 self.store_error(
                     &format!("store the keys of '{}'", target.info.name),

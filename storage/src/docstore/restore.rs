@@ -202,10 +202,31 @@ impl DocStore {
 
     /// Stores `items` in `collection` as one store file, ingested whole: the last line for a key
     /// wins. Durable when it returns.
-    pub fn restore_documents(
+    pub fn restore_documents(&self, collection: u64, items: Vec<Restored>) -> Result<RestoreStats> {
+        self.restore_items(collection, items, true)
+    }
+
+    /// `restore_documents` for puts of keys the collection does not hold (the caller knows: a
+    /// copy into an empty collection, in key order), which are not looked up first: every one
+    /// counts as created.
+    pub fn restore_new_documents(
+        &self,
+        collection: u64,
+        items: Vec<Restored>,
+    ) -> Result<RestoreStats> {
+        if items.iter().any(|i| matches!(i, Restored::Remove { .. })) {
+            return Err(Error::InvalidRecord(
+                "a removal among documents said to be new".into(),
+            ));
+        }
+        self.restore_items(collection, items, false)
+    }
+
+    fn restore_items(
         &self,
         collection: u64,
         mut items: Vec<Restored>,
+        look_up: bool,
     ) -> Result<RestoreStats> {
         let mut stats = RestoreStats::default();
         if items.is_empty() {
@@ -255,7 +276,7 @@ impl DocStore {
             let _ = std::fs::remove_file(&path);
             return Err(error);
         }
-        let result = self.ingest(collection, &last, &path, &mut stats);
+        let result = self.ingest(collection, &last, &path, &mut stats, look_up);
         // Moved into the store on success; anything left is ours to remove.
         let _ = std::fs::remove_file(&path);
         result.map(|()| stats)
@@ -267,6 +288,7 @@ impl DocStore {
         items: &[Restored],
         path: &std::path::Path,
         stats: &mut RestoreStats,
+        look_up: bool,
     ) -> Result<()> {
         let _applying = self.lock_apply();
         if self.catalog().collection_by_id(collection).is_none() {
@@ -274,11 +296,19 @@ impl DocStore {
                 "collection {collection} does not exist"
             )));
         }
-        let keys: Vec<Vec<u8>> = items
-            .iter()
-            .map(|item| doc_key(collection, item.key()))
-            .collect();
-        let found = self.db.batched_multi_get_cf(self.docs(), &keys, true);
+        let keys: Vec<Vec<u8>> = if look_up {
+            items
+                .iter()
+                .map(|item| doc_key(collection, item.key()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let found: Vec<std::result::Result<Option<_>, rocksdb::Error>> = if look_up {
+            self.db.batched_multi_get_cf(self.docs(), &keys, true)
+        } else {
+            items.iter().map(|_| Ok(None)).collect()
+        };
         for (item, found) in items.iter().zip(found) {
             let existed = found
                 .map_err(|e| store_error("look up restored keys", e))?

@@ -39,6 +39,10 @@ struct Args {
     /// documents changed on the leader and the same follower set up again with `--incremental`.
     #[arg(long, default_value = "dump", value_parser = ["dump", "setup"])]
     approach: String,
+    /// A flag for the follower's tickshipd, e.g. `--follower-arg=--replication.sync-copy-files=false`
+    /// (repeat for several).
+    #[arg(long = "follower-arg", allow_hyphen_values = true)]
+    follower_args: Vec<String>,
 }
 
 const PASSWORD: &str = "initbench";
@@ -175,7 +179,8 @@ fn change_one_percent(client: &Client, docs: u64) -> Result<u64> {
 /// The manual's Approach 1: a full sync of an empty follower until it tails level with the
 /// leader, then an incremental one of the same follower after 1% changed.
 fn setup(args: &Args, daemon: &Path, root: &Path, mut leader: Server, lc: &Client) -> Result<()> {
-    let mut follower = Server::start("follower", daemon, &root.join("follower"), PASSWORD, &[])?;
+    let extra: Vec<&str> = args.follower_args.iter().map(String::as_str).collect();
+    let mut follower = Server::start("follower", daemon, &root.join("follower"), PASSWORD, &extra)?;
     let fc = Client::new(&follower.endpoint, "_system", "root", Some(PASSWORD))?;
     let sync_state = |c: &Client| -> Result<(u64, u64)> {
         let state = c.call("GET", "/_api/replication/applier-state?global=true", None)?;
@@ -322,7 +327,14 @@ fn main() -> Result<()> {
         dump_bytes as f64 / 1e6 / dump_seconds,
         dump_rss >> 20
     );
-    let mut follower = Server::start("follower", &daemon, &root.join("follower"), PASSWORD, &[])?;
+    let extra: Vec<&str> = args.follower_args.iter().map(String::as_str).collect();
+    let mut follower = Server::start(
+        "follower",
+        &daemon,
+        &root.join("follower"),
+        PASSWORD,
+        &extra,
+    )?;
     let (_, restore_seconds, restore_rss) = tickship(
         &follower.endpoint,
         &[
