@@ -31,46 +31,6 @@ fn tickship(server: &Daemon, args: &[&str]) -> Run {
 
 use common::ok;
 
-fn create(http: &Http, name: &str, kind: u64) {
-    let answer = http.send(
-        "POST",
-        "/_api/collection",
-        &json!({"name": name, "type": kind}),
-    );
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-}
-
-/// Documents `from..to` of about 1 KB that compress little, with `version` in them.
-fn fill(http: &Http, collection: &str, from: u64, to: u64, version: u64) {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (from * 7919 + version);
-    let mut start = from;
-    while start < to {
-        let end = (start + 500).min(to);
-        let docs: Vec<Value> = (start..end)
-            .map(|i| {
-                let text: String = common::noise_text(&mut state, 60);
-                json!({"_key": format!("k{i:06}"), "v": version, "text": text})
-            })
-            .collect();
-        let answer = http.send(
-            "POST",
-            &format!("/_api/document/{collection}?overwriteMode=replace"),
-            &json!(docs),
-        );
-        assert!(
-            answer.status == 201 || answer.status == 202,
-            "{}",
-            String::from_utf8_lossy(&answer.body)
-        );
-        start = end;
-    }
-}
-
 fn remove(http: &Http, collection: &str, keys: impl Iterator<Item = u64>) {
     let keys: Vec<String> = keys.map(|i| format!("k{i:06}")).collect();
     let answer = http.send(
@@ -82,30 +42,7 @@ fn remove(http: &Http, collection: &str, keys: impl Iterator<Item = u64>) {
 }
 
 use common::collection_state as state_of;
-
-fn in_database(daemon: &Daemon, db: &str) -> Http {
-    let mut http = daemon.http();
-    http.base = format!("{}/_db/{db}", daemon.url);
-    http
-}
-
-fn converged(leader: &Daemon, follower: &Daemon, collections: &[(&str, &str)]) {
-    for (db, collection) in collections {
-        let (lh, fh) = (in_database(leader, db), in_database(follower, db));
-        wait_until_or(
-            &format!("{db}/{collection} on the follower equals the leader's"),
-            || state_of(&lh, collection) == state_of(&fh, collection),
-            || {
-                format!(
-                    "\nleader {:?}, follower {:?}\nfollower state {}",
-                    state_of(&lh, collection),
-                    state_of(&fh, collection),
-                    fh.get("/_api/replication/applier-state?global=true").json()
-                )
-            },
-        );
-    }
-}
+use common::{converged, create, fill, in_database};
 
 fn first_tick(http: &Http) -> u64 {
     http.get("/_api/replication/logger-first-tick").json()["firstTick"]

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -488,4 +489,72 @@ pub fn noise_text(state: &mut u64, words: usize) -> String {
             format!("{:016x}", *state)
         })
         .collect()
+}
+
+/// Creates collection `name` of type `kind` (2 document, 3 edge).
+pub fn create(http: &Http, name: &str, kind: u64) {
+    let answer = http.send(
+        "POST",
+        "/_api/collection",
+        &json!({"name": name, "type": kind}),
+    );
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+}
+
+/// Documents `from..to` of about 1 KB that compress little, with `version` in them.
+pub fn fill(http: &Http, collection: &str, from: u64, to: u64, version: u64) {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (from * 7919 + version);
+    let mut start = from;
+    while start < to {
+        let end = (start + 500).min(to);
+        let docs: Vec<Value> = (start..end)
+            .map(|i| {
+                let text: String = noise_text(&mut state, 60);
+                json!({"_key": format!("k{i:06}"), "v": version, "text": text})
+            })
+            .collect();
+        let answer = http.send(
+            "POST",
+            &format!("/_api/document/{collection}?overwriteMode=replace"),
+            &json!(docs),
+        );
+        assert!(
+            answer.status == 201 || answer.status == 202,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        start = end;
+    }
+}
+
+/// `daemon`'s HTTP API in database `db`.
+pub fn in_database(daemon: &Daemon, db: &str) -> Http {
+    let mut http = daemon.http();
+    http.base = format!("{}/_db/{db}", daemon.url);
+    http
+}
+
+/// Waits until each of `collections` (database, name) is equal on both (count and checksum with
+/// revisions and data).
+pub fn converged(leader: &Daemon, follower: &Daemon, collections: &[(&str, &str)]) {
+    for (db, collection) in collections {
+        let (lh, fh) = (in_database(leader, db), in_database(follower, db));
+        wait_until_or(
+            &format!("{db}/{collection} on the follower equals the leader's"),
+            || collection_state(&lh, collection) == collection_state(&fh, collection),
+            || {
+                format!(
+                    "\nleader {:?}, follower {:?}\nfollower state {}",
+                    collection_state(&lh, collection),
+                    collection_state(&fh, collection),
+                    fh.get("/_api/replication/applier-state?global=true").json()
+                )
+            },
+        );
+    }
 }
