@@ -345,32 +345,40 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     const RELEASE_CHILD: &str = "TICKSHIP_TEST_RELEASE_CHILD";
 
-    /// Runs `child_frees_large_buffers` in a process of its own (glibc's state is per process,
-    /// and other tests allocate beside it) and returns the KiB its frees gave back.
+    /// Runs child test `test` in a process of its own (glibc's state is per process, and other
+    /// tests allocate beside it) with `variable` set to `mode` and glibc's own settings removed
+    /// from its environment; returns the number it prints after `marker`.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    fn released_kib(mode: &str) -> i64 {
+    fn child_figure(test: &str, variable: &str, mode: &str, marker: &str) -> i64 {
         let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--exact",
-                "util::tests::child_frees_large_buffers",
-                "--nocapture",
-            ])
-            .args(["--test-threads", "1"])
-            .env(RELEASE_CHILD, mode)
+            .args(["--exact", test, "--nocapture", "--test-threads", "1"])
+            .env(variable, mode)
             .env_remove("GLIBC_TUNABLES")
             .env_remove("MALLOC_MMAP_THRESHOLD_")
             .env_remove("MALLOC_TRIM_THRESHOLD_")
+            .env_remove("MALLOC_ARENA_MAX")
             .output()
             .expect("run the child");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "child failed: {stdout}");
         stdout
             .lines()
-            .find_map(|line| line.split("RELEASED KIB ").nth(1))
+            .find_map(|line| line.split(marker).nth(1))
             .unwrap_or_else(|| panic!("no figure from the child: {stdout}"))
             .trim()
             .parse()
             .expect("a number")
+    }
+
+    /// The KiB `child_frees_large_buffers` gave back.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    fn released_kib(mode: &str) -> i64 {
+        child_figure(
+            "util::tests::child_frees_large_buffers",
+            RELEASE_CHILD,
+            mode,
+            "RELEASED KIB ",
+        )
     }
 
     // Goal: with the thresholds fixed, 40 MiB of large buffers freed among small allocations
@@ -440,26 +448,15 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     const ARENA_CHILD: &str = "TICKSHIP_TEST_ARENA_CHILD";
 
-    /// Runs `child_counts_arenas` in a process of its own and returns the arenas it ended with.
+    /// The arenas `child_counts_arenas` ended with.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn arenas_used(mode: &str) -> usize {
-        let output = std::process::Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--exact", "util::tests::child_counts_arenas", "--nocapture"])
-            .args(["--test-threads", "1"])
-            .env(ARENA_CHILD, mode)
-            .env_remove("GLIBC_TUNABLES")
-            .env_remove("MALLOC_ARENA_MAX")
-            .output()
-            .expect("run the child");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "child failed: {stdout}");
-        stdout
-            .lines()
-            .find_map(|line| line.split("ARENAS ").nth(1))
-            .unwrap_or_else(|| panic!("no figure from the child: {stdout}"))
-            .trim()
-            .parse()
-            .expect("a number")
+        child_figure(
+            "util::tests::child_counts_arenas",
+            ARENA_CHILD,
+            mode,
+            "ARENAS ",
+        ) as usize
     }
 
     // Goal: with the limit set, eight threads allocating at the same time share at most

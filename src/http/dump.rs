@@ -384,15 +384,10 @@ pub fn ranges(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
 
 /// A JSON answer with the CRC-32C of its body (`leader::ranges::CRC_HEADER`).
 fn checked(value: Value) -> Response<Body> {
-    let body = serde_json::to_vec(&value).unwrap_or_default();
-    let crc = crate::leader::ranges::crc_of(&body);
-    let mut response = super::raw(StatusCode::OK, "application/json", body);
-    if let Ok(crc) = HeaderValue::from_str(&crc) {
-        response
-            .headers_mut()
-            .insert(crate::leader::ranges::CRC_HEADER, crc);
-    }
-    response
+    checked_bytes(
+        serde_json::to_vec(&value).unwrap_or_default(),
+        "application/json",
+    )
 }
 
 /// `GET /_api/replication/range-keys?batchId&collection[&low|&after][&high]` (tickship): the
@@ -487,22 +482,35 @@ pub fn range_documents(state: &AppState, req: &Req) -> ApiResult<Response<Body>>
             })?;
         }
     }
-    let crc = crate::leader::ranges::crc_of(&out);
-    let mut response = super::raw(StatusCode::OK, "application/x-arango-dump", out);
+    Ok(page(out, "application/x-arango-dump", more, &last_key))
+}
+
+/// A page of a range answer: its CRC-32C, whether more follows and, if so, its last key.
+fn page(out: Vec<u8>, content_type: &'static str, more: bool, last_key: &str) -> Response<Body> {
+    let mut response = checked_bytes(out, content_type);
     let headers = response.headers_mut();
-    if let Ok(crc) = HeaderValue::from_str(&crc) {
-        headers.insert(crate::leader::ranges::CRC_HEADER, crc);
-    }
     headers.insert(
         "x-arango-replication-checkmore",
         HeaderValue::from_static(if more { "true" } else { "false" }),
     );
     if more {
-        if let Ok(value) = HeaderValue::from_str(&last_key) {
+        if let Ok(value) = HeaderValue::from_str(last_key) {
             headers.insert("x-tickship-last-key", value);
         }
     }
-    Ok(response)
+    response
+}
+
+/// `body` with its CRC-32C in `CRC_HEADER`.
+fn checked_bytes(body: Vec<u8>, content_type: &'static str) -> Response<Body> {
+    let crc = crate::leader::ranges::crc_of(&body);
+    let mut response = super::raw(StatusCode::OK, content_type, body);
+    if let Ok(crc) = HeaderValue::from_str(&crc) {
+        response
+            .headers_mut()
+            .insert(crate::leader::ranges::CRC_HEADER, crc);
+    }
+    response
 }
 
 /// Largest piece of a file one `file` request returns.
@@ -575,14 +583,7 @@ pub fn file(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
         )));
     }
     let bytes = tokio::task::block_in_place(|| file.read(offset, length))?;
-    let crc = crate::leader::ranges::crc_of(&bytes);
-    let mut response = super::raw(StatusCode::OK, "application/octet-stream", bytes);
-    if let Ok(crc) = HeaderValue::from_str(&crc) {
-        response
-            .headers_mut()
-            .insert(crate::leader::ranges::CRC_HEADER, crc);
-    }
-    Ok(response)
+    Ok(checked_bytes(bytes, "application/octet-stream"))
 }
 
 /// `GET /_api/replication/key-values?batchId&collection[&after]` (tickship): the collection's
@@ -614,20 +615,5 @@ pub fn key_values(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
                 true
             })
     })?;
-    let crc = crate::leader::ranges::crc_of(&out);
-    let mut response = super::raw(StatusCode::OK, "application/octet-stream", out);
-    let headers = response.headers_mut();
-    if let Ok(crc) = HeaderValue::from_str(&crc) {
-        headers.insert(crate::leader::ranges::CRC_HEADER, crc);
-    }
-    headers.insert(
-        "x-arango-replication-checkmore",
-        HeaderValue::from_static(if more { "true" } else { "false" }),
-    );
-    if more {
-        if let Ok(last) = HeaderValue::from_str(&last_key) {
-            headers.insert("x-tickship-last-key", last);
-        }
-    }
-    Ok(response)
+    Ok(page(out, "application/octet-stream", more, &last_key))
 }

@@ -10,30 +10,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
-use common::{collection_definition, options, record};
-use tickship_storage::docstore::{
-    collect_wal_segment, physical_id, DocStore, IncomingFile, PhysicalFile, Restored, StoreOptions,
-    StoreWriter, StoreWriterOptions, PHYSICAL_ID_BASE,
+use common::{
+    apply_all, collect_all, collection_definition, documents_wal_options as wal_options, record,
 };
-use tickship_storage::wal::block::FRAME_RAW_BYTES;
-use tickship_storage::wal::{IoEngine, Record, RecordType, RetentionPolicy};
-use tickship_storage::{Tick, Wal, WalOptions};
-
-fn wal_options() -> WalOptions {
-    WalOptions {
-        segment_bytes: 256 << 10,
-        frame_bytes: FRAME_RAW_BYTES,
-        retention: RetentionPolicy {
-            historic_count: 0,
-            file_timeout: Duration::ZERO,
-            file_timeout_initial: Duration::ZERO,
-            archive_bytes_max: 0,
-        },
-        ..options(IoEngine::Sync)
-    }
-}
+use tickship_storage::docstore::{
+    physical_id, DocStore, IncomingFile, PhysicalFile, Restored, StoreOptions, PHYSICAL_ID_BASE,
+};
+use tickship_storage::wal::{Record, RecordType};
+use tickship_storage::{Tick, Wal};
 
 fn open_store(dir: &Path, wal: &Arc<Wal>) -> Arc<DocStore> {
     let options = StoreOptions {
@@ -57,30 +42,6 @@ fn put(wal: &Wal, keys: impl IntoIterator<Item = u64>, version: u32, size: usize
             .map(|(key, doc)| record(RecordType::DocumentPut, "1001", key, doc))
             .collect();
         wal.append(&records).expect("put");
-    }
-}
-
-fn apply_all(wal: &Arc<Wal>, store: &Arc<DocStore>) {
-    let writer = StoreWriter::start(wal.clone(), store.clone(), StoreWriterOptions::default())
-        .expect("store writer");
-    writer
-        .wait_applied(wal.last_tick(), Duration::from_secs(30))
-        .expect("applied");
-    writer.stop();
-}
-
-/// Collects segments into value files until a round finds nothing more to do.
-fn collect_some(store: &DocStore, wal: &Wal) {
-    for _ in 0..20 {
-        let did = collect_wal_segment(wal, store, SystemTime::now()).expect("collect");
-        store.flush().expect("flush");
-        let persisted = store.persisted_tick().expect("persisted");
-        store.settle_collection(persisted).expect("settle");
-        wal.set_store_tick(persisted.min(store.collected_through()));
-        wal.run_retention(SystemTime::now()).expect("retention");
-        if !did && !store.collection_pending() {
-            break;
-        }
     }
 }
 
@@ -151,7 +112,7 @@ fn a_snapshot_copied_as_files_reads_back_the_same() {
     put(&leader_wal, (0..3000).step_by(2), 2, 700);
     let leader = open_store(&dir.path().join("store"), &leader_wal);
     apply_all(&leader_wal, &leader);
-    collect_some(&leader, &leader_wal);
+    collect_all(&leader, &leader_wal);
     assert!(leader.value_files().expect("value files").0 >= 1);
     // Documents in the open segment too, then the snapshot; writes after it are not copied.
     put(&leader_wal, 3000..3300, 3, 900);

@@ -11,28 +11,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{collection_definition, options, record};
-use tickship_storage::docstore::{
-    collect_wal_segment, DocStore, StoreOptions, StoreWriter, StoreWriterOptions,
+use common::{
+    apply_all, collect_all, collection_definition, documents_wal_options as wal_options, record,
 };
+use tickship_storage::docstore::{DocStore, StoreOptions, StoreWriter, StoreWriterOptions};
 use tickship_storage::wal::block::FRAME_RAW_BYTES;
-use tickship_storage::wal::{IoEngine, Record, RecordType, RetentionPolicy};
+use tickship_storage::wal::{Record, RecordType};
 use tickship_storage::{Wal, WalOptions};
-
-/// Small segments, retention that deletes whatever the store does not need, frames.
-fn wal_options() -> WalOptions {
-    WalOptions {
-        segment_bytes: 256 << 10,
-        frame_bytes: FRAME_RAW_BYTES,
-        retention: RetentionPolicy {
-            historic_count: 0,
-            file_timeout: Duration::ZERO,
-            file_timeout_initial: Duration::ZERO,
-            archive_bytes_max: 0,
-        },
-        ..options(IoEngine::Sync)
-    }
-}
 
 fn store_options(documents_in_wal: bool) -> StoreOptions {
     StoreOptions {
@@ -127,43 +112,12 @@ fn contents(store: &DocStore) -> BTreeMap<String, Vec<u8>> {
     scanned
 }
 
-/// What the store writer does between groups: collect, persist, let retention go on; until a
-/// round over every value file finds nothing to do. Returns how many segments were collected.
-fn collect_all(store: &DocStore, wal: &Wal) -> usize {
-    let mut collected = 0;
-    let mut idle = 0;
-    while idle <= store.value_files().map_or(0, |(files, _)| files) {
-        let did = collect_wal_segment(wal, store, SystemTime::now()).expect("collect");
-        store.flush().expect("flush");
-        let persisted = store.persisted_tick().expect("persisted");
-        store.settle_collection(persisted).expect("settle");
-        wal.set_store_tick(persisted.min(store.collected_through()));
-        wal.run_retention(SystemTime::now()).expect("retention");
-        if did || store.collection_pending() {
-            idle = 0;
-        } else {
-            idle += 1;
-        }
-        collected += usize::from(did);
-    }
-    collected
-}
-
 /// The store under `dir` (`documents_in_wal` asked or not), reading from `wal`.
 fn open_store(dir: &Path, documents_in_wal: bool, wal: &Arc<Wal>) -> Arc<DocStore> {
     let store =
         DocStore::open_with(dir.join("store"), &store_options(documents_in_wal)).expect("store");
     store.attach_wal(wal.clone());
     Arc::new(store)
-}
-
-fn apply_all(wal: &Arc<Wal>, store: &Arc<DocStore>) {
-    let writer = StoreWriter::start(wal.clone(), store.clone(), StoreWriterOptions::default())
-        .expect("store writer");
-    writer
-        .wait_applied(wal.last_tick(), Duration::from_secs(30))
-        .expect("applied");
-    writer.stop();
 }
 
 #[test]

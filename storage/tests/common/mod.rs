@@ -230,3 +230,64 @@ pub fn resident_kib_of_files_in(dir: &Path) -> u64 {
     }
     total
 }
+
+/// A WAL for a store keeping its documents in it: small segments, 64 KiB frames, and retention
+/// that deletes whatever the store does not need at once.
+pub fn documents_wal_options() -> WalOptions {
+    WalOptions {
+        segment_bytes: 256 << 10,
+        frame_bytes: tickship_storage::wal::block::FRAME_RAW_BYTES,
+        retention: tickship_storage::wal::RetentionPolicy {
+            historic_count: 0,
+            file_timeout: Duration::ZERO,
+            file_timeout_initial: Duration::ZERO,
+            archive_bytes_max: 0,
+        },
+        ..options(IoEngine::Sync)
+    }
+}
+
+/// Applies everything `wal` holds to `store` with a store writer, then stops it.
+pub fn apply_all(
+    wal: &std::sync::Arc<Wal>,
+    store: &std::sync::Arc<tickship_storage::docstore::DocStore>,
+) {
+    let writer = tickship_storage::docstore::StoreWriter::start(
+        wal.clone(),
+        store.clone(),
+        tickship_storage::docstore::StoreWriterOptions::default(),
+    )
+    .expect("store writer");
+    writer
+        .wait_applied(wal.last_tick(), Duration::from_secs(30))
+        .expect("applied");
+    writer.stop();
+}
+
+/// What the store writer does between groups: collect, persist, let retention go on; until a
+/// round over every value file finds nothing to do. Returns how many segments were collected.
+pub fn collect_all(store: &tickship_storage::docstore::DocStore, wal: &Wal) -> usize {
+    let mut collected = 0;
+    let mut idle = 0;
+    while idle <= store.value_files().map_or(0, |(files, _)| files) {
+        let did = tickship_storage::docstore::collect_wal_segment(
+            wal,
+            store,
+            std::time::SystemTime::now(),
+        )
+        .expect("collect");
+        store.flush().expect("flush");
+        let persisted = store.persisted_tick().expect("persisted");
+        store.settle_collection(persisted).expect("settle");
+        wal.set_store_tick(persisted.min(store.collected_through()));
+        wal.run_retention(std::time::SystemTime::now())
+            .expect("retention");
+        if did || store.collection_pending() {
+            idle = 0;
+        } else {
+            idle += 1;
+        }
+        collected += usize::from(did);
+    }
+    collected
+}
