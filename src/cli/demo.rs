@@ -90,7 +90,8 @@ impl Server {
                 "--database.directory",
             ])
             .arg(dir)
-            .args(["--server.password", password])
+            // In the environment, not on the command line, where any user's `ps` would show it.
+            .env("TICKSHIP_ROOT_PASSWORD", password)
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log)

@@ -64,7 +64,8 @@ fn sibling(name: &str) -> Result<PathBuf> {
 fn tickship(endpoint: &str, args: &[&str]) -> Result<(String, f64, u64)> {
     let started = Instant::now();
     let mut child = Command::new(sibling("tickship")?)
-        .args(["--server.endpoint", endpoint, "--server.password", PASSWORD])
+        .args(["--server.endpoint", endpoint])
+        .env("TICKSHIP_ROOT_PASSWORD", PASSWORD)
         .args(args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

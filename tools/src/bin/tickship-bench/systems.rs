@@ -204,7 +204,8 @@ impl Tickship {
     fn tickship(&self, endpoint: &str, args: &[&str]) -> Result<(String, ToolUse)> {
         run_tool(
             Command::new(&self.cli)
-                .args(["--server.endpoint", endpoint, "--server.password", PASSWORD])
+                .args(["--server.endpoint", endpoint])
+                .env("TICKSHIP_ROOT_PASSWORD", PASSWORD)
                 .args(args),
         )
     }
