@@ -560,4 +560,25 @@ fn a_damaged_leader_file_is_refused_and_nothing_installed() {
         .http()
         .send("GET", "/_api/collection/docs/count", &json!(null));
     assert_eq!(count.json()["count"], json!(0));
+    assert!(
+        follower_dir.join("sync-files").exists(),
+        "the copies that arrived are kept"
+    );
+
+    // The byte repaired, the follower restarted to copy documents instead: the sync completes,
+    // and what the file copy left behind is gone.
+    byte[0] ^= 0x5a;
+    std::os::unix::fs::FileExt::write_all_at(&file, &byte, at).unwrap();
+    let mut follower = follower;
+    follower.terminate();
+    let follower = Daemon::start(&follower_dir, &["--replication.sync-copy-files", "false"]);
+    ok(
+        tickship(
+            &follower,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        ),
+        "setup copying documents",
+    );
+    converged(&leader, &follower, &[("_system", "docs")]);
+    assert!(!follower_dir.join("sync-files").exists());
 }

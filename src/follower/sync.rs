@@ -578,11 +578,13 @@ impl Syncer<'_> {
         self.counters()
             .on_leader
             .store(on_leader, Ordering::Relaxed);
-        // An empty store copies the leader's files when it can, else its documents.
+        // An empty store copies the leader's files when it can, else its documents; then
+        // nothing copied by an earlier, abandoned file copy is needed any more.
         if !self.copy_files(&targets, tick)? {
             for (target, count) in &targets {
                 self.sync_collection(target, *count)?;
             }
+            self.drop_copied_files()?;
         }
         // The store now holds the leader's state at `tick`: the log continues from there.
         if begin_log {

@@ -22,7 +22,7 @@ use tickship_storage::{SegmentId, TickRange};
 use super::*;
 
 /// Where a physical sync keeps the files it copies.
-pub(in crate::follower) const FILES_DIR: &str = "sync-files";
+const FILES_DIR: &str = "sync-files";
 /// What was installed, by the leader file it copies.
 const INSTALLED_FILE: &str = "installed.json";
 /// Bytes asked for per `file` request.
@@ -115,6 +115,17 @@ fn parse_files(answer: &serde_json::Value, tick: Tick) -> Result<Vec<Wanted>, Se
 impl Syncer<'_> {
     fn files_dir(&self) -> PathBuf {
         self.applier.dir.join(FILES_DIR)
+    }
+
+    /// Removes what an earlier file copy left in `sync-files/` (the documents were copied
+    /// instead). Files it installed stay: the store's keys may name them now.
+    pub(super) fn drop_copied_files(&self) -> Result<(), SessionError> {
+        let dir = self.files_dir();
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.store_error(&format!("remove {}", dir.display()), full(&e))),
+        }
     }
 
     /// Copies the leader's store as files into this (empty) store, for `targets`. `Ok(false)`
