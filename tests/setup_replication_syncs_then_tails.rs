@@ -582,3 +582,33 @@ fn a_damaged_leader_file_is_refused_and_nothing_installed() {
     converged(&leader, &follower, &[("_system", "docs")]);
     assert!(!follower_dir.join("sync-files").exists());
 }
+
+// Goal: a leader that keeps its documents in its store (no value files, documents beside their
+// keys) is copied by its key index alone, documents included: equal, then tailing.
+#[test]
+fn a_leader_keeping_documents_in_its_store_is_copied_by_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(
+        &dir.path().join("leader"),
+        &["--rocksdb.documents-in-wal", "false"],
+    );
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 2000, 1);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    ok(
+        tickship(
+            &follower,
+            &["replication", "setup", "--global", &leader.endpoint()],
+        ),
+        "setup",
+    );
+    converged(&leader, &follower, &[("_system", "docs")]);
+    fill(&lh, "docs", 1500, 2500, 2);
+    converged(&leader, &follower, &[("_system", "docs")]);
+    assert!(
+        follower.log().contains("copied the leader's files files=0"),
+        "the key index carried the documents: {}",
+        follower.log()
+    );
+}
