@@ -309,6 +309,7 @@ impl Applier {
             endpoint,
             batch: batch_id,
             extended: std::sync::Mutex::new(Instant::now()),
+            reserved: AtomicU64::new(0),
             cancel,
             started,
             only,
@@ -362,6 +363,8 @@ struct Syncer<'a> {
     endpoint: &'a str,
     batch: String,
     extended: std::sync::Mutex<Instant>,
+    /// Bytes promised to fetches of known length so far (`reserve_rate`).
+    reserved: AtomicU64,
     cancel: &'a AtomicBool,
     started: Instant,
     /// The one database synced, if not all.
@@ -412,6 +415,22 @@ impl Syncer<'_> {
         }
         let received = SyncCounters::get(&self.counters().bytes) as f64;
         let due = Duration::from_secs_f64(received / rate as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            std::thread::sleep(due - elapsed);
+        }
+    }
+
+    /// `limit_rate` for a fetch of `bytes` known in advance, made by one of several workers: it
+    /// waits until the bytes promised to earlier fetches are within `--replication.sync-max-rate`,
+    /// so that workers starting together do not each take a piece at once.
+    fn reserve_rate(&self, bytes: u64) {
+        let rate = self.applier.receiving.sync_max_rate;
+        if rate == 0 {
+            return;
+        }
+        let before = self.reserved.fetch_add(bytes, Ordering::Relaxed);
+        let due = Duration::from_secs_f64(before as f64 / rate as f64);
         let elapsed = self.started.elapsed();
         if due > elapsed {
             std::thread::sleep(due - elapsed);

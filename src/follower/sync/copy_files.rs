@@ -319,8 +319,8 @@ impl Syncer<'_> {
         copied.fetch_add(offset, Ordering::Relaxed);
         while offset < w.bytes {
             self.keep_batch()?;
-            self.limit_rate();
             let length = FILE_PIECE.min(w.bytes - offset);
+            self.reserve_rate(length);
             let (bytes, _) = self.fetch(
                 &self.client,
                 "GET",
