@@ -44,6 +44,27 @@ fn remove(http: &Http, collection: &str, keys: impl Iterator<Item = u64>) {
 use common::collection_state as state_of;
 use common::{converged, create, fill, in_database};
 
+/// `tickship replication setup --global` on `follower` from `leader`.
+fn setup(follower: &Daemon, leader: &Daemon) -> Run {
+    tickship(
+        follower,
+        &["replication", "setup", "--global", &leader.endpoint()],
+    )
+}
+
+/// Value files in the store of the server with data directory `dir` whose names start with
+/// `prefix` (`4000`: installed by a physical sync).
+fn value_files(dir: &std::path::Path, prefix: &str) -> usize {
+    std::fs::read_dir(dir.join("store-values"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with(prefix) && name.ends_with(".val")
+        })
+        .count()
+}
+
 fn first_tick(http: &Http) -> u64 {
     http.get("/_api/replication/logger-first-tick").json()["firstTick"]
         .as_str()
@@ -98,13 +119,7 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
 
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
     let fh = follower.http();
-    let stdout = ok(
-        tickship(
-            &follower,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        ),
-        "replication setup",
-    );
+    let stdout = ok(setup(&follower, &leader), "replication setup");
     let state: Value = serde_json::from_str(
         &stdout[stdout
             .find("{\n")
@@ -130,14 +145,7 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
     // are the follower's value files now, named in the range kept for them, and the copies'
     // staging directory is gone.
     let follower_dir = dir.path().join("follower");
-    let installed = std::fs::read_dir(follower_dir.join("store-values"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("4000") && name.ends_with(".val")
-        })
-        .count();
+    let installed = value_files(&follower_dir, "4000");
     assert!(
         installed >= 2,
         "{installed} value files copied from the leader"
@@ -161,13 +169,7 @@ fn an_empty_follower_of_a_pruned_leader_syncs_then_tails() {
 
     // Cascading: a follower of the follower syncs from it and tails it.
     let second = Daemon::start(&dir.path().join("second"), &[]);
-    ok(
-        tickship(
-            &second,
-            &["replication", "setup", "--global", &follower.endpoint()],
-        ),
-        "setup from a follower",
-    );
+    ok(setup(&second, &follower), "setup from a follower");
     fill(&lh, "docs", 9500, 9600, 4);
     converged(&leader, &follower, &[("_system", "docs")]);
     converged(&follower, &second, &[("_system", "docs"), ("other", "o")]);
@@ -231,13 +233,7 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     let incremental = sync_bytes(&restored.http());
 
     let empty = Daemon::start(&dir.path().join("empty"), &[]);
-    ok(
-        tickship(
-            &empty,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        ),
-        "full setup",
-    );
+    ok(setup(&empty, &leader), "full setup");
     converged(&leader, &empty, &[("_system", "docs")]);
     let full = sync_bytes(&empty.http());
     println!("bytes received: incremental {incremental}, full {full}");
@@ -347,13 +343,7 @@ fn a_follower_behind_retention_stops_with_1414_or_resyncs_with_auto_resync() {
     fill(&lh, "docs", 0, 1000, 1);
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
     let fh = follower.http();
-    ok(
-        tickship(
-            &follower,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        ),
-        "setup",
-    );
+    ok(setup(&follower, &leader), "setup");
     converged(&leader, &follower, &[("_system", "docs")]);
     ok(
         tickship(&follower, &["replication", "stop", "--global"]),
@@ -473,10 +463,7 @@ fn a_sync_into_a_full_disk_stops_with_the_error_and_resumes_once_space_is_freed_
         fill(&lh, "docs", 0, 60_000, 1);
         let follower = Daemon::start(&small.join("follower"), &[]);
         let fh = follower.http();
-        let run = tickship(
-            &follower,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        );
+        let run = setup(&follower, &leader);
         assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
         assert!(
             run.stderr.contains("No space left on device")
@@ -538,23 +525,14 @@ fn a_damaged_leader_file_is_refused_and_nothing_installed() {
 
     let follower_dir = dir.path().join("follower");
     let follower = Daemon::start(&follower_dir, &[]);
-    let run = tickship(
-        &follower,
-        &["replication", "setup", "--global", &leader.endpoint()],
-    );
+    let run = setup(&follower, &leader);
     assert_eq!(run.code, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("failed its checks") && run.stderr.contains("corrupt at offset"),
         "{}",
         run.stderr
     );
-    let installed = std::fs::read_dir(follower_dir.join("store-values"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            name.to_string_lossy().ends_with(".val")
-        })
-        .count();
+    let installed = value_files(&follower_dir, "");
     assert_eq!(installed, 0, "nothing of the damaged copy is installed");
     let count = follower
         .http()
@@ -572,13 +550,7 @@ fn a_damaged_leader_file_is_refused_and_nothing_installed() {
     let mut follower = follower;
     follower.terminate();
     let follower = Daemon::start(&follower_dir, &["--replication.sync-copy-files", "false"]);
-    ok(
-        tickship(
-            &follower,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        ),
-        "setup copying documents",
-    );
+    ok(setup(&follower, &leader), "setup copying documents");
     converged(&leader, &follower, &[("_system", "docs")]);
     assert!(!follower_dir.join("sync-files").exists());
 }
@@ -596,13 +568,7 @@ fn a_leader_keeping_documents_in_its_store_is_copied_by_its_keys() {
     create(&lh, "docs", 2);
     fill(&lh, "docs", 0, 2000, 1);
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
-    ok(
-        tickship(
-            &follower,
-            &["replication", "setup", "--global", &leader.endpoint()],
-        ),
-        "setup",
-    );
+    ok(setup(&follower, &leader), "setup");
     converged(&leader, &follower, &[("_system", "docs")]);
     fill(&lh, "docs", 1500, 2500, 2);
     converged(&leader, &follower, &[("_system", "docs")]);
