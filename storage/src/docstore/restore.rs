@@ -296,23 +296,22 @@ impl DocStore {
                 "collection {collection} does not exist"
             )));
         }
-        let keys: Vec<Vec<u8>> = if look_up {
-            items
+        // Keys said to be new (`restore_new_documents`) are not looked up: all are created.
+        let existed: Vec<bool> = if look_up {
+            let keys: Vec<Vec<u8>> = items
                 .iter()
                 .map(|item| doc_key(collection, item.key()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let found: Vec<std::result::Result<Option<_>, rocksdb::Error>> = if look_up {
-            self.db.batched_multi_get_cf(self.docs(), &keys, true)
-        } else {
-            items.iter().map(|_| Ok(None)).collect()
-        };
-        for (item, found) in items.iter().zip(found) {
-            let existed = found
+                .collect();
+            self.db
+                .batched_multi_get_cf(self.docs(), &keys, true)
+                .into_iter()
+                .map(|found| found.map(|value| value.is_some()))
+                .collect::<std::result::Result<_, _>>()
                 .map_err(|e| store_error("look up restored keys", e))?
-                .is_some();
+        } else {
+            vec![false; items.len()]
+        };
+        for (item, existed) in items.iter().zip(existed) {
             match (item, existed) {
                 (Restored::Put { .. }, false) => stats.created += 1,
                 (Restored::Put { .. }, true) => stats.replaced += 1,
