@@ -7,82 +7,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::Link;
 use common::{Daemon, Http, PASSWORD};
 use serde_json::{json, Value};
-
-/// A network namespace with a veth pair to the test's own namespace, removed on drop.
-struct Link {
-    netns: String,
-    /// The leader's address (inside the namespace) and the follower's (outside).
-    inside: String,
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        ))
-    }
-}
-
-impl Link {
-    /// The namespace and link, the leader's side sending at most `rate` (tc's syntax).
-    fn new(rate: &str) -> Result<Link, String> {
-        let id = std::process::id() % 100_000;
-        let netns = format!("tsl{id}");
-        let (outer, inner) = (format!("tsla{id}"), format!("tslb{id}"));
-        let subnet = format!("10.213.{}", id % 250);
-        let inside = format!("{subnet}.1");
-        ip(&["netns", "add", &netns])?;
-        let link = Link {
-            netns: netns.clone(),
-            inside: inside.clone(),
-        };
-        ip(&[
-            "link", "add", &outer, "type", "veth", "peer", "name", &inner,
-        ])?;
-        ip(&["link", "set", &inner, "netns", &netns])?;
-        ip(&["addr", "add", &format!("{subnet}.2/24"), "dev", &outer])?;
-        ip(&["link", "set", &outer, "up"])?;
-        let within = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &netns, "ip"];
-            all.extend_from_slice(args);
-            ip(&all)
-        };
-        within(&["addr", "add", &format!("{inside}/24"), "dev", &inner])?;
-        within(&["link", "set", &inner, "up"])?;
-        within(&["link", "set", "lo", "up"])?;
-        let tc = Command::new("ip")
-            .args([
-                "netns", "exec", &netns, "tc", "qdisc", "add", "dev", &inner, "root",
-            ])
-            .args(["tbf", "rate", rate, "burst", "16kb", "latency", "400ms"])
-            .output()
-            .map_err(|e| format!("tc: {e}"))?;
-        if !tc.status.success() {
-            return Err(format!("tc: {}", String::from_utf8_lossy(&tc.stderr)));
-        }
-        Ok(link)
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        // Deleting the namespace deletes its end of the pair, and with it the other end.
-        let _ = ip(&["netns", "del", &self.netns]);
-    }
-}
 
 fn state(http: &Http) -> Value {
     http.get("/_api/replication/applier-state").json()["state"].clone()
@@ -109,7 +38,7 @@ fn batch(prefix: &str, count: usize) -> Value {
 
 #[test]
 fn a_follower_on_a_slow_link_receives_frames_longer_than_its_request_timeout() {
-    let link = match Link::new("1600kbit") {
+    let link = match Link::new().and_then(|link| link.limit_rate("1600kbit").map(|()| link)) {
         Ok(link) => link,
         Err(why) => {
             eprintln!("SKIPPED: this test needs root to create a network namespace: {why}");

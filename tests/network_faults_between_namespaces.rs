@@ -1,0 +1,260 @@
+//! Claim: a follower survives the network between it and its leader failing the ways networks
+//! fail. The leader runs in its own network namespace, joined to the follower's by a veth pair
+//! (tests/common/netns.rs); the faults sit on that pair:
+//! - a partition while tailing: failedConnects climbs, then the follower reconnects by itself
+//!   and converges;
+//! - a partition longer than maxConnectRetries × connectionRetryWaitTime: the applier stops
+//!   with 1400 and, once started again, converges;
+//! - 5% loss with 20 ms delay each way, and reordering with every packet duplicated: the
+//!   follower receives a bounded load and converges; the throughput is printed.
+//!
+//! Converged means count and checksum (keys, revisions, data) equal the leader's. Needs root
+//! (namespaces, iptables) and, for loss and reordering, ../shared/tools/netem.py (the kernel has
+//! no sch_netem); without them each test says it was skipped.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::netns::Link;
+use common::{applier_body, collection_state, Daemon, Http};
+use serde_json::{json, Value};
+
+fn state(http: &Http) -> Value {
+    http.get("/_api/replication/applier-state").json()["state"].clone()
+}
+
+fn link_or_skip(test: &str) -> Option<Link> {
+    match Link::new() {
+        Ok(link) => Some(link),
+        Err(why) => {
+            eprintln!("SKIPPED {test}: it needs root to create a network namespace: {why}");
+            None
+        }
+    }
+}
+
+/// A leader inside `link`'s namespace and a follower outside, with collection `c` on the leader.
+fn pair(link: &Link, dir: &std::path::Path) -> (Daemon, Daemon) {
+    let leader = Daemon::start_in_namespace(&dir.join("leader"), &link.netns, &link.inside, &[]);
+    let follower = Daemon::start(&dir.join("follower"), &[]);
+    common::create(&leader.http(), "c", 2);
+    (leader, follower)
+}
+
+/// Configures and starts the follower's applier with `extra` on top of the tests' defaults,
+/// from tick 0 the first time, from where it stopped after that.
+fn follow(leader: &Daemon, follower: &Daemon, extra: Value) {
+    let fh = follower.http();
+    common::accepted(
+        fh.send(
+            "PUT",
+            "/_api/replication/applier-config",
+            &applier_body(leader, extra),
+        ),
+        "applier-config",
+    );
+    let from = if state(&fh)["started"] == json!("") {
+        "?from=0"
+    } else {
+        ""
+    };
+    common::accepted(
+        fh.send(
+            "PUT",
+            &format!("/_api/replication/applier-start{from}"),
+            &json!({}),
+        ),
+        "applier-start",
+    );
+}
+
+/// Waits until the follower's `c` equals the leader's, reading the leader from inside its
+/// namespace (the link may be impaired); returns how long that took.
+fn converges(link: &Link, leader: &Daemon, follower: &Daemon, within: Duration) -> Duration {
+    let started = Instant::now();
+    let fh = follower.http();
+    // A client made inside: one made outside may hold a connection across the link.
+    let want = link.inside(|| collection_state(&leader.http(), "c"));
+    common::wait_within(
+        "the follower's c equals the leader's",
+        within,
+        || collection_state(&fh, "c") == want,
+        || {
+            format!(
+                ": leader {want:?}, follower {:?}\n{}\n{}",
+                collection_state(&fh, "c"),
+                state(&fh),
+                follower.log()
+            )
+        },
+    );
+    started.elapsed()
+}
+
+#[test]
+fn a_partition_is_survived_and_a_long_one_stops_the_applier_until_started() {
+    let Some(link) = link_or_skip("partitions") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, follower) = pair(&link, dir.path());
+    let (lh, fh) = (leader.http(), follower.http());
+    follow(
+        &leader,
+        &follower,
+        json!({"maxConnectRetries": 1000, "connectionRetryWaitTime": 0.2,
+               "connectTimeout": 0.5, "requestTimeout": 1}),
+    );
+    common::fill(&lh, "c", 0, 500, 1);
+    converges(&link, &leader, &follower, Duration::from_secs(60));
+
+    // A partition while tailing: writes go on on the leader, the follower cannot reach it.
+    link.partition();
+    link.inside(|| common::fill(&leader.http(), "c", 500, 1500, 1));
+    common::wait_within(
+        "failedConnects climbs during the partition",
+        Duration::from_secs(60),
+        || state(&fh)["progress"]["failedConnects"].as_u64() >= Some(3),
+        || format!(": {}", state(&fh)),
+    );
+    let during = state(&fh);
+    assert_eq!(during["running"], json!(true), "still retrying: {during}");
+    link.heal();
+    converges(&link, &leader, &follower, Duration::from_secs(60));
+    let after = state(&fh);
+    assert_eq!(after["running"], json!(true), "{after}");
+    assert_eq!(
+        after["progress"]["failedConnects"],
+        json!(0),
+        "reset on reconnect: {after}"
+    );
+    assert!(
+        after["totalFailedConnects"].as_u64() >= Some(3),
+        "the partition is counted: {after}"
+    );
+
+    // A partition longer than 3 retries 0.2 s apart: the applier gives up with 1400 ...
+    common::accepted(
+        fh.send("PUT", "/_api/replication/applier-stop", &json!({})),
+        "applier-stop",
+    );
+    follow(
+        &leader,
+        &follower,
+        json!({"maxConnectRetries": 3, "connectionRetryWaitTime": 0.2,
+               "connectTimeout": 0.5, "requestTimeout": 1}),
+    );
+    link.partition();
+    link.inside(|| common::fill(&leader.http(), "c", 1000, 2000, 2));
+    common::wait_within(
+        "the applier stops with 1400",
+        Duration::from_secs(60),
+        || state(&fh)["running"] == json!(false),
+        || format!(": {}", state(&fh)),
+    );
+    let stopped = state(&fh);
+    assert_eq!(stopped["lastError"]["errorNum"], json!(1400), "{stopped}");
+    assert!(
+        stopped["totalFailedConnects"].as_u64() > after["totalFailedConnects"].as_u64(),
+        "{stopped}"
+    );
+    // ... and stays stopped once the link is back, until it is started: then it converges.
+    link.heal();
+    assert_eq!(state(&fh)["running"], json!(false));
+    common::accepted(
+        fh.send("PUT", "/_api/replication/applier-start", &json!({})),
+        "applier-start",
+    );
+    converges(&link, &leader, &follower, Duration::from_secs(60));
+    assert_eq!(state(&fh)["lastError"]["errorNum"], json!(0));
+}
+
+/// Writes `batches` batches of 250 ~1 KB documents to the leader from inside its namespace,
+/// then waits for the follower to converge; returns (bytes written, seconds from the first
+/// write to convergence).
+fn load_then_converge(link: &Link, leader: &Daemon, follower: &Daemon, batches: u64) -> (u64, f64) {
+    let started = Instant::now();
+    let written = link.inside(|| {
+        let lh = leader.http();
+        common::fill(&lh, "c", 0, batches * 250, 1);
+        lh.metric("tickship_wal_block_bytes_total")
+    });
+    converges(link, leader, follower, Duration::from_secs(180));
+    (written, started.elapsed().as_secs_f64())
+}
+
+fn netem_or_skip(link: &mut Link, test: &str, config: Value) -> bool {
+    match link.impair(&config) {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+#[test]
+fn five_percent_loss_with_20_ms_delay_is_kept_up_with() {
+    let Some(mut link) = link_or_skip("loss") else {
+        return;
+    };
+    if !netem_or_skip(&mut link, "loss", json!({"delay_ms": 20, "loss": 0.05})) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, follower) = pair(&link, dir.path());
+    follow(
+        &leader,
+        &follower,
+        json!({"maxConnectRetries": 100, "requestTimeout": 5}),
+    );
+    let (bytes, seconds) = load_then_converge(&link, &leader, &follower, 12);
+    let stats = link.netem_stats().unwrap();
+    eprintln!(
+        "5% loss, 20 ms each way: {bytes} bytes of blocks in {seconds:.1} s = {:.2} MB/s; netem {stats}",
+        bytes as f64 / seconds / 1e6
+    );
+    assert!(
+        stats["dropped"].as_u64() > Some(0),
+        "packets were dropped: {stats}"
+    );
+    assert_eq!(state(&follower.http())["lastError"]["errorNum"], json!(0));
+}
+
+#[test]
+fn reordered_and_duplicated_packets_are_kept_up_with() {
+    let Some(mut link) = link_or_skip("reordering") else {
+        return;
+    };
+    if let Err(why) = link.duplicate() {
+        eprintln!("SKIPPED reordering: iptables TEE: {why}");
+        return;
+    }
+    if !netem_or_skip(
+        &mut link,
+        "reordering",
+        json!({"delay_ms": 10, "reorder": 0.25, "reorder_corr": 0.5}),
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, follower) = pair(&link, dir.path());
+    follow(
+        &leader,
+        &follower,
+        json!({"maxConnectRetries": 100, "requestTimeout": 5}),
+    );
+    let (bytes, seconds) = load_then_converge(&link, &leader, &follower, 12);
+    let stats = link.netem_stats().unwrap();
+    eprintln!(
+        "25% reordered, all duplicated: {bytes} bytes of blocks in {seconds:.1} s = {:.2} MB/s; netem {stats}",
+        bytes as f64 / seconds / 1e6
+    );
+    assert!(
+        stats["reordered"].as_u64() > Some(0),
+        "packets were reordered: {stats}"
+    );
+    assert_eq!(state(&follower.http())["lastError"]["errorNum"], json!(0));
+}
