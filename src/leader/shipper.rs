@@ -13,7 +13,7 @@ use tickship_net::transport::server_endpoint;
 use tickship_net::{
     errors, Ack, Close, Control, Error as NetError, FramedStream, Identity, Idle, Tail,
 };
-use tickship_storage::{Tick, Wal};
+use tickship_storage::Tick;
 
 use crate::auth::Auth;
 use crate::leader::followers::Clients;
@@ -138,15 +138,7 @@ async fn serve(
             .register(&wal, "", &hello.server_id, &client_info, from)
             .is_err()
     {
-        let message = format!(
-            "required initial tick value '{}' is not present (anymore?) on leader at {}. Last \
-             tick available on leader is '{}'. It may be required to do a full resync and \
-             increase the number of historic logfiles/WAL file timeout or archive size on the \
-             leader.",
-            tail.from,
-            shipping.endpoint,
-            wal.last_tick()
-        );
+        let message = not_present(&shipping, &hello.server_id, tail.from);
         return Err(session::refuse(
             &connection,
             &mut stream,
@@ -193,7 +185,7 @@ async fn serve(
             }
         }
     });
-    let result = ship(&wal, node, from, chunk, &mut sender, &acks).await;
+    let result = ship(&shipping, &hello.server_id, from, chunk, &mut sender, &acks).await;
     acks.abort();
     match result {
         Ok(()) => Ok(()),
@@ -210,21 +202,63 @@ async fn serve(
     }
 }
 
+/// ArangoDB's answer to a follower asking for a tick the log no longer holds (1414), and, if
+/// the archive size limit took it while the follower was registered, when and why.
+fn not_present(shipping: &Shipping, follower: &str, from: u64) -> String {
+    let wal = &shipping.node.wal;
+    let mut message = format!(
+        "required initial tick value '{from}' is not present (anymore?) on leader at {}. Last \
+         tick available on leader is '{}'. It may be required to do a full resync and increase \
+         the number of historic logfiles/WAL file timeout or archive size on the leader.",
+        shipping.endpoint,
+        wal.last_tick()
+    );
+    if let Some(lost) = wal.lost_position(&Clients::id("", follower)) {
+        message.push_str(&format!(
+            " The leader removed this follower's position (tick '{}') at {} because its \
+             archived WAL outgrew --wal.archive-size-limit.",
+            lost.tick,
+            crate::util::iso8601(lost.when)
+        ));
+    }
+    message
+}
+
+/// What a follower at `sent` is told when the leader's log fails under its reader. Retention may
+/// take ticks not yet sent while the follower is connected (the archive size limit does, or its
+/// barrier expired while it stalled): that is the 1414 a reconnect would get, said now, so that
+/// autoResync acts on it.
+fn wal_error(
+    shipping: &Shipping,
+    follower: &str,
+    sent: Tick,
+    e: tickship_storage::Error,
+) -> NetError {
+    match e {
+        tickship_storage::Error::TickCompacted(_) => NetError::Closed {
+            error_num: errors::START_TICK_NOT_PRESENT,
+            message: not_present(shipping, follower, sent.get()),
+        },
+        e => NetError::Closed {
+            error_num: errors::LEADER_ERROR,
+            message: format!("leader WAL: {e}"),
+        },
+    }
+}
+
 /// Streams blocks after `from` until the follower goes or the leader shuts down.
 async fn ship(
-    wal: &Arc<Wal>,
-    node: &Node,
+    shipping: &Shipping,
+    follower: &str,
     from: Tick,
     chunk: usize,
     sender: &mut tickship_net::transport::FrameSender,
     acks: &tokio::task::JoinHandle<Result<Close, NetError>>,
 ) -> Result<(), NetError> {
+    let (wal, node) = (&shipping.node.wal, &*shipping.node);
     let mut sent = from;
-    let leader_error = |e: tickship_storage::Error| NetError::Closed {
-        error_num: errors::LEADER_ERROR,
-        message: format!("leader WAL: {e}"),
-    };
-    let mut reader = wal.reader_after(sent).map_err(leader_error)?;
+    let leader_error = |e, sent: Tick| wal_error(shipping, follower, sent, e);
+    let mut reader = wal.reader_after(sent).map_err(|e| leader_error(e, sent))?;
     loop {
         if acks.is_finished() {
             return Ok(());
@@ -242,7 +276,7 @@ async fn ship(
         let mut blocks: Vec<Bytes> = Vec::new();
         let mut bytes = 0usize;
         while bytes < chunk {
-            let Some(block) = reader.next_block().map_err(leader_error)? else {
+            let Some(block) = reader.next_block().map_err(|e| leader_error(e, sent))? else {
                 break;
             };
             let ticks = block.ticks();

@@ -85,8 +85,11 @@ impl Daemon {
             .arg(dir)
             .arg("--server.password")
             .arg(PASSWORD)
-            .arg("--wal.segment-size")
-            .arg((4u64 << 20).to_string())
+            .args(if extra.contains(&"--wal.segment-size") {
+                vec![]
+            } else {
+                vec!["--wal.segment-size".to_string(), (4u64 << 20).to_string()]
+            })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(log_file)
@@ -559,4 +562,25 @@ pub fn converged(leader: &Daemon, follower: &Daemon, collections: &[(&str, &str)
             },
         );
     }
+}
+
+/// Whether `now` has reached `time`, an ArangoDB state document's `YYYY-MM-DDTHH:MM:SSZ` (whole
+/// seconds: up to a second before the instant it stands for).
+pub fn iso8601_reached(time: &str, now: std::time::SystemTime) -> bool {
+    let field = |range: std::ops::Range<usize>| -> i64 {
+        time.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not YYYY-MM-DDTHH:MM:SSZ: {time:?}"))
+    };
+    let (year, month, day) = (field(0..4), field(5..7), field(8..10));
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm, as the server's).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + field(11..13) * 3600 + field(14..16) * 60 + field(17..19);
+    let now = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    now >= secs
 }
