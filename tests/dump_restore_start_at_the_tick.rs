@@ -227,3 +227,93 @@ fn check_layout(dir: &Path, tick: u64) {
             .unwrap();
     assert!(knows.contains("\"_from\":\"users/") && knows.contains("\"_to\":"));
 }
+
+/// A restore whose server is killed half way, run again with `--overwrite`, leaves exactly the
+/// dump's documents (keys, revisions, data); a follower restored so then tails from the tick.
+#[test]
+fn a_restore_killed_half_way_and_run_again_holds_exactly_the_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    common::create(&lh, "docs", 2);
+    common::fill(&lh, "docs", 0, 20_000, 1);
+    let dump_dir = dir.path().join("dump");
+    let stdout = ok(
+        tickship(
+            &leader,
+            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
+        ),
+        "tickship dump",
+    );
+    let tick = tick_printed(&stdout);
+
+    let target_dir = dir.path().join("target");
+    let mut target = Daemon::start(&target_dir, &[]);
+    let port = target.port();
+    let restore = |target: &Daemon, overwrite: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tickship"))
+            .args(["--server.endpoint", &target.endpoint()])
+            .args(["--server.password", PASSWORD])
+            .args(["restore", "--input-directory", dump_dir.to_str().unwrap()])
+            .args(["--batch-size", "64KiB", "--overwrite", overwrite])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = restore(&target, "false");
+    let th = target.http();
+    wait_until_or(
+        "the restore is a quarter through",
+        || {
+            let count = th.get("/_api/collection/docs/count");
+            count.status == 200 && count.json()["count"].as_u64() > Some(5_000)
+        },
+        || String::new(),
+    );
+    target.kill9();
+    let cut = first.wait_with_output().unwrap();
+    assert!(
+        !cut.status.success(),
+        "the restore fails with its server: {}",
+        String::from_utf8_lossy(&cut.stdout)
+    );
+
+    let target = Daemon::start_on(&target_dir, port, &[]);
+    let th = target.http();
+    let (count, _) = state_of(&th, "docs").unwrap();
+    assert!(count < 20_000, "the kill cut the restore short: {count}");
+    let again = restore(&target, "true").wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(state_of(&th, "docs"), state_of(&lh, "docs"));
+
+    // Writes after the dump reach it from the dump's tick.
+    common::fill(&lh, "docs", 19_000, 21_000, 2);
+    ok(
+        tickship(
+            &target,
+            &[
+                "replication",
+                "properties",
+                &format!(
+                    r#"{{"endpoint": "{}", "username": "root", "password": "{PASSWORD}"}}"#,
+                    leader.endpoint()
+                ),
+            ],
+        ),
+        "replication properties",
+    );
+    ok(
+        tickship(
+            &target,
+            &["replication", "start", "--from", &tick.to_string()],
+        ),
+        "replication start",
+    );
+    common::converged(&leader, &target, &[("_system", "docs")]);
+}
