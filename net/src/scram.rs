@@ -22,6 +22,10 @@ pub const CHANNEL_BINDING_BYTES: usize = 32;
 /// Smallest iteration count a follower accepts from a leader (a leader asking for fewer would
 /// make the proof cheap to attack offline).
 pub const MIN_ITERATIONS: u32 = 4096;
+/// Largest iteration count a follower accepts: ten times what a tickship leader uses. The count
+/// comes before the leader has proved anything, and PBKDF2 at u32::MAX iterations would hold the
+/// follower for hours (seen while writing the fuzz target of the exchange).
+pub const MAX_ITERATIONS: u32 = 1_000_000;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -112,7 +116,11 @@ pub struct ScramClient {
 
 impl ScramClient {
     pub fn new(username: &str, password: &str) -> ScramClient {
-        let client_nonce = nonce();
+        ScramClient::with_nonce(username, password, nonce())
+    }
+
+    /// `new` with a chosen nonce: for the fuzz target, which must be able to echo it.
+    pub(crate) fn with_nonce(username: &str, password: &str, client_nonce: String) -> ScramClient {
         let client_first_bare = format!("n={},r={client_nonce}", escape_name(username));
         ScramClient {
             username: username.to_string(),
@@ -147,6 +155,12 @@ impl ScramClient {
             .map_err(|_| auth("the leader's iteration count is not a number"))?;
         if iterations < MIN_ITERATIONS {
             return Err(auth("the leader asks for too few PBKDF2 iterations"));
+        }
+        if iterations > MAX_ITERATIONS {
+            return Err(auth(&format!(
+                "the leader asks for {iterations} PBKDF2 iterations, more than the {MAX_ITERATIONS} \
+                 a follower computes"
+            )));
         }
         let salted = salted_password(&self.password, &salt, iterations);
         let (client_key, stored_key, server_key) = keys(&salted);
@@ -202,6 +216,15 @@ impl ScramServer {
         client_first: &str,
         lookup: impl FnOnce(&str) -> Option<StoredCredential>,
     ) -> Result<ScramServer> {
+        ScramServer::start_with_nonce(client_first, lookup, &nonce())
+    }
+
+    /// `start` with a chosen nonce of its own: for the fuzz target, which must be able to echo it.
+    pub(crate) fn start_with_nonce(
+        client_first: &str,
+        lookup: impl FnOnce(&str) -> Option<StoredCredential>,
+        server_nonce: &str,
+    ) -> Result<ScramServer> {
         let bare = client_first.strip_prefix(GS2_HEADER).ok_or_else(|| {
             auth("channel binding tls-exporter is required (gs2 header p=tls-exporter,,)")
         })?;
@@ -216,7 +239,7 @@ impl ScramServer {
             Some(c) => (c.salt.clone(), c.iterations),
             None => (Sha256::digest(username.as_bytes())[..16].to_vec(), 100_000),
         };
-        let nonce = format!("{client_nonce}{}", self::nonce());
+        let nonce = format!("{client_nonce}{server_nonce}");
         let server_first = format!("r={nonce},s={},i={iterations}", STANDARD.encode(salt));
         Ok(ScramServer {
             username,
@@ -310,6 +333,18 @@ mod tests {
         let client_final = client.client_final(server.server_first(), client_cb)?;
         let server_final = server.finish(&client_final, server_cb)?;
         client.verify_server_final(&server_final)
+    }
+
+    #[test]
+    fn a_leader_asking_for_too_many_iterations_is_refused_before_computing_them() {
+        let mut client = ScramClient::new("root", "secret");
+        let nonce = format!("{}x", client.client_nonce);
+        let started = std::time::Instant::now();
+        let err = client
+            .client_final(&format!("r={nonce},s=c2FsdA==,i={}", u32::MAX), &[7; 32])
+            .unwrap_err();
+        assert!(err.to_string().contains("PBKDF2 iterations"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
