@@ -12,6 +12,8 @@ pub mod client;
 pub mod config;
 pub mod docgen;
 pub mod follower;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod json;
 pub mod leader;

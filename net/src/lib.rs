@@ -3,6 +3,8 @@
 //! and keys come in as DER, the caller stores them. `PROTOCOL.md` documents the wire.
 
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 pub mod scram;
 pub mod session;

@@ -57,6 +57,7 @@ pub use self::retention::{Barrier, KeepReason, RetentionPolicy};
 use self::retention::{RetentionState, SegmentFacts};
 use self::segment::{PointReads, SealedSegment};
 use self::tick_index::TickIndex;
+#[cfg(feature = "docstore")]
 pub(crate) use self::writer::error_chain;
 use crate::error::{Error, Result};
 use crate::fs::{DirLock, FileMap};

@@ -300,6 +300,7 @@ impl SealedSegment {
     }
 
     /// `open` for a value file, whose blocks may skip ticks (see `docstore::values`).
+    #[cfg(feature = "docstore")]
     pub(crate) fn open_sparse(
         path: &Path,
         id: SegmentId,
