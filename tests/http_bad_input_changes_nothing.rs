@@ -7,6 +7,21 @@ mod common;
 use common::{Daemon, PASSWORD};
 use serde_json::json;
 
+/// An HS256 JWT of `claims` signed with `key`, as a client holding the secret would make it.
+fn jwt_token(key: &[u8], claims: &serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use hmac::Mac;
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(input.as_bytes());
+    format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
+
 #[test]
 fn bad_input_gets_precise_errors_and_changes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -49,6 +64,38 @@ fn bad_input_gets_precise_errors_and_changes_nothing() {
             .status,
         200
     );
+    // A token signed with this server's own secret but expired a second ago is refused, and so
+    // is one signed with another secret.
+    let secret = std::fs::read(dir.path().join("jwt-secret")).expect("jwt-secret");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (key, exp) in [(&secret[..], now - 1), (&b"another secret"[..], now + 3600)] {
+        let token = jwt_token(
+            key,
+            &json!({"iss": "arangodb", "preferred_username": "root",
+                                             "iat": now - 60, "exp": exp}),
+        );
+        http.call(
+            "GET",
+            "/_api/version",
+            None,
+            Some(&format!("bearer {token}")),
+        )
+        .assert_error(401, 11);
+    }
+    let fresh = jwt_token(
+        &secret,
+        &json!({"iss": "arangodb", "preferred_username": "root", "iat": now, "exp": now + 60}),
+    );
+    let answer = http.call(
+        "GET",
+        "/_api/version",
+        None,
+        Some(&format!("bearer {fresh}")),
+    );
+    assert_eq!(answer.status, 200, "the same token, not expired, is taken");
 
     // Malformed JSON, wrong shapes, bad keys, oversized documents.
     http.call("POST", "/_api/document/c", Some(b"{\"_key\": "), None)
