@@ -121,8 +121,45 @@ fn a_partition_is_survived_and_a_long_one_stops_the_applier_until_started() {
     );
     let during = state(&fh);
     assert_eq!(during["running"], json!(true), "still retrying: {during}");
+    // The leader shows the follower falling behind, and its time to falloff shrinking (no ack
+    // renews its registration).
+    let follower_id = fh.get("/_api/replication/server-id").json()["serverId"].clone();
+    let lag = || {
+        let clients = link.inside(|| {
+            leader.http().get("/_api/replication/logger-state").json()["clients"].clone()
+        });
+        let client = clients
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["serverId"] == follower_id)
+            .cloned()
+            .unwrap_or_else(|| panic!("the leader lists the follower: {clients}"));
+        (
+            client["ticksBehind"].as_u64().unwrap(),
+            client["bytesBehind"].as_u64().unwrap(),
+            client["secondsToFalloff"].as_f64().unwrap(),
+        )
+    };
+    let (ticks, bytes, falloff) = lag();
+    assert!(
+        ticks >= 1000 && bytes > 500_000,
+        "{ticks} ticks, {bytes} bytes behind"
+    );
+    common::wait_within(
+        "the follower's time to falloff shrinks",
+        Duration::from_secs(10),
+        || lag().2 < falloff - 1.0,
+        || format!(": {:?}, was {falloff}", lag()),
+    );
     link.heal();
     converges(&link, &leader, &follower, Duration::from_secs(60));
+    common::wait_within(
+        "the leader shows the follower level again",
+        Duration::from_secs(10),
+        || lag().0 == 0,
+        || format!(": {:?}", lag()),
+    );
     let after = state(&fh);
     assert_eq!(after["running"], json!(true), "{after}");
     assert_eq!(

@@ -31,11 +31,14 @@ fn server(state: &AppState, engine: bool) -> Value {
 
 pub fn logger_state(state: &AppState) -> ApiResult<Response<Body>> {
     let last = state.node.wal.last_tick();
+    let (wal, now) = (&state.node.wal, SystemTime::now());
+    let (ranges, rate) = (wal.tick_ranges(), wal.append_rate());
     let clients: Vec<Value> = state
         .clients
         .list()
         .into_iter()
         .map(|c| {
+            let lag = c.lag(wal, &ranges, now, rate);
             json!({
                 "syncerId": c.syncer_id,
                 "serverId": c.server_id,
@@ -43,6 +46,9 @@ pub fn logger_state(state: &AppState) -> ApiResult<Response<Body>> {
                 "time": iso8601(c.time),
                 "expires": iso8601(c.expires),
                 "lastServedTick": c.last_served_tick.to_string(),
+                "ticksBehind": lag.ticks,
+                "bytesBehind": lag.bytes,
+                "secondsToFalloff": lag.seconds_to_falloff,
             })
         })
         .chain(state.clients.dumps().into_iter().map(|d| {

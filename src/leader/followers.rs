@@ -30,6 +30,77 @@ pub struct Client {
     pub applied: Option<(Tick, SystemTime)>,
 }
 
+/// How far a replication client is behind this leader's log, and how soon retention would take
+/// what it still needs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Lag {
+    /// Ticks after the client's position.
+    pub ticks: u64,
+    /// Bytes of WAL blocks after it: whole segments after the one holding its next tick, and of
+    /// that one the share of its ticks not yet held (blocks are not indexed by byte here).
+    pub bytes: u64,
+    /// Seconds until retention may take its next tick: until its registration expires (each
+    /// ack renews it), or sooner under `--wal.archive-size-limit` at the append rate of the last
+    /// minute, when the segments from its own on would outgrow the limit.
+    pub seconds_to_falloff: f64,
+}
+
+impl Client {
+    /// This client's lag, from the WAL's segments (`Wal::tick_ranges`) and append rate.
+    pub fn lag(
+        &self,
+        wal: &Wal,
+        ranges: &[tickship_storage::wal::SegmentRange],
+        now: SystemTime,
+        append_rate: Option<f64>,
+    ) -> Lag {
+        lag_at(
+            self.last_served_tick,
+            wal.last_tick(),
+            ranges,
+            self.expires.duration_since(now).unwrap_or_default(),
+            wal.options().retention.archive_bytes_max,
+            append_rate,
+        )
+    }
+}
+
+/// `Client::lag` of a client at `tick`, registered for `ttl_left` more.
+fn lag_at(
+    tick: Tick,
+    last: Tick,
+    ranges: &[tickship_storage::wal::SegmentRange],
+    ttl_left: Duration,
+    archive_bytes_max: u64,
+    append_rate: Option<f64>,
+) -> Lag {
+    let header = tickship_storage::wal::segment::SEGMENT_HEADER_BYTES as u64;
+    let (mut bytes, mut from_own) = (0u64, 0u64);
+    for range in ranges.iter().filter(|r| r.tick_max > tick) {
+        let data = range.data_end.saturating_sub(header);
+        bytes += if range.tick_min > tick {
+            data
+        } else {
+            let span = range.tick_max.get() - range.tick_min.get() + 1;
+            (u128::from(data) * u128::from(range.tick_max.get() - tick.get()) / u128::from(span))
+                as u64
+        };
+        from_own += range.data_end;
+    }
+    let by_limit = match append_rate {
+        Some(rate) if archive_bytes_max > 0 && rate > 0.0 => {
+            Some(archive_bytes_max.saturating_sub(from_own) as f64 / rate)
+        }
+        _ => None,
+    };
+    let by_ttl = ttl_left.as_secs_f64();
+    Lag {
+        ticks: last.get().saturating_sub(tick.get()),
+        bytes,
+        seconds_to_falloff: by_limit.map_or(by_ttl, |s| s.min(by_ttl)),
+    }
+}
+
 /// A dump's hold on the log: every tick after `tick` is kept until a follower reads from `tick`
 /// or later (one restored from the dump has started) or `expires` passes. Kept in
 /// `DIR/dump-barriers.json`, so a leader restart does not let go of it.
@@ -291,5 +362,79 @@ impl Clients {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.retain(|_, c| c.expires > now);
         clients.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tickship_storage::wal::SegmentRange;
+
+    fn range(id: u64, ticks: (u64, u64), data_end: u64, sealed: bool) -> SegmentRange {
+        SegmentRange {
+            id: tickship_storage::SegmentId::new(id),
+            path: PathBuf::new(),
+            sealed,
+            tick_min: Tick::new(ticks.0),
+            tick_max: Tick::new(ticks.1),
+            file_bytes: data_end,
+            data_end,
+        }
+    }
+
+    // Goal: bytes behind count whole later segments and a share of the current one; the time to
+    // falloff is the TTL, or sooner what the archive limit leaves at the append rate.
+    #[test]
+    fn lag_counts_bytes_and_time_to_falloff() {
+        let ranges = [
+            range(0, (1, 100), 64 + 1000, true),
+            range(1, (101, 200), 64 + 2000, true),
+            range(2, (201, 250), 64 + 500, false),
+        ];
+        let ttl = Duration::from_secs(60);
+        let lag = lag_at(Tick::new(150), Tick::new(250), &ranges, ttl, 0, Some(100.0));
+        assert_eq!(lag.ticks, 100);
+        assert_eq!(lag.bytes, 1000 + 500);
+        assert_eq!(lag.seconds_to_falloff, 60.0);
+        // 10,000 bytes allowed, 2,064 + 564 from its segment on: 7,372 left, 73.72 s at 100 B/s,
+        // later than the TTL; at 1,000 B/s, 7.372 s.
+        let lag = lag_at(
+            Tick::new(150),
+            Tick::new(250),
+            &ranges,
+            ttl,
+            10_000,
+            Some(100.0),
+        );
+        assert_eq!(lag.seconds_to_falloff, 60.0);
+        let lag = lag_at(
+            Tick::new(150),
+            Tick::new(250),
+            &ranges,
+            ttl,
+            10_000,
+            Some(1000.0),
+        );
+        assert!((lag.seconds_to_falloff - 7.372).abs() < 1e-9);
+        let lag = lag_at(
+            Tick::new(250),
+            Tick::new(250),
+            &ranges,
+            ttl,
+            1_000,
+            Some(100.0),
+        );
+        assert_eq!((lag.ticks, lag.bytes), (0, 0));
+        assert_eq!(lag.seconds_to_falloff, 10.0);
+        let lag = lag_at(
+            Tick::new(0),
+            Tick::new(250),
+            &ranges,
+            ttl,
+            1_000,
+            Some(100.0),
+        );
+        assert_eq!(lag.bytes, 3500);
+        assert_eq!(lag.seconds_to_falloff, 0.0, "already over the limit");
     }
 }

@@ -305,6 +305,9 @@ pub(crate) struct Shared {
     pub credits: Credits,
     pub failed: AtomicBool,
     pub counters: WalCounters,
+    /// (when, `counters.block_bytes`) once per retention pass, the last `RATE_SAMPLES`: the
+    /// recent append rate, from which a leader tells how soon a follower falls off retention.
+    pub appended: Mutex<VecDeque<(Instant, u64)>>,
     pub opened_at: SystemTime,
     pub block_bytes_max: u64,
     pub engine_name: &'static str,
@@ -610,6 +613,7 @@ impl Wal {
             closed: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             counters: WalCounters::default(),
+            appended: Mutex::new(VecDeque::with_capacity(RATE_SAMPLES + 1)),
             opened_at: SystemTime::now(),
             engine_name: engine.name(),
         });
@@ -935,6 +939,19 @@ impl Wal {
             .collect()
     }
 
+    /// Bytes of blocks appended per second over the last minute (the retention passes sample
+    /// it); `None` until two samples a second apart exist, or without background retention.
+    pub fn append_rate(&self) -> Option<f64> {
+        let appended = self
+            .shared
+            .appended
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (first, last) = (appended.front()?, appended.back()?);
+        let seconds = last.0.duration_since(first.0).as_secs_f64();
+        (seconds >= 1.0).then(|| last.1.saturating_sub(first.1) as f64 / seconds)
+    }
+
     /// If the archive size limit removed ticks client `client` still needed: where it stood.
     pub fn lost_position(&self, client: &str) -> Option<LostPosition> {
         self.shared.lock().lost.get(client).cloned()
@@ -1032,12 +1049,28 @@ impl Drop for Wal {
 /// against 468 MiB (4 runs each). Every 10 s, what stays mapped is what was read in 10 s.
 pub const POINT_READS_HANDED_BACK_EVERY: Duration = Duration::from_secs(10);
 
+/// Samples of the appended bytes kept for `Wal::append_rate`: a minute at the default interval.
+const RATE_SAMPLES: usize = 60;
+
 fn retention_loop(shared: &Shared, interval: Duration, stop: &Receiver<()>) {
     let mut handed_back = Instant::now();
     loop {
         match stop.recv_timeout(interval) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             _ => return,
+        }
+        {
+            let mut appended = shared
+                .appended
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            appended.push_back((
+                Instant::now(),
+                shared.counters.block_bytes.load(Ordering::Relaxed),
+            ));
+            if appended.len() > RATE_SAMPLES {
+                appended.pop_front();
+            }
         }
         if let Err(e) = run_retention(shared, SystemTime::now()) {
             tracing::error!("wal: failed to run retention: {e}");
