@@ -141,6 +141,20 @@ fn a_partition_is_survived_and_a_long_one_stops_the_applier_until_started() {
             client["secondsToFalloff"].as_f64().unwrap(),
         )
     };
+    // The follower shows its leader silent.
+    common::wait_within(
+        "the follower shows its leader silent",
+        Duration::from_secs(10),
+        || state(&fh)["secondsSinceLeaderContact"].as_f64() > Some(2.0),
+        || format!(": {}", state(&fh)),
+    );
+    let metrics = String::from_utf8(fh.get("/_admin/metrics").body).unwrap();
+    let silent: Option<f64> = metrics.lines().find_map(|l| {
+        l.strip_prefix("tickship_replication_applier_leader_silent_seconds ")?
+            .parse()
+            .ok()
+    });
+    assert!(silent > Some(2.0), "{silent:?}");
     let (ticks, bytes, falloff) = lag();
     assert!(
         ticks >= 1000 && bytes > 500_000,
@@ -162,6 +176,10 @@ fn a_partition_is_survived_and_a_long_one_stops_the_applier_until_started() {
     );
     let after = state(&fh);
     assert_eq!(after["running"], json!(true), "{after}");
+    assert!(
+        after["secondsSinceLeaderContact"].as_f64() < Some(2.0),
+        "heard again: {after}"
+    );
     assert_eq!(
         after["progress"]["failedConnects"],
         json!(0),

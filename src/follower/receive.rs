@@ -514,7 +514,7 @@ impl Applier {
         self.runtime
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .last_available = Some(welcome.last_tick);
+            .heard_from_leader(welcome.last_tick);
         self.track_distance(welcome.last_tick);
         let chunk = chunk_bytes(config.chunk_size, self.receiving.buffer_bytes)
             .min(config.frame_bytes_max() as u64);
@@ -667,7 +667,7 @@ impl Applier {
                             .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
                         let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                         runtime.total_bytes_received += bytes as u64;
-                        runtime.last_available = Some(leader_last);
+                        runtime.heard_from_leader(leader_last);
                         if new {
                             // Documents and removals are counted by the store writer, which
                             // decodes the records anyway; here only the record count is needed.
@@ -710,7 +710,7 @@ impl Applier {
                         self.runtime
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
-                            .last_available = Some(idle.last_tick);
+                            .heard_from_leader(idle.last_tick);
                         if !progressed && idle.last_tick <= last_stored.get() {
                             // Level with the leader: nothing to fetch is progress too.
                             progressed = true;
@@ -754,7 +754,7 @@ impl Applier {
             let fetch_time = waiting_since.elapsed().as_secs_f64();
             waiting_since = received;
             let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            runtime.last_available = Some(leader_last);
+            runtime.heard_from_leader(leader_last);
             runtime.total_events += std::mem::take(&mut frame_events);
             runtime.total_fetch_time += fetch_time;
             runtime.fetch_batches += 1;

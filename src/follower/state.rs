@@ -37,6 +37,9 @@ pub(super) struct Runtime {
     pub(super) phase: &'static str,
     pub(super) last_processed: u64,
     pub(super) last_available: Option<u64>,
+    /// When the leader last said anything (a frame of blocks, idle, or the welcome): a partition
+    /// shows here first, as `lastAvailableContinuousTick` stops where the leader was last heard.
+    pub(super) leader_heard: Option<std::time::Instant>,
     pub(super) progress_time: String,
     pub(super) progress_message: String,
     pub(super) failed_connects: u64,
@@ -63,6 +66,21 @@ pub(super) struct Runtime {
     /// When the last sync finished.
     pub(super) last_sync: Option<std::time::Instant>,
     pub(super) last_error: LastError,
+}
+
+impl Runtime {
+    /// The leader said its last tick is `last`, just now.
+    pub(super) fn heard_from_leader(&mut self, last: u64) {
+        self.last_available = Some(last);
+        self.leader_heard = Some(std::time::Instant::now());
+    }
+
+    /// Seconds since the leader was last heard, while running and once it has been.
+    pub(super) fn leader_silent_seconds(&self) -> Option<f64> {
+        self.leader_heard
+            .filter(|_| self.running)
+            .map(|at| at.elapsed().as_secs_f64())
+    }
 }
 
 /// The applier's figures for `/_admin/metrics`.
@@ -93,6 +111,8 @@ pub struct ApplierMetrics {
     pub last_applied: u64,
     pub last_processed: u64,
     pub last_available: u64,
+    /// Seconds since the leader was last heard (while running).
+    pub leader_silent_seconds: Option<f64>,
 }
 
 pub(super) const CONFIG_FILE: &str = "applier-config.json";
@@ -234,6 +254,7 @@ impl Applier {
             last_applied: applied,
             last_processed: runtime.last_processed,
             last_available: available,
+            leader_silent_seconds: runtime.leader_silent_seconds(),
         }
     }
 
@@ -274,6 +295,9 @@ impl Applier {
                 .unwrap_or(0)
                 .saturating_sub(applied.max(runtime.last_processed));
             state["ticksBehind"] = json!(behind);
+            if let Some(silent) = runtime.leader_silent_seconds() {
+                state["secondsSinceLeaderContact"] = json!(silent);
+            }
         }
         let mut progress = json!({
             "time": runtime.progress_time,

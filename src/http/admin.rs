@@ -379,6 +379,19 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         "The leader's last tick as last heard from it.",
         applier.last_available,
     );
+    // Declared always, sampled only while the applier runs and has heard its leader.
+    out.family(
+        "tickship_replication_applier_leader_silent_seconds",
+        "gauge",
+        "Seconds since the leader last said anything (blocks, idle, welcome): it says something \
+         at least every second, so more is a partition, a stalled leader or a dead one.",
+    );
+    if let Some(seconds) = applier.leader_silent_seconds {
+        let _ = writeln!(
+            out.0,
+            "tickship_replication_applier_leader_silent_seconds {seconds}"
+        );
+    }
     out.counter(
         "arangodb_replication_tailing_requests_total",
         "Frames of the leader's log received (tailing requests).",
