@@ -197,6 +197,9 @@ async fn serve(
                 })
                 .await;
             sender.finish();
+            // Let the Close reach the follower before the connection goes: it closes on
+            // reading it (dropped at once, the follower saw only "connection lost").
+            let _ = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
             Err(e)
         }
     }
@@ -275,9 +278,17 @@ async fn ship(
         // Collect what is durable now, up to a chunk.
         let mut blocks: Vec<Bytes> = Vec::new();
         let mut bytes = 0usize;
+        // A block that fails its checks ends the session, but only after the good blocks read
+        // before it: the follower gets everything up to it, then the error naming it.
+        let mut failed = None;
         while bytes < chunk {
-            let Some(block) = reader.next_block().map_err(|e| leader_error(e, sent))? else {
-                break;
+            let block = match reader.next_block() {
+                Ok(Some(block)) => block,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(leader_error(e, sent));
+                    break;
+                }
             };
             let ticks = block.ticks();
             if ticks.last <= sent {
@@ -287,8 +298,15 @@ async fn ship(
             sent = ticks.last;
             blocks.push(block.into_bytes());
         }
-        if !blocks.is_empty() {
+        let shipped = !blocks.is_empty();
+        if shipped {
             sender.send_blocks(wal.last_tick().get(), blocks).await?;
+        }
+        if let Some(e) = failed {
+            tracing::error!(follower, "replication: cannot ship after tick {sent}: {e}");
+            return Err(e);
+        }
+        if shipped {
             continue;
         }
         // Nothing new: wait for the next durable block, saying so every second.
