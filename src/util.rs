@@ -170,10 +170,13 @@ pub fn raise_descriptor_limit() -> std::io::Result<(u64, u64)> {
 }
 
 /// Files the document store may keep open under a descriptor limit of `limit`: what is left
-/// after half of the limit, at most 4096, for the rest of the server (WAL segments while they are
-/// mapped, clients' and followers' sockets, the runtime's own); at least 20, RocksDB's minimum.
+/// after half of the limit, at least 48 and at most 4096, for the rest of the server (WAL
+/// segments while they are mapped, clients' and followers' sockets, the runtime's own, and the
+/// store's files outside its cache: flush and compaction outputs, its log, manifest and locks);
+/// at least 20, RocksDB's minimum. A server at rest holds 27 descriptors; with half of 64 left
+/// to it, a scan during a compaction ran out of them.
 pub fn store_file_budget(limit: u64) -> i32 {
-    let reserve = (limit / 2).min(4096);
+    let reserve = (limit / 2).clamp(48, 4096);
     limit.saturating_sub(reserve).clamp(20, i32::MAX as u64) as i32
 }
 
@@ -581,7 +584,9 @@ mod tests {
         // A raised limit: all but 4096.
         assert_eq!(store_file_budget(1 << 20), (1 << 20) - 4096);
         assert_eq!(store_file_budget(20_000), 20_000 - 4096);
-        // Tiny limits still give RocksDB its minimum.
+        // Small limits leave the server at least 48; tiny ones still give RocksDB its minimum.
+        assert_eq!(store_file_budget(128), 80);
+        assert_eq!(store_file_budget(64), 20);
         assert_eq!(store_file_budget(30), 20);
         assert_eq!(store_file_budget(0), 20);
         // Past i32: capped.

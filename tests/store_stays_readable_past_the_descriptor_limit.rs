@@ -72,7 +72,7 @@ fn more_store_files_than_descriptors() {
         "false",
     ];
     let mut daemon = Daemon::start_with_descriptor_limit(dir.path(), DESCRIPTORS, &flags);
-    let budget = "document store: at most 32 files open";
+    let budget = "document store: at most 20 files open";
     assert!(daemon.log().contains(budget), "log:\n{}", daemon.log());
     let http = daemon.http();
     let created = http.send("POST", "/_api/collection", &json!({ "name": "load" }));
