@@ -585,7 +585,8 @@ mod tests {
         assert_eq!(store_file_budget(1 << 20), (1 << 20) - 4096);
         assert_eq!(store_file_budget(20_000), 20_000 - 4096);
         // Small limits leave the server at least 48; tiny ones still give RocksDB its minimum.
-        assert_eq!(store_file_budget(128), 80);
+        assert_eq!(store_file_budget(128), 64);
+        assert_eq!(store_file_budget(80), 32);
         assert_eq!(store_file_budget(64), 20);
         assert_eq!(store_file_budget(30), 20);
         assert_eq!(store_file_budget(0), 20);

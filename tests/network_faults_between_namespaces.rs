@@ -240,76 +240,55 @@ fn load_then_converge(link: &Link, leader: &Daemon, follower: &Daemon, batches: 
     (written, started.elapsed().as_secs_f64())
 }
 
-fn netem_or_skip(link: &mut Link, test: &str, config: Value) -> bool {
-    match link.impair(&config) {
-        Ok(()) => true,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
+/// A pair across a link impaired by netem.py as `config` says (and every leader packet
+/// duplicated if `duplicate`): a bounded load converges without an error, and netem's counter
+/// `counted` shows the impairment happened. Skipped, saying so, where it cannot be set up.
+fn impaired_load_converges(test: &str, config: Value, duplicate: bool, counted: &str) {
+    let Some(mut link) = link_or_skip(test) else {
+        return;
+    };
+    let duplicated = if duplicate { link.duplicate() } else { Ok(()) };
+    if let Err(why) = duplicated {
+        eprintln!("SKIPPED {test}: iptables TEE: {why}");
+        return;
     }
+    if let Err(why) = link.impair(&config) {
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (leader, follower) = pair(&link, dir.path());
+    follow(
+        &leader,
+        &follower,
+        json!({"maxConnectRetries": 100, "requestTimeout": 5}),
+    );
+    let (bytes, seconds) = load_then_converge(&link, &leader, &follower, 12);
+    let stats = link.netem_stats().unwrap();
+    eprintln!(
+        "{test} ({config}): {bytes} bytes of blocks in {seconds:.1} s = {:.2} MB/s; netem {stats}",
+        bytes as f64 / seconds / 1e6
+    );
+    assert!(stats[counted].as_u64() > Some(0), "{counted}: {stats}");
+    assert_eq!(state(&follower.http())["lastError"]["errorNum"], json!(0));
 }
 
 #[test]
 fn five_percent_loss_with_20_ms_delay_is_kept_up_with() {
-    let Some(mut link) = link_or_skip("loss") else {
-        return;
-    };
-    if !netem_or_skip(&mut link, "loss", json!({"delay_ms": 20, "loss": 0.05})) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (leader, follower) = pair(&link, dir.path());
-    follow(
-        &leader,
-        &follower,
-        json!({"maxConnectRetries": 100, "requestTimeout": 5}),
+    impaired_load_converges(
+        "loss",
+        json!({"delay_ms": 20, "loss": 0.05}),
+        false,
+        "dropped",
     );
-    let (bytes, seconds) = load_then_converge(&link, &leader, &follower, 12);
-    let stats = link.netem_stats().unwrap();
-    eprintln!(
-        "5% loss, 20 ms each way: {bytes} bytes of blocks in {seconds:.1} s = {:.2} MB/s; netem {stats}",
-        bytes as f64 / seconds / 1e6
-    );
-    assert!(
-        stats["dropped"].as_u64() > Some(0),
-        "packets were dropped: {stats}"
-    );
-    assert_eq!(state(&follower.http())["lastError"]["errorNum"], json!(0));
 }
 
 #[test]
 fn reordered_and_duplicated_packets_are_kept_up_with() {
-    let Some(mut link) = link_or_skip("reordering") else {
-        return;
-    };
-    if let Err(why) = link.duplicate() {
-        eprintln!("SKIPPED reordering: iptables TEE: {why}");
-        return;
-    }
-    if !netem_or_skip(
-        &mut link,
-        "reordering",
+    impaired_load_converges(
+        "reordering and duplication",
         json!({"delay_ms": 10, "reorder": 0.25, "reorder_corr": 0.5}),
-    ) {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (leader, follower) = pair(&link, dir.path());
-    follow(
-        &leader,
-        &follower,
-        json!({"maxConnectRetries": 100, "requestTimeout": 5}),
+        true,
+        "reordered",
     );
-    let (bytes, seconds) = load_then_converge(&link, &leader, &follower, 12);
-    let stats = link.netem_stats().unwrap();
-    eprintln!(
-        "25% reordered, all duplicated: {bytes} bytes of blocks in {seconds:.1} s = {:.2} MB/s; netem {stats}",
-        bytes as f64 / seconds / 1e6
-    );
-    assert!(
-        stats["reordered"].as_u64() > Some(0),
-        "packets were reordered: {stats}"
-    );
-    assert_eq!(state(&follower.http())["lastError"]["errorNum"], json!(0));
 }

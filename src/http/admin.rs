@@ -307,36 +307,20 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         }),
     );
     let (ranges, rate) = (wal.tick_ranges(), wal.append_rate());
-    let lags: Vec<(String, crate::leader::followers::Lag)> = clients
-        .iter()
-        .map(|c| {
-            let name = if c.syncer_id.is_empty() {
-                &c.server_id
-            } else {
-                &c.syncer_id
-            };
-            (name.clone(), c.lag(wal, &ranges, now, rate))
-        })
-        .collect();
+    let lag = |c: &crate::leader::followers::Client| c.lag(wal, &ranges, now, rate);
     out.labelled_gauge(
         "tickship_replication_follower_bytes_behind",
         "Bytes of this leader's WAL blocks after what a follower holds durably (the share of \
          the segment it is in estimated by its ticks).",
         "follower",
-        &lags
-            .iter()
-            .map(|(n, l)| (n.clone(), l.bytes as f64))
-            .collect::<Vec<_>>(),
+        &per_client(&|c| Some(lag(c).bytes as f64)),
     );
     out.labelled_gauge(
         "tickship_replication_follower_seconds_to_falloff",
         "Seconds until retention may take a follower's next tick: its registration expiring, or \
          --wal.archive-size-limit at the last minute's append rate.",
         "follower",
-        &lags
-            .iter()
-            .map(|(n, l)| (n.clone(), l.seconds_to_falloff))
-            .collect::<Vec<_>>(),
+        &per_client(&|c| Some(lag(c).seconds_to_falloff)),
     );
     out.labelled_gauge(
         "tickship_replication_follower_last_ack_seconds",

@@ -392,49 +392,28 @@ mod tests {
             range(2, (201, 250), 64 + 500, false),
         ];
         let ttl = Duration::from_secs(60);
-        let lag = lag_at(Tick::new(150), Tick::new(250), &ranges, ttl, 0, Some(100.0));
-        assert_eq!(lag.ticks, 100);
-        assert_eq!(lag.bytes, 1000 + 500);
+        let at = |tick: u64, limit: u64, rate: f64| {
+            lag_at(
+                Tick::new(tick),
+                Tick::new(250),
+                &ranges,
+                ttl,
+                limit,
+                Some(rate),
+            )
+        };
+        let lag = at(150, 0, 100.0);
+        assert_eq!((lag.ticks, lag.bytes), (100, 1000 + 500));
         assert_eq!(lag.seconds_to_falloff, 60.0);
         // 10,000 bytes allowed, 2,064 + 564 from its segment on: 7,372 left, 73.72 s at 100 B/s,
         // later than the TTL; at 1,000 B/s, 7.372 s.
-        let lag = lag_at(
-            Tick::new(150),
-            Tick::new(250),
-            &ranges,
-            ttl,
-            10_000,
-            Some(100.0),
-        );
-        assert_eq!(lag.seconds_to_falloff, 60.0);
-        let lag = lag_at(
-            Tick::new(150),
-            Tick::new(250),
-            &ranges,
-            ttl,
-            10_000,
-            Some(1000.0),
-        );
-        assert!((lag.seconds_to_falloff - 7.372).abs() < 1e-9);
-        let lag = lag_at(
-            Tick::new(250),
-            Tick::new(250),
-            &ranges,
-            ttl,
-            1_000,
-            Some(100.0),
-        );
-        assert_eq!((lag.ticks, lag.bytes), (0, 0));
-        assert_eq!(lag.seconds_to_falloff, 10.0);
-        let lag = lag_at(
-            Tick::new(0),
-            Tick::new(250),
-            &ranges,
-            ttl,
-            1_000,
-            Some(100.0),
-        );
-        assert_eq!(lag.bytes, 3500);
-        assert_eq!(lag.seconds_to_falloff, 0.0, "already over the limit");
+        assert_eq!(at(150, 10_000, 100.0).seconds_to_falloff, 60.0);
+        assert!((at(150, 10_000, 1000.0).seconds_to_falloff - 7.372).abs() < 1e-9);
+        let level = at(250, 1_000, 100.0);
+        assert_eq!((level.ticks, level.bytes), (0, 0));
+        assert_eq!(level.seconds_to_falloff, 10.0);
+        let far = at(0, 1_000, 100.0);
+        assert_eq!(far.bytes, 3500);
+        assert_eq!(far.seconds_to_falloff, 0.0, "already over the limit");
     }
 }

@@ -181,32 +181,18 @@ impl Link {
             if !ready.contains("\"ready\": true") {
                 return Err(format!("netem.py did not start: {ready:?}"));
             }
-            self.within(
-                "iptables",
-                &[
-                    "-A",
-                    "OUTPUT",
-                    "-o",
+            for (chain, direction) in [("OUTPUT", "-o"), ("INPUT", "-i")] {
+                let rule = [
+                    chain,
+                    direction,
                     &self.inner,
                     "-j",
                     "NFQUEUE",
                     "--queue-num",
                     "7",
-                ],
-            )?;
-            self.within(
-                "iptables",
-                &[
-                    "-A",
-                    "INPUT",
-                    "-i",
-                    &self.inner,
-                    "-j",
-                    "NFQUEUE",
-                    "--queue-num",
-                    "7",
-                ],
-            )?;
+                ];
+                self.within("iptables", &[&["-A"][..], &rule[..]].concat())?;
+            }
         }
         self.netem_call(config).map(|_| ())
     }
