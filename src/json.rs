@@ -135,12 +135,55 @@ pub enum Item<'a> {
     Other,
 }
 
+/// Checks that every number in `text` (valid JSON) fits a double, as ArangoDB's parser requires.
+/// serde_json checks numbers only lexically when it makes a `RawValue`, so without this a value
+/// such as `1e400` was stored as sent and then failed every read that parses the document
+/// (found by fuzzing the document bodies). Integers of up to 18 digits always fit and are not
+/// parsed; strings are skipped whole.
+fn numbers_fit(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'"' => {
+                // To the closing quote: past every escaped character.
+                at += 1;
+                while let Some(found) = memchr::memchr2(b'"', b'\\', &bytes[at..]) {
+                    at += found;
+                    if bytes[at] == b'"' {
+                        break;
+                    }
+                    at += 2;
+                }
+                at += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at < bytes.len()
+                    && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                {
+                    at += 1;
+                }
+                let number = &text[start..at];
+                let plain =
+                    number.len() <= 18 && number.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+                if !plain && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    return Err(format!("number out of range: {number}"));
+                }
+            }
+            _ => at += 1,
+        }
+    }
+    Ok(())
+}
+
 fn item(raw: &RawValue) -> ApiResult<Item<'_>> {
     let text = raw.get();
     match text.as_bytes().first() {
-        Some(b'{') => Ok(Item::Object(
-            serde_json::from_str(text).map_err(ApiError::corrupted_json)?,
-        )),
+        Some(b'{') => Ok(Item::Object({
+            numbers_fit(text).map_err(ApiError::corrupted_json)?;
+            serde_json::from_str(text).map_err(ApiError::corrupted_json)?
+        })),
         Some(b'"') => Ok(Item::Key(
             serde_json::from_str(text).map_err(ApiError::corrupted_json)?,
         )),
@@ -205,5 +248,32 @@ mod tests {
         assert!(parse_body(b"[1,").is_err());
         assert!(parse_body(b"").is_err());
         assert!(parse_body(&[0xff, b'{']).is_err());
+    }
+
+    // Goal: numbers that do not fit a double are refused (ArangoDB's 600), anywhere in a
+    // document; those that fit, and number-like text in strings, are taken.
+    #[test]
+    fn numbers_must_fit_a_double() {
+        for bad in [
+            r#"{"x": 1e400}"#,
+            r#"{"x": [1, {"y": -2.5E+309}]}"#,
+            r#"{"a\"": "q", "x": 22222222222222222E2222222}"#,
+        ] {
+            let error = parse_body(bad.as_bytes()).expect_err(bad);
+            assert!(
+                error.message.contains("number out of range"),
+                "{bad}: {}",
+                error.message
+            );
+        }
+        let big = format!(r#"{{"x": {}}}"#, "9".repeat(400));
+        assert!(parse_body(big.as_bytes()).is_err());
+        for good in [
+            r#"{"x": 1e308, "y": -0.5e-400, "z": 18446744073709551615, "w": -12}"#,
+            r#"{"s": "1e400 \" 1e999", "t": ["9e9999"]}"#,
+            r#"{"n": 222222222222222222222222222}"#,
+        ] {
+            assert!(parse_body(good.as_bytes()).is_ok(), "{good}");
+        }
     }
 }
