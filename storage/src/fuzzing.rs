@@ -58,7 +58,7 @@ pub fn block(data: &[u8]) {
         }
     }
     let ticks = block.ticks();
-    for tick in ticks.first.get()..=ticks.last.get().min(ticks.first.get() + 63) {
+    for tick in ticks.first.get()..=ticks.last.get().min(ticks.first.get().saturating_add(63)) {
         let mut scratch = Vec::new();
         let _ = block.record_at(Tick::new(tick), &mut scratch);
     }
