@@ -148,6 +148,18 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         tracing::warn!("authentication is off (--server.authentication false): anyone who can connect can read and write");
     }
     let max_open_files = store_open_files(args.rocksdb_max_open_files);
+    // A scan holds every level-0 file open at once, with its blob file, whatever the budget: a
+    // stop trigger above half the budget lets a scan outgrow it while compaction is behind.
+    let level0_files = u64::from(args.rocksdb_level0_stop_trigger) * 2;
+    if max_open_files > 0 && level0_files > max_open_files as u64 {
+        tracing::warn!(
+            "--rocksdb.level0-stop-trigger {} lets level 0 hold up to {level0_files} files with \
+             their blob files, more than the {max_open_files} the store may keep open: a scan \
+             opens them all at once and may fail with \"Too many open files\" while compaction \
+             is behind; keep it below half of that",
+            args.rocksdb_level0_stop_trigger
+        );
+    }
     let store_options = StoreOptions {
         write_buffer_bytes: args.rocksdb_write_buffer_size,
         write_buffers_max: args.rocksdb_max_write_buffer_number,
