@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{wait_until, wait_until_or, Daemon, Http};
+use common::{first_tick, wait_until, wait_until_or, Daemon, Http};
 use serde_json::{json, Value};
 
 const FLAGS: [&str; 8] = [
@@ -42,14 +42,6 @@ fn write_heavily(http: &Http, tag: &str, megabytes: usize) {
             String::from_utf8_lossy(&answer.body)
         );
     }
-}
-
-fn first_tick(http: &Http) -> u64 {
-    http.get("/_api/replication/logger-first-tick").json()["firstTick"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn from_present(http: &Http, tick: u64) -> bool {

@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{applier_body, converged, fill, wait_until_or, Daemon, Http};
+use common::{applier_body, converged, fill, first_tick, wait_until_or, Daemon, Http};
 use serde_json::{json, Value};
 
 /// Small segments, deleted as soon as nothing needs them.
@@ -33,11 +33,6 @@ const PRUNING: [&str; 10] = [
 
 fn applier_state(http: &Http) -> Value {
     http.get("/_api/replication/applier-state").json()["state"].clone()
-}
-
-fn first_tick(http: &Http) -> u64 {
-    let answer = http.get("/_api/replication/logger-first-tick").json();
-    answer["firstTick"].as_str().unwrap().parse().unwrap()
 }
 
 /// The leader's registered client for follower `server_id`: (lastServedTick, expires).
@@ -103,23 +98,27 @@ fn a_down_followers_position_is_kept_until_its_ttl_then_it_is_told_1414() {
 
     // While the follower is registered, nothing after its tick goes; polled over its TTL, which
     // spans several retention passes (one a second).
-    let mut checks = 0;
-    let mut held = 0;
-    while let Some((tick, expires)) = client(&lh, &server_id) {
-        let first = first_tick(&lh);
-        assert!(
-            first <= tick + 1,
-            "the leader's log starts at {first}, past the down follower's tick {tick} \
-             (registered until {expires})"
-        );
-        checks += 1;
-        held = tick;
-        if common::iso8601_reached(&expires, SystemTime::now()) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // 4 s at one check per ~50 ms.
+    let (mut checks, mut held) = (0, 0);
+    common::wait_within(
+        "the follower's registration ends",
+        Duration::from_secs(60),
+        || {
+            let Some((tick, expires)) = client(&lh, &server_id) else {
+                return true;
+            };
+            let first = first_tick(&lh);
+            assert!(
+                first <= tick + 1,
+                "the leader's log starts at {first}, past the down follower's tick {tick} \
+                 (registered until {expires})"
+            );
+            checks += 1;
+            held = tick;
+            common::iso8601_reached(&expires, SystemTime::now())
+        },
+        String::new,
+    );
+    // 4 s at one check per ~25 ms.
     assert!(
         checks > 20,
         "only {checks} checks while the follower was registered"

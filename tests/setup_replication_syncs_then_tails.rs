@@ -42,7 +42,7 @@ fn remove(http: &Http, collection: &str, keys: impl Iterator<Item = u64>) {
 }
 
 use common::collection_state as state_of;
-use common::{converged, create, fill, in_database};
+use common::{converged, create, fill, first_tick, in_database};
 
 /// `tickship replication setup --global` on `follower` from `leader`.
 fn setup(follower: &Daemon, leader: &Daemon) -> Run {
@@ -63,14 +63,6 @@ fn value_files(dir: &std::path::Path, prefix: &str) -> usize {
             name.starts_with(prefix) && name.ends_with(".val")
         })
         .count()
-}
-
-fn first_tick(http: &Http) -> u64 {
-    http.get("/_api/replication/logger-first-tick").json()["firstTick"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 fn applier_state(http: &Http) -> Value {

@@ -584,3 +584,12 @@ pub fn iso8601_reached(time: &str, now: std::time::SystemTime) -> bool {
     let now = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     now >= secs
 }
+
+/// The first tick `http`'s server can serve (`logger-first-tick`).
+pub fn first_tick(http: &Http) -> u64 {
+    http.get("/_api/replication/logger-first-tick").json()["firstTick"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
