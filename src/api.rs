@@ -43,6 +43,7 @@ pub mod num {
     pub const STOPPED: u32 = 1412;
     pub const NO_START_TICK: u32 = 1413;
     pub const CURSOR_NOT_FOUND: u32 = 1600;
+    pub const FILESYSTEM_FULL: u32 = 1104;
 }
 
 /// An error answer.
@@ -162,6 +163,16 @@ impl ApiError {
         )
     }
 
+    /// A disk of the server is full (ArangoDB's 1104): 507, which says the server cannot store
+    /// what it was asked to until space is freed.
+    pub fn filesystem_full(detail: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            num::FILESYSTEM_FULL,
+            format!("filesystem full: {detail}"),
+        )
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, num::INTERNAL, message)
     }
@@ -181,6 +192,9 @@ impl From<StorageError> for ApiError {
     /// Storage failures a client can do nothing about are 503 (the server cannot take writes)
     /// or 500; the ones caused by the request are 4xx.
     fn from(error: StorageError) -> ApiError {
+        if error.is_no_space() {
+            return ApiError::filesystem_full(error.chain());
+        }
         match error {
             StorageError::BlockTooLarge { bytes, bytes_max } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -198,7 +212,7 @@ impl From<StorageError> for ApiError {
             StorageError::WriterFailed(_) | StorageError::Closed => ApiError::unavailable(format!(
                 "the write-ahead log does not accept writes: {error}"
             )),
-            other => ApiError::internal(other.to_string()),
+            other => ApiError::internal(other.chain()),
         }
     }
 }

@@ -85,6 +85,9 @@ impl Node {
         if let Some(leader) = self.follower_of() {
             return Err(ApiError::follower_write(&leader));
         }
+        // Refused before it is logged: a write logged while the store cannot apply it would be
+        // answered with an error and still take effect once space is back.
+        self.store_writer.check_space()?;
         Ok(())
     }
 
@@ -113,8 +116,16 @@ impl Node {
             self.wal.submit(self.wal.prepare(records)?)?
         };
         let ticks = appended.await?;
-        self.store_writer.applied(ticks.last).await?;
-        Ok(ticks)
+        match self.store_writer.applied(ticks.last).await {
+            Err(error @ tickship_storage::Error::StoreFull(_)) => Err(ApiError::filesystem_full(
+                format_args!(
+                    "{error}; this write is in the log at tick {} and becomes visible once \
+                     space is freed",
+                    ticks.last
+                ),
+            )),
+            other => other.map(|()| ticks).map_err(ApiError::from),
+        }
     }
 
     pub fn database(&self, name: &str) -> ApiResult<DatabaseInfo> {

@@ -394,7 +394,8 @@ impl Applier {
             .await;
         let error = {
             let runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            (!runtime.running && runtime.last_error.error_num != 0).then(|| {
+            let stopped = !runtime.running && runtime.last_error.error_num != 0;
+            (stopped || runtime.waits_for_space()).then(|| {
                 (
                     runtime.last_error.error_num,
                     runtime.last_error.message.clone(),
@@ -406,6 +407,20 @@ impl Applier {
         };
         // The sync began changing the store (or finished): this server is the leader's now.
         let changed = self.sync_marker().is_none_or(|m| m.tick > 0);
+        if changed && error_num == num::FILESYSTEM_FULL {
+            return Err(setup_failed(
+                error_num,
+                format!(
+                    "{message}; this server stays a follower of {} (writes refused), and its \
+                     applier waits for disk space: it goes on from what has arrived by itself \
+                     once space is freed",
+                    config.endpoint
+                ),
+            ));
+        }
+        if !changed && error_num == num::FILESYSTEM_FULL {
+            self.stop().await;
+        }
         if changed {
             return Err(setup_failed(
                 error_num,
@@ -453,7 +468,12 @@ impl Applier {
             let caught_up =
                 !syncing && available.is_some_and(|a| processed >= a && applied >= processed);
             let late = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if !running || caught_up || late {
+            let full = self
+                .runtime
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .waits_for_space();
+            if !running || caught_up || late || full {
                 break;
             }
             // Wait for news from the sync or session, for the store to apply what was received,
@@ -497,6 +517,7 @@ impl Applier {
 fn setup_failed(error_num: u32, message: String) -> ApiError {
     let status = match error_num {
         errors::UNAUTHORIZED => axum::http::StatusCode::UNAUTHORIZED,
+        num::FILESYSTEM_FULL => axum::http::StatusCode::INSUFFICIENT_STORAGE,
         num::INVALID_CONFIGURATION => axum::http::StatusCode::BAD_REQUEST,
         _ => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
     };

@@ -127,7 +127,13 @@ impl SessionError {
         }
     }
 
+    /// An error that retrying cannot fix, which stops the applier; except that one whose
+    /// message names a full disk (the storage errors' messages end with what the system said)
+    /// becomes a wait for space (`disk_full`), whatever step met it.
     pub(super) fn fatal(error_num: u32, message: String) -> SessionError {
+        if tickship_storage::Error::names_no_space(&message) {
+            return SessionError::disk_full(message);
+        }
         SessionError {
             error_num,
             message,
@@ -135,7 +141,28 @@ impl SessionError {
             connect: false,
         }
     }
+
+    /// This server's disk is full: the applier keeps its place, says so (1104) and tries again
+    /// every `DISK_FULL_RETRY_EVERY` until space is freed, without counting it as a failed
+    /// connect (a full disk is no reason to give up on the leader).
+    pub(super) fn disk_full(message: String) -> SessionError {
+        SessionError {
+            error_num: num::FILESYSTEM_FULL,
+            message,
+            retry: true,
+            connect: false,
+        }
+    }
+
+    fn is_disk_full(&self) -> bool {
+        self.retry && self.error_num == num::FILESYSTEM_FULL
+    }
 }
+
+/// How often an applier waiting for disk space tries again. The document store clears its own
+/// error once space is back (RocksDB looks every 5 s).
+const DISK_FULL_RETRY_EVERY: Duration = Duration::from_secs(2);
+
 impl Applier {
     /// Moves an empty log to `start` (down too) and has the store take its contents as the
     /// state through `start` with data up to `through`.
@@ -181,6 +208,8 @@ impl Applier {
         let mut purge = Some(crate::util::PurgeAtOnce::new());
         let stopped = stop.notified();
         tokio::pin!(stopped);
+        // Whether the wait for disk space under way was logged already (once per wait).
+        let mut space_wait_logged = false;
         let outcome = loop {
             let result = if let Some(marker) = self.sync_marker() {
                 // A sync is owed: this server's store is no state of the leader's log yet.
@@ -263,6 +292,36 @@ impl Applier {
             if !error.retry {
                 break Some((error.error_num, error.message));
             }
+            if error.is_disk_full() {
+                self.runtime
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_error = LastError {
+                    error_num: error.error_num,
+                    time: timestamp(SystemTime::now()),
+                    message: error.message.clone(),
+                };
+                if !std::mem::replace(&mut space_wait_logged, true) {
+                    tracing::warn!(
+                        "replication applier waits for disk space, trying again every {} s: {}",
+                        DISK_FULL_RETRY_EVERY.as_secs(),
+                        error.message
+                    );
+                }
+                self.progress(format!(
+                    "waiting for disk space: {}; trying again every {} s",
+                    error.message,
+                    DISK_FULL_RETRY_EVERY.as_secs()
+                ));
+                // A setup waiting for this applier answers now (`wait_caught_up`).
+                self.runtime_changed.notify_waiters();
+                tokio::select! {
+                    _ = stopped.as_mut() => break None,
+                    _ = tokio::time::sleep(DISK_FULL_RETRY_EVERY) => {}
+                }
+                continue;
+            }
+            space_wait_logged = false;
             let (failed, retries_left) = {
                 let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                 if error.connect {
@@ -597,6 +656,10 @@ impl Applier {
                             format!("cannot store the leader's block: {e}"),
                         )
                     })?;
+                    {
+                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                        runtime.last_processed = runtime.last_processed.max(tick.get());
+                    }
                     if let Some(received) = received {
                         self.runtime
                             .lock()
@@ -674,7 +737,9 @@ impl Applier {
                             frame_events += u64::from(block.record_count());
                             last_stored = block.ticks().last;
                             log_empty = false;
-                            runtime.last_processed = last_stored.get();
+                            // `last_processed` (where a retry or restart resumes) moves once the
+                            // block is stored, below: one whose append fails (a full disk) must
+                            // be asked for again, or the log would have a gap.
                             drop(runtime);
                             let appended = self.node.wal.submit_block(block).map_err(|e| {
                                 SessionError::fatal(

@@ -69,6 +69,11 @@ pub(super) struct Runtime {
 }
 
 impl Runtime {
+    /// Whether the applier runs but waits for this server's disk to have space (1104).
+    pub(super) fn waits_for_space(&self) -> bool {
+        self.running && self.last_error.error_num == crate::api::num::FILESYSTEM_FULL
+    }
+
     /// The leader said its last tick is `last`, just now.
     pub(super) fn heard_from_leader(&mut self, last: u64) {
         self.last_available = Some(last);

@@ -62,6 +62,11 @@ pub enum Error {
     #[error("tick {tick}: {reason}")]
     ApplyConflict { tick: Tick, reason: String },
 
+    /// The document store cannot write for want of disk space: the store writer waits, and
+    /// goes on by itself once space is freed. Writes are refused meanwhile.
+    #[error("the document store cannot write, its disk is full ({0}); writes are refused until space is freed")]
+    StoreFull(String),
+
     /// The document store (RocksDB) failed.
     #[error("document store: {op}: {reason}")]
     Store { op: &'static str, reason: String },
@@ -70,21 +75,49 @@ pub enum Error {
     #[error("invalid wal option: {0}")]
     Config(String),
 
-    #[error("{op} {path}")]
+    /// A file operation failed. The display ends with what the system said (not kept as the
+    /// error's `source`, so that `{e}` alone tells the whole story: "No space left on device").
+    #[error("{op} {path}: {cause}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }
 
 impl Error {
+    /// Whether this failed for want of disk space (ENOSPC or a quota, from the WAL's files or
+    /// from the document store): the server stays up and goes on once space is freed.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { cause, .. } => matches!(
+                cause.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            ),
+            // RocksDB reports its status as text: "IO error: No space left on device: ...".
+            Error::Store { reason, .. } | Error::StoreFull(reason) => {
+                Error::names_no_space(reason)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an error text says a disk was full (RocksDB's statuses, a chained io::Error).
+    pub fn names_no_space(text: &str) -> bool {
+        text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    }
+
+    /// The error with its causes, joined by ": " (an `Io` error's display names only what was
+    /// done and the path; its cause says why).
+    pub fn chain(&self) -> String {
+        crate::wal::error_chain(self)
+    }
+
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 }

@@ -85,9 +85,11 @@ fn enospc_preparing_a_segment_fails_only_what_needed_it() {
             assert!(acknowledged.len() < 1000, "segments never filled up");
         };
         match &error {
-            Error::Io { op, source, .. } => {
+            Error::Io { op, cause, .. } => {
                 assert_eq!(*op, "preallocate");
-                assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+                assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
+                assert!(error.is_no_space());
+                assert!(error.to_string().contains("No space left on device"), "{error}");
             }
             other => panic!("expected ENOSPC, got {other}"),
         }

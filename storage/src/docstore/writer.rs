@@ -89,6 +89,8 @@ struct Shared {
     excluded: AtomicU64,
     ignored: AtomicU64,
     failed: Mutex<Option<String>>,
+    /// Why the store writer waits for disk space (`Error::StoreFull`), while it does.
+    full: Mutex<Option<String>>,
     /// The conflict the store writer waits on (`Error::ApplyConflict`): its tick and reason.
     conflict: Mutex<Option<(Tick, String)>>,
     /// Set to make the store writer try the group that conflicted again.
@@ -158,6 +160,7 @@ impl StoreWriter {
             excluded: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             failed: Mutex::new(None),
+            full: Mutex::new(None),
             conflict: Mutex::new(None),
             retry: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
@@ -289,6 +292,14 @@ impl StoreWriter {
         match &*self.shared.failed.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(reason) => Err(Error::WriterFailed(format!("store writer: {reason}"))),
             None if self.shared.stop.load(Ordering::Acquire) => Err(Error::Closed),
+            None => self.check_space(),
+        }
+    }
+
+    /// `Error::StoreFull` while the store writer waits for disk space.
+    pub fn check_space(&self) -> Result<()> {
+        match &*self.shared.full.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(reason) => Err(Error::StoreFull(reason.clone())),
             None => Ok(()),
         }
     }
@@ -352,6 +363,7 @@ impl StoreWriter {
     /// Stops the thread once it has applied everything durable, and joins it.
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
+        self.shared.wake();
         if let Some(thread) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = thread.join();
         }
@@ -383,8 +395,13 @@ fn run(
                     break;
                 }
                 settle_before_write(wal, store)?;
-                store.record_applied(wal.durable_tick())?;
-                upkeep.run(wal, store, options)?;
+                let kept = hold_while_full(shared, || {
+                    store.record_applied(wal.durable_tick())?;
+                    upkeep.run(wal, store, options)
+                })?;
+                if kept.is_none() {
+                    break; // stopping while the disk is full
+                }
                 shared.publish_persisted(&upkeep);
                 continue;
             }
@@ -413,7 +430,9 @@ fn run(
         let applied = store.applied_tick();
         shared.applied.store(applied.get(), Ordering::Release);
         shared.wake();
-        upkeep.run(wal, store, options)?;
+        if hold_while_full(shared, || upkeep.run(wal, store, options))?.is_none() {
+            break;
+        }
         shared.publish_persisted(&upkeep);
     }
     // Closing: persist the store so the next start replays nothing (or only what is not yet
@@ -559,8 +578,80 @@ fn apply_or_hold(
                 drop(guard);
                 *shared.conflict.lock().unwrap_or_else(|p| p.into_inner()) = None;
             }
-            other => return other.map(Some),
+            Err(error) if error.is_no_space() => {
+                // Nothing of the group was written (one batch): wait for space, then try it again.
+                if !wait_for_space(shared, &error) {
+                    return Ok(None);
+                }
+            }
+            other => {
+                space_back(shared);
+                return other.map(Some);
+            }
         }
+    }
+}
+
+/// How often a store writer waiting for disk space tries again. RocksDB clears its own
+/// background error once space is back (its file manager looks every 5 s), so a try may fail a
+/// few times after space is freed.
+const FULL_RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Runs `step` until it does not fail for want of disk space: each such failure holds the store
+/// writer (writes are refused with `Error::StoreFull` meanwhile) for `FULL_RETRY_EVERY`. `None`
+/// if the store writer is asked to stop while it waits. `step` must leave nothing half done
+/// when it fails (RocksDB writes are one batch; a failed flush leaves the memtables).
+fn hold_while_full<T>(shared: &Shared, mut step: impl FnMut() -> Result<T>) -> Result<Option<T>> {
+    loop {
+        match step() {
+            Err(error) if error.is_no_space() => {
+                if !wait_for_space(shared, &error) {
+                    return Ok(None);
+                }
+            }
+            other => {
+                space_back(shared);
+                return other.map(Some);
+            }
+        }
+    }
+}
+
+/// Marks the store writer as waiting for disk space because of `error`, wakes its waiters (who
+/// are told), and waits `FULL_RETRY_EVERY`; false if it is asked to stop.
+fn wait_for_space(shared: &Shared, error: &Error) -> bool {
+    {
+        let mut full = shared.full.lock().unwrap_or_else(|p| p.into_inner());
+        if full.is_none() {
+            let reason = error.chain();
+            tracing::error!(
+                "store writer waits for disk space (writes are refused until it is freed): {reason}"
+            );
+            *full = Some(reason);
+        }
+    }
+    shared.wake();
+    let guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+    if shared.stop.load(Ordering::Acquire) {
+        return false;
+    }
+    let _ = shared
+        .changed
+        .wait_timeout(guard, FULL_RETRY_EVERY)
+        .unwrap_or_else(|p| p.into_inner());
+    !shared.stop.load(Ordering::Acquire)
+}
+
+/// Clears the store writer's wait for disk space, if it waited.
+fn space_back(shared: &Shared) {
+    let was = shared
+        .full
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if was.is_some() {
+        tracing::info!("store writer: disk space is back, writes go on");
+        shared.wake();
     }
 }
 

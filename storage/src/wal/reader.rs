@@ -371,7 +371,7 @@ fn map_sealed(segment: &SealedSegment, tick: Tick) -> Result<(FileMap, &[u8])> {
         .map()
         .and_then(|map| Ok((map.clone(), segment.index()?)))
     {
-        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+        Err(Error::Io { cause, .. }) if cause.kind() == std::io::ErrorKind::NotFound => {
             Err(Error::TickCompacted(tick))
         }
         other => other,
