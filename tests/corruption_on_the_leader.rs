@@ -54,6 +54,15 @@ fn a_rotten_sealed_block_on_the_leader_is_refused_with_its_segment_and_offset() 
         || state()["running"] == json!(false),
         || format!("{}", state()),
     );
+    // The store applies what was stored before the stop on its own time.
+    wait_until_or(
+        "the store has applied every block stored",
+        || {
+            let s = state();
+            s["lastAppliedContinuousTick"] == s["lastProcessedContinuousTick"]
+        },
+        || format!("{}", state()),
+    );
     let stopped = state();
     let message = stopped["lastError"]["errorMessage"].as_str().unwrap();
     let name = rotten.file_name().unwrap().to_str().unwrap();

@@ -623,212 +623,227 @@ impl Applier {
         // Whether the frame being received brought a block this server did not have.
         let mut frame_stored = false;
         let mut frame_events = 0u64;
-        loop {
-            let taken = inflight.get(untaken).map(|block| block.appended.taken());
-            let taken = async {
-                match taken {
-                    Some(taken) => taken.await,
-                    None => std::future::pending().await,
-                }
-            };
-            let synced = async {
-                match inflight.front_mut() {
-                    Some(block) => (&mut block.appended).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let piece = tokio::select! {
-                biased;
-                result = synced => {
-                    let Some(Inflight { tick, bytes, received, .. }) = inflight.pop_front() else {
-                        continue;
-                    };
-                    inflight_bytes -= bytes;
-                    if untaken == 0 {
-                        // Completed before it was seen taken (a failed append, say).
-                        queued_bytes -= bytes;
-                    } else {
-                        untaken -= 1;
+        // The loop ends only with the session (an error, or the leader closing it).
+        let ended: Result<(), SessionError> = async {
+            loop {
+                let taken = inflight.get(untaken).map(|block| block.appended.taken());
+                let taken = async {
+                    match taken {
+                        Some(taken) => taken.await,
+                        None => std::future::pending().await,
                     }
-                    result.map_err(|e| {
-                        SessionError::fatal(
-                            errors::LEADER_ERROR,
-                            format!("cannot store the leader's block: {e}"),
-                        )
-                    })?;
-                    {
-                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                        runtime.last_processed = runtime.last_processed.max(tick.get());
+                };
+                let synced = async {
+                    match inflight.front_mut() {
+                        Some(block) => (&mut block.appended).await,
+                        None => std::future::pending().await,
                     }
-                    if let Some(received) = received {
-                        self.runtime
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .total_apply_time += received.elapsed().as_secs_f64();
-                        self.ack(&mut stream, tick).await?;
-                    }
-                    continue;
-                }
-                () = taken => {
-                    queued_bytes -= inflight[untaken].bytes;
-                    untaken += 1;
-                    continue;
-                }
-                held = self.node.store_writer.applied(Tick::new(u64::MAX)) => {
-                    return Err(match held {
-                        Err(tickship_storage::Error::ApplyConflict { tick, reason }) => {
-                            SessionError::fatal(
-                                num::DUPLICATE_NAME,
-                                format!(
-                                    "cannot apply the leader's tick {tick}: {reason}; resolve the \
-                                     conflict (or set ignoreErrors) and start the applier again"
-                                ),
-                            )
+                };
+                let piece = tokio::select! {
+                    biased;
+                    result = synced => {
+                        let Some(Inflight { tick, bytes, received, .. }) = inflight.pop_front() else {
+                            continue;
+                        };
+                        inflight_bytes -= bytes;
+                        if untaken == 0 {
+                            // Completed before it was seen taken (a failed append, say).
+                            queued_bytes -= bytes;
+                        } else {
+                            untaken -= 1;
                         }
-                        other => SessionError::fatal(
-                            errors::LEADER_ERROR,
-                            format!("this server's store writer stopped: {other:?}"),
-                        ),
-                    });
-                }
-                piece = stream.recv_piece(silence),
-                    if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => piece,
-            };
-            let piece = piece.map_err(|e| match e {
-                // A leader that sends what the protocol (or maxPacketSize) does not allow will
-                // send it again on a new connection.
-                NetError::Protocol(message) => SessionError::fatal(
-                    num::INVALID_RESPONSE,
-                    format!(
-                        "invalid frame from the leader at {}: {message} (maxPacketSize is {})",
-                        config.endpoint, config.max_packet_size
-                    ),
-                ),
-                e => SessionError::connect(format!(
-                    "connection to leader at {} lost: {e}",
-                    config.endpoint
-                )),
-            })?;
-            let leader_last = match piece {
-                Piece::Block {
-                    leader_last,
-                    block,
-                    frame_end,
-                } => {
-                    if let Some(payload) = block {
-                        let bytes = payload.len();
-                        let block = Block::parse(payload).map_err(|e| {
+                        result.map_err(|e| {
                             SessionError::fatal(
-                                num::INVALID_RESPONSE,
-                                format!("invalid block from the leader: {e}"),
+                                errors::LEADER_ERROR,
+                                format!("cannot store the leader's block: {e}"),
                             )
                         })?;
-                        if log_empty && block.ticks().last > from {
-                            last_stored = self.begin_log(block.ticks().first, from)?;
+                        {
+                            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                            runtime.last_processed = runtime.last_processed.max(tick.get());
                         }
-                        let new = place_block(block.ticks(), last_stored, from)
-                            .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
-                        let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                        runtime.total_bytes_received += bytes as u64;
-                        runtime.heard_from_leader(leader_last);
-                        if new {
-                            // Documents and removals are counted by the store writer, which
-                            // decodes the records anyway; here only the record count is needed.
-                            frame_events += u64::from(block.record_count());
-                            last_stored = block.ticks().last;
-                            log_empty = false;
-                            // `last_processed` (where a retry or restart resumes) moves once the
-                            // block is stored, below: one whose append fails (a full disk) must
-                            // be asked for again, or the log would have a gap.
-                            drop(runtime);
-                            let appended = self.node.wal.submit_block(block).map_err(|e| {
+                        if let Some(received) = received {
+                            self.runtime
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .total_apply_time += received.elapsed().as_secs_f64();
+                            self.ack(&mut stream, tick).await?;
+                        }
+                        continue;
+                    }
+                    () = taken => {
+                        queued_bytes -= inflight[untaken].bytes;
+                        untaken += 1;
+                        continue;
+                    }
+                    held = self.node.store_writer.applied(Tick::new(u64::MAX)) => {
+                        return Err(match held {
+                            Err(tickship_storage::Error::ApplyConflict { tick, reason }) => {
                                 SessionError::fatal(
-                                    errors::LEADER_ERROR,
-                                    format!("cannot store the leader's block: {e}"),
+                                    num::DUPLICATE_NAME,
+                                    format!(
+                                        "cannot apply the leader's tick {tick}: {reason}; resolve the \
+                                         conflict (or set ignoreErrors) and start the applier again"
+                                    ),
+                                )
+                            }
+                            other => SessionError::fatal(
+                                errors::LEADER_ERROR,
+                                format!("this server's store writer stopped: {other:?}"),
+                            ),
+                        });
+                    }
+                    piece = stream.recv_piece(silence),
+                        if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => piece,
+                };
+                let piece = piece.map_err(|e| match e {
+                    // A leader that sends what the protocol (or maxPacketSize) does not allow will
+                    // send it again on a new connection.
+                    NetError::Protocol(message) => SessionError::fatal(
+                        num::INVALID_RESPONSE,
+                        format!(
+                            "invalid frame from the leader at {}: {message} (maxPacketSize is {})",
+                            config.endpoint, config.max_packet_size
+                        ),
+                    ),
+                    e => SessionError::connect(format!(
+                        "connection to leader at {} lost: {e}",
+                        config.endpoint
+                    )),
+                })?;
+                let leader_last = match piece {
+                    Piece::Block {
+                        leader_last,
+                        block,
+                        frame_end,
+                    } => {
+                        if let Some(payload) = block {
+                            let bytes = payload.len();
+                            let block = Block::parse(payload).map_err(|e| {
+                                SessionError::fatal(
+                                    num::INVALID_RESPONSE,
+                                    format!("invalid block from the leader: {e}"),
                                 )
                             })?;
-                            inflight.push_back(Inflight {
-                                appended,
-                                tick: last_stored,
-                                bytes,
-                                received: None,
-                            });
-                            inflight_bytes += bytes;
-                            queued_bytes += bytes;
-                            frame_stored = true;
-                            if !progressed {
+                            if log_empty && block.ticks().last > from {
+                                last_stored = self.begin_log(block.ticks().first, from)?;
+                            }
+                            let new = place_block(block.ticks(), last_stored, from)
+                                .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
+                            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                            runtime.total_bytes_received += bytes as u64;
+                            runtime.heard_from_leader(leader_last);
+                            if new {
+                                // Documents and removals are counted by the store writer, which
+                                // decodes the records anyway; here only the record count is needed.
+                                frame_events += u64::from(block.record_count());
+                                last_stored = block.ticks().last;
+                                log_empty = false;
+                                // `last_processed` (where a retry or restart resumes) moves once the
+                                // block is stored, below: one whose append fails (a full disk) must
+                                // be asked for again, or the log would have a gap.
+                                drop(runtime);
+                                let appended = self.node.wal.submit_block(block).map_err(|e| {
+                                    SessionError::fatal(
+                                        errors::LEADER_ERROR,
+                                        format!("cannot store the leader's block: {e}"),
+                                    )
+                                })?;
+                                inflight.push_back(Inflight {
+                                    appended,
+                                    tick: last_stored,
+                                    bytes,
+                                    received: None,
+                                });
+                                inflight_bytes += bytes;
+                                queued_bytes += bytes;
+                                frame_stored = true;
+                                if !progressed {
+                                    progressed = true;
+                                    self.made_progress();
+                                }
+                            }
+                        }
+                        if !frame_end {
+                            continue;
+                        }
+                        leader_last
+                    }
+                    Piece::Frame(frame) => match frame.kind {
+                        Kind::Idle => {
+                            let idle = Idle::from_frame(&frame).map_err(|e| {
+                                SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
+                            })?;
+                            self.runtime
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .heard_from_leader(idle.last_tick);
+                            if !progressed && idle.last_tick <= last_stored.get() {
+                                // Level with the leader: nothing to fetch is progress too.
                                 progressed = true;
                                 self.made_progress();
                             }
+                            self.runtime_changed.notify_waiters();
+                            self.track_distance(idle.last_tick);
+                            self.ack(&mut stream, self.node.wal.durable_tick()).await?;
+                            continue;
                         }
-                    }
-                    if !frame_end {
-                        continue;
-                    }
-                    leader_last
-                }
-                Piece::Frame(frame) => match frame.kind {
-                    Kind::Idle => {
-                        let idle = Idle::from_frame(&frame).map_err(|e| {
-                            SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
-                        })?;
-                        self.runtime
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .heard_from_leader(idle.last_tick);
-                        if !progressed && idle.last_tick <= last_stored.get() {
-                            // Level with the leader: nothing to fetch is progress too.
-                            progressed = true;
-                            self.made_progress();
+                        Kind::Close => {
+                            let close = Close::from_frame(&frame).map_err(|e| {
+                                SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
+                            })?;
+                            return Err(match close.error_num {
+                                // The leader going away is worth retrying; everything else is not.
+                                errors::SHUTTING_DOWN | 0 => SessionError::connect(format!(
+                                    "leader at {} closed the connection: {}",
+                                    config.endpoint, close.error_message
+                                )),
+                                num => SessionError::fatal(num, close.error_message),
+                            });
                         }
-                        self.runtime_changed.notify_waiters();
-                        self.track_distance(idle.last_tick);
-                        self.ack(&mut stream, self.node.wal.durable_tick()).await?;
-                        continue;
+                        other => {
+                            return Err(SessionError::fatal(
+                                num::INVALID_RESPONSE,
+                                format!("unexpected {other:?} frame from the leader"),
+                            ))
+                        }
+                    },
+                };
+                // A whole frame has arrived: its last new block acks once durable (or now, if it is
+                // durable already).
+                let received = Instant::now();
+                if std::mem::take(&mut frame_stored) {
+                    match inflight.back_mut() {
+                        Some(last) if last.tick == last_stored => last.received = Some(received),
+                        _ => self.ack(&mut stream, last_stored).await?,
                     }
-                    Kind::Close => {
-                        let close = Close::from_frame(&frame).map_err(|e| {
-                            SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
-                        })?;
-                        return Err(match close.error_num {
-                            // The leader going away is worth retrying; everything else is not.
-                            errors::SHUTTING_DOWN | 0 => SessionError::connect(format!(
-                                "leader at {} closed the connection: {}",
-                                config.endpoint, close.error_message
-                            )),
-                            num => SessionError::fatal(num, close.error_message),
-                        });
-                    }
-                    other => {
-                        return Err(SessionError::fatal(
-                            num::INVALID_RESPONSE,
-                            format!("unexpected {other:?} frame from the leader"),
-                        ))
-                    }
-                },
-            };
-            // A whole frame has arrived: its last new block acks once durable (or now, if it is
-            // durable already).
-            let received = Instant::now();
-            if std::mem::take(&mut frame_stored) {
-                match inflight.back_mut() {
-                    Some(last) if last.tick == last_stored => last.received = Some(received),
-                    _ => self.ack(&mut stream, last_stored).await?,
                 }
+                let fetch_time = waiting_since.elapsed().as_secs_f64();
+                waiting_since = received;
+                let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                runtime.heard_from_leader(leader_last);
+                runtime.total_events += std::mem::take(&mut frame_events);
+                runtime.total_fetch_time += fetch_time;
+                runtime.fetch_batches += 1;
+                runtime.apply_batches += 1;
+                runtime.total_requests += 1;
+                drop(runtime);
+                self.runtime_changed.notify_waiters();
+                self.track_distance(leader_last);
             }
-            let fetch_time = waiting_since.elapsed().as_secs_f64();
-            waiting_since = received;
-            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            runtime.heard_from_leader(leader_last);
-            runtime.total_events += std::mem::take(&mut frame_events);
-            runtime.total_fetch_time += fetch_time;
-            runtime.fetch_batches += 1;
-            runtime.apply_batches += 1;
-            runtime.total_requests += 1;
-            drop(runtime);
-            self.runtime_changed.notify_waiters();
-            self.track_distance(leader_last);
         }
+        .await;
+        // Blocks handed to the WAL before the session ended are stored, or fail, on their own:
+        // wait for each, so that `last_processed`, where the next session resumes, names exactly
+        // the last block stored (not one still queued, nor one whose append failed).
+        for block in inflight.drain(..) {
+            if block.appended.await.is_err() {
+                break;
+            }
+            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+            runtime.last_processed = runtime.last_processed.max(block.tick.get());
+        }
+        ended
     }
 
     /// This session brought something: connecting works again.
