@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 /// The `tickship` command lines README.md shows (`target/release/tickship ...`), split into
 /// arguments.
 fn readme_commands() -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(common::package_dir().join("README.md")).expect("README.md");
     readme
         .lines()
         .filter_map(|line| line.trim().strip_prefix("target/release/tickship "))

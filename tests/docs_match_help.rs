@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-const FLAGS_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/flags.md");
 
 /// A flag as a `--help` page prints it.
 #[derive(Debug)]
@@ -289,7 +288,11 @@ fn docs_flags_md_matches_help() {
             page.flags.keys().collect::<Vec<_>>()
         );
     }
-    let text = std::fs::read_to_string(FLAGS_MD).expect("read docs/flags.md");
+    // The package's directory as cargo gives it when it runs the test, not where it was built.
+    let package: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into);
+    let text =
+        std::fs::read_to_string(package.join("docs/flags.md")).expect("read docs/flags.md");
     let mut failures = Vec::new();
     let doc = parse_doc(&text, &mut failures);
 

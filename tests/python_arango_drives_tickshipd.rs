@@ -66,11 +66,7 @@ fn python_arango_suite_passes() {
     let python = virtualenv();
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = Daemon::start(dir.path(), &[]);
-    // Where cargo runs the test from, not where it was built (see the v1 fixture's test).
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-        || env!("CARGO_MANIFEST_DIR").into(),
-        std::path::PathBuf::from,
-    );
+    let package = common::package_dir();
     let script = package.join("tests/python/arango_suite.py");
     let output = Command::new(&python)
         .arg(&script)
@@ -97,10 +93,7 @@ fn python_arango_synchronize_then_start_applier_follows() {
     let dir = tempfile::tempdir().expect("tempdir");
     let leader = Daemon::start(&dir.path().join("leader"), &[]);
     let follower = Daemon::start(&dir.path().join("follower"), &[]);
-    let package = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(
-        || env!("CARGO_MANIFEST_DIR").into(),
-        std::path::PathBuf::from,
-    );
+    let package = common::package_dir();
     let output = Command::new(&python)
         .arg(package.join("tests/python/synchronize.py"))
         .arg(&leader.url)

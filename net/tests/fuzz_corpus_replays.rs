@@ -6,7 +6,11 @@
 use std::path::PathBuf;
 
 fn replay(target: &str, run: fn(&[u8])) {
-    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    // The package's directory as cargo gives it when it runs the test, not where it was built:
+    // a target directory shared by two checkouts keeps a binary built in the other.
+    let package: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    let fuzz = package.join("../fuzz");
     let mut inputs = Vec::new();
     for kind in ["seeds", "found"] {
         if let Ok(entries) = std::fs::read_dir(fuzz.join(kind).join(target)) {

@@ -14,6 +14,13 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-password";
 
+/// The package's directory as cargo gives it when it runs the test, not where the test was
+/// built: a target directory shared by two checkouts keeps a binary built in the other.
+pub fn package_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from)
+}
+
 pub struct Daemon {
     pub child: Option<Child>,
     pub dir: PathBuf,

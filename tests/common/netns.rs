@@ -145,10 +145,7 @@ impl Link {
 
     /// Where ../shared/tools/netem.py is, if this checkout sits next to it.
     pub fn netem_script() -> Option<PathBuf> {
-        let path = PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/tools/netem.py"
-        ));
+        let path = super::package_dir().join("../shared/tools/netem.py");
         path.exists().then_some(path)
     }
 
