@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod catch_up;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -198,14 +198,42 @@ fn a_full_follower_waits_with_1104_and_catches_up_by_itself_once_space_is_freed(
                 .starts_with("waiting for disk space: "),
             "{state}"
         );
-        // The leader is not held back, and the follower's lag shows the wait.
+        // The leader is not held back, and the lag shows the wait on both sides: the follower
+        // is behind and not catching up (no time to catch up is given), and so says the leader.
         fill(&lh, "docs", 61_000, 62_000, 1);
-        assert!(state["ticksBehind"].as_u64().unwrap() > 0, "{state}");
+        wait_within(
+            "the follower says it is not catching up",
+            Duration::from_secs(60),
+            || {
+                let state = applier_state(&fh);
+                state["secondsToCatchUp"].is_null() && state["ticksBehind"].as_u64() > Some(0)
+            },
+            || format!("\nstate {}", applier_state(&fh)),
+        );
+        let client = || {
+            lh.get("/_api/replication/logger-state").json()["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["serverId"] != json!(""))
+                .cloned()
+                .unwrap()
+        };
+        let seen = client();
+        assert!(seen["secondsToCatchUp"].is_null(), "{seen}");
+        assert!(seen["bytesBehind"].as_u64().unwrap() > 1 << 20, "{seen}");
 
         grow(&small, "400m");
         converged(leader, &follower, &[("_system", "docs")]);
         let state = applier_state(&fh);
         assert_eq!(state["running"], json!(true), "{state}");
         assert_eq!(state["lastError"]["errorNum"], json!(0), "{state}");
+        assert_eq!(state["secondsToCatchUp"], json!(0.0), "{state}");
+        wait_within(
+            "the leader sees the follower level",
+            Duration::from_secs(30),
+            || client()["secondsToCatchUp"] == json!(0.0),
+            || format!("\nclient {}", client()),
+        );
     });
 }

@@ -860,7 +860,12 @@ impl Applier {
     /// (docs/benchmarks/2026-11-23-follower-memory.md, runs 2 and 6). Far behind, such a store
     /// holds one memtable at a time instead (`DocStore::set_far_behind`).
     pub(super) fn track_distance(&self, leader_last: u64) {
-        let behind = leader_last.saturating_sub(self.node.store_writer.applied_tick().get());
+        let applied = self.node.store_writer.applied_tick().get();
+        let behind = leader_last.saturating_sub(applied);
+        self.runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note_distance(applied);
         let store = &self.node.store;
         if store.documents_in_wal() {
             self.size_memtables(true, || format!("{behind} ticks behind the leader"));

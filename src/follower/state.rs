@@ -65,6 +65,8 @@ pub(super) struct Runtime {
     pub(super) synced_removals: u64,
     /// When the last sync finished.
     pub(super) last_sync: Option<std::time::Instant>,
+    /// How the distance to the leader's last tick moved lately (`secondsToCatchUp`).
+    pub(super) catch_up: crate::catch_up::CatchUpClock,
     pub(super) last_error: LastError,
 }
 
@@ -78,6 +80,29 @@ impl Runtime {
     pub(super) fn heard_from_leader(&mut self, last: u64) {
         self.last_available = Some(last);
         self.leader_heard = Some(std::time::Instant::now());
+    }
+
+    /// Notes the distance from `applied` to the leader's last tick as last heard (for
+    /// `seconds_to_catch_up`).
+    pub(super) fn note_distance(&mut self, applied: u64) {
+        if let Some(available) = self.last_available {
+            let behind = available.saturating_sub(applied);
+            self.catch_up.note(std::time::Instant::now(), behind);
+        }
+    }
+
+    /// Seconds until `applied` reaches the leader's last tick at the rate the distance shrank
+    /// lately: 0 when level, `None` when not catching up, not running, or when the leader has
+    /// been silent for longer than its idle messages allow (its last tick is not known then).
+    pub(super) fn seconds_to_catch_up(&mut self, applied: u64) -> Option<f64> {
+        let available = self.last_available.filter(|_| self.running)?;
+        if self.leader_silent_seconds()? > LEADER_SILENCE_UNKNOWN {
+            return None;
+        }
+        let behind = available.saturating_sub(applied);
+        let now = std::time::Instant::now();
+        self.catch_up.note(now, behind);
+        self.catch_up.eta_seconds(now, behind)
     }
 
     /// Seconds since the leader was last heard, while running and once it has been.
@@ -118,7 +143,13 @@ pub struct ApplierMetrics {
     pub last_available: u64,
     /// Seconds since the leader was last heard (while running).
     pub leader_silent_seconds: Option<f64>,
+    /// Seconds until level at the rate of late (while running and catching up).
+    pub seconds_to_catch_up: Option<f64>,
 }
+
+/// Seconds of silence after which a follower no longer knows the leader's last tick: the leader
+/// says it at least every second while idle.
+const LEADER_SILENCE_UNKNOWN: f64 = 3.0;
 
 pub(super) const CONFIG_FILE: &str = "applier-config.json";
 pub(super) const STATE_FILE: &str = "applier-state.json";
@@ -226,8 +257,13 @@ impl Applier {
 
     /// The figures `/_admin/metrics` shows.
     pub fn metrics(&self) -> ApplierMetrics {
-        let runtime = self.runtime_now();
         let applied = self.node.store_writer.applied_tick().get();
+        let seconds_to_catch_up = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seconds_to_catch_up(applied);
+        let runtime = self.runtime_now();
         let store = self.applied_from_leader(&runtime);
         let available = runtime.last_available.unwrap_or(0);
         ApplierMetrics {
@@ -260,6 +296,7 @@ impl Applier {
             last_processed: runtime.last_processed,
             last_available: available,
             leader_silent_seconds: runtime.leader_silent_seconds(),
+            seconds_to_catch_up,
         }
     }
 
@@ -267,8 +304,13 @@ impl Applier {
     /// gives it ("Replication applier").
     pub fn state_json(&self) -> Value {
         let config = self.config();
-        let runtime = self.runtime_now();
         let applied = self.node.store_writer.applied_tick().get();
+        let seconds_to_catch_up = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seconds_to_catch_up(applied);
+        let runtime = self.runtime_now();
         let store_totals = self.applied_from_leader(&runtime);
         let tick = |t: u64| {
             if t == 0 {
@@ -302,6 +344,7 @@ impl Applier {
             state["ticksBehind"] = json!(behind);
             if let Some(silent) = runtime.leader_silent_seconds() {
                 state["secondsSinceLeaderContact"] = json!(silent);
+                state["secondsToCatchUp"] = json!(seconds_to_catch_up);
             }
         }
         let mut progress = json!({

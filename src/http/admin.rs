@@ -323,6 +323,14 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         &per_client(&|c| Some(lag(c).seconds_to_falloff)),
     );
     out.labelled_gauge(
+        "tickship_replication_follower_seconds_to_catch_up",
+        "Seconds until a follower holds this log's last tick, at the rate its distance shrank \
+         over its acknowledgements of the last 15 s: 0 when level; absent when it is not \
+         catching up (stalled, partitioned, down).",
+        "follower",
+        &per_client(&|c| lag(c).seconds_to_catch_up),
+    );
+    out.labelled_gauge(
         "tickship_replication_follower_last_ack_seconds",
         "Seconds since a follower last acknowledged what it holds.",
         "follower",
@@ -374,6 +382,19 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         let _ = writeln!(
             out.0,
             "tickship_replication_applier_leader_silent_seconds {seconds}"
+        );
+    }
+    out.family(
+        "tickship_replication_applier_seconds_to_catch_up",
+        "gauge",
+        "Seconds until the applier shows the leader's last tick, at the rate its distance shrank \
+         over the last 15 s: 0 when level; absent when it is not catching up (a stall, a \
+         partition, a full disk, a leader writing faster than it applies).",
+    );
+    if let Some(seconds) = applier.seconds_to_catch_up {
+        let _ = writeln!(
+            out.0,
+            "tickship_replication_applier_seconds_to_catch_up {seconds}"
         );
     }
     out.counter(

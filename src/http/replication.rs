@@ -49,6 +49,7 @@ pub fn logger_state(state: &AppState) -> ApiResult<Response<Body>> {
                 "ticksBehind": lag.ticks,
                 "bytesBehind": lag.bytes,
                 "secondsToFalloff": lag.seconds_to_falloff,
+                "secondsToCatchUp": lag.seconds_to_catch_up,
             })
         })
         .chain(state.clients.dumps().into_iter().map(|d| {

@@ -28,6 +28,8 @@ pub struct Client {
     pub last_served_tick: Tick,
     /// What a QUIC follower last acknowledged as visible in its store, and when.
     pub applied: Option<(Tick, SystemTime)>,
+    /// How its distance to this log's last tick moved over its last acknowledgements.
+    pub catch_up: crate::catch_up::CatchUpClock,
 }
 
 /// How far a replication client is behind this leader's log, and how soon retention would take
@@ -43,6 +45,10 @@ pub struct Lag {
     /// ack renews it), or sooner under `--wal.archive-size-limit` at the append rate of the last
     /// minute, when the segments from its own on would outgrow the limit.
     pub seconds_to_falloff: f64,
+    /// Seconds until it holds this log's last tick at the rate its distance shrank over its
+    /// last acknowledgements: 0 when level, `None` when it is not catching up (a stall, a
+    /// partition, a down follower: no acknowledgement shrinks it).
+    pub seconds_to_catch_up: Option<f64>,
 }
 
 impl Client {
@@ -54,14 +60,19 @@ impl Client {
         now: SystemTime,
         append_rate: Option<f64>,
     ) -> Lag {
-        lag_at(
+        let last = wal.last_tick();
+        let mut lag = lag_at(
             self.last_served_tick,
-            wal.last_tick(),
+            last,
             ranges,
             self.expires.duration_since(now).unwrap_or_default(),
             wal.options().retention.archive_bytes_max,
             append_rate,
-        )
+        );
+        lag.seconds_to_catch_up = self
+            .catch_up
+            .eta_seconds(std::time::Instant::now(), lag.ticks);
+        lag
     }
 }
 
@@ -98,6 +109,7 @@ fn lag_at(
         ticks: last.get().saturating_sub(tick.get()),
         bytes,
         seconds_to_falloff: by_limit.map_or(by_ttl, |s| s.min(by_ttl)),
+        seconds_to_catch_up: None,
     }
 }
 
@@ -331,6 +343,15 @@ impl Clients {
         let now = SystemTime::now();
         let expires = now + self.ttl;
         wal.set_barrier(&id, from, expires)?;
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut catch_up = clients
+            .remove(&id)
+            .map(|c| c.catch_up)
+            .unwrap_or_default();
+        catch_up.note(
+            std::time::Instant::now(),
+            wal.last_tick().get().saturating_sub(from.get()),
+        );
         let client = Client {
             syncer_id: syncer_id.to_string(),
             server_id: server_id.to_string(),
@@ -339,11 +360,9 @@ impl Clients {
             expires,
             last_served_tick: from,
             applied: applied.map(|tick| (tick, now)),
+            catch_up,
         };
-        self.clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, client);
+        clients.insert(id, client);
         Ok(())
     }
 
