@@ -237,6 +237,16 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
             "the replay stopped at tick {tick}: {reason}; start the applier once that is resolved \
              (or with ignoreErrors)"
         ),
+        // A follower's copy of its leader's log with a damaged block: serve, so that its
+        // applier fetches the block again from the leader (a leader has no one to ask).
+        Err(error @ tickship_storage::Error::Corruption { .. })
+            if for_databases || crate::follower::is_following(&saved.1) =>
+        {
+            tracing::error!(
+                "the replay stopped before a damaged block: {error}; the applier fetches it \
+                 again from the leader once it runs"
+            )
+        }
         other => other.context("replay the WAL into the document store")?,
     }
     tracing::info!(

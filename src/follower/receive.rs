@@ -11,6 +11,7 @@ use tickship_net::frame::{Kind, Piece};
 use tickship_net::session::{self, FollowerSide};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
+use tickship_storage::docstore::Damage;
 use tickship_storage::wal::{Appended, Block};
 use tickship_storage::{Tick, TickRange};
 use tokio::sync::Notify;
@@ -115,6 +116,9 @@ pub(super) struct SessionError {
     pub(super) message: String,
     pub(super) retry: bool,
     pub(super) connect: bool,
+    /// The store writer is held before this damaged block of this server's log: the applier
+    /// fetches it again from the leader (`repair`) and goes on.
+    pub(super) damage: Option<Damage>,
 }
 
 impl SessionError {
@@ -124,6 +128,7 @@ impl SessionError {
             message,
             retry: true,
             connect: true,
+            damage: None,
         }
     }
 
@@ -139,6 +144,7 @@ impl SessionError {
             message,
             retry: false,
             connect: false,
+            damage: None,
         }
     }
 
@@ -151,6 +157,21 @@ impl SessionError {
             message,
             retry: true,
             connect: false,
+            damage: None,
+        }
+    }
+
+    /// The store writer met `damage` in this server's log.
+    fn damaged(damage: Damage) -> SessionError {
+        SessionError {
+            error_num: errors::LEADER_ERROR,
+            message: format!(
+                "this server's copy of the leader's log is damaged: {}",
+                damage.error()
+            ),
+            retry: false,
+            connect: false,
+            damage: Some(damage),
         }
     }
 
@@ -263,10 +284,16 @@ impl Applier {
                     .max(from.get()),
             );
             self.save_state();
-            let error = match result {
+            let mut error = match result {
                 Ok(()) => break None,
                 Err(error) => error,
             };
+            if let Some(damage) = error.damage.take() {
+                match self.repair(&config, &damage).await {
+                    Ok(()) => continue,
+                    Err(failed) => error = failed,
+                }
+            }
             if error.error_num == errors::START_TICK_NOT_PRESENT {
                 self.runtime
                     .lock()
@@ -687,6 +714,18 @@ impl Applier {
                                     ),
                                 )
                             }
+                            Err(error) if error.is_no_space() => SessionError::disk_full(format!(
+                                "this server's document store cannot write: {error}"
+                            )),
+                            Err(error @ tickship_storage::Error::Corruption { .. }) => {
+                                match self.node.store_writer.damage() {
+                                    Some(damage) => SessionError::damaged(damage),
+                                    None => SessionError::fatal(
+                                        errors::LEADER_ERROR,
+                                        format!("this server's store writer stopped: {error}"),
+                                    ),
+                                }
+                            }
                             other => SessionError::fatal(
                                 errors::LEADER_ERROR,
                                 format!("this server's store writer stopped: {other:?}"),
@@ -844,6 +883,122 @@ impl Applier {
             runtime.last_processed = runtime.last_processed.max(block.tick.get());
         }
         ended
+    }
+
+    /// Fetches the block at `damage` of this server's log again from the leader, writes it
+    /// over the damaged copy and lets the store writer go on. The follower's log holds the
+    /// leader's blocks byte for byte, so the leader's block starting at the same tick is the
+    /// same bytes; the WAL checks it is the block its seal index names there.
+    async fn repair(&self, config: &ApplierConfig, damage: &Damage) -> Result<(), SessionError> {
+        let wal = self.node.wal.clone();
+        let failed = |why: String| {
+            SessionError::fatal(
+                errors::LEADER_ERROR,
+                format!(
+                    "this server's copy of the leader's log is damaged ({}), and {why}; set this \
+                     follower up again",
+                    damage.error()
+                ),
+            )
+        };
+        let (first, bytes) = wal
+            .expected_block(damage.segment, damage.offset)
+            .map_err(|e| failed(format!("its block cannot be located: {e}")))?;
+        self.progress(format!(
+            "fetching the block at tick {first} again from the leader: this server's copy is \
+             damaged ({})",
+            damage.error()
+        ));
+        tracing::warn!(%first, "fetching a damaged block again from the leader: {}", damage.error());
+        let block = self.fetch_block(config, first, bytes).await.map_err(|e| {
+            if e.retry {
+                e // the leader is unreachable now: retried like any connection failure
+            } else {
+                failed(format!("the leader did not give it again: {}", e.message))
+            }
+        })?;
+        let (segment, offset) = (damage.segment, damage.offset);
+        tokio::task::block_in_place(|| wal.repair_block(segment, offset, &block))
+            .map_err(|e| failed(format!("the leader's copy could not be written: {e}")))?;
+        self.node.store_writer.retry();
+        Ok(())
+    }
+
+    /// The leader's block that starts at tick `first` (`bytes` long in a segment, at most).
+    async fn fetch_block(
+        &self,
+        config: &ApplierConfig,
+        first: Tick,
+        bytes: u64,
+    ) -> Result<Block, SessionError> {
+        let Opened {
+            connection: _connection,
+            mut stream,
+            ..
+        } = self.handshake(config).await?;
+        stream.streaming_blocks();
+        let chunk = bytes.clamp(64 << 10, config.frame_bytes_max() as u64);
+        stream
+            .send(&Tail {
+                from: first.get().saturating_sub(1),
+                chunk_bytes: chunk,
+            })
+            .await
+            .map_err(|e| SessionError::connect(e.to_string()))?;
+        let silence = Duration::from_secs_f64(config.request_timeout);
+        loop {
+            let piece = stream.recv_piece(silence).await.map_err(|e| {
+                SessionError::connect(format!(
+                    "connection to leader at {} lost: {e}",
+                    config.endpoint
+                ))
+            })?;
+            match piece {
+                Piece::Block {
+                    block: Some(payload),
+                    ..
+                } => {
+                    let block = Block::parse(payload).map_err(|e| {
+                        SessionError::fatal(
+                            num::INVALID_RESPONSE,
+                            format!("invalid block from the leader: {e}"),
+                        )
+                    })?;
+                    let ticks = block.ticks();
+                    if ticks.first == first {
+                        return Ok(block);
+                    }
+                    if ticks.last >= first {
+                        return Err(SessionError::fatal(
+                            num::INVALID_RESPONSE,
+                            format!(
+                                "the leader's log has no block starting at tick {first} (its \
+                                 block holding it is {ticks})"
+                            ),
+                        ));
+                    }
+                }
+                Piece::Block { block: None, .. } => {}
+                Piece::Frame(frame) if frame.kind == Kind::Close => {
+                    let close = Close::from_frame(&frame).map_err(|e| {
+                        SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
+                    })?;
+                    return Err(SessionError::fatal(close.error_num, close.error_message));
+                }
+                Piece::Frame(frame) if frame.kind == Kind::Idle => {
+                    let idle = Idle::from_frame(&frame).map_err(|e| {
+                        SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
+                    })?;
+                    if idle.last_tick < first.get() {
+                        return Err(SessionError::fatal(
+                            num::INVALID_RESPONSE,
+                            format!("the leader's log ends at tick {} before it", idle.last_tick),
+                        ));
+                    }
+                }
+                Piece::Frame(_) => {}
+            }
+        }
     }
 
     /// This session brought something: connecting works again.

@@ -66,7 +66,9 @@ pub use self::tuning::{
     TAILING_MEMTABLE_BYTES, TAILING_MEMTABLE_BYTES_KEYS_ONLY, TAILING_WRITE_BUFFERS_KEYS_ONLY,
 };
 use self::values::ValueFiles;
-pub use self::writer::{collect_wal_segment, StoreWriter, StoreWriterOptions, StoreWriterTotals};
+pub use self::writer::{
+    collect_wal_segment, Damage, StoreWriter, StoreWriterOptions, StoreWriterTotals,
+};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 use crate::wal::{Block, Wal};

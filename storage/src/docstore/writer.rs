@@ -91,6 +91,9 @@ struct Shared {
     failed: Mutex<Option<String>>,
     /// Why the store writer waits for disk space (`Error::StoreFull`), while it does.
     full: Mutex<Option<String>>,
+    /// The damaged block of the WAL the store writer cannot read past (`Error::Corruption`):
+    /// it waits for `retry` (the block repaired, say with a follower's leader's copy).
+    damaged: Mutex<Option<Damage>>,
     /// The conflict the store writer waits on (`Error::ApplyConflict`): its tick and reason.
     conflict: Mutex<Option<(Tick, String)>>,
     /// Set to make the store writer try the group that conflicted again.
@@ -121,6 +124,44 @@ impl Shared {
             != upkeep.persisted.get()
         {
             self.wake();
+        }
+    }
+}
+
+/// Where the store writer found a block of the WAL that fails its checks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub segment: SegmentId,
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub reason: String,
+}
+
+impl Damage {
+    fn of(error: &Error) -> Option<Damage> {
+        match error {
+            Error::Corruption {
+                segment_id,
+                path,
+                offset,
+                reason,
+            } => Some(Damage {
+                segment: *segment_id,
+                path: path.clone(),
+                offset: *offset,
+                reason: reason.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// As the error the reader gave.
+    pub fn error(&self) -> Error {
+        Error::Corruption {
+            segment_id: self.segment,
+            path: self.path.clone(),
+            offset: self.offset,
+            reason: self.reason.clone(),
         }
     }
 }
@@ -161,6 +202,7 @@ impl StoreWriter {
             ignored: AtomicU64::new(0),
             failed: Mutex::new(None),
             full: Mutex::new(None),
+            damaged: Mutex::new(None),
             conflict: Mutex::new(None),
             retry: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
@@ -212,6 +254,15 @@ impl StoreWriter {
             excluded: self.shared.excluded.load(Ordering::Relaxed),
             ignored: self.shared.ignored.load(Ordering::Relaxed),
         }
+    }
+
+    /// The damaged WAL block that holds the store writer, if any.
+    pub fn damage(&self) -> Option<Damage> {
+        self.shared
+            .damaged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The conflict that holds the store writer before a group, if any: its tick and reason.
@@ -296,6 +347,17 @@ impl StoreWriter {
         }
     }
 
+    /// The conflict or damaged block that holds the store writer, as an error.
+    fn check_held(&self) -> Result<()> {
+        if let Some((tick, reason)) = self.conflict() {
+            return Err(Error::ApplyConflict { tick, reason });
+        }
+        match self.damage() {
+            Some(damage) => Err(damage.error()),
+            None => Ok(()),
+        }
+    }
+
     /// `Error::StoreFull` while the store writer waits for disk space.
     pub fn check_space(&self) -> Result<()> {
         match &*self.shared.full.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -325,9 +387,7 @@ impl StoreWriter {
         let mut guard = self.shared.lock.lock().unwrap_or_else(|p| p.into_inner());
         while !reached(&self.shared) {
             self.check()?;
-            if let Some((tick, reason)) = self.conflict() {
-                return Err(Error::ApplyConflict { tick, reason });
-            }
+            self.check_held()?;
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Closed);
@@ -353,9 +413,7 @@ impl StoreWriter {
                 return Ok(());
             }
             self.check()?;
-            if let Some((tick, reason)) = self.conflict() {
-                return Err(Error::ApplyConflict { tick, reason });
-            }
+            self.check_held()?;
             notified.await;
         }
     }
@@ -388,7 +446,20 @@ fn run(
     loop {
         serve_requests(wal, store, context, shared, options);
         // Wait for at least one block, then take what else is there, up to the group size.
-        let first = match reader.wait_next(Duration::from_millis(200))? {
+        let next = match reader.wait_next(Duration::from_millis(200)) {
+            Err(error) => match Damage::of(&error) {
+                // The reader stays at the damaged block: once repaired, it is read again.
+                Some(damage) => {
+                    if !hold_damaged(wal, store, context, shared, options, damage) {
+                        break; // stopping while held
+                    }
+                    continue;
+                }
+                None => return Err(error),
+            },
+            Ok(next) => next,
+        };
+        let first = match next {
             Some(block) => block,
             None => {
                 if shared.stop.load(Ordering::Acquire) && wal.last_tick() <= store.applied_tick() {
@@ -409,12 +480,15 @@ fn run(
         let mut bytes = first.bytes().len();
         let mut group = vec![first];
         while bytes < options.group_bytes_max {
-            match reader.next_block()? {
-                Some(block) => {
+            match reader.next_block() {
+                Ok(Some(block)) => {
                     bytes += block.bytes().len();
                     group.push(block);
                 }
-                None => break,
+                Ok(None) => break,
+                // A damaged block ends the group; the next `wait_next` meets it again.
+                Err(error) if Damage::of(&error).is_some() => break,
+                Err(error) => return Err(error),
             }
         }
         settle_before_write(wal, store)?;
@@ -590,6 +664,43 @@ fn apply_or_hold(
             }
         }
     }
+}
+
+/// Holds the store writer before the damaged block `damage` until `retry` (false if it is asked
+/// to stop meanwhile); databases may still be admitted or left out.
+fn hold_damaged(
+    wal: &Wal,
+    store: &DocStore,
+    context: &mut ApplyContext,
+    shared: &Shared,
+    options: &StoreWriterOptions,
+    damage: Damage,
+) -> bool {
+    tracing::error!(
+        "store writer held before a damaged block of the WAL: {}; a follower fetches it again \
+         from its leader, a leader cannot go on past it",
+        damage.error()
+    );
+    *shared.damaged.lock().unwrap_or_else(|p| p.into_inner()) = Some(damage);
+    shared.wake();
+    let mut guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+    while !shared.retry.swap(false, Ordering::AcqRel) {
+        if shared.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        drop(guard);
+        serve_requests(wal, store, context, shared, options);
+        guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
+        guard = shared
+            .changed
+            .wait_timeout(guard, Duration::from_millis(200))
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+    }
+    drop(guard);
+    *shared.damaged.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    shared.wake();
+    true
 }
 
 /// How often a store writer waiting for disk space tries again. RocksDB clears its own

@@ -952,6 +952,82 @@ impl Wal {
         (seconds >= 1.0).then(|| last.1.saturating_sub(first.1) as f64 / seconds)
     }
 
+    /// What the block at `offset` of sealed segment `segment` should be, by the segment's seal
+    /// index (checked when the segment was opened): its first tick and the bytes it takes in
+    /// the segment, padding included. For a block whose own bytes fail their checks.
+    pub fn expected_block(&self, segment: SegmentId, offset: u64) -> Result<(Tick, u64)> {
+        let sealed = self.sealed_segment(segment)?;
+        let index = sealed.index()?;
+        let entries: Vec<(u64, u64)> = segment::index_entries(index).collect();
+        let at = entries
+            .iter()
+            .position(|&(_, o)| o == offset)
+            .ok_or_else(|| Error::Corruption {
+                segment_id: segment,
+                path: sealed.path.clone(),
+                offset,
+                reason: "no block of the seal index starts here".into(),
+            })?;
+        let end = entries.get(at + 1).map_or(sealed.data_end, |&(_, o)| o);
+        Ok((Tick::new(entries[at].0), end - offset))
+    }
+
+    /// Writes `block` over the damaged block at `offset` of sealed segment `segment`, and makes
+    /// it durable. `block` must be the one the seal index names there (same first tick, same
+    /// size): a follower's log holds its leader's blocks byte for byte, so the leader's copy
+    /// repairs it. Readers map the file shared, so they see the repaired bytes at once.
+    pub fn repair_block(&self, segment: SegmentId, offset: u64, block: &Block) -> Result<()> {
+        let sealed = self.sealed_segment(segment)?;
+        let (tick_first, bytes) = self.expected_block(segment, offset)?;
+        let header = block.header();
+        if block.ticks().first != tick_first || header.segment_bytes() as u64 != bytes {
+            return Err(Error::InvalidBlock(
+                "the replacement is not the block the seal index names at this offset",
+            ));
+        }
+        let mut image = block.bytes().to_vec();
+        image.resize(bytes as usize, 0);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sealed.path)
+            .map_err(|e| Error::io("open to repair", &sealed.path, e))?;
+        std::os::unix::fs::FileExt::write_all_at(&file, &image, offset)
+            .map_err(|e| Error::io("repair a block of", &sealed.path, e))?;
+        file.sync_data()
+            .map_err(|e| Error::io("sync the repaired", &sealed.path, e))?;
+        // Read back through the mapping readers use.
+        let map = sealed.map()?;
+        let (header, bytes) = block::slice_data_block(map, offset, sealed.data_end)
+            .and_then(|(header, bytes)| header.verify_crc(&bytes).map(|()| (header, bytes)))
+            .map_err(|reason| Error::Corruption {
+                segment_id: segment,
+                path: sealed.path.clone(),
+                offset,
+                reason: format!("still damaged after the repair: {reason}"),
+            })?;
+        debug_assert_eq!(bytes.len(), header.block_bytes());
+        tracing::warn!(
+            segment = %segment,
+            offset,
+            ticks = %header.ticks(),
+            "wal: repaired a damaged block with a copy from the leader"
+        );
+        Ok(())
+    }
+
+    fn sealed_segment(&self, segment: SegmentId) -> Result<Arc<SealedSegment>> {
+        let state = self.shared.lock();
+        state
+            .sealed
+            .iter()
+            .find(|s| s.id == segment)
+            .cloned()
+            .ok_or_else(|| Error::Directory {
+                dir: self.shared.dir.clone(),
+                reason: format!("segment {segment} is not a sealed segment of this log"),
+            })
+    }
+
     /// If the archive size limit removed ticks client `client` still needed: where it stood.
     pub fn lost_position(&self, client: &str) -> Option<LostPosition> {
         self.shared.lock().lost.get(client).cloned()
