@@ -60,6 +60,7 @@ impl CatchUpClock {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
 mod tests {
     use super::*;
 

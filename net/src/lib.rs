@@ -8,6 +8,7 @@ pub mod fuzzing;
 pub mod message;
 pub mod scram;
 pub mod session;
+pub mod stream;
 pub mod transport;
 
 pub use frame::{Frame, Kind};

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tickship_net::frame::{Kind, Piece};
 use tickship_net::session::{self, FollowerSide};
+use tickship_net::stream::{AckDue, BlockSpan, FollowerStream, FrameEnd, Placement};
 use tickship_net::transport::{client_endpoint, connect};
 use tickship_net::{errors, Ack, Close, Control, Error as NetError, FramedStream, Idle, Tail};
 use tickship_storage::docstore::Damage;
 use tickship_storage::wal::{Appended, Block};
-use tickship_storage::{Tick, TickRange};
+use tickship_storage::Tick;
 use tokio::sync::Notify;
 
 use super::*;
@@ -62,42 +63,6 @@ pub(super) fn chunk_bytes(chunk_size: u64, buffer_bytes: u32) -> u64 {
         0 => u64::from(buffer_bytes / 4).clamp(64 << 10, 4 << 20),
         bytes => bytes,
     }
-}
-
-/// A leader's block stored in this server's WAL and not yet durable there.
-pub(super) struct Inflight {
-    pub(super) appended: Appended,
-    /// Its last tick.
-    pub(super) tick: Tick,
-    pub(super) bytes: usize,
-    /// Set on the last block of a frame: when the frame arrived.
-    pub(super) received: Option<Instant>,
-}
-
-/// Where a block received from the leader goes: `Ok(false)` if this server's log holds it
-/// already (the leader resends from the tick asked for) or it ends at or before the `from`
-/// asked for, `Ok(true)` if it is the next one.
-/// The leader's log has no gaps, so a new block holds the tick after the last one stored, or
-/// after `from` while that is past this server's log (a gap would be changes this follower
-/// silently never has): it may start before such a `from`, as the block holding `from + 1`
-/// does, but never inside what is stored.
-pub(super) fn place_block(ticks: TickRange, last_stored: Tick, from: Tick) -> Result<bool, String> {
-    let continues_after = last_stored.max(from);
-    if ticks.last <= continues_after {
-        return Ok(false);
-    }
-    if ticks.first <= last_stored {
-        return Err(format!(
-            "block {ticks} from the leader overlaps this server's log ending at {last_stored}"
-        ));
-    }
-    let expected = continues_after.get().saturating_add(1);
-    if ticks.first.get() > expected {
-        return Err(format!(
-            "block {ticks} from the leader does not continue the log from tick {continues_after}"
-        ));
-    }
-    Ok(true)
 }
 
 /// A connection to the leader after the handshake.
@@ -622,38 +587,43 @@ impl Applier {
         // requestTimeout bounds the leader's silence, never a frame still arriving: on a slow
         // link one block can take longer than any timeout that catches a dead leader.
         let silence = Duration::from_secs_f64(config.request_timeout);
-        let mut last_stored = self.node.wal.last_tick();
-        // A log that holds no block yet (an empty server, or one restored from a dump) begins
-        // with the first block received, wherever in the leader's log that is.
-        let mut log_empty = self.node.wal.first_tick().is_none();
-        // A connection counts as working (failedConnects back to 0) only once it brings a new
-        // block or shows this server level with the leader: one that connects and then stalls
-        // must not look healthy however often it reconnects.
-        let mut progressed = false;
-        // Blocks stored but not yet durable, in order; `Some(received)` marks the last block of a
-        // frame. Receiving goes on while they are synced: the store writer sees a leader's
-        // blocks once written, so the fdatasync is not between the leader and visibility here.
-        let mut inflight: VecDeque<Inflight> = VecDeque::new();
-        // Of those, the ones from index `untaken` on are still queued for the WAL's writer,
-        // `queued_bytes` of them: the only ones this server holds in memory (the writer drops each
-        // block once it has copied it into its buffer). Past `receive_ahead` queued bytes nothing
-        // more is read, and the leader waits on QUIC's flow control, so a follower far behind holds
-        // no more received blocks than that, however far behind it is. Bytes written but not yet
-        // durable cost no memory; they are bounded (`durable_ahead`) only so that acks keep coming,
-        // and each fdatasync covers what was written meanwhile.
+        // What the session does with each block, when it acknowledges and whether it reads on
+        // is `FollowerStream`'s (net::stream, driven without I/O by its simulated tests); this
+        // loop does the I/O. A log that holds no block yet (an empty server, or one restored
+        // from a dump) begins with the first block received, wherever in the leader's log that
+        // is. What the session holds is bounded: past `receive_ahead` bytes of blocks not yet
+        // taken by the WAL's writer (which drops each once copied into its buffer) nothing more
+        // is read and the leader waits on QUIC's flow control; bytes written but not yet durable
+        // cost no memory and are bounded (`durable_ahead`) only so that acks keep coming.
         let receive_ahead = self.receiving.ahead_bytes();
-        let durable_ahead = DURABLE_AHEAD_BYTES.max(receive_ahead);
-        let mut untaken = 0usize;
-        let mut queued_bytes = 0usize;
-        let mut inflight_bytes = 0usize;
+        let mut machine = FollowerStream::new(
+            from.get(),
+            self.node.wal.last_tick().get(),
+            self.node.wal.first_tick().is_none(),
+            self.node.wal.durable_tick().get(),
+            receive_ahead,
+            DURABLE_AHEAD_BYTES.max(receive_ahead),
+        );
+        // The appends of the blocks the machine counts as in flight, in the same order, with
+        // the arrival time of a frame's last new block (for the apply time). Receiving goes on
+        // while they are synced: the store writer sees a leader's blocks once written, so the
+        // fdatasync is not between the leader and visibility here.
+        let mut inflight: VecDeque<(Appended, Option<Instant>)> = VecDeque::new();
         let mut waiting_since = Instant::now();
-        // Whether the frame being received brought a block this server did not have.
-        let mut frame_stored = false;
         let mut frame_events = 0u64;
+        // A connection counts as working (failedConnects back to 0) only once it brings a new
+        // block or shows this server level with the leader (the machine's progress): one that
+        // connects and then stalls must not look healthy however often it reconnects.
+        let progressed = |machine: &mut FollowerStream| {
+            if machine.take_progress() {
+                self.made_progress();
+            }
+        };
         // The loop ends only with the session (an error, or the leader closing it).
         let ended: Result<(), SessionError> = async {
             loop {
-                let taken = inflight.get(untaken).map(|block| block.appended.taken());
+                let next_taken = inflight.len() - machine.untaken();
+                let taken = inflight.get(next_taken).map(|(appended, _)| appended.taken());
                 let taken = async {
                     match taken {
                         Some(taken) => taken.await,
@@ -662,23 +632,17 @@ impl Applier {
                 };
                 let synced = async {
                     match inflight.front_mut() {
-                        Some(block) => (&mut block.appended).await,
+                        Some((appended, _)) => appended.await,
                         None => std::future::pending().await,
                     }
                 };
                 let piece = tokio::select! {
                     biased;
                     result = synced => {
-                        let Some(Inflight { tick, bytes, received, .. }) = inflight.pop_front() else {
+                        let Some((_, received)) = inflight.pop_front() else {
                             continue;
                         };
-                        inflight_bytes -= bytes;
-                        if untaken == 0 {
-                            // Completed before it was seen taken (a failed append, say).
-                            queued_bytes -= bytes;
-                        } else {
-                            untaken -= 1;
-                        }
+                        let due = machine.on_durable(result.is_ok());
                         result.map_err(|e| {
                             SessionError::fatal(
                                 errors::LEADER_ERROR,
@@ -687,20 +651,21 @@ impl Applier {
                         })?;
                         {
                             let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                            runtime.last_processed = runtime.last_processed.max(tick.get());
+                            runtime.last_processed = runtime.last_processed.max(machine.durable());
                         }
-                        if let Some(received) = received {
-                            self.runtime
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .total_apply_time += received.elapsed().as_secs_f64();
-                            self.ack(&mut stream, tick).await?;
+                        if let Some(AckDue(tick)) = due {
+                            if let Some(received) = received {
+                                self.runtime
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .total_apply_time += received.elapsed().as_secs_f64();
+                            }
+                            self.ack(&mut stream, Tick::new(tick)).await?;
                         }
                         continue;
                     }
                     () = taken => {
-                        queued_bytes -= inflight[untaken].bytes;
-                        untaken += 1;
+                        machine.on_taken();
                         continue;
                     }
                     held = self.node.store_writer.applied(Tick::new(u64::MAX)) => {
@@ -732,8 +697,7 @@ impl Applier {
                             ),
                         });
                     }
-                    piece = stream.recv_piece(silence),
-                        if queued_bytes < receive_ahead && inflight_bytes < durable_ahead => piece,
+                    piece = stream.recv_piece(silence), if machine.can_receive() => piece,
                 };
                 let piece = piece.map_err(|e| match e {
                     // A leader that sends what the protocol (or maxPacketSize) does not allow will
@@ -764,43 +728,39 @@ impl Applier {
                                     format!("invalid block from the leader: {e}"),
                                 )
                             })?;
-                            if log_empty && block.ticks().last > from {
-                                last_stored = self.begin_log(block.ticks().first, from)?;
+                            let ticks = block.ticks();
+                            let span = BlockSpan {
+                                first: ticks.first.get(),
+                                last: ticks.last.get(),
+                                bytes,
+                            };
+                            let invalid = |m| SessionError::fatal(num::INVALID_RESPONSE, m);
+                            let mut placement = machine.on_block(span).map_err(invalid)?;
+                            if let Placement::Begin { start, from } = placement {
+                                let last = self.begin_log(Tick::new(start + 1), Tick::new(from))?;
+                                machine.begun(last.get());
+                                placement = machine.on_block(span).map_err(invalid)?;
                             }
-                            let new = place_block(block.ticks(), last_stored, from)
-                                .map_err(|m| SessionError::fatal(num::INVALID_RESPONSE, m))?;
-                            let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-                            runtime.total_bytes_received += bytes as u64;
-                            runtime.heard_from_leader(leader_last);
-                            if new {
+                            {
+                                let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
+                                runtime.total_bytes_received += bytes as u64;
+                                runtime.heard_from_leader(leader_last);
+                            }
+                            if placement == Placement::Store {
                                 // Documents and removals are counted by the store writer, which
                                 // decodes the records anyway; here only the record count is needed.
                                 frame_events += u64::from(block.record_count());
-                                last_stored = block.ticks().last;
-                                log_empty = false;
-                                // `last_processed` (where a retry or restart resumes) moves once the
-                                // block is stored, below: one whose append fails (a full disk) must
-                                // be asked for again, or the log would have a gap.
-                                drop(runtime);
+                                // `last_processed` (where a retry or restart resumes) moves once
+                                // the block is durable: one whose append fails (a full disk)
+                                // must be asked for again, or the log would have a gap.
                                 let appended = self.node.wal.submit_block(block).map_err(|e| {
                                     SessionError::fatal(
                                         errors::LEADER_ERROR,
                                         format!("cannot store the leader's block: {e}"),
                                     )
                                 })?;
-                                inflight.push_back(Inflight {
-                                    appended,
-                                    tick: last_stored,
-                                    bytes,
-                                    received: None,
-                                });
-                                inflight_bytes += bytes;
-                                queued_bytes += bytes;
-                                frame_stored = true;
-                                if !progressed {
-                                    progressed = true;
-                                    self.made_progress();
-                                }
+                                inflight.push_back((appended, None));
+                                progressed(&mut machine);
                             }
                         }
                         if !frame_end {
@@ -817,14 +777,11 @@ impl Applier {
                                 .lock()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .heard_from_leader(idle.last_tick);
-                            if !progressed && idle.last_tick <= last_stored.get() {
-                                // Level with the leader: nothing to fetch is progress too.
-                                progressed = true;
-                                self.made_progress();
-                            }
+                            let AckDue(durable) = machine.on_idle(idle.last_tick);
+                            progressed(&mut machine);
                             self.runtime_changed.notify_waiters();
                             self.track_distance(idle.last_tick);
-                            self.ack(&mut stream, self.node.wal.durable_tick()).await?;
+                            self.ack(&mut stream, Tick::new(durable)).await?;
                             continue;
                         }
                         Kind::Close => {
@@ -851,10 +808,13 @@ impl Applier {
                 // A whole frame has arrived: its last new block acks once durable (or now, if it is
                 // durable already).
                 let received = Instant::now();
-                if std::mem::take(&mut frame_stored) {
-                    match inflight.back_mut() {
-                        Some(last) if last.tick == last_stored => last.received = Some(received),
-                        _ => self.ack(&mut stream, last_stored).await?,
+                match machine.on_frame_end() {
+                    FrameEnd::Nothing => {}
+                    FrameEnd::AckNow(AckDue(tick)) => self.ack(&mut stream, Tick::new(tick)).await?,
+                    FrameEnd::AckWhenDurable => {
+                        if let Some((_, at)) = inflight.back_mut() {
+                            *at = Some(received);
+                        }
                     }
                 }
                 let fetch_time = waiting_since.elapsed().as_secs_f64();
@@ -875,12 +835,14 @@ impl Applier {
         // Blocks handed to the WAL before the session ended are stored, or fail, on their own:
         // wait for each, so that `last_processed`, where the next session resumes, names exactly
         // the last block stored (not one still queued, nor one whose append failed).
-        for block in inflight.drain(..) {
-            if block.appended.await.is_err() {
+        for (appended, _) in inflight.drain(..) {
+            let stored = appended.await.is_ok();
+            machine.on_durable(stored);
+            if !stored {
                 break;
             }
             let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
-            runtime.last_processed = runtime.last_processed.max(block.tick.get());
+            runtime.last_processed = runtime.last_processed.max(machine.durable());
         }
         ended
     }
@@ -980,15 +942,13 @@ impl Applier {
                 }
                 Piece::Block { block: None, .. } => {}
                 Piece::Frame(frame) if frame.kind == Kind::Close => {
-                    let close = Close::from_frame(&frame).map_err(|e| {
-                        SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
-                    })?;
+                    let close = Close::from_frame(&frame)
+                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
                     return Err(SessionError::fatal(close.error_num, close.error_message));
                 }
                 Piece::Frame(frame) if frame.kind == Kind::Idle => {
-                    let idle = Idle::from_frame(&frame).map_err(|e| {
-                        SessionError::fatal(num::INVALID_RESPONSE, e.to_string())
-                    })?;
+                    let idle = Idle::from_frame(&frame)
+                        .map_err(|e| SessionError::fatal(num::INVALID_RESPONSE, e.to_string()))?;
                     if idle.last_tick < first.get() {
                         return Err(SessionError::fatal(
                             num::INVALID_RESPONSE,
@@ -1067,31 +1027,5 @@ mod tests {
         assert_eq!(chunk_bytes(0, 64 << 10), 64 << 10);
         assert_eq!(chunk_bytes(0, 1 << 30), 4 << 20);
         assert_eq!(chunk_bytes(300_000, 64 << 10), 300_000);
-    }
-
-    #[test]
-    fn received_blocks_continue_the_log_without_gaps() {
-        let range = |a, b| TickRange::new(Tick::new(a), Tick::new(b));
-        let t = Tick::new;
-        // Resent blocks are skipped; the next one is taken.
-        assert_eq!(place_block(range(1, 10), t(10), t(10)), Ok(false));
-        assert_eq!(place_block(range(11, 12), t(10), t(10)), Ok(true));
-        // Straddling what is stored, or leaving ticks out: refused, naming the ticks.
-        let overlap = place_block(range(5, 12), t(10), t(10)).unwrap_err();
-        assert!(
-            overlap.contains("5..=12") && overlap.contains("ending at 10"),
-            "{overlap}"
-        );
-        let gap = place_block(range(12, 15), t(10), t(10)).unwrap_err();
-        assert!(
-            gap.contains("12..=15") && gap.contains("from tick 10"),
-            "{gap}"
-        );
-        // Started with `from` past this server's log: the block holding `from + 1` is taken,
-        // even if it starts earlier; one after it is a gap, one ending at `from` is not wanted.
-        assert_eq!(place_block(range(15, 30), t(10), t(20)), Ok(true));
-        assert_eq!(place_block(range(21, 30), t(10), t(20)), Ok(true));
-        assert!(place_block(range(22, 30), t(10), t(20)).is_err());
-        assert_eq!(place_block(range(15, 20), t(10), t(20)), Ok(false));
     }
 }

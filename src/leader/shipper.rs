@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use tickship_net::frame::{Frame, Kind, BLOCKS_BYTES_MAX};
 use tickship_net::session::{self, LeaderSide};
+use tickship_net::stream::{BlockSpan, LeaderStream, Offer, IDLE_EVERY};
 use tickship_net::transport::server_endpoint;
 use tickship_net::{
     errors, Ack, Close, Control, Error as NetError, FramedStream, Identity, Idle, Tail,
@@ -22,8 +23,6 @@ use crate::node::Node;
 /// Default and largest `Blocks` frame.
 const CHUNK_DEFAULT: u64 = 4 << 20;
 const CHUNK_MAX: u64 = 64 << 20;
-/// Idle frames while nothing is new.
-const IDLE_EVERY: Duration = Duration::from_secs(1);
 /// How long a read of a follower's next control frame waits: in effect forever, as a silent
 /// follower (no Ack, no keep-alive) is dropped by QUIC's idle timeout long before.
 const FOLLOWER_SILENCE_MAX: Duration = Duration::from_secs(3600 * 24 * 365);
@@ -153,7 +152,12 @@ async fn serve(
         n => n.min(CHUNK_MAX),
     } as usize;
     let (mut sender, mut receiver) = stream.split();
+    // Which blocks go in which frame, when to say Idle and where a follower's barrier may move
+    // are `LeaderStream`'s (net::stream, driven without I/O by its simulated tests); the ship
+    // loop and the ack task do the I/O.
+    let machine = Arc::new(std::sync::Mutex::new(LeaderStream::new(tail.from, chunk)));
     // Acks arrive independently of what is being sent.
+    let ack_machine = machine.clone();
     let clients = shipping.clients.clone();
     let ack_wal = wal.clone();
     let follower_id = hello.server_id.clone();
@@ -163,13 +167,18 @@ async fn serve(
             match frame.kind {
                 Kind::Ack => {
                     let ack = Ack::from_frame(&frame)?;
-                    // The barrier follows what the follower has stored durably.
+                    // The barrier follows what the follower has stored durably (never past
+                    // what it was sent).
+                    let durable = ack_machine
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .on_ack(ack.durable);
                     let _ = clients.register_ack(
                         &ack_wal,
                         "",
                         &follower_id,
                         &client_info,
-                        Tick::new(ack.durable),
+                        Tick::new(durable),
                         Some(Tick::new(ack.applied)),
                     );
                 }
@@ -185,7 +194,7 @@ async fn serve(
             }
         }
     });
-    let result = ship(&shipping, &hello.server_id, from, chunk, &mut sender, &acks).await;
+    let result = ship(&shipping, &hello.server_id, &machine, &mut sender, &acks).await;
     acks.abort();
     match result {
         Ok(()) => Ok(()),
@@ -249,19 +258,20 @@ fn wal_error(
     }
 }
 
-/// Streams blocks after `from` until the follower goes or the leader shuts down.
+/// Streams blocks after the machine's position until the follower goes or the leader shuts
+/// down.
 async fn ship(
     shipping: &Shipping,
     follower: &str,
-    from: Tick,
-    chunk: usize,
+    machine: &std::sync::Mutex<LeaderStream>,
     sender: &mut tickship_net::transport::FrameSender,
     acks: &tokio::task::JoinHandle<Result<Close, NetError>>,
 ) -> Result<(), NetError> {
     let (wal, node) = (&shipping.node.wal, &*shipping.node);
-    let mut sent = from;
+    let machine = || machine.lock().unwrap_or_else(|p| p.into_inner());
     let leader_error = |e, sent: Tick| wal_error(shipping, follower, sent, e);
-    let mut reader = wal.reader_after(sent).map_err(|e| leader_error(e, sent))?;
+    let from = Tick::new(machine().sent());
+    let mut reader = wal.reader_after(from).map_err(|e| leader_error(e, from))?;
     loop {
         if acks.is_finished() {
             return Ok(());
@@ -277,31 +287,39 @@ async fn ship(
         }
         // Collect what is durable now, up to a chunk.
         let mut blocks: Vec<Bytes> = Vec::new();
-        let mut bytes = 0usize;
         // A block that fails its checks ends the session, but only after the good blocks read
         // before it: the follower gets everything up to it, then the error naming it.
         let mut failed = None;
-        while bytes < chunk {
+        loop {
             let block = match reader.next_block() {
                 Ok(Some(block)) => block,
                 Ok(None) => break,
                 Err(e) => {
-                    failed = Some(leader_error(e, sent));
+                    failed = Some(leader_error(e, Tick::new(machine().sent())));
                     break;
                 }
             };
             let ticks = block.ticks();
-            if ticks.last <= sent {
+            let span = BlockSpan {
+                first: ticks.first.get(),
+                last: ticks.last.get(),
+                bytes: block.bytes().len(),
+            };
+            let offer = machine().offer(span);
+            if offer == Offer::Skip {
                 continue;
             }
-            bytes += block.bytes().len();
-            sent = ticks.last;
             blocks.push(block.into_bytes());
+            if offer == Offer::AddAndSend {
+                break;
+            }
         }
         let shipped = !blocks.is_empty();
         if shipped {
             sender.send_blocks(wal.last_tick().get(), blocks).await?;
+            machine().frame_sent();
         }
+        let sent = Tick::new(machine().sent());
         if let Some(e) = failed {
             tracing::error!(follower, "replication: cannot ship after tick {sent}: {e}");
             return Err(e);
@@ -319,11 +337,13 @@ async fn ship(
             }
             Ok(_) => {}
             Err(_) => {
-                sender
-                    .send(&Idle {
-                        last_tick: wal.last_tick().get(),
-                    })
-                    .await?
+                if machine().quiet_for(IDLE_EVERY) {
+                    sender
+                        .send(&Idle {
+                            last_tick: wal.last_tick().get(),
+                        })
+                        .await?
+                }
             }
         }
     }
