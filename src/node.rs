@@ -117,13 +117,13 @@ impl Node {
         };
         let ticks = appended.await?;
         match self.store_writer.applied(ticks.last).await {
-            Err(error @ tickship_storage::Error::StoreFull(_)) => Err(ApiError::filesystem_full(
-                format_args!(
+            Err(error @ tickship_storage::Error::StoreFull(_)) => {
+                Err(ApiError::filesystem_full(format_args!(
                     "{error}; this write is in the log at tick {} and becomes visible once \
                      space is freed",
                     ticks.last
-                ),
-            )),
+                )))
+            }
             other => other.map(|()| ticks).map_err(ApiError::from),
         }
     }

@@ -124,11 +124,8 @@ fn a_rotten_block_the_leader_no_longer_has_stops_the_applier_with_why() {
     ];
     let (leader, follower, rotten, good) = rotten_follower(dir.path(), &pruning);
     let (lh, fh) = (leader.http(), follower.http());
-    let damaged_first: u64 = u64::from_str_radix(
-        &rotten.file_name().unwrap().to_str().unwrap()[17..33],
-        16,
-    )
-    .unwrap();
+    let damaged_first: u64 =
+        u64::from_str_radix(&rotten.file_name().unwrap().to_str().unwrap()[17..33], 16).unwrap();
     // The follower is down (its registration aside, which a restart renews): more writes let
     // the leader's retention take the damaged block's segment.
     fill(&lh, "docs", 4000, 6000, 2);
@@ -157,7 +154,11 @@ fn a_rotten_block_the_leader_no_longer_has_stops_the_applier_with_why() {
             && message.contains("set this follower up again"),
         "{stopped}"
     );
-    assert_ne!(std::fs::read(&rotten).unwrap(), good, "nothing wrote over it");
+    assert_ne!(
+        std::fs::read(&rotten).unwrap(),
+        good,
+        "nothing wrote over it"
+    );
     // Nothing past the damaged block was applied.
     assert_eq!(
         fh.get("/_api/collection/docs/count").json()["count"],

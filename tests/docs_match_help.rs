@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-
 /// A flag as a `--help` page prints it.
 #[derive(Debug)]
 struct HelpFlag {
@@ -291,8 +290,7 @@ fn docs_flags_md_matches_help() {
     // The package's directory as cargo gives it when it runs the test, not where it was built.
     let package: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into);
-    let text =
-        std::fs::read_to_string(package.join("docs/flags.md")).expect("read docs/flags.md");
+    let text = std::fs::read_to_string(package.join("docs/flags.md")).expect("read docs/flags.md");
     let mut failures = Vec::new();
     let doc = parse_doc(&text, &mut failures);
 

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{
-    applier_body, collection_state, converged, create, fill, mount_tmpfs, noise_text,
-    wait_within, Daemon, Http,
+    applier_body, collection_state, converged, create, fill, mount_tmpfs, noise_text, wait_within,
+    Daemon, Http,
 };
 use serde_json::{json, Value};
 
@@ -55,7 +55,9 @@ fn batch_of(batch: u64, state: &mut u64) -> Value {
 }
 
 fn applier_state(http: &Http) -> Value {
-    http.get("/_api/replication/applier-state?global=true").json()["state"].clone()
+    http.get("/_api/replication/applier-state?global=true")
+        .json()["state"]
+        .clone()
 }
 
 /// Asserts that `answer` is the full-disk refusal: 507, errorNum 1104, the system's words.
@@ -116,12 +118,21 @@ fn a_full_leader_refuses_writes_with_1104_and_takes_them_again_once_space_is_fre
         wait_within(
             "a write is taken again after space was freed",
             Duration::from_secs(60),
-            || http.send("POST", "/_api/document/docs", &json!({"_key": "after"})).status == 202,
+            || {
+                http.send("POST", "/_api/document/docs", &json!({"_key": "after"}))
+                    .status
+                    == 202
+            },
             || format!("\nlog:\n{}", leader.log()),
         );
         for batch in refused + 1..refused + 20 {
             let answer = http.send("POST", "/_api/document/docs", &batch_of(batch, &mut state));
-            assert_eq!(answer.status, 202, "{}", String::from_utf8_lossy(&answer.body));
+            assert_eq!(
+                answer.status,
+                202,
+                "{}",
+                String::from_utf8_lossy(&answer.body)
+            );
             acknowledged.push(batch);
         }
         // Every acknowledged batch is whole. The refused one was logged before the store said
@@ -130,13 +141,27 @@ fn a_full_leader_refuses_writes_with_1104_and_takes_them_again_once_space_is_fre
             let keys: Vec<String> = (0..100).map(|i| format!("b{batch}-{i}")).collect();
             let found = http.send("PUT", "/_api/document/docs?onlyget=true", &json!(keys));
             let docs = found.json();
-            let missing = docs.as_array().unwrap().iter().filter(|d| d["error"] == json!(true));
+            let missing = docs
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["error"] == json!(true));
             assert_eq!(missing.count(), 0, "batch {batch} lost documents");
         }
         let keys: Vec<String> = (0..100).map(|i| format!("b{refused}-{i}")).collect();
-        let found = http.send("PUT", "/_api/document/docs?onlyget=true", &json!(keys)).json();
-        let present = found.as_array().unwrap().iter().filter(|d| d["error"] != json!(true)).count();
-        assert!(present == 0 || present == 100, "the refused batch is half there: {present}");
+        let found = http
+            .send("PUT", "/_api/document/docs?onlyget=true", &json!(keys))
+            .json();
+        let present = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["error"] != json!(true))
+            .count();
+        assert!(
+            present == 0 || present == 100,
+            "the refused batch is half there: {present}"
+        );
         println!(
             "acknowledged {} batches before the disk was full; the refused one is {}",
             refused,
@@ -147,7 +172,10 @@ fn a_full_leader_refuses_writes_with_1104_and_takes_them_again_once_space_is_fre
         drop(http);
         let mut leader = leader;
         leader.terminate();
-        let leader = Daemon::start(&small.join("leader"), &["--rocksdb.documents-in-wal", "false"]);
+        let leader = Daemon::start(
+            &small.join("leader"),
+            &["--rocksdb.documents-in-wal", "false"],
+        );
         assert_eq!(collection_state(&leader.http(), "docs"), before);
     });
 }
@@ -172,11 +200,21 @@ fn a_full_follower_waits_with_1104_and_catches_up_by_itself_once_space_is_freed(
         let fh = follower.http();
         let body = applier_body(leader, json!({"autoStart": true}));
         assert_eq!(
-            fh.send("PUT", "/_api/replication/applier-config?global=true", &body).status,
+            fh.send("PUT", "/_api/replication/applier-config?global=true", &body)
+                .status,
             200
         );
-        let started = fh.send("PUT", "/_api/replication/applier-start?global=true&from=0", &json!({}));
-        assert_eq!(started.status, 200, "{}", String::from_utf8_lossy(&started.body));
+        let started = fh.send(
+            "PUT",
+            "/_api/replication/applier-start?global=true&from=0",
+            &json!({}),
+        );
+        assert_eq!(
+            started.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&started.body)
+        );
         converged(leader, &follower, &[("_system", "docs")]);
         // About 60 MB more than the follower's 40 MB hold.
         fill(&lh, "docs", 1000, 61_000, 1);

@@ -344,10 +344,7 @@ impl Clients {
         let expires = now + self.ttl;
         wal.set_barrier(&id, from, expires)?;
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let mut catch_up = clients
-            .remove(&id)
-            .map(|c| c.catch_up)
-            .unwrap_or_default();
+        let mut catch_up = clients.remove(&id).map(|c| c.catch_up).unwrap_or_default();
         catch_up.note(
             std::time::Instant::now(),
             wal.last_tick().get().saturating_sub(from.get()),

@@ -95,9 +95,7 @@ impl Error {
                 Some(libc::ENOSPC) | Some(libc::EDQUOT)
             ),
             // RocksDB reports its status as text: "IO error: No space left on device: ...".
-            Error::Store { reason, .. } | Error::StoreFull(reason) => {
-                Error::names_no_space(reason)
-            }
+            Error::Store { reason, .. } | Error::StoreFull(reason) => Error::names_no_space(reason),
             _ => false,
         }
     }

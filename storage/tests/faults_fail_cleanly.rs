@@ -89,7 +89,10 @@ fn enospc_preparing_a_segment_fails_only_what_needed_it() {
                 assert_eq!(*op, "preallocate");
                 assert_eq!(cause.raw_os_error(), Some(libc::ENOSPC));
                 assert!(error.is_no_space());
-                assert!(error.to_string().contains("No space left on device"), "{error}");
+                assert!(
+                    error.to_string().contains("No space left on device"),
+                    "{error}"
+                );
             }
             other => panic!("expected ENOSPC, got {other}"),
         }

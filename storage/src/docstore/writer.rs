@@ -755,11 +755,7 @@ fn wait_for_space(shared: &Shared, error: &Error) -> bool {
 
 /// Clears the store writer's wait for disk space, if it waited.
 fn space_back(shared: &Shared) {
-    let was = shared
-        .full
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take();
+    let was = shared.full.lock().unwrap_or_else(|p| p.into_inner()).take();
     if was.is_some() {
         tracing::info!("store writer: disk space is back, writes go on");
         shared.wake();
