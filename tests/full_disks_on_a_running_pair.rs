@@ -257,6 +257,16 @@ fn a_full_follower_waits_with_1104_and_catches_up_by_itself_once_space_is_freed(
                 .cloned()
                 .unwrap()
         };
+        // Received, durable and applied each stop short of the leader's last tick.
+        let state = applier_state(&fh);
+        let tick = |name: &str| state[name].as_str().unwrap().parse::<u64>().unwrap();
+        let available = tick("lastAvailableContinuousTick");
+        assert!(tick("lastReceivedContinuousTick") < available, "{state}");
+        assert!(
+            tick("lastProcessedContinuousTick") <= tick("lastReceivedContinuousTick"),
+            "{state}"
+        );
+        assert!(tick("lastAppliedContinuousTick") < available, "{state}");
         let seen = client();
         assert!(seen["secondsToCatchUp"].is_null(), "{seen}");
         assert!(seen["bytesBehind"].as_u64().unwrap() > 1 << 20, "{seen}");

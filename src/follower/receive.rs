@@ -745,6 +745,7 @@ impl Applier {
                                 let mut runtime = self.runtime.lock().unwrap_or_else(|p| p.into_inner());
                                 runtime.total_bytes_received += bytes as u64;
                                 runtime.heard_from_leader(leader_last);
+                                runtime.last_received = runtime.last_received.max(machine.last_stored());
                             }
                             if placement == Placement::Store {
                                 // Documents and removals are counted by the store writer, which

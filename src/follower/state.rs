@@ -37,6 +37,8 @@ pub(super) struct Runtime {
     pub(super) phase: &'static str,
     pub(super) last_processed: u64,
     pub(super) last_available: Option<u64>,
+    /// The last tick received and handed to this server's log (durable or not yet).
+    pub(super) last_received: u64,
     /// When the leader last said anything (a frame of blocks, idle, or the welcome): a partition
     /// shows here first, as `lastAvailableContinuousTick` stops where the leader was last heard.
     pub(super) leader_heard: Option<std::time::Instant>,
@@ -141,6 +143,8 @@ pub struct ApplierMetrics {
     pub last_applied: u64,
     pub last_processed: u64,
     pub last_available: u64,
+    /// The last tick received from the leader (handed to the log, durable or not).
+    pub last_received: u64,
     /// Seconds since the leader was last heard (while running).
     pub leader_silent_seconds: Option<f64>,
     /// Seconds until level at the rate of late (while running and catching up).
@@ -295,6 +299,7 @@ impl Applier {
             last_applied: applied,
             last_processed: runtime.last_processed,
             last_available: available,
+            last_received: runtime.last_received.max(runtime.last_processed),
             leader_silent_seconds: runtime.leader_silent_seconds(),
             seconds_to_catch_up,
         }
@@ -334,6 +339,7 @@ impl Applier {
             "lastAppliedContinuousTick": tick(applied),
             "lastProcessedContinuousTick": tick(runtime.last_processed),
             "lastAvailableContinuousTick": runtime.last_available.map_or(Value::Null, |t| Value::String(t.to_string())),
+            "lastReceivedContinuousTick": tick(runtime.last_received.max(runtime.last_processed)),
             "safeResumeTick": tick(runtime.last_processed),
         });
         if runtime.running {

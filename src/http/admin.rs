@@ -367,6 +367,16 @@ pub fn metrics(state: &AppState) -> ApiResult<Response<Body>> {
         applier.last_applied,
     );
     out.gauge(
+        "tickship_replication_applier_last_received_tick",
+        "The last tick received from the leader and handed to this server's log.",
+        applier.last_received,
+    );
+    out.gauge(
+        "tickship_replication_applier_last_durable_tick",
+        "The last tick of the leader's durable in this server's log (lastProcessedContinuousTick).",
+        applier.last_processed,
+    );
+    out.gauge(
         "tickship_replication_applier_last_available_tick",
         "The leader's last tick as last heard from it.",
         applier.last_available,
