@@ -108,7 +108,14 @@ impl Error {
     /// The error with its causes, joined by ": " (an `Io` error's display names only what was
     /// done and the path; its cause says why).
     pub fn chain(&self) -> String {
-        crate::wal::error_chain(self)
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {

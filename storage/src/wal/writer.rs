@@ -821,14 +821,7 @@ impl Drop for PanicGuard {
 
 /// The error and its sources, as one line.
 pub(crate) fn error_chain(error: &Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    error.chain()
 }
 
 fn unix_millis() -> u64 {
