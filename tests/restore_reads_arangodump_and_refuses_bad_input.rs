@@ -201,6 +201,31 @@ fn an_arangodump_directory_restores_and_bad_input_is_named() {
         ],
     );
 
+    // A number no double holds: refused as the document API refuses it, with file and line.
+    let huge = dir.path().join("huge-number");
+    arangodump_dir(&huge);
+    let people = huge.join(format!("{}.data.json", stem("people")));
+    let mut text = std::fs::read_to_string(&people).unwrap();
+    text.push_str("{\"_key\":\"h\",\"n\":1e400}\n");
+    std::fs::write(&people, text).unwrap();
+    let run = tickship(
+        &server,
+        PASSWORD,
+        &[
+            "restore",
+            "--input-directory",
+            huge.to_str().unwrap(),
+            "--overwrite",
+        ],
+    );
+    fails_with(
+        &run,
+        &[
+            &format!("{} line 102", people.display()),
+            "number out of range: 1e400",
+        ],
+    );
+
     // A bad key.
     let bad_key = dir.path().join("bad-key");
     arangodump_dir(&bad_key);

@@ -239,6 +239,10 @@ pub(crate) fn parse_line(
 ) -> ApiResult<Restored> {
     let object: RawObject<'_> = serde_json::from_slice(text)
         .map_err(|e| bad_line(line, num::CORRUPTED_JSON, format!("invalid JSON: {e}")))?;
+    // Valid JSON is UTF-8. A number no double holds would be stored as sent and then fail every
+    // read that parses the document, as in the document API.
+    crate::json::numbers_fit(std::str::from_utf8(text).unwrap_or_default())
+        .map_err(|e| bad_line(line, num::CORRUPTED_JSON, e))?;
     let (kind, document) = match (object.get("type"), object.get("data")) {
         (Some(kind), Some(data)) => {
             let kind: u64 = serde_json::from_str(kind.get())
