@@ -110,19 +110,7 @@ fn a_rotten_block_on_a_follower_is_fetched_again_from_the_leader() {
 #[test]
 fn a_rotten_block_the_leader_no_longer_has_stops_the_applier_with_why() {
     let dir = tempfile::tempdir().unwrap();
-    let pruning = [
-        "--wal.segment-size",
-        "1MiB",
-        "--wal.historic-logfiles",
-        "0",
-        "--wal.file-timeout",
-        "0",
-        "--wal.file-timeout-initial",
-        "0",
-        "--store.flush-interval",
-        "0.2",
-    ];
-    let (leader, follower, rotten, good) = rotten_follower(dir.path(), &pruning);
+    let (leader, follower, rotten, good) = rotten_follower(dir.path(), &common::PRUNING);
     let (lh, fh) = (leader.http(), follower.http());
     let damaged_first: u64 =
         u64::from_str_radix(&rotten.file_name().unwrap().to_str().unwrap()[17..33], 16).unwrap();

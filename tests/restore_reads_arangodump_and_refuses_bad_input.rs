@@ -175,56 +175,42 @@ fn an_arangodump_directory_restores_and_bad_input_is_named() {
     );
     fails_with(&wrong, &["401", "password"]);
 
-    // A malformed line: the file and the line in it.
-    let bad = dir.path().join("bad-line");
-    arangodump_dir(&bad);
-    let people = bad.join(format!("{}.data.json", stem("people")));
-    let mut text = std::fs::read_to_string(&people).unwrap();
-    text.push_str("{\"_key\":\"x\", this is not json}\n");
-    std::fs::write(&people, text).unwrap();
-    let run = tickship(
-        &server,
-        PASSWORD,
-        &[
-            "restore",
-            "--input-directory",
-            bad.to_str().unwrap(),
-            "--overwrite",
-        ],
-    );
-    fails_with(
-        &run,
-        &[
-            &format!("{} line 102", people.display()),
+    // A malformed line, and a number no double holds (refused as the document API refuses it):
+    // the file and the line in it.
+    for (name, line, says) in [
+        (
+            "bad-line",
+            "{\"_key\":\"x\", this is not json}",
             "invalid JSON",
-            "complete:",
-        ],
-    );
-
-    // A number no double holds: refused as the document API refuses it, with file and line.
-    let huge = dir.path().join("huge-number");
-    arangodump_dir(&huge);
-    let people = huge.join(format!("{}.data.json", stem("people")));
-    let mut text = std::fs::read_to_string(&people).unwrap();
-    text.push_str("{\"_key\":\"h\",\"n\":1e400}\n");
-    std::fs::write(&people, text).unwrap();
-    let run = tickship(
-        &server,
-        PASSWORD,
-        &[
-            "restore",
-            "--input-directory",
-            huge.to_str().unwrap(),
-            "--overwrite",
-        ],
-    );
-    fails_with(
-        &run,
-        &[
-            &format!("{} line 102", people.display()),
+        ),
+        (
+            "huge-number",
+            "{\"_key\":\"h\",\"n\":1e400}",
             "number out of range: 1e400",
-        ],
-    );
+        ),
+    ] {
+        let bad = dir.path().join(name);
+        arangodump_dir(&bad);
+        let people = bad.join(format!("{}.data.json", stem("people")));
+        let mut text = std::fs::read_to_string(&people).unwrap();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&people, text).unwrap();
+        let run = tickship(
+            &server,
+            PASSWORD,
+            &[
+                "restore",
+                "--input-directory",
+                bad.to_str().unwrap(),
+                "--overwrite",
+            ],
+        );
+        fails_with(
+            &run,
+            &[&format!("{} line 102", people.display()), says, "complete:"],
+        );
+    }
 
     // A bad key.
     let bad_key = dir.path().join("bad-key");

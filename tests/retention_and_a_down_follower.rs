@@ -14,22 +14,8 @@ mod common;
 
 use std::time::{Duration, SystemTime};
 
-use common::{applier_body, converged, fill, first_tick, wait_until_or, Daemon, Http};
+use common::{applier_body, converged, fill, first_tick, wait_until_or, Daemon, Http, PRUNING};
 use serde_json::{json, Value};
-
-/// Small segments, deleted as soon as nothing needs them.
-const PRUNING: [&str; 10] = [
-    "--wal.segment-size",
-    "1MiB",
-    "--wal.historic-logfiles",
-    "0",
-    "--wal.file-timeout",
-    "0",
-    "--wal.file-timeout-initial",
-    "0",
-    "--store.flush-interval",
-    "1",
-];
 
 fn applier_state(http: &Http) -> Value {
     http.get("/_api/replication/applier-state").json()["state"].clone()

@@ -65,6 +65,16 @@ pub(super) fn chunk_bytes(chunk_size: u64, buffer_bytes: u32) -> u64 {
     }
 }
 
+/// A block as the leader sent it, checked (header, CRC-32C).
+fn leader_block(payload: bytes::Bytes) -> Result<Block, SessionError> {
+    Block::parse(payload).map_err(|e| {
+        SessionError::fatal(
+            num::INVALID_RESPONSE,
+            format!("invalid block from the leader: {e}"),
+        )
+    })
+}
+
 /// A connection to the leader after the handshake.
 pub(super) struct Opened {
     pub(super) connection: tickship_net::quinn::Connection,
@@ -722,12 +732,7 @@ impl Applier {
                     } => {
                         if let Some(payload) = block {
                             let bytes = payload.len();
-                            let block = Block::parse(payload).map_err(|e| {
-                                SessionError::fatal(
-                                    num::INVALID_RESPONSE,
-                                    format!("invalid block from the leader: {e}"),
-                                )
-                            })?;
+                            let block = leader_block(payload)?;
                             let ticks = block.ticks();
                             let span = BlockSpan {
                                 first: ticks.first.get(),
@@ -921,12 +926,7 @@ impl Applier {
                     block: Some(payload),
                     ..
                 } => {
-                    let block = Block::parse(payload).map_err(|e| {
-                        SessionError::fatal(
-                            num::INVALID_RESPONSE,
-                            format!("invalid block from the leader: {e}"),
-                        )
-                    })?;
+                    let block = leader_block(payload)?;
                     let ticks = block.ticks();
                     if ticks.first == first {
                         return Ok(block);

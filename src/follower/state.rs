@@ -251,6 +251,17 @@ impl Applier {
         Ok(())
     }
 
+    /// The store's applied tick and the time to catch up with the leader from it.
+    fn applied_and_eta(&self) -> (u64, Option<f64>) {
+        let applied = self.node.store_writer.applied_tick().get();
+        let eta = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seconds_to_catch_up(applied);
+        (applied, eta)
+    }
+
     /// A copy of the in-memory state, so that no lock is held while it is formatted.
     fn runtime_now(&self) -> Runtime {
         self.runtime
@@ -261,12 +272,7 @@ impl Applier {
 
     /// The figures `/_admin/metrics` shows.
     pub fn metrics(&self) -> ApplierMetrics {
-        let applied = self.node.store_writer.applied_tick().get();
-        let seconds_to_catch_up = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seconds_to_catch_up(applied);
+        let (applied, seconds_to_catch_up) = self.applied_and_eta();
         let runtime = self.runtime_now();
         let store = self.applied_from_leader(&runtime);
         let available = runtime.last_available.unwrap_or(0);
@@ -309,12 +315,7 @@ impl Applier {
     /// gives it ("Replication applier").
     pub fn state_json(&self) -> Value {
         let config = self.config();
-        let applied = self.node.store_writer.applied_tick().get();
-        let seconds_to_catch_up = self
-            .runtime
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .seconds_to_catch_up(applied);
+        let (applied, seconds_to_catch_up) = self.applied_and_eta();
         let runtime = self.runtime_now();
         let store_totals = self.applied_from_leader(&runtime);
         let tick = |t: u64| {

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "test-password";
 
+/// Leader flags for retention tests: small segments, deleted as soon as nothing needs them.
+pub const PRUNING: [&str; 10] = [
+    "--wal.segment-size",
+    "1MiB",
+    "--wal.historic-logfiles",
+    "0",
+    "--wal.file-timeout",
+    "0",
+    "--wal.file-timeout-initial",
+    "0",
+    "--store.flush-interval",
+    "1",
+];
+
 /// The package's directory as cargo gives it when it runs the test, not where the test was
 /// built: a target directory shared by two checkouts keeps a binary built in the other.
 pub fn package_dir() -> PathBuf {

@@ -628,40 +628,23 @@ fn apply_or_hold(
     options: &StoreWriterOptions,
 ) -> Result<Option<super::ApplyStats>> {
     loop {
-        match store.apply_with(group, context, wal.durable_tick()) {
+        // A full disk holds it inside (nothing of the group was written: one batch).
+        match hold_while_full(shared, || {
+            store.apply_with(group, context, wal.durable_tick())
+        }) {
             Err(Error::ApplyConflict { tick, reason }) => {
                 tracing::error!("store writer held at tick {tick}: {reason}");
                 *shared.conflict.lock().unwrap_or_else(|p| p.into_inner()) = Some((tick, reason));
                 shared.wake();
-                let mut guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-                while !shared.retry.swap(false, Ordering::AcqRel) {
-                    if shared.stop.load(Ordering::Acquire) {
-                        return Ok(None);
-                    }
-                    // Databases may be admitted or left out while held (the conflict may be
-                    // in one of them).
-                    drop(guard);
-                    serve_requests(wal, store, context, shared, options);
-                    guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
-                    guard = shared
-                        .changed
-                        .wait_timeout(guard, Duration::from_millis(200))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                }
-                drop(guard);
+                // Databases may be admitted or left out while held (the conflict may be in one
+                // of them).
+                let retried = wait_for_retry(wal, store, context, shared, options);
                 *shared.conflict.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            }
-            Err(error) if error.is_no_space() => {
-                // Nothing of the group was written (one batch): wait for space, then try it again.
-                if !wait_for_space(shared, &error) {
+                if !retried {
                     return Ok(None);
                 }
             }
-            other => {
-                space_back(shared);
-                return other.map(Some);
-            }
+            other => return other,
         }
     }
 }
@@ -683,6 +666,21 @@ fn hold_damaged(
     );
     *shared.damaged.lock().unwrap_or_else(|p| p.into_inner()) = Some(damage);
     shared.wake();
+    let retried = wait_for_retry(wal, store, context, shared, options);
+    *shared.damaged.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    shared.wake();
+    retried
+}
+
+/// Waits, serving requests to admit or leave out databases meanwhile, until `retry` is asked
+/// for (true) or the store writer is asked to stop (false).
+fn wait_for_retry(
+    wal: &Wal,
+    store: &DocStore,
+    context: &mut ApplyContext,
+    shared: &Shared,
+    options: &StoreWriterOptions,
+) -> bool {
     let mut guard = shared.lock.lock().unwrap_or_else(|p| p.into_inner());
     while !shared.retry.swap(false, Ordering::AcqRel) {
         if shared.stop.load(Ordering::Acquire) {
@@ -697,9 +695,6 @@ fn hold_damaged(
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
-    drop(guard);
-    *shared.damaged.lock().unwrap_or_else(|p| p.into_inner()) = None;
-    shared.wake();
     true
 }
 
