@@ -146,8 +146,10 @@ pub struct FollowerStream {
     frame_stored: bool,
     /// The last tick known durable here.
     durable: u64,
-    /// Whether this session brought something (a new block, or news that it is level).
+    /// Whether this session brought something (a new block, or news that it is level), and
+    /// whether the driver was told so.
     progressed: bool,
+    progress_told: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -211,6 +213,7 @@ impl FollowerStream {
             frame_stored: false,
             durable,
             progressed: false,
+            progress_told: false,
         }
     }
 
@@ -240,10 +243,14 @@ impl FollowerStream {
         self.inflight.len() - self.taken
     }
 
-    /// Whether this session brought something yet; true once, then false (the driver resets
-    /// its failed-connect count on it).
+    /// Whether this session brought something yet; true once a session, then false (the
+    /// driver resets its failed-connect count on it).
     pub fn take_progress(&mut self) -> bool {
-        std::mem::take(&mut self.progressed)
+        if self.progressed && !self.progress_told {
+            self.progress_told = true;
+            return true;
+        }
+        false
     }
 
     /// A block arrived. The leader's log has no gaps, so a new block holds the tick after the
@@ -428,6 +435,7 @@ mod tests {
         assert!(!f.take_progress());
         // A failed append moves nothing.
         f.on_block(span(4, 4)).unwrap();
+        assert!(!f.take_progress(), "told once a session");
         assert_eq!(f.on_durable(false), None);
         assert_eq!(f.durable(), 3);
     }
