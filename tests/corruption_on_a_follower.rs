@@ -12,12 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// The sealed segments of the WAL in `dir`, oldest first.
 fn sealed_segments(dir: &Path) -> Vec<PathBuf> {
-    let mut segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
+    let mut segments = common::wal_segments(dir);
     segments.pop(); // the active one
     segments
 }

@@ -20,12 +20,7 @@ fn a_rotten_sealed_block_on_the_leader_is_refused_with_its_segment_and_offset() 
     assert_eq!(leader.terminate().code(), Some(0));
 
     // One bit of the second segment's first block payload flips.
-    let mut segments: Vec<_> = std::fs::read_dir(leader_dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
-        .collect();
-    segments.sort();
+    let segments = common::wal_segments(&leader_dir);
     assert!(segments.len() >= 3, "{segments:?}");
     let rotten = &segments[1];
     let mut bytes = std::fs::read(rotten).unwrap();

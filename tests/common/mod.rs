@@ -606,6 +606,17 @@ pub fn iso8601_reached(time: &str, now: std::time::SystemTime) -> bool {
     now >= secs
 }
 
+/// The WAL segment files in data directory `dir`, oldest first (the active one last).
+pub fn wal_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 /// The first tick `http`'s server can serve (`logger-first-tick`).
 pub fn first_tick(http: &Http) -> u64 {
     http.get("/_api/replication/logger-first-tick").json()["firstTick"]
