@@ -3,85 +3,68 @@
 //! Insert and replace need only a document's top-level field names (for `_key`, `_id`, `_rev`,
 //! `_from`, `_to`); its values can be copied through as the exact JSON text the client sent.
 //! Parsing into `serde_json::Value` instead allocated every nested value and re-serialised it,
-//! which cost most of the server's CPU under batch inserts. serde_json still checks every byte
-//! (a `RawValue` is only produced for valid JSON).
+//! which cost most of the server's CPU under batch inserts. `scan` still checks every byte, in
+//! one pass, for everything a later parse of the stored document would refuse.
 
-use std::borrow::Cow;
+pub mod scan;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::api::{ApiError, ApiResult};
+pub use scan::ScanError;
 
 /// A JSON object's top-level fields, in order, values unparsed.
 #[derive(Debug)]
 pub struct RawObject<'a> {
-    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
-}
-
-#[derive(Deserialize)]
-struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = RawObject<'de>;
-
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<RawObject<'de>, M::Error> {
-                let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(16));
-                while let Some(Name(name)) = map.next_key::<Name<'de>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    fields.push((name, value));
-                }
-                Ok(RawObject { fields })
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
-    }
+    fields: Vec<scan::Field<'a>>,
 }
 
 impl<'a> RawObject<'a> {
-    /// The last value of field `name` (as serde_json keeps the last of duplicates).
-    pub fn get(&self, name: &str) -> Option<&'a RawValue> {
+    /// The object `text` is (whitespace around it allowed), checked whole.
+    pub fn parse(text: &'a str) -> Result<RawObject<'a>, ScanError> {
+        scan::object(text).map(|fields| RawObject { fields })
+    }
+
+    /// The JSON text of the last value of field `name` (as serde_json keeps the last of
+    /// duplicates).
+    pub fn get(&self, name: &str) -> Option<&'a str> {
         self.fields
             .iter()
             .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| *v)
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
     }
 
     /// Field `name` as a string: `None` if absent, `Some(Err)` if not a string.
     pub fn get_str(&self, name: &str) -> Option<Result<String, ()>> {
-        self.get(name)
-            .map(|raw| serde_json::from_str::<String>(raw.get()).map_err(|_| ()))
+        self.get(name).map(|raw| {
+            if raw.starts_with('"') {
+                Ok(scan::string_value(raw).into_owned())
+            } else {
+                Err(())
+            }
+        })
     }
 
     /// The object as a `Value` (for merges).
     pub fn to_value(&self) -> Value {
         let mut map = serde_json::Map::new();
-        for (name, raw) in &self.fields {
+        for (name, _, raw) in &self.fields {
             map.insert(
                 name.to_string(),
-                serde_json::from_str(raw.get()).unwrap_or(Value::Null),
+                serde_json::from_str(raw).unwrap_or(Value::Null),
             );
         }
         Value::Object(map)
     }
 
     /// The stored form: `{"_key":..,"_id":..,` then every field but `_key`, `_id` and `_rev`
-    /// (the last of duplicates), values as sent.
+    /// (the last of duplicates), names and values as sent.
     pub fn write_document(&self, key: &str, id: &str) -> Vec<u8> {
         let size: usize = self
             .fields
             .iter()
-            .map(|(n, v)| n.len() + v.get().len() + 4)
+            .map(|(_, n, v)| n.len() + v.len() + 2)
             .sum();
         let mut out = Vec::with_capacity(size + key.len() + id.len() + 24);
         out.extend_from_slice(b"{\"_key\":");
@@ -95,24 +78,24 @@ impl<'a> RawObject<'a> {
                 self.fields
                     .iter()
                     .enumerate()
-                    .map(|(i, (n, _))| (n.as_ref(), i))
+                    .map(|(i, (n, _, _))| (n.as_ref(), i))
                     .collect()
             });
-        for (i, (name, value)) in self.fields.iter().enumerate() {
+        for (i, (name, raw_name, value)) in self.fields.iter().enumerate() {
             if matches!(name.as_ref(), "_key" | "_id" | "_rev") {
                 continue;
             }
             let is_last = match &last_index {
                 Some(last) => last.get(name.as_ref()) == Some(&i),
-                None => !self.fields[i + 1..].iter().any(|(n, _)| n == name),
+                None => !self.fields[i + 1..].iter().any(|(n, _, _)| n == name),
             };
             if !is_last {
                 continue;
             }
             out.push(b',');
-            write_string(&mut out, name);
+            out.extend_from_slice(raw_name.as_bytes());
             out.push(b':');
-            out.extend_from_slice(value.get().as_bytes());
+            out.extend_from_slice(value.as_bytes());
         }
         out.push(b'}');
         out
@@ -135,80 +118,23 @@ pub enum Item<'a> {
     Other,
 }
 
-/// Checks that every number in `text` (valid JSON) fits a double, as ArangoDB's parser requires.
-/// serde_json checks numbers only lexically when it makes a `RawValue`, so without this a value
-/// such as `1e400` was stored as sent and then failed every read that parses the document
-/// (found by fuzzing the document bodies). Only a number with an exponent, or longer than 300
-/// characters, can overflow a double, so only those are parsed; strings are skipped whole.
-pub(crate) fn numbers_fit(text: &str) -> Result<(), String> {
-    let bytes = text.as_bytes();
-    let mut at = 0;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'"' => {
-                // To the closing quote: past every escaped character.
-                at += 1;
-                while let Some(found) = bytes
-                    .get(at..)
-                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-                {
-                    at += found;
-                    if bytes[at] == b'"' {
-                        break;
-                    }
-                    at += 2;
-                }
-                at += 1;
-            }
-            b'-' | b'0'..=b'9' => {
-                let start = at;
-                while at < bytes.len()
-                    && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
-                {
-                    at += 1;
-                }
-                let number = &text[start..at];
-                let risky = number.len() > 300 || number.bytes().any(|b| b == b'e' || b == b'E');
-                if risky && !number.parse::<f64>().is_ok_and(f64::is_finite) {
-                    return Err(format!("number out of range: {number}"));
-                }
-            }
-            _ => at += 1,
-        }
-    }
-    Ok(())
-}
-
-fn item(raw: &RawValue) -> ApiResult<Item<'_>> {
-    let text = raw.get();
-    match text.as_bytes().first() {
-        Some(b'{') => Ok(Item::Object({
-            numbers_fit(text).map_err(ApiError::corrupted_json)?;
-            serde_json::from_str(text).map_err(ApiError::corrupted_json)?
-        })),
-        Some(b'"') => Ok(Item::Key(
-            serde_json::from_str(text).map_err(ApiError::corrupted_json)?,
-        )),
-        _ => Ok(Item::Other),
-    }
-}
-
 /// A write body: one item, or an array of items (`is_array`).
 pub fn parse_body(body: &[u8]) -> ApiResult<(bool, Vec<Item<'_>>)> {
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::corrupted_json("body is not UTF-8"))?;
-    let trimmed = text.trim_start();
-    if trimmed.is_empty() {
+    if text.trim_start().is_empty() {
         return Err(ApiError::corrupted_json("empty body"));
     }
-    if trimmed.starts_with('[') {
-        let raws: Vec<&RawValue> = serde_json::from_str(text).map_err(ApiError::corrupted_json)?;
-        let items = raws.into_iter().map(item).collect::<ApiResult<Vec<_>>>()?;
-        Ok((true, items))
-    } else {
-        let raw: &RawValue = serde_json::from_str(text).map_err(ApiError::corrupted_json)?;
-        Ok((false, vec![item(raw)?]))
-    }
+    let (array, elements) = scan::elements(text).map_err(ApiError::corrupted_json)?;
+    let items = elements
+        .into_iter()
+        .map(|element| match element {
+            scan::Element::Object(fields) => Item::Object(RawObject { fields }),
+            scan::Element::String(raw) => Item::Key(scan::string_value(raw).into_owned()),
+            scan::Element::Other => Item::Other,
+        })
+        .collect();
+    Ok((array, items))
 }
 
 #[cfg(test)]
@@ -219,7 +145,7 @@ mod tests {
     // duplicates resolved to the last value, values byte for byte, names re-escaped.
     #[test]
     fn write_document_shapes() {
-        let object: RawObject<'_> = serde_json::from_str(
+        let object = RawObject::parse(
             r#"{"a": [1, {"b":2}], "_key":"x", "_rev":"9", "q\"uote": "v", "a": 3}"#,
         )
         .expect("object");

@@ -237,17 +237,24 @@ pub(crate) fn parse_line(
     collection: &CollectionInfo,
     fallback_rev: Tick,
 ) -> ApiResult<Restored> {
-    let object: RawObject<'_> = serde_json::from_slice(text)
-        .map_err(|e| bad_line(line, num::CORRUPTED_JSON, format!("invalid JSON: {e}")))?;
-    // Valid JSON is UTF-8. A number no double holds would be stored as sent and then fail every
-    // read that parses the document, as in the document API.
-    crate::json::numbers_fit(std::str::from_utf8(text).unwrap_or_default())
-        .map_err(|e| bad_line(line, num::CORRUPTED_JSON, e))?;
+    let text = std::str::from_utf8(text)
+        .map_err(|e| bad_line(line, num::CORRUPTED_JSON, format!("invalid JSON: not UTF-8: {e}")))?;
+    // The scan refuses what a later parse of the stored document would, numbers no double
+    // holds included, as the document API does.
+    let invalid = |e: crate::json::ScanError| {
+        let what = if e.what.starts_with("number out of range") {
+            e.to_string()
+        } else {
+            format!("invalid JSON: {e}")
+        };
+        bad_line(line, num::CORRUPTED_JSON, what)
+    };
+    let object = RawObject::parse(text).map_err(invalid)?;
     let (kind, document) = match (object.get("type"), object.get("data")) {
         (Some(kind), Some(data)) => {
-            let kind: u64 = serde_json::from_str(kind.get())
+            let kind: u64 = serde_json::from_str(kind)
                 .map_err(|_| bad_line(line, num::BAD_PARAMETER, "\"type\" is not a number"))?;
-            let data: RawObject<'_> = serde_json::from_str(data.get()).map_err(|_| {
+            let data = RawObject::parse(data).map_err(|_| {
                 bad_line(
                     line,
                     num::DOCUMENT_TYPE_INVALID,
@@ -323,7 +330,15 @@ pub fn restore_data(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
     // ArangoDB revisions are not ticks: such documents get the tick of the restore (the floor).
     let fallback_rev = state.node.wal.floor().max(Tick::new(1));
     let mut items = Vec::new();
-    for (index, text) in req.body.split(|&b| b == b'\n').enumerate() {
+    let body = &req.body[..];
+    let mut starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', body).map(|at| at + 1));
+    let mut next = starts.next();
+    let lines = std::iter::from_fn(|| {
+        let start = next?;
+        next = starts.next();
+        Some(&body[start..next.map_or(body.len(), |end| end - 1)])
+    });
+    for (index, text) in lines.enumerate() {
         let text = text.strip_suffix(b"\r").unwrap_or(text);
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
