@@ -34,6 +34,7 @@ use rayon::prelude::*;
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
+use super::digest::{digest_key, Digest};
 use super::document::doc_key;
 use super::{
     Catalog, CollectionInfo, DatabaseInfo, DocStore, StoreFilter, APPLIED_MAX, APPLIED_TICK,
@@ -182,10 +183,11 @@ fn partition_of(record: &Record<'_>, parts: usize) -> usize {
     ((u128::from(hasher.finish()) * parts as u128) >> 64) as usize
 }
 
-/// One partition's keys: whether each exists, as of the records applied so far in this call.
+/// One partition's keys: the revision of each that exists, as of the records applied so far in
+/// this call.
 #[derive(Default)]
 struct Partition {
-    exists: FxHashMap<Vec<u8>, bool>,
+    exists: FxHashMap<Vec<u8>, Option<u64>>,
     /// Collections emptied (truncated or dropped) earlier in this call: the store still shows
     /// their old documents until the call's batch is written, so their keys are not looked up.
     emptied: FxHashSet<u64>,
@@ -219,6 +221,8 @@ struct PartitionBatch {
     batch: WriteBatch,
     /// Change of each collection's count.
     deltas: FxHashMap<u64, i64>,
+    /// Change of each collection's digest.
+    digests: FxHashMap<u64, Digest>,
     documents: u64,
     removals: u64,
     replaced: u64,
@@ -259,6 +263,7 @@ impl Partition {
         let mut out = PartitionBatch {
             batch: WriteBatch::with_capacity_bytes(BATCH_HEADER_BYTES + bytes),
             deltas: FxHashMap::default(),
+            digests: FxHashMap::default(),
             documents: 0,
             removals: 0,
             replaced: 0,
@@ -289,7 +294,7 @@ impl Partition {
             }
             let key = doc_key(id, record.key);
             if !self.exists.contains_key(&key) {
-                self.exists.insert(key.clone(), false);
+                self.exists.insert(key.clone(), None);
                 // An insert's key did not exist at its tick (the leader read it under its
                 // lock); the state here is that of the tick before, so it is not looked up,
                 // unless the store may hold it already.
@@ -310,7 +315,13 @@ impl Partition {
             for (&i, value) in lookup.iter().zip(found) {
                 let present = value
                     .map_err(|e| super::store_error("read before apply", e))?
-                    .is_some();
+                    .map(|value| {
+                        value
+                            .get(..8)
+                            .and_then(super::decode_u64)
+                            .ok_or_else(|| super::corrupt("document revision"))
+                    })
+                    .transpose()?;
                 if let Target::Key(_, key) = &keys[i] {
                     if let Some(slot) = self.exists.get_mut(key) {
                         *slot = present;
@@ -353,15 +364,20 @@ impl Partition {
                     "applied"
                 );
             }
-            let now = record.kind.is_put();
+            let now = record.kind.is_put().then_some(tick.get());
             let existed = match self.exists.get_mut(&key) {
                 Some(slot) => std::mem::replace(slot, now),
                 None => {
                     self.exists.insert(key.clone(), now);
-                    false
+                    None
                 }
             };
-            if now {
+            let digest = out.digests.entry(id).or_default();
+            if let Some(old) = existed {
+                digest.remove(record.key.as_bytes(), old);
+            }
+            if now.is_some() {
+                digest.add(record.key.as_bytes(), tick.get());
                 if record.key.is_empty() || record.data.first() != Some(&b'{') {
                     return Err(invalid("document record without key or object"));
                 }
@@ -372,7 +388,7 @@ impl Partition {
                     value.extend_from_slice(record.data);
                 }
                 out.batch.put_cf(docs, &key, &value);
-                if existed {
+                if existed.is_some() {
                     out.replaced += 1;
                 } else {
                     *out.deltas.entry(id).or_default() += 1;
@@ -380,7 +396,7 @@ impl Partition {
                 out.documents += 1;
             } else {
                 out.batch.delete_cf(docs, &key);
-                if existed {
+                if existed.is_some() {
                     *out.deltas.entry(id).or_default() -= 1;
                 }
                 out.removals += 1;
@@ -400,6 +416,8 @@ struct Applying<'s> {
     /// does not admit, and those left out when they were created.
     excluded: FxHashSet<u64>,
     counts: FxHashMap<u64, u64>,
+    /// The digests of the collections changed so far (`None`: not known, not kept).
+    digests: FxHashMap<u64, Option<Digest>>,
     partitions: Vec<Partition>,
     /// The batches to join, in order.
     pieces: Vec<WriteBatch>,
@@ -466,6 +484,12 @@ impl Applying<'_> {
                 let count = self.count(id);
                 let count = count.saturating_add_signed(delta);
                 self.counts.insert(id, count);
+            }
+            for (id, change) in part.digests {
+                let store = self.store;
+                if let Some(digest) = self.digests.entry(id).or_insert_with(|| store.digest(id)) {
+                    digest.join(&change);
+                }
             }
             stats.documents += part.documents;
             stats.removals += part.removals;
@@ -637,6 +661,7 @@ impl Applying<'_> {
                 batch.put_cf(meta, format!("col/{}", info.id), record.data);
                 if self.catalog.collection_by_id(info.id).is_none() {
                     self.counts.insert(info.id, 0);
+                    self.digests.insert(info.id, Some(Digest::default()));
                 }
                 self.catalog.insert_collection(info);
                 self.catalog_changed = true;
@@ -647,11 +672,14 @@ impl Applying<'_> {
                 if record.kind == RecordType::CollectionDrop {
                     batch.delete_cf(meta, format!("col/{id}"));
                     batch.delete_cf(meta, format!("count/{id}"));
+                    batch.delete_cf(meta, digest_key(id));
                     self.counts.remove(&id);
+                    self.digests.insert(id, None);
                     self.catalog.remove_collection(id);
                     self.catalog_changed = true;
                 } else {
                     self.counts.insert(id, 0);
+                    self.digests.insert(id, Some(Digest::default()));
                 }
             }
             RecordType::CollectionRename | RecordType::CollectionChange => {
@@ -716,7 +744,9 @@ impl Applying<'_> {
                     batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
                     batch.delete_cf(meta, format!("col/{id}"));
                     batch.delete_cf(meta, format!("count/{id}"));
+                    batch.delete_cf(meta, digest_key(id));
                     self.counts.remove(&id);
+                    self.digests.insert(id, None);
                     self.catalog.remove_collection(id);
                     self.emptied(id);
                 }
@@ -740,8 +770,14 @@ impl Applying<'_> {
     }
 }
 
-/// Makes the counts and catalog an apply call wrote visible.
-fn publish(store: &DocStore, counts: FxHashMap<u64, u64>, catalog: Catalog, changed: bool) {
+/// Makes the counts, digests and catalog an apply call wrote visible.
+fn publish(
+    store: &DocStore,
+    counts: FxHashMap<u64, u64>,
+    digests: FxHashMap<u64, Option<Digest>>,
+    catalog: Catalog,
+    changed: bool,
+) {
     {
         let mut stored = store.counts.lock().unwrap_or_else(|p| p.into_inner());
         for (id, count) in counts {
@@ -749,6 +785,19 @@ fn publish(store: &DocStore, counts: FxHashMap<u64, u64>, catalog: Catalog, chan
                 stored.insert(id, count);
             } else {
                 stored.remove(&id);
+            }
+        }
+    }
+    {
+        let mut stored = store.digests.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, digest) in digests {
+            match digest {
+                Some(digest) if catalog.collection_by_id(id).is_some() => {
+                    stored.insert(id, digest);
+                }
+                _ => {
+                    stored.remove(&id);
+                }
             }
         }
     }
@@ -886,6 +935,7 @@ pub(super) fn apply(
         filter,
         excluded: FxHashSet::default(),
         counts: FxHashMap::default(),
+        digests: FxHashMap::default(),
         partitions: (0..parts).map(|_| Partition::default()).collect(),
         pieces: Vec::new(),
         lookup_through,
@@ -919,6 +969,7 @@ pub(super) fn apply(
         catalog,
         catalog_changed,
         counts,
+        digests,
         mut pieces,
         by_db,
         ..
@@ -930,12 +981,19 @@ pub(super) fn apply(
             tail.put_cf(meta, format!("count/{id}"), count.to_le_bytes());
         }
     }
+    for (id, digest) in &digests {
+        if let Some(digest) = digest {
+            if catalog.collection_by_id(*id).is_some() {
+                tail.put_cf(meta, digest_key(*id), digest.encode());
+            }
+        }
+    }
     if let Mode::CatchUp { .. } = mode {
         pieces.push(tail);
         store.write(join(pieces)?)?;
         store.used_ignored_conflicts(stats.ignored);
         store.add_database_totals(by_db);
-        publish(store, counts, catalog, catalog_changed);
+        publish(store, counts, digests, catalog, catalog_changed);
         return Ok(stats);
     }
     let Mode::Next { durable } = mode else {
@@ -963,7 +1021,7 @@ pub(super) fn apply(
     store.add_database_totals(by_db);
 
     // Publish: counts and catalog first, then the tick that says they are there.
-    publish(store, counts, catalog, catalog_changed);
+    publish(store, counts, digests, catalog, catalog_changed);
     assert!(tick_last > applied, "applied ticks only grow");
     store.applied.store(tick_last.get(), Ordering::Release);
     Ok(stats)

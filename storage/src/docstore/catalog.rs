@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{corrupt, decode_u64, store_error, DocStore};
+use super::{corrupt, decode_u64, store_error, Digest, DocStore};
 use crate::error::Result;
 
 /// The database that always exists (id 1).
@@ -141,8 +141,8 @@ impl Catalog {
 }
 
 impl DocStore {
-    /// Reads the catalog and the collections' counts from the `meta` column family.
-    pub(super) fn load_catalog(&self) -> Result<(Catalog, HashMap<u64, u64>)> {
+    /// Reads the catalog and the collections' counts and digests from the `meta` column family.
+    pub(super) fn load_catalog(&self) -> Result<(Catalog, HashMap<u64, u64>, HashMap<u64, Digest>)> {
         catalog_from(
             self.db
                 .iterator_cf(self.meta(), rocksdb::IteratorMode::Start),
@@ -150,11 +150,11 @@ impl DocStore {
     }
 }
 
-/// The catalog and the collections' counts from the entries of the `meta` column family (the
-/// live ones, or a snapshot's).
+/// The catalog and the collections' counts and digests from the entries of the `meta` column
+/// family (the live ones, or a snapshot's).
 pub(super) fn catalog_from(
     entries: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
-) -> Result<(Catalog, HashMap<u64, u64>)> {
+) -> Result<(Catalog, HashMap<u64, u64>, HashMap<u64, Digest>)> {
     let mut catalog = Catalog::default();
     catalog.databases.insert(
         SYSTEM_DATABASE.into(),
@@ -164,6 +164,7 @@ pub(super) fn catalog_from(
         },
     );
     let mut counts = HashMap::new();
+    let mut digests = HashMap::new();
     for item in entries {
         let (key, value) = item.map_err(|e| store_error("read catalog", e))?;
         if let Some(_name) = key.strip_prefix(b"db/") {
@@ -184,9 +185,15 @@ pub(super) fn catalog_from(
                 .and_then(|s| s.parse::<u64>().ok());
             let id = id.ok_or_else(|| corrupt("count key"))?;
             counts.insert(id, decode_u64(&value).ok_or_else(|| corrupt("count"))?);
+        } else if let Some(id) = key.strip_prefix(b"digest/") {
+            let id = std::str::from_utf8(id)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            let id = id.ok_or_else(|| corrupt("digest key"))?;
+            digests.insert(id, Digest::decode(&value).ok_or_else(|| corrupt("digest"))?);
         }
     }
-    Ok((catalog, counts))
+    Ok((catalog, counts, digests))
 }
 
 /// Serde for u64 ids written as decimal strings, as ArangoDB writes ids.

@@ -14,8 +14,11 @@
 //!   tick that wrote it and is spliced in when the document is read), or `rev` alone for a
 //!   document kept in the WAL (`document`);
 //! - column family `meta`: `applied_tick` (u64 LE), `db/{name}` (database JSON),
-//!   `col/{id}` (collection JSON), `count/{id}` (u64 LE), `out/{id}` (JSON of a collection that
-//!   exists on the leader but that a follower's collection filter left out) (`catalog`).
+//!   `col/{id}` (collection JSON), `count/{id}` (u64 LE), `digest/{id}` (the collection's
+//!   digest: XOR u128 LE, largest revision u64 LE; `digest`), `out/{id}` (JSON of a collection
+//!   that exists on the leader but that a follower's collection filter left out) (`catalog`);
+//! - file `DIGESTS-UNSURE` (decimal collection ids, one per line) while a restore may have left
+//!   those collections' digests behind their documents on disk (`digest`).
 //!
 //! Only one thread applies (the store writer, `writer`; one group's batch is built in `apply`).
 //! Readers (`read`) read RocksDB directly and the catalog through an `Arc` swapped after each
@@ -27,6 +30,7 @@
 mod apply;
 mod catalog;
 mod collect;
+mod digest;
 mod document;
 mod filter;
 mod options;
@@ -52,6 +56,7 @@ pub use self::apply::DatabaseTotals;
 pub use self::apply::{ApplyContext, ApplyStats};
 pub use self::catalog::{Catalog, CollectionInfo, DatabaseInfo, KeyOptions, SYSTEM_DATABASE};
 use self::collect::PendingRewrite;
+pub use self::digest::{pair_hash, Digest};
 pub use self::collect::{PreparedCollection, PreparedRewrite, SegmentSample};
 pub use self::document::{with_rev, without_rev, StoredDocument};
 pub use self::filter::{CollectionFilter, DatabaseRule, Restrict, StoreFilter};
@@ -87,6 +92,19 @@ const DOCUMENTS_IN_WAL: &[u8] = b"documents_in_wal";
 const COLLECTED_THROUGH: &[u8] = b"values_collected_through";
 
 /// The document store.
+impl Drop for DocStore {
+    fn drop(&mut self) {
+        // Every restore step ended with a flush, unless one failed (`busy`): the digests on
+        // disk match their documents and the unsure file may go.
+        let unsure = self.unsure.get_mut().unwrap_or_else(|p| p.into_inner());
+        if unsure.stale().is_empty() && !unsure.ids.is_empty() {
+            if let Err(error) = digest::write_unsure(&self.path, &Default::default()) {
+                tracing::warn!("could not remove the store's unsure-digests file: {error}");
+            }
+        }
+    }
+}
+
 /// The document store.
 pub struct DocStore {
     db: DB,
@@ -101,6 +119,11 @@ pub struct DocStore {
     path: PathBuf,
     catalog: RwLock<Arc<Catalog>>,
     counts: Mutex<HashMap<u64, u64>>,
+    /// The collections' digests (`digest`), written with their counts; a collection missing
+    /// here has none known.
+    digests: Mutex<HashMap<u64, Digest>>,
+    /// The collections a restore is changing (`DIGESTS-UNSURE`).
+    unsure: Mutex<digest::Unsure>,
     applied: AtomicU64,
     /// The applied tick last written to the store (`APPLIED_TICK`): never past the WAL's durable
     /// tick, so a restart replays from a tick its WAL still has. Below `applied` while blocks from
@@ -195,6 +218,8 @@ impl DocStore {
             path,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             counts: Mutex::new(HashMap::new()),
+            digests: Mutex::new(HashMap::new()),
+            unsure: Mutex::new(digest::Unsure::default()),
             applied: AtomicU64::new(0),
             recorded: AtomicU64::new(0),
             applied_max: AtomicU64::new(0),
@@ -315,9 +340,27 @@ impl DocStore {
             .transpose()?
             .unwrap_or(0);
         self.applied_max.store(applied_max, Ordering::Release);
-        let (catalog, counts) = self.load_catalog()?;
+        let (catalog, counts, mut digests) = self.load_catalog()?;
+        // Digests a restore was changing when the store stopped may not match the documents
+        // that reached the disk: they are forgotten (`digest`).
+        let unsure = match digest::read_unsure(&self.path)? {
+            Some(ids) => ids,
+            None => digests.keys().copied().collect(),
+        };
+        if !unsure.is_empty() {
+            let mut batch = rocksdb::WriteBatch::default();
+            for id in &unsure {
+                batch.delete_cf(meta, digest::digest_key(*id));
+                digests.remove(id);
+            }
+            self.write(batch)?;
+            self.flush()?;
+            tracing::warn!(collections = ?unsure, "restores were cut short: these collections' digests are unknown until a sync sets them");
+            digest::write_unsure(&self.path, &Default::default())?;
+        }
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         *self.counts.lock().unwrap_or_else(|p| p.into_inner()) = counts;
+        *self.digests.lock().unwrap_or_else(|p| p.into_inner()) = digests;
         Ok(())
     }
 
@@ -401,6 +444,15 @@ impl DocStore {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The digest of collection `id`, if known (`digest`).
+    pub fn digest(&self, id: u64) -> Option<Digest> {
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
     }
 
     /// Number of documents in collection `id`.

@@ -13,9 +13,12 @@ use std::sync::{Arc, Mutex};
 
 use rocksdb::WriteBatch;
 
+use std::time::{Duration, Instant};
+
 use super::catalog::{CollectionInfo, DatabaseInfo};
+use super::digest::{digest_key, write_unsure, Digest};
 use super::document::doc_key;
-use super::{decode_u64, store_error, DocStore, APPLIED_MAX, APPLIED_TICK};
+use super::{corrupt, decode_u64, store_error, DocStore, APPLIED_MAX, APPLIED_TICK};
 use crate::error::{Error, Result};
 use crate::tick::Tick;
 
@@ -60,6 +63,9 @@ pub enum CollectionRestore {
     /// A collection of that name exists and replacing it was not asked for.
     Exists(Arc<CollectionInfo>),
 }
+
+/// How long the unsure file stays after a restore step before the next flush may remove it.
+const UNSURE_SETTLE: Duration = Duration::from_secs(1);
 
 /// Names the store files a restore writes before they are ingested.
 static SST_SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -121,16 +127,20 @@ impl DocStore {
         }
         let (docs, meta) = (self.docs(), self.meta());
         let mut batch = WriteBatch::default();
+        let mut replaced = None;
         if let Some(existing) = catalog.collection(&info.database, &info.name) {
             if !replace {
                 return Ok(CollectionRestore::Exists(existing));
             }
             let id = existing.id;
+            replaced = Some(id);
             batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
             batch.delete_cf(meta, format!("col/{id}"));
             batch.delete_cf(meta, format!("count/{id}"));
+            batch.delete_cf(meta, digest_key(id));
             catalog.remove_collection(id);
             self.counts_mut().remove(&id);
+            self.digests_mut().remove(&id);
         }
         if info.id == 0
             || catalog.collection_by_id(info.id).is_some()
@@ -146,6 +156,7 @@ impl DocStore {
         batch.delete_range_cf(docs, id.to_be_bytes(), (id + 1).to_be_bytes());
         batch.put_cf(meta, format!("col/{id}"), json);
         batch.put_cf(meta, format!("count/{id}"), 0u64.to_le_bytes());
+        batch.put_cf(meta, digest_key(id), Digest::default().encode());
         self.write(batch)?;
         self.flush()?;
         catalog.insert_collection(info);
@@ -153,6 +164,15 @@ impl DocStore {
             .collection_by_id(id)
             .ok_or_else(|| Error::InvalidRecord("restored collection vanished".into()))?;
         self.counts_mut().insert(id, 0);
+        self.digests_mut().insert(id, Digest::default());
+        {
+            // Whatever stale digest a failed step left for these ids was just replaced.
+            let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
+            unsure.forget.remove(&id);
+            if let Some(old) = replaced {
+                unsure.forget.remove(&old);
+            }
+        }
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(CollectionRestore::Created(created))
     }
@@ -169,10 +189,17 @@ impl DocStore {
         batch.delete_range_cf(self.docs(), id.to_be_bytes(), (id + 1).to_be_bytes());
         batch.delete_cf(self.meta(), format!("col/{id}"));
         batch.delete_cf(self.meta(), format!("count/{id}"));
+        batch.delete_cf(self.meta(), digest_key(id));
         self.write(batch)?;
         self.flush()?;
         catalog.remove_collection(id);
         self.counts_mut().remove(&id);
+        self.digests_mut().remove(&id);
+        self.unsure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget
+            .remove(&id);
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(true)
     }
@@ -198,6 +225,72 @@ impl DocStore {
 
     fn counts_mut(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u64>> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn digests_mut(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Digest>> {
+        self.digests.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the digest of collection `id` (a sync that found it equal to its leader's, whose
+    /// digest this is), durably. False if there is no such collection.
+    pub fn set_digest(&self, id: u64, digest: Digest) -> Result<bool> {
+        let _applying = self.lock_apply();
+        if self.catalog().collection_by_id(id).is_none() {
+            return Ok(false);
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.meta(), digest_key(id), digest.encode());
+        self.write(batch)?;
+        self.flush()?;
+        self.digests_mut().insert(id, digest);
+        self.unsure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget
+            .remove(&id);
+        Ok(true)
+    }
+
+    /// Names `collection` in the unsure file before a store file changes it (see
+    /// `DIGESTS_UNSURE_FILE`), and marks a restore step busy until its digest is flushed
+    /// (`settle_unsure`). Called under the apply lock.
+    fn mark_unsure(&self, collection: u64) -> Result<()> {
+        let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
+        if unsure.ids.contains(&collection) {
+            unsure.busy = true;
+            return Ok(());
+        }
+        let mut ids = unsure.ids.clone();
+        ids.insert(collection);
+        write_unsure(&self.path, &ids)?;
+        unsure.ids = ids;
+        unsure.since = Instant::now();
+        unsure.busy = true;
+        Ok(())
+    }
+
+    /// After a flush under the apply lock every digest on disk matches its documents: the unsure
+    /// file may go. Not at every restore step (two more syncs each): once a second at most, and
+    /// when the store closes.
+    fn settle_unsure(&self) -> Result<()> {
+        let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
+        unsure.busy = false;
+        if !unsure.forget.is_empty() {
+            // Digests an earlier failed step left stale on disk go now.
+            let mut batch = WriteBatch::default();
+            for id in &unsure.forget {
+                batch.delete_cf(self.meta(), digest_key(*id));
+            }
+            self.write(batch)?;
+            self.flush()?;
+            unsure.forget.clear();
+        }
+        if unsure.ids.is_empty() || unsure.since.elapsed() < UNSURE_SETTLE {
+            return Ok(());
+        }
+        write_unsure(&self.path, &Default::default())?;
+        unsure.ids.clear();
+        Ok(())
     }
 
     /// Stores `items` in `collection` as one store file, ingested whole: the last line for a key
@@ -297,7 +390,7 @@ impl DocStore {
             )));
         }
         // Keys said to be new (`restore_new_documents`) are not looked up: all are created.
-        let existed: Vec<bool> = if look_up {
+        let existed: Vec<Option<u64>> = if look_up {
             let keys: Vec<Vec<u8>> = items
                 .iter()
                 .map(|item| doc_key(collection, item.key()))
@@ -305,19 +398,42 @@ impl DocStore {
             self.db
                 .batched_multi_get_cf(self.docs(), &keys, true)
                 .into_iter()
-                .map(|found| found.map(|value| value.is_some()))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(|e| store_error("look up restored keys", e))?
+                .map(|found| {
+                    found.map_err(|e| store_error("look up restored keys", e))?
+                        .map(|value| {
+                            value.get(..8).and_then(decode_u64).ok_or_else(|| corrupt("document revision"))
+                        })
+                        .transpose()
+                })
+                .collect::<Result<_>>()?
         } else {
-            vec![false; items.len()]
+            vec![None; items.len()]
         };
+        let mut change = Digest::default();
         for (item, existed) in items.iter().zip(existed) {
-            match (item, existed) {
-                (Restored::Put { .. }, false) => stats.created += 1,
-                (Restored::Put { .. }, true) => stats.replaced += 1,
-                (Restored::Remove { .. }, true) => stats.removed += 1,
-                (Restored::Remove { .. }, false) => {}
+            let key = item.key().as_bytes();
+            if let Some(old) = existed {
+                change.remove(key, old);
             }
+            match (item, existed) {
+                (Restored::Put { rev, .. }, None) => {
+                    stats.created += 1;
+                    change.add(key, rev.get());
+                }
+                (Restored::Put { rev, .. }, Some(_)) => {
+                    stats.replaced += 1;
+                    change.add(key, rev.get());
+                }
+                (Restored::Remove { .. }, Some(_)) => stats.removed += 1,
+                (Restored::Remove { .. }, None) => {}
+            }
+        }
+        let digest = self.digest(collection).map(|mut digest| {
+            digest.join(&change);
+            digest
+        });
+        if digest.is_some() {
+            self.mark_unsure(collection)?;
         }
         let mut options = rocksdb::IngestExternalFileOptions::default();
         options.set_move_files(true);
@@ -336,8 +452,22 @@ impl DocStore {
             format!("count/{collection}"),
             count.to_le_bytes(),
         );
-        self.write(batch)?;
-        self.flush()
+        if let Some(digest) = digest {
+            batch.put_cf(self.meta(), digest_key(collection), digest.encode());
+        }
+        if let Err(error) = self.write(batch).and_then(|()| self.flush()) {
+            // The documents changed; their digest may never reach the disk. It is unknown from
+            // here on, and deleted on disk by the next step that succeeds (or the next open).
+            self.digests_mut().remove(&collection);
+            let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
+            unsure.busy = false;
+            unsure.forget.insert(collection);
+            return Err(error);
+        }
+        if let Some(digest) = digest {
+            self.digests_mut().insert(collection, digest);
+        }
+        self.settle_unsure()
     }
 
     /// Declares that the store holds the state of the log through `applied` (a restored

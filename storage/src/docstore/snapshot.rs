@@ -10,7 +10,9 @@ use rocksdb::{SnapshotWithThreadMode, DB};
 
 use super::catalog::catalog_from;
 use super::read::KeyRange;
-use super::{corrupt, decode_u64, store_error, Catalog, DocStore, StoredDocument, APPLIED_MAX};
+use super::{
+    corrupt, decode_u64, store_error, Catalog, Digest, DocStore, StoredDocument, APPLIED_MAX,
+};
 use crate::error::Result;
 use crate::Tick;
 
@@ -22,6 +24,7 @@ pub struct StoreSnapshot {
     tick: Tick,
     catalog: Catalog,
     counts: HashMap<u64, u64>,
+    digests: HashMap<u64, Digest>,
     store: Arc<DocStore>,
 }
 
@@ -32,8 +35,13 @@ impl DocStore {
     pub fn snapshot(self: &Arc<Self>) -> Result<StoreSnapshot> {
         // The hold comes first: a collection that starts after it sees the scan running.
         self.active_scans.fetch_add(1, Ordering::AcqRel);
-        let held = Held(self.clone());
-        let snapshot = self.db.snapshot();
+        let held = Held(self);
+        // Taken between applied groups and restore steps, never inside one: a restore ingests
+        // its documents before it writes their digest.
+        let snapshot = {
+            let _applying = self.lock_apply();
+            self.db.snapshot()
+        };
         // SAFETY: the snapshot borrows `self.db`. The `Arc<DocStore>` stored beside it in
         // `StoreSnapshot` keeps that database alive and unmoved for as long as the snapshot
         // exists, and the field order drops the snapshot first; nothing else can reach it.
@@ -47,23 +55,30 @@ impl DocStore {
             .map(|v| decode_u64(&v).ok_or_else(|| corrupt("applied tick")))
             .transpose()?
             .unwrap_or(0);
-        let (catalog, counts) =
+        let (catalog, counts, mut digests) =
             catalog_from(snapshot.iterator_cf(self.meta(), rocksdb::IteratorMode::Start))?;
+        {
+            // A digest that failed to reach the store after its documents did is stale there.
+            let stale = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).stale();
+            digests.retain(|id, _| !stale.contains(id));
+        }
         std::mem::forget(held);
         Ok(StoreSnapshot {
             snapshot,
             tick: Tick::new(tick),
             catalog,
             counts,
+            digests,
             store: self.clone(),
         })
     }
 }
 
-/// Gives the hold back if building the snapshot fails.
-struct Held(Arc<DocStore>);
+/// Gives the hold back if building the snapshot fails. It borrows the store: forgotten once the
+/// snapshot is built (the snapshot gives the hold back when it drops), it must leak nothing.
+struct Held<'a>(&'a DocStore);
 
-impl Drop for Held {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
         self.0.active_scans.fetch_sub(1, Ordering::AcqRel);
     }
@@ -83,6 +98,11 @@ impl StoreSnapshot {
     /// Documents in `collection` as of the view's tick.
     pub fn count(&self, collection: u64) -> u64 {
         self.counts.get(&collection).copied().unwrap_or(0)
+    }
+
+    /// The digest of `collection` as of the view's tick, if known (`Digest`).
+    pub fn digest(&self, collection: u64) -> Option<Digest> {
+        self.digests.get(&collection).copied()
     }
 
     /// Up to `limit` documents of `collection` with keys after `after` (from the first if
