@@ -223,6 +223,11 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
         &[("_system", "docs"), ("_system", "emptied")],
     );
     let incremental = sync_bytes(&restored.http());
+    // The changes came from the leader's log (the keys it changed after the dump, checked by the
+    // collections' digests), without comparing key ranges.
+    let sync = &applier_state(&restored.http())["initialSync"];
+    assert_eq!(sync["keysFromLog"], json!(40 + 10 + 10 + 5 + 1 + 300), "{sync}");
+    assert_eq!(sync["rangesCompared"], json!(0), "{sync}");
 
     let empty = Daemon::start(&dir.path().join("empty"), &[]);
     ok(setup(&empty, &leader), "full setup");
@@ -245,6 +250,74 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     fill(&lh, "docs", 7000, 7100, 1);
     converged(&leader, &restored, &[("_system", "docs")]);
     converged(&leader, &empty, &[("_system", "docs")]);
+}
+
+// Goal: the leader's log and the digests are a shortcut, never a shortcut past a difference: a
+// restored server that also took a write of its own (which no log of the leader's names) ends
+// equal to the leader, by comparing keys where the digests disagree.
+#[test]
+fn a_restored_follower_with_a_write_of_its_own_is_compared_and_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 3000, 1);
+    create(&lh, "still", 2);
+    fill(&lh, "still", 0, 100, 1);
+    let dump_dir = dir.path().join("dump");
+    ok(
+        tickship(
+            &leader,
+            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
+        ),
+        "dump",
+    );
+    let restored = Daemon::start(&dir.path().join("restored"), &[]);
+    ok(
+        tickship(
+            &restored,
+            &["restore", "--input-directory", dump_dir.to_str().unwrap()],
+        ),
+        "restore",
+    );
+    // The restored server is still a leader of its own: it takes a write.
+    let rh = restored.http();
+    let answer = rh.send(
+        "PUT",
+        "/_api/document/docs/k000007",
+        &json!({"v": "mine"}),
+    );
+    assert!(answer.status == 201 || answer.status == 202, "{}", answer.status);
+    fill(&lh, "docs", 2000, 2030, 2);
+    ok(
+        tickship(
+            &restored,
+            &[
+                "replication",
+                "setup",
+                "--global",
+                &leader.endpoint(),
+                "--incremental",
+            ],
+        ),
+        "setup --incremental",
+    );
+    converged(
+        &leader,
+        &restored,
+        &[("_system", "docs"), ("_system", "still")],
+    );
+    let sync = &applier_state(&rh)["initialSync"];
+    assert_eq!(sync["keysFromLog"], json!(30), "{sync}");
+    assert!(sync["rangesCompared"].as_u64().unwrap() > 0, "{sync}");
+    // `still` was equal by its digest: nothing of it moved, and it was not compared.
+    assert_eq!(
+        sync["documents"],
+        json!(30 + 1),
+        "the 30 changed on the leader, and the one written here: {sync}"
+    );
+    fill(&lh, "docs", 5000, 5010, 1);
+    converged(&leader, &restored, &[("_system", "docs")]);
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! side killed, link cut) leaves a marker file; the next run compares again against a new
 //! snapshot, so what had arrived is kept and only the rest moves.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -93,6 +94,8 @@ pub(super) struct SyncCounters {
     pub requests: AtomicU64,
     pub ranges_compared: AtomicU64,
     pub ranges_differing: AtomicU64,
+    /// Keys the leader's log named as changed that were fetched (`sync_from_log`).
+    pub log_keys: AtomicU64,
     /// Documents of the collections synced, on the leader.
     pub on_leader: AtomicU64,
 }
@@ -230,6 +233,7 @@ impl Applier {
             &counters.requests,
             &counters.ranges_compared,
             &counters.ranges_differing,
+            &counters.log_keys,
             &counters.on_leader,
         ] {
             counter.store(0, Ordering::Relaxed);
@@ -339,6 +343,8 @@ impl Applier {
             documents = report.documents,
             removed = report.removed,
             seconds = report.seconds,
+            keys_from_log = SyncCounters::get(&counters.log_keys),
+            ranges_compared = SyncCounters::get(&counters.ranges_compared),
             incremental,
             "initial sync finished"
         );
@@ -371,10 +377,12 @@ struct Syncer<'a> {
     only: Option<&'a str>,
 }
 
-/// A collection being synced: the leader's name and database, this server's copy.
+/// A collection being synced: the leader's name and database, this server's copy, and the
+/// digest of the leader's copy if it sent one (`Digest`).
 struct Target {
     client: Client,
     info: Arc<CollectionInfo>,
+    digest: Option<u128>,
 }
 
 impl Syncer<'_> {
@@ -513,8 +521,8 @@ impl Syncer<'_> {
         })?;
         let store = &node.store;
         let filter = config.filter();
-        // The leader's collections this server replicates, with their counts.
-        let mut wanted: Vec<(CollectionInfo, u64)> = Vec::new();
+        // The leader's collections this server replicates, with their counts and digests.
+        let mut wanted: Vec<(CollectionInfo, u64, Option<u128>)> = Vec::new();
         for (name, database) in databases {
             if self.only.is_some_and(|only| only != name) {
                 continue;
@@ -534,7 +542,10 @@ impl Syncer<'_> {
                     continue;
                 }
                 let count = parameters["count"].as_u64().unwrap_or(0);
-                wanted.push((info, count));
+                let digest = collection["digest"]
+                    .as_str()
+                    .and_then(|hex| u128::from_str_radix(hex, 16).ok());
+                wanted.push((info, count, digest));
             }
         }
         // What this server has of the replicated collections that the leader does not (or has
@@ -545,7 +556,7 @@ impl Syncer<'_> {
                 continue;
             }
             for local in catalog.collections(&database.name) {
-                let kept = wanted.iter().any(|(info, _)| {
+                let kept = wanted.iter().any(|(info, _, _)| {
                     info.database == local.database
                         && info.name == local.name
                         && info.id == local.id
@@ -559,7 +570,7 @@ impl Syncer<'_> {
             }
         }
         let mut targets = Vec::new();
-        for (info, count) in wanted {
+        for (info, count, digest) in wanted {
             let existing = store.catalog().collection(&info.database, &info.name);
             let info = match existing {
                 Some(local) if incremental => local,
@@ -589,6 +600,7 @@ impl Syncer<'_> {
                 Target {
                     client: self.client.in_database(&info.database),
                     info,
+                    digest,
                 },
                 count,
             ));
@@ -600,10 +612,16 @@ impl Syncer<'_> {
         // An empty store copies the leader's files when it can, else its documents; then
         // nothing copied by an earlier, abandoned file copy is needed any more.
         if !self.copy_files(&targets, tick)? {
-            for (target, count) in &targets {
-                self.sync_collection(target, *count)?;
+            let compare = self.sync_from_log(&targets)?;
+            for ((target, count), compare) in targets.iter().zip(compare) {
+                if compare {
+                    self.sync_collection(target, *count)?;
+                }
             }
             self.drop_copied_files()?;
+        }
+        for (target, _) in &targets {
+            self.settle_digest(target, tick)?;
         }
         // The store now holds the leader's state at `tick`: the log continues from there.
         if begin_log {
@@ -625,6 +643,211 @@ impl Syncer<'_> {
                 .collect(),
             ..SyncReport::default()
         })
+    }
+
+    /// Which of `targets` still need their keys compared after the digests and the leader's log
+    /// did what they could:
+    ///
+    /// - a collection whose digest and count equal the leader's is equal already;
+    /// - one that differs, with a digest known on both sides, is brought up to date with the
+    ///   documents the leader's log changed since the largest revision this server holds of it
+    ///   (a store equal to the leader's as of a tick holds none later), fetched by key; if the
+    ///   digests then agree it is done.
+    ///
+    /// The log is read once for all of them. A collection whose changes in the log pass an
+    /// eighth of its documents (`log_limit`), or that was truncated, is compared instead, and so
+    /// are all once the log names more keys than the collections hold: reading it would cost
+    /// more than the compare it saves.
+    fn sync_from_log(&self, targets: &[(Target, u64)]) -> Result<Vec<bool>, SessionError> {
+        let store = &self.applier.node.store;
+        let mut compare = vec![true; targets.len()];
+        // Collection id -> (target index, keys fetched so far).
+        let mut active: HashMap<u64, (usize, u64)> = HashMap::new();
+        let mut from = u64::MAX;
+        for (at, (target, count)) in targets.iter().enumerate() {
+            let id = target.info.id;
+            let (Some(leader), Some(local)) = (target.digest, store.digest(id)) else {
+                continue;
+            };
+            let local_count = store.count(id);
+            if local_count == *count && local.xor == leader {
+                compare[at] = false;
+                self.applier.progress(format!(
+                    "collection '{}' is equal to the leader's: {count} document(s), checksums agree",
+                    target.info.name
+                ));
+                continue;
+            }
+            // The log helps where few keys changed; counts far apart say many did.
+            if local_count > 0 && local_count.abs_diff(*count) <= log_limit(local_count, *count) {
+                active.insert(id, (at, 0));
+                from = from.min(local.max_rev);
+            }
+        }
+        if active.is_empty() {
+            return Ok(compare);
+        }
+        let budget = active
+            .values()
+            .map(|&(at, _)| targets[at].1)
+            .sum::<u64>()
+            .max(100_000);
+        let mut named = 0u64;
+        let mut after = from;
+        let invalid = |why: String| SessionError::fatal(num::INVALID_RESPONSE, why);
+        let tick = |value: &serde_json::Value, name: &str| {
+            value[name]
+                .as_str()
+                .and_then(|t| t.parse::<u64>().ok())
+                .ok_or_else(|| invalid(format!("changed-keys answer without \"{name}\"")))
+        };
+        loop {
+            self.keep_batch()?;
+            let path = format!(
+                "/_api/replication/changed-keys?batchId={}&from={after}",
+                self.batch
+            );
+            let (bytes, _) = self.fetch(&self.client, "GET", &path, Vec::new(), None)?;
+            let answer: serde_json::Value = serde_json::from_slice(&bytes)
+                .map_err(|e| invalid(format!("invalid changed-keys answer: {e}")))?;
+            let (began, through) = (tick(&answer, "from")?, tick(&answer, "through")?);
+            if began > after {
+                tracing::info!(
+                    asked = after,
+                    began,
+                    "initial sync: the leader's log begins after the tick asked for; what it \
+                     lacks shows in the checksums"
+                );
+            }
+            if through < began || (answer["more"] == true && through <= after) {
+                return Err(invalid(format!(
+                    "changed-keys answer from {began} through {through} does not move on from {after}"
+                )));
+            }
+            for id in answer["emptied"].as_array().into_iter().flatten() {
+                if let Some(id) = id.as_str().and_then(|id| id.parse::<u64>().ok()) {
+                    active.remove(&id);
+                }
+            }
+            let keys = answer["keys"]
+                .as_object()
+                .ok_or_else(|| invalid("changed-keys answer without \"keys\"".into()))?;
+            for (id, keys) in keys {
+                let keys = keys
+                    .as_array()
+                    .ok_or_else(|| invalid(format!("changed-keys of {id} is not an array")))?;
+                named += keys.len() as u64;
+                let Some(id) = id.parse::<u64>().ok() else {
+                    continue;
+                };
+                let Some(&(at, fetched)) = active.get(&id) else {
+                    continue;
+                };
+                let (target, count) = &targets[at];
+                let fetched = fetched + keys.len() as u64;
+                if fetched > log_limit(store.count(id), *count) {
+                    active.remove(&id);
+                    continue;
+                }
+                active.insert(id, (at, fetched));
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|key| match key.as_str() {
+                        Some(key) if crate::util::valid_key(key) => Ok(key.to_owned()),
+                        _ => Err(invalid(format!("changed-keys names an invalid key: {key}"))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                self.applier.progress(format!(
+                    "collection '{}': fetching {} document(s) the leader's log changed after \
+                     tick {from}",
+                    target.info.name,
+                    keys.len()
+                ));
+                let lots: Vec<&[String]> = keys.chunks(KEYS_PER_FETCH).collect();
+                self.in_parallel(&lots, |_, lot| self.fetch_exact(target, lot))?;
+                SyncCounters::add(&self.counters().log_keys, keys.len() as u64);
+            }
+            if named > budget {
+                tracing::info!(
+                    named,
+                    budget,
+                    "initial sync: the leader's log changed too many keys; comparing instead"
+                );
+                active.clear();
+            }
+            if answer["more"] != true || active.is_empty() {
+                break;
+            }
+            after = through;
+        }
+        for (id, (at, fetched)) in active {
+            let (target, count) = &targets[at];
+            let agree = store.count(id) == *count
+                && store.digest(id).map(|d| d.xor) == target.digest;
+            if agree {
+                compare[at] = false;
+                self.applier.progress(format!(
+                    "collection '{}' is equal to the leader's after {fetched} document(s) from \
+                     its log: checksums agree",
+                    target.info.name
+                ));
+            } else {
+                tracing::info!(
+                    collection = %target.info.name,
+                    "initial sync: the leader's log did not account for every difference; \
+                     comparing keys"
+                );
+            }
+        }
+        Ok(compare)
+    }
+
+    /// Fetches the documents `keys` names and stores them; those the leader does not hold are
+    /// removed here.
+    fn fetch_exact(&self, target: &Target, keys: &[String]) -> Result<(), SessionError> {
+        self.keep_batch()?;
+        let path = format!(
+            "/_api/replication/range-documents?batchId={}&collection={}",
+            self.batch,
+            encode(&target.info.name)
+        );
+        let body = serde_json::to_vec(&json!({ "keys": keys }))
+            .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
+        let (bytes, _) = self.fetch(&target.client, "PUT", &path, body, None)?;
+        self.store_answer(target, &bytes, keys)
+    }
+
+    /// After a collection was synced: its digest here is the leader's. Set if it was not known
+    /// here; one that disagrees (it should not) is reported and replaced, since the compare of
+    /// keys and revisions is what decides.
+    fn settle_digest(&self, target: &Target, tick: Tick) -> Result<(), SessionError> {
+        let Some(leader) = target.digest else {
+            return Ok(());
+        };
+        let store = &self.applier.node.store;
+        let id = target.info.id;
+        let local = store.digest(id);
+        if local.map(|d| d.xor) == Some(leader) {
+            return Ok(());
+        }
+        if let Some(local) = local {
+            tracing::warn!(
+                collection = %target.info.name,
+                local = %local.hex(),
+                leader = format!("{leader:032x}"),
+                "initial sync: the collection's checksum differs from the leader's after the sync; \
+                 taking the leader's"
+            );
+        }
+        // The copy is the leader's as of `tick`: the log is read from there next time.
+        let digest = tickship_storage::docstore::Digest {
+            xor: leader,
+            max_rev: local.map_or(0, |d| d.max_rev).max(tick.get()),
+        };
+        store
+            .set_digest(id, digest)
+            .map_err(|e| self.store_error(&format!("record the checksum of '{}'", target.info.name), e))?;
+        Ok(())
     }
 
     /// Makes collection `target` equal to the leader's, which holds `count` documents.
@@ -1133,6 +1356,16 @@ impl Syncer<'_> {
     /// Stores the documents of one answer (one per line), refusing the whole answer if any line
     /// is not a valid document of the collection.
     fn store_lines(&self, target: &Target, bytes: &[u8]) -> Result<(), SessionError> {
+        self.store_answer(target, bytes, &[])
+    }
+
+    /// `store_lines`, removing those of `asked` the answer does not hold, in the same store file.
+    fn store_answer(
+        &self,
+        target: &Target,
+        bytes: &[u8],
+        asked: &[String],
+    ) -> Result<(), SessionError> {
         self.limit_rate();
         let mut items = Vec::new();
         let fallback = self.applier.node.wal.floor().max(Tick::new(1));
@@ -1170,6 +1403,21 @@ impl Syncer<'_> {
             }
             items.push(item);
         }
+        if !asked.is_empty() {
+            let sent: std::collections::HashSet<&str> = items
+                .iter()
+                .filter_map(|item| match item {
+                    Restored::Put { key, .. } => Some(key.as_str()),
+                    Restored::Remove { .. } => None,
+                })
+                .collect();
+            let gone: Vec<Restored> = asked
+                .iter()
+                .filter(|key| !sent.contains(key.as_str()))
+                .map(|key| Restored::Remove { key: key.clone() })
+                .collect();
+            items.extend(gone);
+        }
         let stats = self
             .applier
             .node
@@ -1179,8 +1427,15 @@ impl Syncer<'_> {
                 self.store_error(&format!("store documents of '{}'", target.info.name), e)
             })?;
         SyncCounters::add(&self.counters().documents, stats.created + stats.replaced);
+        SyncCounters::add(&self.counters().removed, stats.removed);
         Ok(())
     }
+}
+
+/// Keys changed in the leader's log past which a collection holding `local` documents here and
+/// `leader` there is compared instead (`Syncer::sync_from_log`).
+fn log_limit(local: u64, leader: u64) -> u64 {
+    local.max(leader) / 8 + 1000
 }
 
 /// Merges this server's pairs of a chunk (fed in key order) with the leader's: a key only here

@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{HeaderValue, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tickship_storage::docstore::{Catalog, KeyRange, StoreSnapshot, SYSTEM_DATABASE};
+use tickship_storage::Tick;
 
 use super::{json, AppState, Req};
 use crate::api::{num, ApiError, ApiResult};
@@ -48,7 +49,12 @@ fn collections_of(snapshot: &StoreSnapshot, db: &str, include_system: bool) -> V
             let mut parameters = super::collections::properties_json(c);
             // Not in ArangoDB's inventory; lets a dump show progress against a total.
             parameters.insert("count".into(), json!(snapshot.count(c.id)));
-            json!({ "parameters": parameters, "indexes": [] })
+            let mut entry = json!({ "parameters": parameters, "indexes": [] });
+            // Not in ArangoDB's either: what a syncing follower compares its copy with.
+            if let Some(digest) = snapshot.digest(c.id) {
+                entry["digest"] = json!(digest.hex());
+            }
+            entry
         })
         .collect()
 }
@@ -483,6 +489,44 @@ pub fn range_documents(state: &AppState, req: &Req) -> ApiResult<Response<Body>>
         }
     }
     Ok(page(out, "application/x-arango-dump", more, &last_key))
+}
+
+/// Keys one `changed-keys` answer names at most (about, as it ends with a block).
+const CHANGED_KEYS_MAX: usize = 65_536;
+
+/// `GET /_api/replication/changed-keys?batchId&from` (tickship): the keys of the documents the
+/// log changed after tick `from` through the batch's tick, per collection id
+/// (`leader::changes`). `from` in the answer is later than asked if the log no longer holds
+/// every tick after it; `more` says to ask again from `through`.
+pub fn changed_keys(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
+    let batch = batch_of(
+        state,
+        req,
+        "batchId not specified",
+        "context was not found",
+        num::CURSOR_NOT_FOUND,
+    )?;
+    let from = match req.query("from").map(str::parse::<u64>) {
+        Some(Ok(from)) => Tick::new(from),
+        _ => return Err(ApiError::bad_parameter("invalid from: expecting a tick")),
+    };
+    let until = batch.snapshot.tick();
+    let found = tokio::task::block_in_place(|| {
+        crate::leader::changes::changed_keys(&state.node.wal, from, until, CHANGED_KEYS_MAX)
+    })?;
+    let keys: Map<String, Value> = found
+        .keys
+        .into_iter()
+        .map(|(id, keys)| (id.to_string(), json!(keys)))
+        .collect();
+    Ok(checked(json!({
+        "from": found.from.to_string(),
+        "through": found.through.to_string(),
+        "more": found.more,
+        "records": found.records,
+        "keys": keys,
+        "emptied": found.emptied.iter().map(u64::to_string).collect::<Vec<_>>(),
+    })))
 }
 
 /// A page of a range answer: its CRC-32C, whether more follows and, if so, its last key.

@@ -337,6 +337,9 @@ async fn dispatch(state: &Arc<AppState>, req: &Req, path: &[&str]) -> ApiResult<
         ["_api", "replication", "files"] if is(Method::GET) => dump::files(state, req),
         ["_api", "replication", "file"] if is(Method::GET) => dump::file(state, req),
         ["_api", "replication", "key-values"] if is(Method::GET) => dump::key_values(state, req),
+        ["_api", "replication", "changed-keys"] if is(Method::GET) => {
+            dump::changed_keys(state, req)
+        }
         ["_api", "job", id] if is(Method::PUT) => jobs::fetch(state, id),
         ["_api", "job", id] if is(Method::GET) => jobs::status(state, id),
         ["_api", "job", id] if is(Method::DELETE) => jobs::delete(state, id),

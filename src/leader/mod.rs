@@ -4,6 +4,7 @@
 //! followers over QUIC, and the registry of followers and `wal/tail` clients the logger reports.
 
 pub mod batches;
+pub mod changes;
 pub mod followers;
 pub(crate) mod keys;
 pub(crate) mod locks;

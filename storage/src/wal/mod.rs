@@ -790,6 +790,13 @@ impl Wal {
         reader::floor(&state).max(state.floor) <= after
     }
 
+    /// The earliest tick after which the WAL holds every tick: `contains_after` is true from it
+    /// on.
+    pub fn complete_after(&self) -> Tick {
+        let state = self.shared.lock();
+        reader::floor(&state).max(state.floor)
+    }
+
     /// The log's floor: ticks at or before it are not served (`skip_to`); zero if none was set.
     pub fn floor(&self) -> Tick {
         self.shared.lock().floor
