@@ -11,7 +11,10 @@ use serde_json::Value;
 
 use crate::client::Client;
 
-/// How often the job and the applier state are asked for.
+/// How often the job and the applier state are asked for: every `POLL_FIRST` for the first
+/// `FIRST_SECONDS` (a short sync is then reported at most that late), then every `POLL`.
+const POLL_FIRST: Duration = Duration::from_millis(10);
+const FIRST_SECONDS: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(100);
 
 /// `scope` is `"?global=true"` for the server-level applier, else empty (the database's).
@@ -26,6 +29,11 @@ pub(super) fn run(client: &Client, body: Value, bar_wanted: bool, scope: &str) -
     let started = Instant::now();
     let mut last_line = String::new();
     loop {
+        let pause = if started.elapsed() < FIRST_SECONDS {
+            POLL_FIRST
+        } else {
+            POLL
+        };
         let answer = client.call("PUT", &format!("/_api/job/{job}"), None);
         match answer {
             Ok(Value::Null) => {}
@@ -61,7 +69,7 @@ pub(super) fn run(client: &Client, body: Value, bar_wanted: bool, scope: &str) -
             bar.set_length(on_leader.max(documents));
             bar.set_position(documents);
             bar.set_message(format!("{:.1} MB", bytes as f64 / 1e6));
-            continue_after(POLL);
+            continue_after(pause);
             continue;
         }
         let line = format!(
@@ -80,7 +88,7 @@ pub(super) fn run(client: &Client, body: Value, bar_wanted: bool, scope: &str) -
             }
             last_line = line;
         }
-        continue_after(POLL);
+        continue_after(pause);
     }
 }
 

@@ -51,6 +51,8 @@ const CHUNKS_PER_PAGE: usize = 4096;
 const LOCAL_PAIRS_KEPT: u64 = 2 * TOP_CHUNK;
 /// Keys named in one `range-documents` request.
 const KEYS_PER_FETCH: usize = 4096;
+/// Bytes of documents fetched by key that are stored together (one store file).
+const STORE_BYTES: usize = 8 << 20;
 /// Removals or documents stored at a time.
 const INGEST_ITEMS: usize = 16_384;
 /// Ranges fetched at once from an empty collection: one fetches while another is stored.
@@ -763,8 +765,28 @@ impl Syncer<'_> {
                     target.info.name,
                     keys.len()
                 ));
+                // Lots fetched and parsed in parallel, stored together: each store is a file
+                // ingested and a flush, whose cost does not depend on its size.
                 let lots: Vec<&[String]> = keys.chunks(KEYS_PER_FETCH).collect();
-                self.in_parallel(&lots, |_, lot| self.fetch_exact(target, lot))?;
+                let pending = std::sync::Mutex::new((Vec::new(), 0usize));
+                self.in_parallel(&lots, |_, lot| {
+                    let items = self.fetch_exact(target, lot)?;
+                    let full = {
+                        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        pending.1 += items.iter().map(Restored::bytes).sum::<usize>();
+                        pending.0.extend(items);
+                        (pending.1 >= STORE_BYTES).then(|| {
+                            pending.1 = 0;
+                            std::mem::take(&mut pending.0)
+                        })
+                    };
+                    match full {
+                        Some(items) => self.store_items(target, items),
+                        None => Ok(()),
+                    }
+                })?;
+                let (rest, _) = pending.into_inner().unwrap_or_else(|p| p.into_inner());
+                self.store_items(target, rest)?;
                 SyncCounters::add(&self.counters().log_keys, keys.len() as u64);
             }
             if named > budget {
@@ -802,9 +824,9 @@ impl Syncer<'_> {
         Ok(compare)
     }
 
-    /// Fetches the documents `keys` names and stores them; those the leader does not hold are
-    /// removed here.
-    fn fetch_exact(&self, target: &Target, keys: &[String]) -> Result<(), SessionError> {
+    /// Fetches the documents `keys` names: what to store, with a removal for each the leader
+    /// does not hold.
+    fn fetch_exact(&self, target: &Target, keys: &[String]) -> Result<Vec<Restored>, SessionError> {
         self.keep_batch()?;
         let path = format!(
             "/_api/replication/range-documents?batchId={}&collection={}",
@@ -814,7 +836,7 @@ impl Syncer<'_> {
         let body = serde_json::to_vec(&json!({ "keys": keys }))
             .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
         let (bytes, _) = self.fetch(&target.client, "PUT", &path, body, None)?;
-        self.store_answer(target, &bytes, keys)
+        self.parse_answer(target, &bytes, keys)
     }
 
     /// After a collection was synced: its digest here is the leader's. Set if it was not known
@@ -1356,16 +1378,19 @@ impl Syncer<'_> {
     /// Stores the documents of one answer (one per line), refusing the whole answer if any line
     /// is not a valid document of the collection.
     fn store_lines(&self, target: &Target, bytes: &[u8]) -> Result<(), SessionError> {
-        self.store_answer(target, bytes, &[])
+        let items = self.parse_answer(target, bytes, &[])?;
+        self.store_items(target, items)
     }
 
-    /// `store_lines`, removing those of `asked` the answer does not hold, in the same store file.
-    fn store_answer(
+    /// The documents of one answer (one per line) to store, refusing the whole answer if any
+    /// line is not a valid document of the collection; and a removal for each of `asked` the
+    /// answer does not hold.
+    fn parse_answer(
         &self,
         target: &Target,
         bytes: &[u8],
         asked: &[String],
-    ) -> Result<(), SessionError> {
+    ) -> Result<Vec<Restored>, SessionError> {
         self.limit_rate();
         let mut items = Vec::new();
         let fallback = self.applier.node.wal.floor().max(Tick::new(1));
@@ -1417,6 +1442,14 @@ impl Syncer<'_> {
                 .map(|key| Restored::Remove { key: key.clone() })
                 .collect();
             items.extend(gone);
+        }
+        Ok(items)
+    }
+
+    /// Stores `items` in `target` (one store file).
+    fn store_items(&self, target: &Target, items: Vec<Restored>) -> Result<(), SessionError> {
+        if items.is_empty() {
+            return Ok(());
         }
         let stats = self
             .applier

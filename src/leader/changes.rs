@@ -29,8 +29,24 @@ pub struct ChangedKeys {
 }
 
 /// Reads the log after `from` through `until`, whole blocks at a time, until about `max_keys`
-/// keys are named.
+/// keys are named. Retention deleting what it was about to read makes it begin later (three
+/// times at most), as if the log had not held it.
 pub fn changed_keys(
+    wal: &Wal,
+    from: Tick,
+    until: Tick,
+    max_keys: usize,
+) -> tickship_storage::Result<ChangedKeys> {
+    let mut attempts = 0;
+    loop {
+        match read(wal, from, until, max_keys) {
+            Err(tickship_storage::Error::TickCompacted(_)) if attempts < 2 => attempts += 1,
+            other => return other,
+        }
+    }
+}
+
+fn read(
     wal: &Wal,
     from: Tick,
     until: Tick,
@@ -95,4 +111,73 @@ pub fn changed_keys(
     }
     done(&mut out, keys);
     Ok(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // in a test, a panic is the failure report
+mod tests {
+    use super::*;
+    use tickship_storage::wal::Record;
+    use tickship_storage::WalOptions;
+
+    fn record<'a>(kind: RecordType, collection: &'a str, key: &'a str) -> Record<'a> {
+        Record {
+            kind,
+            tid: 0,
+            db: "_system",
+            collection,
+            key,
+            data: if kind == RecordType::DocumentRemove {
+                b""
+            } else {
+                b"{}"
+            },
+        }
+    }
+
+    #[test]
+    fn names_each_changed_key_once_per_answer_and_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let before = wal
+            .append(&[record(RecordType::DocumentPut, "7", "old")])
+            .unwrap()
+            .last;
+        wal.append(&[
+            record(RecordType::DocumentPut, "7", "a"),
+            record(RecordType::DocumentPut, "7", "b"),
+        ])
+        .unwrap();
+        wal.append(&[record(RecordType::DocumentRemove, "7", "a")])
+            .unwrap();
+        wal.append(&[record(RecordType::DocumentInsert, "8", "a")])
+            .unwrap();
+        let truncated = wal
+            .append(&[record(RecordType::CollectionTruncate, "9", "")])
+            .unwrap()
+            .last;
+        wal.append(&[record(RecordType::DocumentPut, "7", "late")])
+            .unwrap();
+
+        let all = changed_keys(&wal, before, truncated, 1000).unwrap();
+        assert_eq!((all.from, all.through, all.more), (before, truncated, false));
+        let mut seven = all.keys[&7].clone();
+        seven.sort();
+        assert_eq!(seven, ["a", "b"], "once each, nothing before `from` or after `until`");
+        assert_eq!(all.keys[&8], ["a"]);
+        assert_eq!(all.emptied, [9].into());
+        assert_eq!(all.records, 4);
+
+        // Pages end with a block once enough keys are named; the next goes on from `through`.
+        let first = changed_keys(&wal, before, truncated, 1).unwrap();
+        assert!(first.more);
+        assert_eq!(first.through, before.checked_add(2).unwrap(), "the block of a and b");
+        let second = changed_keys(&wal, first.through, truncated, 1).unwrap();
+        assert_eq!(second.keys[&7], ["a"]);
+        assert!(second.more);
+
+        // Nothing to read past `until`.
+        let none = changed_keys(&wal, truncated, truncated, 10).unwrap();
+        assert!(none.keys.is_empty() && !none.more);
+    }
 }

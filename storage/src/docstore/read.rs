@@ -2,6 +2,7 @@
 //! document kept in the WAL is read from the record at its tick, in the WAL or, once its segment
 //! was collected, in a value file.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -46,25 +47,53 @@ impl DocStore {
         if let Some(snapshot) = snapshot {
             options.set_snapshot(snapshot);
         }
-        self.db
-            .batched_multi_get_cf_opt(self.docs(), &store_keys, false, &options)
-            .into_iter()
-            .zip(keys)
-            .map(|(value, key)| {
-                let decoded = value
-                    .map_err(|e| store_error("read documents", e))?
-                    .map(|v| self.decode_document(collection, key, &v))
-                    .transpose();
-                match decoded {
-                    // Replaced and its old record collected between the two reads (see `get`);
-                    // a snapshot holds its records, so no retry reads past it.
-                    Err(_) if self.values.is_some() && snapshot.is_none() => {
-                        self.get(collection, key)
-                    }
-                    other => other,
+        let mut found: Vec<Option<StoredDocument>> = vec![None; keys.len()];
+        // Documents kept in the WAL are read afterwards in tick order, each frame decompressed
+        // once for all the documents it holds, not once per document (a sync fetching thousands
+        // of keys changed together would decompress the same frames over and over).
+        let mut in_wal: Vec<(Tick, String)> = Vec::new();
+        let mut slots: HashMap<&str, Vec<usize>> = HashMap::new();
+        let values = self
+            .db
+            .batched_multi_get_cf_opt(self.docs(), &store_keys, false, &options);
+        for (at, (value, key)) in values.into_iter().zip(keys).enumerate() {
+            let Some(value) = value.map_err(|e| store_error("read documents", e))? else {
+                continue;
+            };
+            if value.len() == DOCUMENT_IN_WAL_BYTES {
+                let tick = decode_u64(&value).ok_or_else(|| corrupt("document revision"))?;
+                let held = slots.entry(key).or_default();
+                if held.is_empty() {
+                    in_wal.push((Tick::new(tick), (*key).to_owned()));
                 }
-            })
-            .collect()
+                held.push(at);
+                continue;
+            }
+            found[at] = Some(self.decode_document(collection, key, &value)?);
+        }
+        let read = self.visit_in_wal(collection, &mut in_wal, &mut |key, document| {
+            if let Some(held) = slots.get(key) {
+                for &at in held {
+                    found[at] = Some(document.clone());
+                }
+            }
+            true
+        });
+        match read {
+            Ok(_) => {}
+            // Replaced and its old record collected between the two reads (see `get`); a
+            // snapshot holds its records, so no retry reads past it.
+            Err(_) if self.values.is_some() && snapshot.is_none() => {
+                for (key, held) in &slots {
+                    let document = self.get(collection, key)?;
+                    for &at in held {
+                        found[at].clone_from(&document);
+                    }
+                }
+            }
+            Err(error) => return Err(error),
+        }
+        Ok(found)
     }
 
     /// Calls `visit(key, document)` for every document of `collection`, from one consistent

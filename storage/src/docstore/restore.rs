@@ -42,6 +42,14 @@ impl Restored {
             Restored::Put { key, .. } | Restored::Remove { key } => key,
         }
     }
+
+    /// Bytes it holds (key and document), for callers that bound what they gather.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Restored::Put { key, json, .. } => key.len() + json.len(),
+            Restored::Remove { key } => key.len(),
+        }
+    }
 }
 
 /// What a restore of documents did.
@@ -62,6 +70,38 @@ pub enum CollectionRestore {
     Created(Arc<CollectionInfo>),
     /// A collection of that name exists and replacing it was not asked for.
     Exists(Arc<CollectionInfo>),
+}
+
+/// Documents of one restore step from which it writes two store files and looks its keys up
+/// with two threads.
+const PARALLEL_ITEMS_MIN: usize = 4096;
+
+/// `work` on each of `inputs`, the first on this thread and the others on threads of their
+/// own; the results in order. A thread that panicked is an error.
+fn in_parallel<I: Send, T: Send>(
+    mut inputs: Vec<I>,
+    work: impl Fn(I) -> T + Sync,
+) -> Result<Vec<T>> {
+    if inputs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = inputs.remove(0);
+    std::thread::scope(|scope| {
+        let work = &work;
+        let others: Vec<_> = inputs
+            .into_iter()
+            .map(|input| scope.spawn(move || work(input)))
+            .collect();
+        let mut results = vec![work(first)];
+        for other in others {
+            results.push(
+                other
+                    .join()
+                    .map_err(|_| Error::InvalidRecord("a restore thread panicked".into()))?,
+            );
+        }
+        Ok(results)
+    })
 }
 
 /// How long the unsure file stays after a restore step before the next flush may remove it.
@@ -334,52 +374,77 @@ impl DocStore {
                 _ => last.push(item),
             }
         }
-        let path = self.path.join(format!(
-            "restore-{}-{}.sst.tmp",
-            std::process::id(),
-            SST_SEQUENCE.fetch_add(1, Ordering::Relaxed)
-        ));
-        let written = (|| -> Result<()> {
-            let mut writer = rocksdb::SstFileWriter::create(&self.sst_options);
-            writer
-                .open(&path)
-                .map_err(|e| store_error("create restore file", e))?;
-            let mut value = Vec::new();
-            for item in &last {
-                let key = doc_key(collection, item.key());
-                match item {
-                    Restored::Put { rev, json, .. } => {
-                        value.clear();
-                        value.extend_from_slice(&rev.get().to_le_bytes());
-                        value.extend_from_slice(json);
-                        writer
-                            .put(&key, &value)
-                            .map_err(|e| store_error("write restore file", e))?;
-                    }
-                    Restored::Remove { .. } => writer
-                        .delete(&key)
-                        .map_err(|e| store_error("write restore file", e))?,
-                }
-            }
-            writer
-                .finish()
-                .map_err(|e| store_error("finish restore file", e))
-        })();
-        if let Err(error) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(error);
-        }
-        let result = self.ingest(collection, &last, &path, &mut stats, look_up);
+        // A large lot is written as two store files, by two threads, in two key ranges that do
+        // not overlap; both are ingested in one call, which is atomic.
+        let parts: Vec<&[Restored]> = if last.len() >= PARALLEL_ITEMS_MIN {
+            let (low, high) = last.split_at(last.len() / 2);
+            vec![low, high]
+        } else {
+            vec![&last[..]]
+        };
+        let paths: Vec<std::path::PathBuf> = parts
+            .iter()
+            .map(|_| {
+                self.path.join(format!(
+                    "restore-{}-{}.sst.tmp",
+                    std::process::id(),
+                    SST_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+                ))
+            })
+            .collect();
+        let written = in_parallel(
+            parts.iter().zip(&paths).collect(),
+            |(part, path): (&&[Restored], &std::path::PathBuf)| {
+                self.write_restore_file(collection, part, path)
+            },
+        )
+        .and_then(|results| results.into_iter().collect::<Result<Vec<()>>>());
+        let result = written.and_then(|_| self.ingest(collection, &last, &paths, &mut stats, look_up));
         // Moved into the store on success; anything left is ours to remove.
-        let _ = std::fs::remove_file(&path);
+        for path in &paths {
+            let _ = std::fs::remove_file(path);
+        }
         result.map(|()| stats)
+    }
+
+    /// Writes `items` (in key order) of `collection` to the store file `path`.
+    fn write_restore_file(
+        &self,
+        collection: u64,
+        items: &[Restored],
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let mut writer = rocksdb::SstFileWriter::create(&self.sst_options);
+        writer
+            .open(path)
+            .map_err(|e| store_error("create restore file", e))?;
+        let mut value = Vec::new();
+        for item in items {
+            let key = doc_key(collection, item.key());
+            match item {
+                Restored::Put { rev, json, .. } => {
+                    value.clear();
+                    value.extend_from_slice(&rev.get().to_le_bytes());
+                    value.extend_from_slice(json);
+                    writer
+                        .put(&key, &value)
+                        .map_err(|e| store_error("write restore file", e))?;
+                }
+                Restored::Remove { .. } => writer
+                    .delete(&key)
+                    .map_err(|e| store_error("write restore file", e))?,
+            }
+        }
+        writer
+            .finish()
+            .map_err(|e| store_error("finish restore file", e))
     }
 
     fn ingest(
         &self,
         collection: u64,
         items: &[Restored],
-        path: &std::path::Path,
+        paths: &[std::path::PathBuf],
         stats: &mut RestoreStats,
         look_up: bool,
     ) -> Result<()> {
@@ -390,22 +455,41 @@ impl DocStore {
             )));
         }
         // Keys said to be new (`restore_new_documents`) are not looked up: all are created.
+        // Looked up by two threads for a large lot, each half in key order.
         let existed: Vec<Option<u64>> = if look_up {
-            let keys: Vec<Vec<u8>> = items
-                .iter()
-                .map(|item| doc_key(collection, item.key()))
-                .collect();
-            self.db
-                .batched_multi_get_cf(self.docs(), &keys, true)
+            let halves: Vec<&[Restored]> = if items.len() >= PARALLEL_ITEMS_MIN {
+                let (low, high) = items.split_at(items.len() / 2);
+                vec![low, high]
+            } else {
+                vec![items]
+            };
+            let found = in_parallel(halves, |half: &[Restored]| {
+                let keys: Vec<Vec<u8>> = half
+                    .iter()
+                    .map(|item| doc_key(collection, item.key()))
+                    .collect();
+                self.db
+                    .batched_multi_get_cf(self.docs(), &keys, true)
+                    .into_iter()
+                    .map(|found| {
+                        found
+                            .map_err(|e| store_error("look up restored keys", e))?
+                            .map(|value| {
+                                value
+                                    .get(..8)
+                                    .and_then(decode_u64)
+                                    .ok_or_else(|| corrupt("document revision"))
+                            })
+                            .transpose()
+                    })
+                    .collect::<Result<Vec<Option<u64>>>>()
+            })?;
+            found
                 .into_iter()
-                .map(|found| {
-                    found.map_err(|e| store_error("look up restored keys", e))?
-                        .map(|value| {
-                            value.get(..8).and_then(decode_u64).ok_or_else(|| corrupt("document revision"))
-                        })
-                        .transpose()
-                })
-                .collect::<Result<_>>()?
+                .collect::<Result<Vec<_>>>()?
+                .into_iter()
+                .flatten()
+                .collect()
         } else {
             vec![None; items.len()]
         };
@@ -438,7 +522,7 @@ impl DocStore {
         let mut options = rocksdb::IngestExternalFileOptions::default();
         options.set_move_files(true);
         self.db
-            .ingest_external_file_cf_opts(self.docs(), &options, vec![path.to_path_buf()])
+            .ingest_external_file_cf_opts(self.docs(), &options, paths.to_vec())
             .map_err(|e| store_error("ingest restored documents", e))?;
         let count = {
             let mut counts = self.counts_mut();

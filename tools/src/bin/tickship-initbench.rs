@@ -207,13 +207,14 @@ fn setup(args: &Args, daemon: &Path, root: &Path, mut leader: Server, lc: &Clien
         full_bytes as f64 / 1e6,
         full_bytes as f64 / 1e6 / full_seconds
     );
-    tickship(&follower.endpoint, &["replication", "stop"])?;
+    tickship(&follower.endpoint, &["replication", "stop", "--global"])?;
     let changed = change_one_percent(lc, args.docs)?;
     let (_, incremental_seconds, _) = tickship(
         &follower.endpoint,
         &[
             "replication",
             "setup",
+            "--global",
             &leader.endpoint,
             "--incremental",
             "--no-progress",
