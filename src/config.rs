@@ -229,7 +229,8 @@ pub struct DaemonArgs {
     #[arg(long = "rocksdb.block-cache-size", default_value = "256MiB", value_parser = size_usize, help_heading = "Document store")]
     pub rocksdb_block_cache_size: usize,
 
-    /// Compression of each document in the store's blob files: none, lz4 or zstd.
+    /// Compression of each document in the store's blob files and in the files a restore or a
+    /// sync writes: none, lz4 or zstd.
     #[arg(
         long = "rocksdb.blob-compression-type",
         default_value = "none",

@@ -414,7 +414,15 @@ impl DocStore {
         items: &[Restored],
         path: &std::path::Path,
     ) -> Result<()> {
-        let mut writer = rocksdb::SstFileWriter::create(&self.sst_options);
+        let documents = items
+            .iter()
+            .any(|item| matches!(item, Restored::Put { json, .. } if !json.is_empty()));
+        let options = if documents {
+            &self.sst_options
+        } else {
+            &self.sst_key_options
+        };
+        let mut writer = rocksdb::SstFileWriter::create(options);
         writer
             .open(path)
             .map_err(|e| store_error("create restore file", e))?;
