@@ -372,26 +372,63 @@ impl Syncer<'_> {
         tick: Tick,
         ranges: &[TickRange],
     ) -> Result<(), SessionError> {
-        let mut after: Option<String> = None;
+        // Pages are fetched by one thread while this one checks and ingests the page before:
+        // a connection left idle while a page is ingested restarts TCP's slow start, which over
+        // a 10 ms round trip cost more time than the transfer itself.
+        let (pages, received) = std::sync::mpsc::sync_channel::<(Vec<u8>, Option<String>)>(1);
+        std::thread::scope(|scope| {
+            let fetcher = scope.spawn(move || -> Result<(), SessionError> {
+                let mut after: Option<String> = None;
+                loop {
+                    self.keep_batch()?;
+                    let mut path = format!(
+                        "/_api/replication/key-values?batchId={}&collection={}",
+                        self.batch,
+                        encode(&target.info.name)
+                    );
+                    if let Some(after) = &after {
+                        path.push_str(&format!("&after={}", encode(after)));
+                    }
+                    let (bytes, last) = self.fetch(
+                        &target.client,
+                        "GET",
+                        &path,
+                        Vec::new(),
+                        Some("x-tickship-last-key"),
+                    )?;
+                    let more = last.is_some();
+                    after.clone_from(&last);
+                    if pages.send((bytes, last)).is_err() || !more {
+                        // The checker stopped (it reports why), or the collection ended.
+                        return Ok(());
+                    }
+                }
+            });
+            let checked = self.check_and_ingest_keys(target, tick, ranges, &received);
+            // Ends the fetcher's next send if the checker stopped first.
+            drop(received);
+            let fetched = fetcher.join().unwrap_or_else(|_| {
+                Err(SessionError::fatal(
+                    num::INTERNAL,
+                    "the key-values fetcher panicked".into(),
+                ))
+            });
+            checked.and(fetched)
+        })
+    }
+
+    /// The checking half of `copy_keys`: each page as it comes, in order.
+    fn check_and_ingest_keys(
+        &self,
+        target: &Target,
+        tick: Tick,
+        ranges: &[TickRange],
+        pages: &std::sync::mpsc::Receiver<(Vec<u8>, Option<String>)>,
+    ) -> Result<(), SessionError> {
         let mut last_key = String::new();
         let mut items: Vec<Restored> = Vec::new();
-        loop {
-            self.keep_batch()?;
-            let mut path = format!(
-                "/_api/replication/key-values?batchId={}&collection={}",
-                self.batch,
-                encode(&target.info.name)
-            );
-            if let Some(after) = &after {
-                path.push_str(&format!("&after={}", encode(after)));
-            }
-            let (bytes, last) = self.fetch(
-                &target.client,
-                "GET",
-                &path,
-                Vec::new(),
-                Some("x-tickship-last-key"),
-            )?;
+        // The fetcher's error, if it stopped early, is the one reported (the channel closes).
+        while let Ok((bytes, last)) = pages.recv() {
             let mut at = 0;
             while at < bytes.len() {
                 let (key, value, next) = key_value_at(&bytes, at)
@@ -425,7 +462,7 @@ impl Syncer<'_> {
                 }
             }
             match last {
-                Some(last) if last == last_key => after = Some(last),
+                Some(last) if last == last_key => {}
                 Some(last) => {
                     return Err(invalid(format!(
                         "key-values page ends with {last_key:?}, its header says {last:?}"
