@@ -52,6 +52,41 @@ fn setup(follower: &Daemon, leader: &Daemon) -> Run {
     )
 }
 
+/// `tickship dump` of `leader` into `dir`/dump, restored into a new server in `dir`/restored.
+fn dumped_and_restored(leader: &Daemon, dir: &std::path::Path) -> Daemon {
+    let dump_dir = dir.join("dump");
+    ok(
+        tickship(
+            leader,
+            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
+        ),
+        "dump",
+    );
+    let restored = Daemon::start(&dir.join("restored"), &[]);
+    ok(
+        tickship(
+            &restored,
+            &["restore", "--input-directory", dump_dir.to_str().unwrap()],
+        ),
+        "restore",
+    );
+    restored
+}
+
+/// `tickship replication setup --global --incremental` on `follower` from `leader`.
+fn setup_incremental(follower: &Daemon, leader: &Daemon) -> Run {
+    tickship(
+        follower,
+        &[
+            "replication",
+            "setup",
+            "--global",
+            &leader.endpoint(),
+            "--incremental",
+        ],
+    )
+}
+
 /// Value files in the store of the server with data directory `dir` whose names start with
 /// `prefix` (`4000`: installed by a physical sync).
 fn value_files(dir: &std::path::Path, prefix: &str) -> usize {
@@ -177,22 +212,7 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     // A collection the leader empties after the dump: the follower must empty it too.
     create(&lh, "emptied", 2);
     fill(&lh, "emptied", 0, 300, 1);
-    let dump_dir = dir.path().join("dump");
-    ok(
-        tickship(
-            &leader,
-            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
-        ),
-        "dump",
-    );
-    let restored = Daemon::start(&dir.path().join("restored"), &[]);
-    ok(
-        tickship(
-            &restored,
-            &["restore", "--input-directory", dump_dir.to_str().unwrap()],
-        ),
-        "restore",
-    );
+    let restored = dumped_and_restored(&leader, dir.path());
     // 1% of the documents change after the dump: new versions, removals, new ones.
     fill(&lh, "docs", 1000, 1040, 2);
     remove(&lh, "docs", 3000..3010);
@@ -204,19 +224,7 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     remove(&lh, "docs", 4111..4112);
     remove(&lh, "emptied", 0..300);
 
-    ok(
-        tickship(
-            &restored,
-            &[
-                "replication",
-                "setup",
-                "--global",
-                &leader.endpoint(),
-                "--incremental",
-            ],
-        ),
-        "setup --incremental",
-    );
+    ok(setup_incremental(&restored, &leader), "setup --incremental");
     converged(
         &leader,
         &restored,
@@ -264,22 +272,7 @@ fn a_restored_follower_with_a_write_of_its_own_is_compared_and_converges() {
     fill(&lh, "docs", 0, 3000, 1);
     create(&lh, "still", 2);
     fill(&lh, "still", 0, 100, 1);
-    let dump_dir = dir.path().join("dump");
-    ok(
-        tickship(
-            &leader,
-            &["dump", "--output-directory", dump_dir.to_str().unwrap()],
-        ),
-        "dump",
-    );
-    let restored = Daemon::start(&dir.path().join("restored"), &[]);
-    ok(
-        tickship(
-            &restored,
-            &["restore", "--input-directory", dump_dir.to_str().unwrap()],
-        ),
-        "restore",
-    );
+    let restored = dumped_and_restored(&leader, dir.path());
     // The restored server is still a leader of its own: it takes a write.
     let rh = restored.http();
     let answer = rh.send(
@@ -289,19 +282,7 @@ fn a_restored_follower_with_a_write_of_its_own_is_compared_and_converges() {
     );
     assert!(answer.status == 201 || answer.status == 202, "{}", answer.status);
     fill(&lh, "docs", 2000, 2030, 2);
-    ok(
-        tickship(
-            &restored,
-            &[
-                "replication",
-                "setup",
-                "--global",
-                &leader.endpoint(),
-                "--incremental",
-            ],
-        ),
-        "setup --incremental",
-    );
+    ok(setup_incremental(&restored, &leader), "setup --incremental");
     converged(
         &leader,
         &restored,

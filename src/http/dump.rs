@@ -38,6 +38,17 @@ fn batch_of(
     }
 }
 
+/// `batch_of` with the answers of `inventory` and the key-range calls.
+fn batch_named(state: &AppState, req: &Req) -> ApiResult<Arc<Batch>> {
+    batch_of(
+        state,
+        req,
+        "batchId not specified",
+        "context was not found",
+        num::CURSOR_NOT_FOUND,
+    )
+}
+
 /// A database's collections as `inventory` lists them.
 fn collections_of(snapshot: &StoreSnapshot, db: &str, include_system: bool) -> Vec<Value> {
     snapshot
@@ -74,13 +85,7 @@ fn database_properties(catalog: &Catalog, db: &str) -> Value {
 /// `GET /_api/replication/inventory?batchId&includeSystem&global`: the collections (and, with
 /// `global`, the databases) as of the batch's tick.
 pub fn inventory(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
-    let batch = batch_of(
-        state,
-        req,
-        "batchId not specified",
-        "context was not found",
-        num::CURSOR_NOT_FOUND,
-    )?;
+    let batch = batch_named(state, req)?;
     let include_system = req.flag("includeSystem", true);
     let global = req.flag("global", false);
     if global && req.db != SYSTEM_DATABASE {
@@ -314,13 +319,7 @@ fn range_request(
     state: &AppState,
     req: &Req,
 ) -> ApiResult<(Arc<Batch>, Arc<tickship_storage::docstore::CollectionInfo>)> {
-    let batch = batch_of(
-        state,
-        req,
-        "batchId not specified",
-        "context was not found",
-        num::CURSOR_NOT_FOUND,
-    )?;
+    let batch = batch_named(state, req)?;
     let collection = snapshot_collection(&batch, req)?;
     Ok((batch, collection))
 }
@@ -499,13 +498,7 @@ const CHANGED_KEYS_MAX: usize = 65_536;
 /// (`leader::changes`). `from` in the answer is later than asked if the log no longer holds
 /// every tick after it; `more` says to ask again from `through`.
 pub fn changed_keys(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
-    let batch = batch_of(
-        state,
-        req,
-        "batchId not specified",
-        "context was not found",
-        num::CURSOR_NOT_FOUND,
-    )?;
+    let batch = batch_named(state, req)?;
     let from = match req.query("from").map(str::parse::<u64>) {
         Some(Ok(from)) => Tick::new(from),
         _ => return Err(ApiError::bad_parameter("invalid from: expecting a tick")),

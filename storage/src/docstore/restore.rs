@@ -205,13 +205,9 @@ impl DocStore {
             .ok_or_else(|| Error::InvalidRecord("restored collection vanished".into()))?;
         self.counts_mut().insert(id, 0);
         self.digests_mut().insert(id, Digest::default());
-        {
-            // Whatever stale digest a failed step left for these ids was just replaced.
-            let mut unsure = self.unsure.lock().unwrap_or_else(|p| p.into_inner());
-            unsure.forget.remove(&id);
-            if let Some(old) = replaced {
-                unsure.forget.remove(&old);
-            }
+        self.digest_rewritten(id);
+        if let Some(old) = replaced {
+            self.digest_rewritten(old);
         }
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(CollectionRestore::Created(created))
@@ -235,11 +231,7 @@ impl DocStore {
         catalog.remove_collection(id);
         self.counts_mut().remove(&id);
         self.digests_mut().remove(&id);
-        self.unsure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget
-            .remove(&id);
+        self.digest_rewritten(id);
         *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
         Ok(true)
     }
@@ -271,6 +263,16 @@ impl DocStore {
         self.digests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Collection `id`'s digest on disk was just replaced or deleted durably: no stale one of a
+    /// failed restore step is left to delete.
+    fn digest_rewritten(&self, id: u64) {
+        self.unsure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .forget
+            .remove(&id);
+    }
+
     /// Sets the digest of collection `id` (a sync that found it equal to its leader's, whose
     /// digest this is), durably. False if there is no such collection.
     pub fn set_digest(&self, id: u64, digest: Digest) -> Result<bool> {
@@ -283,11 +285,7 @@ impl DocStore {
         self.write(batch)?;
         self.flush()?;
         self.digests_mut().insert(id, digest);
-        self.unsure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .forget
-            .remove(&id);
+        self.digest_rewritten(id);
         Ok(true)
     }
 
