@@ -340,6 +340,19 @@ impl Drop for PurgeAtOnce {
     }
 }
 
+/// `text` encoded for a URL's path segment or query value.
+pub fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// Makes the entries of directory `dir` durable.
+pub fn fsync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("sync directory {}", dir.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -616,17 +629,4 @@ mod tests {
             .expect("number");
         assert_eq!(after, limit.rlim_max.min(nr_open));
     }
-}
-
-/// `text` encoded for a URL's path segment or query value.
-pub fn percent_encode(text: &str) -> String {
-    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// Makes the entries of directory `dir` durable.
-pub fn fsync_dir(dir: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("sync directory {}", dir.display()))
 }

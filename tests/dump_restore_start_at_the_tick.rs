@@ -269,7 +269,7 @@ fn a_restore_killed_half_way_and_run_again_holds_exactly_the_dump() {
             let count = th.get("/_api/collection/docs/count");
             count.status == 200 && count.json()["count"].as_u64() > Some(5_000)
         },
-        || String::new(),
+        String::new,
     );
     target.kill9();
     let cut = first.wait_with_output().unwrap();

@@ -38,7 +38,7 @@ fn batch_of(
     }
 }
 
-/// `batch_of` with the answers of `inventory` and the key-range calls.
+/// `batch_of` with the answers of `inventory`, the key-range calls and the physical copy's.
 fn batch_named(state: &AppState, req: &Req) -> ApiResult<Arc<Batch>> {
     batch_of(
         state,
@@ -555,22 +555,12 @@ const FILE_PIECE_MAX: usize = 16 << 20;
 /// Bytes of keys and values after which a `key-values` page ends.
 const KEY_VALUES_PAGE_BYTES: usize = 4 << 20;
 
-fn batch_for_copy(state: &AppState, req: &Req) -> ApiResult<Arc<Batch>> {
-    batch_of(
-        state,
-        req,
-        "batchId not specified",
-        "context was not found",
-        num::CURSOR_NOT_FOUND,
-    )
-}
-
 /// `GET /_api/replication/files?batchId` (tickship): the files holding the batch's documents,
 /// for a physical sync: each with its index (for `file`), the leader's id of it, the ticks it is
 /// sealed as covering, the bytes to copy and its inode (what tells a resumed copy it is the same
 /// file). `files` is null, with `reason`, when the batch cannot be copied as files.
 pub fn files(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
-    let batch = batch_for_copy(state, req)?;
+    let batch = batch_named(state, req)?;
     let listed = tokio::task::block_in_place(|| batch.files());
     let tick = batch.snapshot.tick().to_string();
     let body = match listed {
@@ -600,7 +590,7 @@ pub fn files(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
 /// `GET /_api/replication/file?batchId&index&offset&length` (tickship): bytes of file `index`
 /// of the batch's `files`, from `offset`, at most `length` (16 MiB at most), as they are on disk.
 pub fn file(state: &AppState, req: &Req) -> ApiResult<Response<Body>> {
-    let batch = batch_for_copy(state, req)?;
+    let batch = batch_named(state, req)?;
     let number = |name: &str| -> ApiResult<u64> {
         req.query(name)
             .and_then(|v| v.parse().ok())

@@ -140,9 +140,12 @@ impl Catalog {
     }
 }
 
+/// The catalog, and each collection's count and digest, as the `meta` column family holds them.
+pub(super) type Loaded = (Catalog, HashMap<u64, u64>, HashMap<u64, Digest>);
+
 impl DocStore {
     /// Reads the catalog and the collections' counts and digests from the `meta` column family.
-    pub(super) fn load_catalog(&self) -> Result<(Catalog, HashMap<u64, u64>, HashMap<u64, Digest>)> {
+    pub(super) fn load_catalog(&self) -> Result<Loaded> {
         catalog_from(
             self.db
                 .iterator_cf(self.meta(), rocksdb::IteratorMode::Start),
@@ -154,7 +157,7 @@ impl DocStore {
 /// family (the live ones, or a snapshot's).
 pub(super) fn catalog_from(
     entries: impl Iterator<Item = std::result::Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
-) -> Result<(Catalog, HashMap<u64, u64>, HashMap<u64, Digest>)> {
+) -> Result<Loaded> {
     let mut catalog = Catalog::default();
     catalog.databases.insert(
         SYSTEM_DATABASE.into(),

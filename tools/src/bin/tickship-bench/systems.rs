@@ -483,7 +483,7 @@ fn postmaster_pid(data: &Path) -> Option<u32> {
 }
 
 fn escape_sql(doc: &str, backslash: bool, out: &mut String) {
-    if !doc.contains('\'') && !(backslash && doc.contains('\\')) {
+    if !(doc.contains('\'') || backslash && doc.contains('\\')) {
         out.push_str(doc);
         return;
     }
