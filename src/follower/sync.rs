@@ -1299,18 +1299,10 @@ impl Syncer<'_> {
     /// Fetches the documents `keys` names and stores them.
     fn fetch_keys(&self, target: &Target, keys: &mut Vec<String>) -> Result<(), SessionError> {
         while !keys.is_empty() {
-            self.keep_batch()?;
             let take = keys.len().min(KEYS_PER_FETCH);
             let batch: Vec<String> = keys.drain(..take).collect();
-            let path = format!(
-                "/_api/replication/range-documents?batchId={}&collection={}",
-                self.batch,
-                encode(&target.info.name)
-            );
-            let body = serde_json::to_vec(&json!({ "keys": batch }))
-                .map_err(|e| SessionError::fatal(num::INTERNAL, e.to_string()))?;
-            let (bytes, _) = self.fetch(&target.client, "PUT", &path, body, None)?;
-            self.store_lines(target, &bytes)?;
+            let items = self.fetch_exact(target, &batch)?;
+            self.store_items(target, items)?;
         }
         Ok(())
     }
