@@ -238,13 +238,7 @@ impl<'a> Scanner<'a> {
         depth: usize,
         mut field: impl FnMut(Field<'a>),
     ) -> Result<(), ScanError> {
-        if depth > MAX_DEPTH {
-            return self.fail("nested more deeply than 127 levels");
-        }
-        self.at += 1;
-        self.skip_whitespace();
-        if self.peek() == Some(b'}') {
-            self.at += 1;
+        if self.open(depth, b'}')? {
             return Ok(());
         }
         loop {
@@ -271,14 +265,8 @@ impl<'a> Scanner<'a> {
                 Cow::Borrowed(inner)
             };
             field((name, raw_name, value));
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b'}') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return self.fail("expected ',' or '}'"),
+            if self.next_or_close(b'}', "expected ',' or '}'")? {
+                return Ok(());
             }
         }
     }
@@ -289,27 +277,47 @@ impl<'a> Scanner<'a> {
         depth: usize,
         mut element: impl FnMut(&mut Self, usize) -> Result<(), ScanError>,
     ) -> Result<(), ScanError> {
+        if self.open(depth, b']')? {
+            return Ok(());
+        }
+        loop {
+            element(self, depth)?;
+            if self.next_or_close(b']', "expected ',' or ']'")? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Past the opening bracket under `at` of a container at nesting `depth`; true if it closes
+    /// at once with `close` (then past that too).
+    fn open(&mut self, depth: usize, close: u8) -> Result<bool, ScanError> {
         if depth > MAX_DEPTH {
             return self.fail("nested more deeply than 127 levels");
         }
         self.at += 1;
         self.skip_whitespace();
-        if self.peek() == Some(b']') {
+        Ok(self.eat(close))
+    }
+
+    /// After a container's member: past a ',' (false) or the closing `close` (true).
+    fn next_or_close(&mut self, close: u8, what: &'static str) -> Result<bool, ScanError> {
+        self.skip_whitespace();
+        if self.eat(b',') {
+            return Ok(false);
+        }
+        if self.eat(close) {
+            return Ok(true);
+        }
+        self.fail(what)
+    }
+
+    /// Moves past `byte` if it is under `at`.
+    fn eat(&mut self, byte: u8) -> bool {
+        let here = self.peek() == Some(byte);
+        if here {
             self.at += 1;
-            return Ok(());
         }
-        loop {
-            element(self, depth)?;
-            self.skip_whitespace();
-            match self.peek() {
-                Some(b',') => self.at += 1,
-                Some(b']') => {
-                    self.at += 1;
-                    return Ok(());
-                }
-                _ => return self.fail("expected ',' or ']'"),
-            }
-        }
+        here
     }
 
     fn end(&mut self) -> Result<(), ScanError> {
