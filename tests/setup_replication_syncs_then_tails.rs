@@ -234,7 +234,11 @@ fn a_follower_restored_from_a_dump_moves_only_what_changed() {
     // The changes came from the leader's log (the keys it changed after the dump, checked by the
     // collections' digests), without comparing key ranges.
     let sync = &applier_state(&restored.http())["initialSync"];
-    assert_eq!(sync["keysFromLog"], json!(40 + 10 + 10 + 5 + 1 + 300), "{sync}");
+    assert_eq!(
+        sync["keysFromLog"],
+        json!(40 + 10 + 10 + 5 + 1 + 300),
+        "{sync}"
+    );
     assert_eq!(sync["rangesCompared"], json!(0), "{sync}");
 
     let empty = Daemon::start(&dir.path().join("empty"), &[]);
@@ -275,12 +279,12 @@ fn a_restored_follower_with_a_write_of_its_own_is_compared_and_converges() {
     let restored = dumped_and_restored(&leader, dir.path());
     // The restored server is still a leader of its own: it takes a write.
     let rh = restored.http();
-    let answer = rh.send(
-        "PUT",
-        "/_api/document/docs/k000007",
-        &json!({"v": "mine"}),
+    let answer = rh.send("PUT", "/_api/document/docs/k000007", &json!({"v": "mine"}));
+    assert!(
+        answer.status == 201 || answer.status == 202,
+        "{}",
+        answer.status
     );
-    assert!(answer.status == 201 || answer.status == 202, "{}", answer.status);
     fill(&lh, "docs", 2000, 2030, 2);
     ok(setup_incremental(&restored, &leader), "setup --incremental");
     converged(

@@ -237,8 +237,13 @@ pub(crate) fn parse_line(
     collection: &CollectionInfo,
     fallback_rev: Tick,
 ) -> ApiResult<Restored> {
-    let text = std::str::from_utf8(text)
-        .map_err(|e| bad_line(line, num::CORRUPTED_JSON, format!("invalid JSON: not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(text).map_err(|e| {
+        bad_line(
+            line,
+            num::CORRUPTED_JSON,
+            format!("invalid JSON: not UTF-8: {e}"),
+        )
+    })?;
     // The scan refuses what a later parse of the stored document would, numbers no double
     // holds included, as the document API does.
     let invalid = |e: crate::json::ScanError| {

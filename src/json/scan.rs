@@ -233,11 +233,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Past the object under `at`, at nesting `depth`, handing each field to `field`.
-    fn object(
-        &mut self,
-        depth: usize,
-        mut field: impl FnMut(Field<'a>),
-    ) -> Result<(), ScanError> {
+    fn object(&mut self, depth: usize, mut field: impl FnMut(Field<'a>)) -> Result<(), ScanError> {
         if self.open(depth, b'}')? {
             return Ok(());
         }
@@ -458,7 +454,9 @@ mod tests {
             "{text:?}: scan says {scanned:?}"
         );
         let Ok((_, found)) = scanned else { return };
-        let Ok(value) = serde_json::from_str::<Value>(text) else { return };
+        let Ok(value) = serde_json::from_str::<Value>(text) else {
+            return;
+        };
         let values = match value {
             Value::Array(values) if text.trim_start().starts_with('[') => values,
             other => vec![other],

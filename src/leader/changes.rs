@@ -82,7 +82,9 @@ fn read(
                 continue;
             };
             match record.kind {
-                RecordType::DocumentPut | RecordType::DocumentInsert | RecordType::DocumentRemove => {
+                RecordType::DocumentPut
+                | RecordType::DocumentInsert
+                | RecordType::DocumentRemove => {
                     out.records += 1;
                     let set = keys.entry(id).or_default();
                     if !set.contains(record.key) {
@@ -160,10 +162,17 @@ mod tests {
             .unwrap();
 
         let all = changed_keys(&wal, before, truncated, 1000).unwrap();
-        assert_eq!((all.from, all.through, all.more), (before, truncated, false));
+        assert_eq!(
+            (all.from, all.through, all.more),
+            (before, truncated, false)
+        );
         let mut seven = all.keys[&7].clone();
         seven.sort();
-        assert_eq!(seven, ["a", "b"], "once each, nothing before `from` or after `until`");
+        assert_eq!(
+            seven,
+            ["a", "b"],
+            "once each, nothing before `from` or after `until`"
+        );
         assert_eq!(all.keys[&8], ["a"]);
         assert_eq!(all.emptied, [9].into());
         assert_eq!(all.records, 4);
@@ -171,7 +180,11 @@ mod tests {
         // Pages end with a block once enough keys are named; the next goes on from `through`.
         let first = changed_keys(&wal, before, truncated, 1).unwrap();
         assert!(first.more);
-        assert_eq!(first.through, before.checked_add(2).unwrap(), "the block of a and b");
+        assert_eq!(
+            first.through,
+            before.checked_add(2).unwrap(),
+            "the block of a and b"
+        );
         let second = changed_keys(&wal, first.through, truncated, 1).unwrap();
         assert_eq!(second.keys[&7], ["a"]);
         assert!(second.more);

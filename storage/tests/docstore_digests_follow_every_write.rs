@@ -186,8 +186,14 @@ fn restores_keep_the_digest_exact_and_a_cut_short_one_is_forgotten() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("store");
     let store = DocStore::open(&path).expect("store");
-    store.restore_collection(users(), false).expect("collection");
-    assert_eq!(kept(&store, 2001), 0, "an empty collection's digest is known");
+    store
+        .restore_collection(users(), false)
+        .expect("collection");
+    assert_eq!(
+        kept(&store, 2001),
+        0,
+        "an empty collection's digest is known"
+    );
     let news: Vec<Restored> = (0..500).map(|i| put(&format!("k{i:04}"), 10 + i)).collect();
     store.restore_new_documents(2001, news).expect("new");
     assert_eq!(kept(&store, 2001), walked(&store, 2001));

@@ -397,7 +397,8 @@ impl DocStore {
             },
         )
         .and_then(|results| results.into_iter().collect::<Result<Vec<()>>>());
-        let result = written.and_then(|_| self.ingest(collection, &last, &paths, &mut stats, look_up));
+        let result =
+            written.and_then(|_| self.ingest(collection, &last, &paths, &mut stats, look_up));
         // Moved into the store on success; anything left is ours to remove.
         for path in &paths {
             let _ = std::fs::remove_file(path);

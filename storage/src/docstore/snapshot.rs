@@ -59,7 +59,11 @@ impl DocStore {
             catalog_from(snapshot.iterator_cf(self.meta(), rocksdb::IteratorMode::Start))?;
         {
             // A digest that failed to reach the store after its documents did is stale there.
-            let stale = self.unsure.lock().unwrap_or_else(|p| p.into_inner()).stale();
+            let stale = self
+                .unsure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .stale();
             digests.retain(|id, _| !stale.contains(id));
         }
         std::mem::forget(held);
