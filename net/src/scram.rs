@@ -35,6 +35,50 @@ fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// Salted passwords a follower computed, newest last (`salted_password_cached`).
+static SALTED: std::sync::Mutex<Vec<SaltedEntry>> = std::sync::Mutex::new(Vec::new());
+/// Entries `SALTED` keeps: one per leader and user a process talks to, in practice.
+const SALTED_KEPT: usize = 8;
+
+struct SaltedEntry {
+    /// SHA-256 of the password: the cache needs to tell passwords apart, not to hold them.
+    password: [u8; 32],
+    salt: Vec<u8>,
+    iterations: u32,
+    salted: [u8; 32],
+}
+
+/// `salted_password`, remembered for the process's next exchanges with the same password, salt
+/// and count, as RFC 5802 (section 5.1) allows a client: at a leader's count the PBKDF2 takes
+/// about ten milliseconds, which a follower otherwise spends on every connection (a sync and
+/// the tailing after it open two).
+fn salted_password_cached(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let hashed: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+    let found = |entries: &[SaltedEntry]| {
+        entries
+            .iter()
+            .find(|e| e.password == hashed && e.salt == salt && e.iterations == iterations)
+            .map(|e| e.salted)
+    };
+    if let Some(salted) = found(&SALTED.lock().unwrap_or_else(|p| p.into_inner())) {
+        return salted;
+    }
+    let salted = salted_password(password, salt, iterations);
+    let mut entries = SALTED.lock().unwrap_or_else(|p| p.into_inner());
+    if found(&entries).is_none() {
+        if entries.len() >= SALTED_KEPT {
+            entries.remove(0);
+        }
+        entries.push(SaltedEntry {
+            password: hashed,
+            salt: salt.to_vec(),
+            iterations,
+            salted,
+        });
+    }
+    salted
+}
+
 /// `Hi()` of RFC 5802: PBKDF2-HMAC-SHA-256 with a 32-byte output.
 pub fn salted_password(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -162,7 +206,7 @@ impl ScramClient {
                  a follower computes"
             )));
         }
-        let salted = salted_password(&self.password, &salt, iterations);
+        let salted = salted_password_cached(&self.password, &salt, iterations);
         let (client_key, stored_key, server_key) = keys(&salted);
         let mut binding = GS2_HEADER.as_bytes().to_vec();
         binding.extend_from_slice(channel_binding);
@@ -350,6 +394,25 @@ mod tests {
     #[test]
     fn right_password_and_same_session_succeed() {
         exchange("secret", &[7; 32], &[7; 32]).unwrap();
+    }
+
+    #[test]
+    fn a_remembered_salted_password_serves_only_its_own_password() {
+        for _ in 0..2 {
+            exchange("secret", &[7; 32], &[7; 32]).unwrap();
+            assert!(exchange("guess", &[7; 32], &[7; 32]).is_err());
+        }
+        let salt = b"0123456789abcdef";
+        for password in ["secret", "guess"] {
+            assert_eq!(
+                salted_password_cached(password, salt, MIN_ITERATIONS),
+                salted_password(password, salt, MIN_ITERATIONS)
+            );
+        }
+        assert_ne!(
+            salted_password_cached("secret", b"another salt", MIN_ITERATIONS),
+            salted_password_cached("secret", salt, MIN_ITERATIONS)
+        );
     }
 
     #[test]
