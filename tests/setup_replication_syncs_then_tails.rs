@@ -305,6 +305,83 @@ fn a_restored_follower_with_a_write_of_its_own_is_compared_and_converges() {
     converged(&leader, &restored, &[("_system", "docs")]);
 }
 
+// Goal: a follower set up again after it stopped tailing the same leader (the benchmark's
+// incremental setup, and the common case in production) takes the leader's log as it is rather
+// than fetching documents, collection changes included, and still ends equal, checked by digests.
+#[test]
+fn a_follower_set_up_again_continues_its_log_from_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Daemon::start(&dir.path().join("leader"), &[]);
+    let lh = leader.http();
+    create(&lh, "docs", 2);
+    fill(&lh, "docs", 0, 4000, 1);
+    create(&lh, "gone", 2);
+    fill(&lh, "gone", 0, 50, 1);
+    let follower = Daemon::start(&dir.path().join("follower"), &[]);
+    let fh = follower.http();
+    ok(setup(&follower, &leader), "full setup");
+    converged(
+        &leader,
+        &follower,
+        &[("_system", "docs"), ("_system", "gone")],
+    );
+    ok(
+        tickship(&follower, &["replication", "stop", "--global"]),
+        "replication stop",
+    );
+    // While it is stopped: new versions, removals, new documents, a collection dropped and one
+    // created.
+    fill(&lh, "docs", 1000, 1040, 2);
+    remove(&lh, "docs", 3000..3010);
+    fill(&lh, "docs", 4000, 4020, 1);
+    assert_eq!(
+        lh.send("DELETE", "/_api/collection/gone", &json!({}))
+            .status,
+        200
+    );
+    create(&lh, "fresh", 2);
+    fill(&lh, "fresh", 0, 30, 1);
+    let leader_tick = lh.get("/_api/replication/logger-state").json()["state"]["lastLogTick"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+
+    ok(setup_incremental(&follower, &leader), "setup --incremental");
+    converged(
+        &leader,
+        &follower,
+        &[("_system", "docs"), ("_system", "fresh")],
+    );
+    assert_eq!(
+        fh.get("/_api/collection/gone").status,
+        404,
+        "the drop came with the log"
+    );
+    let sync = &applier_state(&fh)["initialSync"];
+    let ticks = sync["ticksFromLog"].as_u64().unwrap();
+    assert!(
+        ticks > 0 && ticks <= leader_tick,
+        "the log was continued: {sync}"
+    );
+    assert_eq!(
+        sync["keysFromLog"],
+        json!(0),
+        "no document fetched by key: {sync}"
+    );
+    assert_eq!(sync["rangesCompared"], json!(0), "nothing compared: {sync}");
+    assert_eq!(
+        sync["documents"],
+        json!(40 + 20 + 30),
+        "documents applied from the log: {sync}"
+    );
+    assert_eq!(sync["removed"], json!(10), "{sync}");
+    // It tails on.
+    fill(&lh, "docs", 5000, 5010, 1);
+    converged(&leader, &follower, &[("_system", "docs")]);
+    assert_eq!(applier_state(&fh)["lastError"]["errorNum"], json!(0));
+}
+
 #[test]
 fn a_sync_killed_half_way_on_either_side_resumes_with_what_arrived() {
     killed_half_way_resumes("true");

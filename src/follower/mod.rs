@@ -383,9 +383,15 @@ impl Applier {
             .resyncs_in_a_row = 0;
         // A sync interrupted earlier is resumed (it compares); otherwise a new one is asked for.
         if owed.as_ref().is_none_or(|m| m.tick == 0) {
+            // The state just forgotten named the leader this server's log follows.
+            let log_of = match &owed {
+                Some(owed) if !owed.log_of.is_empty() => owed.log_of.clone(),
+                _ => previous.1.server_id.clone(),
+            };
             self.write_sync_marker(&SyncMarker {
                 endpoint: config.endpoint.clone(),
                 incremental: config.incremental,
+                log_of,
                 ..SyncMarker::default()
             })?;
         }

@@ -85,6 +85,13 @@ pub(super) struct Opened {
     _endpoint: tickship_net::quinn::Endpoint,
 }
 
+impl Opened {
+    /// Closes a connection the sync used only to learn who the leader is.
+    pub(super) fn close(self) {
+        self.connection.close(0u32.into(), b"sync over HTTP");
+    }
+}
+
 /// Why a session ended: `retry` errors count towards `maxConnectRetries` when `connect` is set.
 pub(super) struct SessionError {
     pub(super) error_num: u32,
@@ -547,13 +554,29 @@ impl Applier {
         config: &ApplierConfig,
         from: Tick,
     ) -> Result<(), SessionError> {
+        let opened = self.handshake(config).await?;
+        self.session_on(opened, config, from, None).await
+    }
+
+    /// A session on a connection `opened` already, storing the leader's blocks after `from`.
+    /// With `until`, it ends once the block ending at `until` is stored and durable, and stores
+    /// no block that goes past it (a sync continuing this server's log into the leader's
+    /// snapshot at that tick); it ends early, without an error, if the leader's blocks do not
+    /// end there.
+    pub(super) async fn session_on(
+        &self,
+        opened: Opened,
+        config: &ApplierConfig,
+        from: Tick,
+        until: Option<Tick>,
+    ) -> Result<(), SessionError> {
         let Opened {
             connection: _connection,
             mut stream,
             leader_id,
             welcome,
             ..
-        } = self.handshake(config).await?;
+        } = opened;
         {
             let mut persisted = self.persisted.lock().unwrap_or_else(|p| p.into_inner());
             if persisted.server_id.is_empty() {
@@ -739,6 +762,9 @@ impl Applier {
                                 last: ticks.last.get(),
                                 bytes,
                             };
+                            if until.is_some_and(|until| span.last > until.get()) {
+                                return Ok(());
+                            }
                             let invalid = |m| SessionError::fatal(num::INVALID_RESPONSE, m);
                             let mut placement = machine.on_block(span).map_err(invalid)?;
                             if let Placement::Begin { start, from } = placement {
@@ -767,6 +793,12 @@ impl Applier {
                                 })?;
                                 inflight.push_back((appended, None));
                                 progressed(&mut machine);
+                                if let Some(until) = until {
+                                    SyncCounters::add(&self.sync_counters.bytes, bytes as u64);
+                                    if span.last == until.get() {
+                                        return Ok(());
+                                    }
+                                }
                             }
                         }
                         if !frame_end {

@@ -391,6 +391,7 @@ impl Applier {
                 "requests": self.sync_counters.requests.load(Ordering::Relaxed),
                 "documentsOnLeader": self.sync_counters.on_leader.load(Ordering::Relaxed),
                 "keysFromLog": self.sync_counters.log_keys.load(Ordering::Relaxed),
+                "ticksFromLog": self.sync_counters.log_ticks.load(Ordering::Relaxed),
                 "rangesCompared": self.sync_counters.ranges_compared.load(Ordering::Relaxed),
             },
             "time": timestamp(SystemTime::now()),

@@ -28,7 +28,7 @@ use tickship_storage::docstore::{
 
 mod copy_files;
 
-use super::receive::SessionError;
+use super::receive::{Opened, SessionError};
 use super::*;
 use crate::client::{Client, ServerError};
 use crate::leader::ranges::{KeyChunk, RangeHash};
@@ -73,6 +73,9 @@ pub(super) struct SyncMarker {
     pub tick: u64,
     /// Whether existing data is to be compared (else collections are emptied first).
     pub incremental: bool,
+    /// The leader whose log this server's log held when the sync was asked for (it had
+    /// followed it), if any: a sync of that leader may continue the log (`continue_log`).
+    pub log_of: String,
 }
 
 /// What a finished sync did.
@@ -98,12 +101,15 @@ pub(super) struct SyncCounters {
     pub ranges_differing: AtomicU64,
     /// Keys the leader's log named as changed that were fetched (`sync_from_log`).
     pub log_keys: AtomicU64,
+    /// Ticks of the leader's log by which this server's own log was continued up to the
+    /// snapshot (`Syncer::continue_log`).
+    pub log_ticks: AtomicU64,
     /// Documents of the collections synced, on the leader.
     pub on_leader: AtomicU64,
 }
 
 impl SyncCounters {
-    fn add(counter: &AtomicU64, n: u64) {
+    pub(super) fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
     fn get(counter: &AtomicU64) -> u64 {
@@ -186,11 +192,16 @@ impl Applier {
         self.progress(format!("connecting to leader at {}", config.endpoint));
         let opened = self.handshake(&config).await?;
         let leader_id = opened.leader_id.clone();
-        opened.connection.close(0u32.into(), b"sync over HTTP");
-        drop(opened);
         let applier = self.clone();
         tokio::task::spawn_blocking(move || {
-            applier.sync_blocking(&config, incremental, &cancel, &leader_id, only.as_deref())
+            applier.sync_blocking(
+                &config,
+                incremental,
+                &cancel,
+                &leader_id,
+                only.as_deref(),
+                opened,
+            )
         })
         .await
         .map_err(|e| SessionError::fatal(num::INTERNAL, format!("the sync failed: {e}")))?
@@ -210,6 +221,7 @@ impl Applier {
         cancel: &AtomicBool,
         expected: &str,
         only: Option<&str>,
+        opened: Opened,
     ) -> Result<SyncReport, SessionError> {
         if cancel.load(Ordering::Acquire) {
             return Err(SessionError::fatal(0, "the sync was stopped".into()));
@@ -236,6 +248,7 @@ impl Applier {
             &counters.ranges_compared,
             &counters.ranges_differing,
             &counters.log_keys,
+            &counters.log_ticks,
             &counters.on_leader,
         ] {
             counter.store(0, Ordering::Relaxed);
@@ -267,6 +280,19 @@ impl Applier {
             ));
         }
         let marker = self.sync_marker().unwrap_or_default();
+        // Until a sync has begun to change it, the store is the state of this server's own
+        // log, which holds the log of the leader it last followed.
+        let log_of = (marker.tick == 0).then(|| {
+            if marker.log_of.is_empty() {
+                self.persisted
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .server_id
+                    .clone()
+            } else {
+                marker.log_of.clone()
+            }
+        });
         // Resuming a sync of the same leader compares what arrived rather than fetching again.
         let incremental = incremental
             || (marker.tick > 0 && (marker.leader.is_empty() || marker.leader == leader_id));
@@ -320,7 +346,14 @@ impl Applier {
             started,
             only,
         };
-        let result = syncer.run(config, &leader_id, tick, incremental);
+        let opened = match log_of {
+            Some(log_of) if log_of == leader_id => Some(opened),
+            _ => {
+                opened.close();
+                None
+            }
+        };
+        let result = syncer.run(config, &leader_id, tick, incremental, opened);
         // The batch is not needed any more whatever happened (it expires by itself otherwise).
         let _ = syncer.client.call(
             "DELETE",
@@ -460,6 +493,7 @@ impl Syncer<'_> {
         leader_id: &str,
         tick: Tick,
         incremental: bool,
+        opened: Option<Opened>,
     ) -> Result<SyncReport, SessionError> {
         let applier = self.applier;
         let node = &applier.node;
@@ -484,6 +518,13 @@ impl Syncer<'_> {
                 ),
             ));
         }
+        if let Some(opened) = opened {
+            if incremental && self.only.is_none() {
+                self.continue_log(config, opened, tick)?;
+            } else {
+                opened.close();
+            }
+        }
         // From here on the store changes: a restart must sync again before it tails.
         if self.only.is_none() {
             applier
@@ -492,6 +533,7 @@ impl Syncer<'_> {
                     endpoint: config.endpoint.clone(),
                     tick: tick.get(),
                     incremental,
+                    log_of: String::new(),
                 })
                 .map_err(|e| SessionError::fatal(errors::LEADER_ERROR, e.message))?;
         }
@@ -625,11 +667,15 @@ impl Syncer<'_> {
         for (target, _) in &targets {
             self.settle_digest(target, tick)?;
         }
-        // The store now holds the leader's state at `tick`: the log continues from there.
+        // The store now holds the leader's state at `tick`: the log continues from there
+        // (it does already if this server's log was continued up to it).
+        let continued = wal.last_tick() == tick && node.store.applied_tick() == tick;
         if begin_log {
-            applier.begin_at(tick, tick).map_err(|e| {
-                self.store_error(&format!("begin this server's log at tick {tick}"), e)
-            })?;
+            if !continued {
+                applier.begin_at(tick, tick).map_err(|e| {
+                    self.store_error(&format!("begin this server's log at tick {tick}"), e)
+                })?;
+            }
             let mut runtime = applier.runtime.lock().unwrap_or_else(|p| p.into_inner());
             runtime.last_processed = tick.get();
         }
@@ -645,6 +691,110 @@ impl Syncer<'_> {
                 .collect(),
             ..SyncReport::default()
         })
+    }
+
+    /// A follower that stopped tailing this leader has a store that is the state of its own log
+    /// at some tick X; if the leader's log still holds X + 1, this server's log is continued
+    /// up to the snapshot's tick with the leader's blocks as they are, which the store writer
+    /// applies as when tailing: no document is read, encoded, parsed or stored one by one, and
+    /// the leader reads its log once. Inserts are looked up too (`assume_applied`), so a store
+    /// that is not quite the state of its log (written to here) still gets exact counts and
+    /// checksums; the checksums compared afterwards then decide as for any other store.
+    ///
+    /// Nothing is continued unless this server followed this very leader (the caller checks)
+    /// and its log ends before the snapshot; a continuation cut short (a lost connection, retention) leaves the
+    /// log where it got to and the sync goes on from there the usual way.
+    fn continue_log(
+        &self,
+        config: &ApplierConfig,
+        opened: Opened,
+        tick: Tick,
+    ) -> Result<(), SessionError> {
+        let applier = self.applier;
+        let node = &applier.node;
+        let from = node.wal.last_tick();
+        if from == Tick::ZERO
+            || from >= tick
+            || node.store.applied_tick() != from
+            || opened.welcome.first_tick > from.get() + 1
+        {
+            tracing::info!(
+                %from,
+                %tick,
+                applied = %node.store.applied_tick(),
+                leader_first = opened.welcome.first_tick,
+                "initial sync: this server's log does not continue into the leader's snapshot"
+            );
+            opened.close();
+            return Ok(());
+        }
+        node.store
+            .assume_applied(from, tick)
+            .map_err(|e| self.store_error("look up the keys the leader's log inserts", e))?;
+        applier.progress(format!(
+            "continuing this server's log from tick {from} up to the leader's snapshot at tick \
+             {tick}"
+        ));
+        let before = node.store_writer.totals();
+        let session = applier.session_on(opened, config, from, Some(tick));
+        // A session that ends by itself has waited for every block it handed to the WAL; one
+        // abandoned here (the sync stopped, the batch lost) may leave blocks queued, so the
+        // sync ends too rather than change the store beside them.
+        let ended = tokio::runtime::Handle::current().block_on(async {
+            tokio::pin!(session);
+            loop {
+                tokio::select! {
+                    ended = &mut session => break Ok(ended),
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {
+                        // Blocking this thread holds the session back, and the leader with it
+                        // (QUIC's flow control): `--replication.sync-max-rate` as elsewhere.
+                        self.limit_rate();
+                        if let Err(error) = self.keep_batch() {
+                            break Err(error);
+                        }
+                    }
+                }
+            }
+        })?;
+        // What was stored is applied before the store changes under the store writer.
+        let reached = node.wal.last_tick();
+        node.store_writer
+            .wait_applied(reached, APPLIED_WAIT)
+            .map_err(|e| self.store_error("apply the leader's log", e))?;
+        let applied = node.store_writer.totals().since(before);
+        SyncCounters::add(&self.counters().documents, applied.documents);
+        SyncCounters::add(&self.counters().removed, applied.removals);
+        SyncCounters::add(
+            &self.counters().log_ticks,
+            reached.get().saturating_sub(from.get()),
+        );
+        match ended {
+            Ok(()) if reached == tick => tracing::info!(
+                %from,
+                %tick,
+                documents = applied.documents,
+                removed = applied.removals,
+                "initial sync: continued this server's log up to the leader's snapshot"
+            ),
+            Ok(()) => tracing::info!(
+                %from,
+                %tick,
+                %reached,
+                "initial sync: the leader's blocks do not end at its snapshot's tick; syncing \
+                 from where this server's log got to"
+            ),
+            Err(error) => {
+                tracing::info!(
+                    %from,
+                    %tick,
+                    %reached,
+                    error = %error.message,
+                    "initial sync: continuing this server's log stopped; syncing from where it \
+                     got to"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Which of `targets` still need their keys compared after the digests and the leader's log
@@ -804,8 +954,8 @@ impl Syncer<'_> {
         }
         for (id, (at, fetched)) in active {
             let (target, count) = &targets[at];
-            let agree = store.count(id) == *count
-                && store.digest(id).map(|d| d.xor) == target.digest;
+            let agree =
+                store.count(id) == *count && store.digest(id).map(|d| d.xor) == target.digest;
             if agree {
                 compare[at] = false;
                 self.applier.progress(format!(
@@ -866,9 +1016,9 @@ impl Syncer<'_> {
             xor: leader,
             max_rev: local.map_or(0, |d| d.max_rev).max(tick.get()),
         };
-        store
-            .set_digest(id, digest)
-            .map_err(|e| self.store_error(&format!("record the checksum of '{}'", target.info.name), e))?;
+        store.set_digest(id, digest).map_err(|e| {
+            self.store_error(&format!("record the checksum of '{}'", target.info.name), e)
+        })?;
         Ok(())
     }
 
