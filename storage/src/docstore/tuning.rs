@@ -293,11 +293,7 @@ impl Tuned {
             (level_base / TABLE_FILES_IN_LEVEL_BASE).max(MIN_TABLE_FILE_BYTES),
         );
         docs.set_target_file_size_multiplier(TABLE_FILE_SIZE_MULTIPLIER);
-        // lz4 at the bottom too: the tables hold keys and small values (documents live in blob
-        // files or the WAL), so zstd saved little space, and every lookup before an apply
-        // (replacements and removals, a sync continuing its log) decompresses a table block:
-        // with zstd that was a third of a follower's apply time (docs/benchmarks).
-        docs.set_bottommost_compression_type(DBCompressionType::Lz4);
+        docs.set_bottommost_compression_type(DBCompressionType::Zstd);
         let mut meta = options.clone();
         meta.set_arena_block_size(META_ARENA_BLOCK_BYTES);
         Ok(Tuned {
