@@ -47,11 +47,6 @@ use crate::wal::{Block, Record, RecordType};
 /// Below this many records a call is applied on the calling thread alone: handing work to other
 /// threads costs more than it saves.
 const PARALLEL_RECORDS_MIN: usize = 1024;
-/// ... unless this many of them look their key up first (replacements, removals, a catch-up's
-/// inserts): each lookup may read and decompress a table block, a few microseconds, so a block
-/// of a thousand replacements is worth splitting (a follower continuing its log in a sync spent
-/// most of its apply time in lookups on the store writer's thread alone).
-const PARALLEL_LOOKUPS_MIN: usize = 256;
 
 /// Decompression buffers kept between calls, at most this many and this large each.
 const SCRATCH_KEPT: usize = 64;
@@ -928,22 +923,8 @@ pub(super) fn apply(
     };
     let records = decoded.iter().map(|(items, _)| items.len()).sum::<usize>();
     stats.skipped += decoded.iter().map(|(_, skipped)| skipped).sum::<u64>();
-    let looked_up = || {
-        decoded
-            .iter()
-            .flat_map(|(items, _)| items)
-            .filter(|item| match item.record.kind {
-                RecordType::DocumentPut | RecordType::DocumentRemove => true,
-                RecordType::DocumentInsert => item.tick <= lookup_through,
-                _ => false,
-            })
-            .take(PARALLEL_LOOKUPS_MIN)
-            .count()
-    };
     let (pool, parts) = match pool {
-        Some(pool) if records >= PARALLEL_RECORDS_MIN || looked_up() >= PARALLEL_LOOKUPS_MIN => {
-            (Some(&*pool), *threads)
-        }
+        Some(pool) if records >= PARALLEL_RECORDS_MIN => (Some(&*pool), *threads),
         _ => (None, 1),
     };
 
