@@ -820,6 +820,11 @@ impl Applier {
                             self.runtime_changed.notify_waiters();
                             self.track_distance(idle.last_tick);
                             self.ack(&mut stream, Tick::new(durable)).await?;
+                            // The leader has sent all it has, and `until` was not among it
+                            // (else the session would have ended): waiting would never end.
+                            if until.is_some() {
+                                return Ok(());
+                            }
                             continue;
                         }
                         Kind::Close => {
