@@ -92,12 +92,19 @@ impl ApplyContext {
 
     /// Applies with `threads` threads (the calling thread waits while they work).
     pub fn with_threads(threads: usize) -> Result<ApplyContext> {
+        ApplyContext::with_threads_at_nice(threads, 0)
+    }
+
+    /// `with_threads`, the threads at nice value `nice` (best effort, as the store writer's own
+    /// thread: `fs::set_thread_nice_or_say`), so that all of an apply runs at one priority.
+    pub fn with_threads_at_nice(threads: usize, nice: i32) -> Result<ApplyContext> {
         if threads <= 1 {
             return Ok(ApplyContext::serial());
         }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("store-apply-{i}"))
+            .start_handler(move |_| crate::fs::set_thread_nice_or_say(nice))
             .build()
             .map_err(|e| Error::Config(format!("cannot start {threads} apply threads: {e}")))?;
         Ok(ApplyContext {
@@ -1025,4 +1032,20 @@ pub(super) fn apply(
     assert!(tick_last > applied, "applied ticks only grow");
     store.applied.store(tick_last.get(), Ordering::Release);
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: `--replication.thread-nice` reaches the threads that apply groups, not only the
+    // store writer's own thread. 19, since raising a nice value needs no privilege.
+    #[test]
+    fn apply_threads_run_at_the_nice_value_asked_for() {
+        let context = ApplyContext::with_threads_at_nice(2, 19).expect("threads");
+        let pool = context.pool.as_ref().expect("a pool for two threads");
+        // SAFETY: plain system call; `who` 0 is the calling thread (nice values are per thread).
+        let nices = pool.broadcast(|_| unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) });
+        assert_eq!(nices, [19, 19]);
+    }
 }

@@ -212,7 +212,7 @@ impl StoreWriter {
             notify: tokio::sync::Notify::new(),
         });
         let mut reader = wal.reader_after(store.applied_tick())?;
-        let mut context = ApplyContext::with_threads(options.threads)?;
+        let mut context = ApplyContext::with_threads_at_nice(options.threads, options.thread_nice)?;
         let worker = shared.clone();
         let path = store.path().to_path_buf();
         let thread = std::thread::Builder::new()
