@@ -293,10 +293,11 @@ impl ServerCertVerifier for PinnedCertificate {
     }
 }
 
-/// A client endpoint and the configuration to reach a leader (optionally pinning its
-/// certificate's SHA-256 fingerprint, hex), receiving at most `stream_window` bytes ahead of
+/// A client endpoint and the configuration to reach the leader at `leader` (optionally pinning
+/// its certificate's SHA-256 fingerprint, hex), receiving at most `stream_window` bytes ahead of
 /// what it has read (at least `STREAM_WINDOW_MIN`).
 pub fn client_endpoint(
+    leader: SocketAddr,
     pinned_fingerprint: Option<&str>,
     stream_window: u32,
 ) -> Result<(Endpoint, quinn::ClientConfig)> {
@@ -314,9 +315,23 @@ pub fn client_endpoint(
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| transport_error("QUIC TLS", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config(stream_window));
-    let bind = SocketAddr::from(([0, 0, 0, 0], 0));
-    let endpoint = endpoint(bind, None).map_err(|e| transport_error("bind a UDP socket", e))?;
+    let endpoint =
+        endpoint(client_bind(leader), None).map_err(|e| transport_error("bind a UDP socket", e))?;
     Ok((endpoint, config))
+}
+
+/// Where a client's UDP socket is bound to reach `leader`: in its address family (an IPv4
+/// socket cannot send to an IPv6 leader), and on the loopback address when the leader is on
+/// loopback, so that the socket takes no datagrams from other hosts.
+fn client_bind(leader: SocketAddr) -> SocketAddr {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match (leader.ip(), leader.ip().is_loopback()) {
+        (IpAddr::V4(_), true) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (IpAddr::V4(_), false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (IpAddr::V6(_), true) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        (IpAddr::V6(_), false) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
 }
 
 /// Connects to the leader at `addr` within `timeout`.

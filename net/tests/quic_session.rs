@@ -67,17 +67,23 @@ async fn pair(
     password: &str,
     pin: Option<String>,
 ) -> (Result<(String, Vec<u64>), Error>, Result<(), Error>) {
+    let socket = tickship_net::transport::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+    pair_on(socket, password, pin).await
+}
+
+/// `pair` with the leader on `socket`.
+async fn pair_on(
+    socket: std::net::UdpSocket,
+    password: &str,
+    pin: Option<String>,
+) -> (Result<(String, Vec<u64>), Error>, Result<(), Error>) {
     let identity = Identity::generate(vec!["localhost".into()]).unwrap();
     let fingerprint = pin.unwrap_or_else(|| identity.fingerprint());
-    let endpoint = server_endpoint(
-        tickship_net::transport::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap(),
-        &identity,
-    )
-    .unwrap();
+    let endpoint = server_endpoint(socket, &identity).unwrap();
     let addr: SocketAddr = endpoint.local_addr().unwrap();
     let leader = tokio::spawn(leader(endpoint));
     let follower = async {
-        let (client, config) = client_endpoint(Some(&fingerprint), 4 << 20)?;
+        let (client, config) = client_endpoint(addr, Some(&fingerprint), 4 << 20)?;
         let connection = connect(&client, &config, addr, T).await?;
         let (send, recv) = connection
             .open_bi()
@@ -132,6 +138,20 @@ async fn pair(
 #[tokio::test]
 async fn follower_with_the_right_password_gets_blocks() {
     let (leader, follower) = pair("secret", None).await;
+    follower.unwrap();
+    let (seen, ticks) = leader.unwrap();
+    assert_eq!(seen, "222/root/_system");
+    assert_eq!(ticks, vec![0, 3]);
+}
+
+// Goal: a leader on an IPv6 address is reached (the follower's socket was IPv4 only).
+#[tokio::test]
+async fn a_leader_on_ipv6_loopback_is_reached() {
+    let Ok(socket) = tickship_net::transport::bind_udp("[::1]:0".parse().unwrap()) else {
+        eprintln!("no IPv6 loopback on this machine: nothing to check");
+        return;
+    };
+    let (leader, follower) = pair_on(socket, "secret", None).await;
     follower.unwrap();
     let (seen, ticks) = leader.unwrap();
     assert_eq!(seen, "222/root/_system");

@@ -499,6 +499,7 @@ impl Applier {
             ))
         };
         let (endpoint, client) = client_endpoint(
+            addr,
             self.receiving.leader_fingerprint.as_deref(),
             self.receiving.buffer_bytes,
         )
