@@ -173,6 +173,7 @@ pub struct DaemonArgs {
     #[arg(
         long = "replication.applier-threads",
         default_value_t = 0,
+        value_parser = applier_threads,
         help_heading = "Replication"
     )]
     pub applier_threads: usize,
@@ -212,6 +213,7 @@ pub struct DaemonArgs {
     #[arg(
         long = "rocksdb.max-write-buffer-number",
         default_value_t = 4,
+        value_parser = write_buffer_number,
         help_heading = "Document store"
     )]
     pub rocksdb_max_write_buffer_number: usize,
@@ -347,6 +349,27 @@ fn level_base(text: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A whole number from `low` to `high`.
+fn number_in(text: &str, low: usize, high: usize) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(value) if (low..=high).contains(&value) => Ok(value),
+        _ => Err(format!(
+            "{text:?} is not a whole number from {low} to {high}"
+        )),
+    }
+}
+
+/// `--replication.applier-threads`: 0 (one per core) to 1024.
+fn applier_threads(text: &str) -> Result<usize, String> {
+    number_in(text, 0, 1024)
+}
+
+/// `--rocksdb.max-write-buffer-number`: the range the store can use
+/// (`tickship_storage::docstore` holds at least 2 memtables and at most 64).
+fn write_buffer_number(text: &str) -> Result<usize, String> {
+    number_in(text, 2, 64)
+}
+
 /// A number from 0 to 1.
 fn fraction(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -459,6 +482,41 @@ mod tests {
             "1.5"
         ])
         .is_err());
+    }
+
+    // Goal: counts the store cannot use are refused with the range, not moved into it.
+    #[test]
+    fn counts_out_of_range_are_refused() {
+        for (flag, low, high) in [
+            ("--rocksdb.max-write-buffer-number", "2", "64"),
+            ("--replication.applier-threads", "0", "1024"),
+        ] {
+            for fine in [low, high] {
+                assert!(DaemonArgs::try_parse_from(["tickshipd", flag, fine]).is_ok());
+            }
+            let below = low.parse::<i64>().unwrap() - 1;
+            let above = high.parse::<i64>().unwrap() + 1;
+            for wrong in [below.to_string(), above.to_string(), "many".to_string()] {
+                let refused = DaemonArgs::try_parse_from(["tickshipd", &format!("{flag}={wrong}")])
+                    .expect_err("out of range");
+                assert!(
+                    refused
+                        .to_string()
+                        .contains(&format!("is not a whole number from {low} to {high}")),
+                    "{flag} {wrong}: {refused}"
+                );
+            }
+        }
+        let args = DaemonArgs::try_parse_from([
+            "tickshipd",
+            "--rocksdb.max-write-buffer-number",
+            "64",
+            "--replication.applier-threads",
+            "1024",
+        ])
+        .unwrap();
+        assert_eq!(args.rocksdb_max_write_buffer_number, 64);
+        assert_eq!(args.applier_threads, 1024);
     }
 
     // Goal: the level-0 triggers take ArangoDB's spellings, default to the store's defaults and

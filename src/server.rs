@@ -221,7 +221,7 @@ pub async fn run(args: DaemonArgs) -> Result<()> {
         flush_interval: Duration::from_secs_f64(args.store_flush_interval.max(0.1)),
         threads: match args.applier_threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n.min(1024),
+            n => n,
         },
         thread_nice: args.replication_thread_nice,
         ..StoreWriterOptions::default()
