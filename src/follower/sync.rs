@@ -346,8 +346,9 @@ impl Applier {
             started,
             only,
         };
+        // Only an incremental sync of all databases may continue the log (`continue_log`).
         let opened = match log_of {
-            Some(log_of) if log_of == leader_id => Some(opened),
+            Some(log_of) if log_of == leader_id && incremental && only.is_none() => Some(opened),
             _ => {
                 opened.close();
                 None
@@ -519,11 +520,7 @@ impl Syncer<'_> {
             ));
         }
         if let Some(opened) = opened {
-            if incremental && self.only.is_none() {
-                self.continue_log(config, opened, tick)?;
-            } else {
-                opened.close();
-            }
+            self.continue_log(config, opened, tick)?;
         }
         // From here on the store changes: a restart must sync again before it tails.
         if self.only.is_none() {
@@ -702,8 +699,8 @@ impl Syncer<'_> {
     /// checksums; the checksums compared afterwards then decide as for any other store.
     ///
     /// Nothing is continued unless this server followed this very leader (the caller checks)
-    /// and its log ends before the snapshot; a continuation cut short (a lost connection, retention) leaves the
-    /// log where it got to and the sync goes on from there the usual way.
+    /// and its log ends before the snapshot; a continuation cut short (a lost connection,
+    /// retention) leaves the log where it got to and the sync goes on from there the usual way.
     fn continue_log(
         &self,
         config: &ApplierConfig,
